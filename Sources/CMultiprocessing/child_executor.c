@@ -1,0 +1,223 @@
+// A child-local executor for Swift concurrency after fork().
+//
+// The Swift runtime calls these hooks (swiftcall convention) instead of its
+// default global executor. Jobs are kept in malloc'd FIFO nodes, so nothing
+// here depends on the layout of the runtime's Job type.
+#define _GNU_SOURCE
+#include "CMultiprocessing.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct SwiftJob SwiftJob;
+typedef struct {
+    void *identity;
+    uintptr_t implementation;
+} CMPSerialExecutorRef;
+
+#define SWIFTCC __attribute__((swiftcall))
+
+extern SWIFTCC void swift_job_run(SwiftJob *job, CMPSerialExecutorRef executor);
+extern SWIFTCC CMPSerialExecutorRef swift_task_getMainExecutor(void);
+
+typedef SWIFTCC void (*enqueue_original)(SwiftJob *);
+typedef SWIFTCC void (*enqueue_delay_original)(unsigned long long, SwiftJob *);
+typedef SWIFTCC void (*enqueue_deadline_original)(long long, long long, long long, long long, int, SwiftJob *);
+
+extern SWIFTCC void (*swift_task_enqueueGlobal_hook)(SwiftJob *, enqueue_original);
+extern SWIFTCC void (*swift_task_enqueueMainExecutor_hook)(SwiftJob *, enqueue_original);
+extern SWIFTCC void (*swift_task_enqueueGlobalWithDelay_hook)(unsigned long long, SwiftJob *, enqueue_delay_original);
+extern SWIFTCC void (*swift_task_enqueueGlobalWithDeadline_hook)(long long, long long, long long, long long, int,
+                                                                  SwiftJob *, enqueue_deadline_original);
+
+// ----------------------------------------------------------------- queues --
+
+typedef struct Node {
+    SwiftJob *job;
+    struct Node *next;
+    uint64_t deadline_ns; // timer queue only (CLOCK_MONOTONIC)
+} Node;
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t ready;
+    Node *head, *tail;
+    int threads;   // started worker threads
+    int idle;      // workers waiting for a job
+} JobQueue;
+
+static JobQueue global_queue;
+static JobQueue main_queue;
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    Node *head; // sorted by deadline
+    bool started;
+} timers;
+static int max_workers = 2;
+static _Atomic uint64_t jobs_run;
+
+static uint64_t now_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void queue_init(JobQueue *q) {
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_cond_init(&q->ready, NULL);
+    q->head = q->tail = NULL; // inherited jobs belong to the parent's tasks: dropped
+    q->threads = q->idle = 0;
+}
+
+static void *worker_main(void *arg);
+
+static void spawn_worker(JobQueue *q) {
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 1 << 20);
+    if (pthread_create(&thread, &attr, worker_main, q) == 0) q->threads++;
+    pthread_attr_destroy(&attr);
+}
+
+static void push(JobQueue *q, SwiftJob *job, int limit) {
+    Node *node = malloc(sizeof(Node));
+    if (!node) abort();
+    node->job = job;
+    node->next = NULL;
+    pthread_mutex_lock(&q->lock);
+    if (q->tail) q->tail->next = node; else q->head = node;
+    q->tail = node;
+    if (q->idle > 0) pthread_cond_signal(&q->ready);
+    else if (q->threads < limit) spawn_worker(q);
+    pthread_mutex_unlock(&q->lock);
+}
+
+static void *worker_main(void *arg) {
+    JobQueue *q = arg;
+    bool is_main = (q == &main_queue);
+    CMPSerialExecutorRef executor = {0, 0};
+    if (is_main) executor = swift_task_getMainExecutor();
+    for (;;) {
+        pthread_mutex_lock(&q->lock);
+        while (!q->head) {
+            q->idle++;
+            pthread_cond_wait(&q->ready, &q->lock);
+            q->idle--;
+        }
+        Node *node = q->head;
+        q->head = node->next;
+        if (!q->head) q->tail = NULL;
+        pthread_mutex_unlock(&q->lock);
+        SwiftJob *job = node->job;
+        free(node);
+        swift_job_run(job, executor);
+        atomic_fetch_add_explicit(&jobs_run, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+// ------------------------------------------------------------------ timers --
+
+static void *timer_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&timers.lock);
+    for (;;) {
+        if (!timers.head) {
+            pthread_cond_wait(&timers.changed, &timers.lock);
+            continue;
+        }
+        uint64_t now = now_ns(CLOCK_MONOTONIC);
+        Node *first = timers.head;
+        if (first->deadline_ns <= now) {
+            timers.head = first->next;
+            pthread_mutex_unlock(&timers.lock);
+            push(&global_queue, first->job, max_workers);
+            free(first);
+            pthread_mutex_lock(&timers.lock);
+            continue;
+        }
+        struct timespec until = {(time_t)(first->deadline_ns / 1000000000ull),
+                                 (long)(first->deadline_ns % 1000000000ull)};
+        pthread_cond_timedwait(&timers.changed, &timers.lock, &until);
+    }
+    return NULL;
+}
+
+static void schedule(SwiftJob *job, uint64_t deadline_ns) {
+    Node *node = malloc(sizeof(Node));
+    if (!node) abort();
+    node->job = job;
+    node->deadline_ns = deadline_ns;
+    pthread_mutex_lock(&timers.lock);
+    Node **link = &timers.head;
+    while (*link && (*link)->deadline_ns <= deadline_ns) link = &(*link)->next;
+    node->next = *link;
+    *link = node;
+    if (!timers.started) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&thread, &attr, timer_main, NULL) == 0) timers.started = true;
+        pthread_attr_destroy(&attr);
+    }
+    pthread_cond_signal(&timers.changed);
+    pthread_mutex_unlock(&timers.lock);
+}
+
+// ------------------------------------------------------------------- hooks --
+
+static SWIFTCC void hook_enqueue_global(SwiftJob *job, enqueue_original original) {
+    (void)original;
+    push(&global_queue, job, max_workers);
+}
+
+static SWIFTCC void hook_enqueue_main(SwiftJob *job, enqueue_original original) {
+    (void)original;
+    push(&main_queue, job, 1); // one thread: the main actor stays serial
+}
+
+static SWIFTCC void hook_enqueue_delay(unsigned long long delay, SwiftJob *job, enqueue_delay_original original) {
+    (void)original;
+    schedule(job, now_ns(CLOCK_MONOTONIC) + delay);
+}
+
+static SWIFTCC void hook_enqueue_deadline(long long sec, long long nsec, long long tsec, long long tnsec, int clock,
+                                          SwiftJob *job, enqueue_deadline_original original) {
+    (void)tsec; (void)tnsec; (void)original;
+    // The runtime's clock ids: 1 continuous (CLOCK_BOOTTIME on Linux), 2 suspending (CLOCK_MONOTONIC).
+    clockid_t source = clock == 1 ? CLOCK_BOOTTIME : CLOCK_MONOTONIC;
+    int64_t deadline = (int64_t)sec * 1000000000ll + (int64_t)nsec;
+    int64_t remaining = deadline - (int64_t)now_ns(source);
+    if (remaining < 0) remaining = 0;
+    schedule(job, now_ns(CLOCK_MONOTONIC) + (uint64_t)remaining);
+}
+
+void cmp_child_executor_install(void) {
+    queue_init(&global_queue);
+    queue_init(&main_queue);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_mutex_init(&timers.lock, NULL);
+    pthread_cond_init(&timers.changed, &attr);
+    pthread_condattr_destroy(&attr);
+    timers.head = NULL;
+    timers.started = false;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    max_workers = cpus < 2 ? 2 : (int)cpus;
+    atomic_store(&jobs_run, 0);
+    swift_task_enqueueGlobal_hook = hook_enqueue_global;
+    swift_task_enqueueMainExecutor_hook = hook_enqueue_main;
+    swift_task_enqueueGlobalWithDelay_hook = hook_enqueue_delay;
+    swift_task_enqueueGlobalWithDeadline_hook = hook_enqueue_deadline;
+}
+
+uint64_t cmp_child_executor_jobs_run(void) { return atomic_load_explicit(&jobs_run, memory_order_relaxed); }

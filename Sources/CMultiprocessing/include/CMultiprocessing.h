@@ -1,0 +1,66 @@
+#ifndef C_MULTIPROCESSING_H
+#define C_MULTIPROCESSING_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+// ---------------------------------------------------------------------------
+// Linux calls Swift's Glibc module does not expose (prctl, raw syscalls).
+// Each returns what the kernel returns: -1 with errno set on failure.
+// ---------------------------------------------------------------------------
+
+/// `pidfd_open(pid, 0)`: a descriptor that becomes readable when `pid` exits.
+int cmp_pidfd_open(pid_t pid);
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signal a process with no pid-reuse race.
+int cmp_pidfd_send_signal(int pidfd, int sig);
+/// `prctl(PR_SET_PDEATHSIG, sig)`.
+int cmp_set_parent_death_signal(int sig);
+/// `prctl(PR_SET_CHILD_SUBREAPER, on)`.
+int cmp_set_child_subreaper(int on);
+/// `prctl(PR_GET_CHILD_SUBREAPER)`: 1, 0, or -1 on error.
+int cmp_get_child_subreaper(void);
+/// The calling thread's kernel id.
+pid_t cmp_gettid(void);
+/// `on_exit(handler, NULL)`: the handler receives the status given to `exit`.
+int cmp_on_exit(void (*handler)(int status, void *arg));
+
+/// Makes stdout line-buffered (Python's `-u` spirit: lines appear as printed, even into a pipe).
+void cmp_stdout_line_buffered(void);
+/// `pipe2(fds, O_CLOEXEC)`.
+int cmp_pipe_cloexec(int fds[2]);
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+int cmp_epoll_create(void);
+/// Watches `fd` for readability, once (`EPOLLIN | EPOLLONESHOT`), tagged with `token`.
+int cmp_epoll_add_readable_oneshot(int epfd, int fd, uint64_t token);
+/// `epoll_ctl(EPOLL_CTL_DEL)`.
+int cmp_epoll_remove(int epfd, int fd);
+/// `epoll_wait`, reporting only the tokens of the ready descriptors.
+int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_ms);
+
+// ---------------------------------------------------------------------------
+// Swift concurrency in a forked child.
+//
+// Threads do not survive fork, so the runtime's global executor (Dispatch on
+// Linux) never runs another job in a child forked from a process that used it.
+// `cmp_child_executor_install` points the runtime's enqueue hooks at a small
+// child-local pool (worker threads, one serial main-actor thread, one timer
+// thread), created lazily on first use. Call it right after fork in the child;
+// calling it again in a grandchild resets the inherited (dead) pool.
+// ---------------------------------------------------------------------------
+void cmp_child_executor_install(void);
+/// 1 when libdispatch is loaded and reports that this process is a fork of a
+/// parent in which Dispatch had started threads (Dispatch cannot run work
+/// here), else 0. Looked up at run time, so no link dependency on Dispatch.
+int cmp_dispatch_is_unusable_after_fork(void);
+/// Number of jobs the child executor has run (for tests and diagnostics).
+uint64_t cmp_child_executor_jobs_run(void);
+
+// ---------------------------------------------------------------------------
+// Benchmark floors: the raw C cost of what the library wraps.
+// ---------------------------------------------------------------------------
+
+/// Mean microseconds of `fork()` + `_exit(0)` in the child + `waitpid` in the
+/// parent, over `iterations`, called from the current process.
+double cmp_bench_raw_fork_exit_wait_us(int iterations);
+
+#endif

@@ -1,0 +1,65 @@
+import SystemPackage
+
+extension MP {
+    /// An operating-system call failed: which call, and the `errno` it set.
+    ///
+    /// Python raises `OSError` with the same two facts.
+    public struct OSError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// The call that failed, e.g. `"fork"` or `"waitpid"`.
+        public let operation: String
+        /// The error number the call reported.
+        public let errno: Errno
+
+        public init(_ operation: String, errno: Errno) {
+            self.operation = operation
+            self.errno = errno
+        }
+
+        public var description: String {
+            "\(operation) failed: \(errno) (errno \(errno.rawValue))"
+        }
+    }
+
+    /// Misuse of a ``MP/Process`` (Python's `AssertionError` and `ValueError`),
+    /// or an operating-system failure while managing it.
+    public enum ProcessError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// `start()` was called on a process that was already started.
+        case alreadyStarted(name: String)
+        /// The operation needs a started process (`join` before `start`, say).
+        case notStarted(name: String)
+        /// A process tried to join itself.
+        case joinSelf(name: String)
+        /// The operation came from a process that is not this one's parent.
+        case notParent(name: String)
+        /// The process object was closed with `close()`.
+        case closed(name: String)
+        /// `close()` was called while the process is still running.
+        case stillRunning(name: String)
+        /// A timeout was negative.
+        case negativeTimeout(Double)
+        /// `daemon` was changed after `start()`.
+        case daemonAfterStart(name: String)
+        /// A daemonic process tried to start a child (as in Python, daemons have no children).
+        case daemonCannotHaveChildren(name: String)
+        /// An async wait was cancelled.
+        case cancelled
+        /// An operating-system call failed.
+        case system(OSError)
+
+        public var description: String {
+            switch self {
+            case .alreadyStarted(let name): return "cannot start a process twice: '\(name)' was already started"
+            case .notStarted(let name): return "can only join a started process: '\(name)' was not started"
+            case .joinSelf(let name): return "a process cannot join itself ('\(name)')"
+            case .notParent(let name): return "can only join, test or signal a child process: '\(name)' was not started by this process"
+            case .closed(let name): return "process object '\(name)' is closed"
+            case .stillRunning(let name): return "cannot close process '\(name)' while it is still running; join or terminate it first"
+            case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
+            case .daemonAfterStart(let name): return "cannot set daemon on '\(name)': process has already started"
+            case .daemonCannotHaveChildren(let name): return "daemonic process '\(name)' is not allowed to have children"
+            case .cancelled: return "the wait was cancelled"
+            case .system(let error): return error.description
+            }
+        }
+    }
+}

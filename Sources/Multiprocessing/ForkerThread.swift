@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A thread that lives as long as the process and forks on request.
+///
+/// Linux delivers `PR_SET_PDEATHSIG` when the *thread* that forked the child
+/// exits, not the process. A daemonic child forked from a short-lived thread (a
+/// Dispatch or Swift-concurrency worker) would die with that thread; forking
+/// it from this thread ties its life to the process instead.
+final class ForkerThread: @unchecked Sendable {
+    private static let instanceLock = ForkSafeLock()
+    nonisolated(unsafe) private static var instance: ForkerThread?
+
+    private let lock = ForkSafeLock()
+    private var request: (() -> Void)?
+    private var completed = 0
+    private var submitted = 0
+
+    static func shared() throws(MP.OSError) -> ForkerThread {
+        try instanceLock.withLock { () throws(MP.OSError) -> ForkerThread in
+            if let instance { return instance }
+            let thread = ForkerThread()
+            try thread.launch()
+            instance = thread
+            return thread
+        }
+    }
+
+    /// In a forked child: the thread is gone (or is the child's only thread).
+    static func resetAfterFork() {
+        instanceLock.reinitializeAfterFork()
+        instance = nil
+    }
+
+    private func launch() throws(MP.OSError) {
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let result = pthread_create(&thread, nil, { context in
+            Unmanaged<ForkerThread>.fromOpaque(context!).takeRetainedValue().serve()
+        }, context)
+        if result != 0 {
+            Unmanaged<ForkerThread>.fromOpaque(context).release()
+            throw MP.OSError("pthread_create", errno: .init(rawValue: result))
+        }
+        pthread_detach(thread)
+    }
+
+    private func serve() -> Never {
+        while true {
+            let work: () -> Void = lock.withLock {
+                while request == nil { lock.wait() }
+                defer { request = nil }
+                return request!
+            }
+            work()
+            lock.withLock {
+                completed += 1
+                lock.broadcast()
+            }
+        }
+    }
+
+    /// Forks on this thread; the child runs `child`. Returns the child's pid.
+    func fork(_ child: @escaping () -> Never) throws(MP.OSError) -> pid_t {
+        var outcome: Result<pid_t, MP.OSError> = .failure(MP.OSError("fork", errno: .resourceTemporarilyUnavailable))
+        let box = UnsafeMutablePointer<Result<pid_t, MP.OSError>>.allocate(capacity: 1)
+        box.initialize(to: outcome)
+        defer { box.deinitialize(count: 1); box.deallocate() }
+        let ticket = lock.withLock { () -> Int in
+            while request != nil || completed != submitted { lock.wait() }
+            submitted += 1
+            request = {
+                box.pointee = Result { () throws(MP.OSError) -> pid_t in try Runtime.forkFlushingStdio() }
+                if case .success(0) = box.pointee { child() }
+            }
+            lock.broadcast()
+            return submitted
+        }
+        lock.withLock {
+            while completed < ticket { lock.wait() }
+            lock.broadcast()
+        }
+        outcome = box.pointee
+        return try outcome.get()
+    }
+}

@@ -1,0 +1,129 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import SystemPackage
+
+/// Async readiness of file descriptors, for `await`ing without blocking a thread.
+///
+/// One epoll thread per process, started on first use. Each wait watches a
+/// duplicate of the caller's descriptor, so several tasks may wait on the same
+/// descriptor (two tasks joining one process). In a forked child the thread is
+/// gone: ``resetAfterFork()`` drops the inherited instance and a new one starts
+/// when needed. Dispatch is not used, so it works in forked children too.
+final class FDWatcher: @unchecked Sendable {
+    private static let instanceLock = ForkSafeLock()
+    nonisolated(unsafe) private static var instance: FDWatcher?
+
+    private enum Phase {
+        case created
+        case cancelled
+        case registered(fd: Int32, continuation: CheckedContinuation<Void, any Error>)
+    }
+
+    private let epfd: Int32
+    private let lock = ForkSafeLock()
+    private var phases: [UInt64: Phase] = [:]
+    private var nextToken: UInt64 = 0
+
+    static func current() throws(MP.OSError) -> FDWatcher {
+        try instanceLock.withLock { () throws(MP.OSError) -> FDWatcher in
+            if let instance { return instance }
+            let watcher = try FDWatcher()
+            instance = watcher
+            return watcher
+        }
+    }
+
+    static func resetAfterFork() {
+        instanceLock.reinitializeAfterFork()
+        if let instance { Sys.close(instance.epfd) }
+        instance = nil // leaked on purpose: its thread and waiters belong to the parent
+    }
+
+    private init() throws(MP.OSError) {
+        epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let result = pthread_create(&thread, nil, { context in
+            Unmanaged<FDWatcher>.fromOpaque(context!).takeRetainedValue().serve()
+        }, context)
+        if result != 0 {
+            Unmanaged<FDWatcher>.fromOpaque(context).release()
+            Sys.close(epfd)
+            throw MP.OSError("pthread_create", errno: Errno(rawValue: result))
+        }
+        pthread_detach(thread)
+    }
+
+    private func serve() -> Never {
+        let capacity = 64
+        let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+        while true {
+            let count = cmp_epoll_wait_tokens(epfd, tokens, Int32(capacity), -1)
+            if count < 0 { continue } // EINTR
+            var ready: [CheckedContinuation<Void, any Error>] = []
+            lock.withLock {
+                for index in 0..<Int(count) {
+                    let token = tokens[index]
+                    guard case .registered(let fd, let continuation)? = phases.removeValue(forKey: token) else { continue }
+                    _ = cmp_epoll_remove(epfd, fd)
+                    Sys.close(fd)
+                    ready.append(continuation)
+                }
+            }
+            for continuation in ready { continuation.resume() }
+        }
+    }
+
+    /// Suspends until `fd` is readable. Throws `CancellationError` when the task
+    /// is cancelled, `MP.OSError` when the descriptor cannot be watched.
+    func waitReadable(_ fd: Int32) async throws {
+        let token = lock.withLock { () -> UInt64 in
+            nextToken += 1
+            phases[nextToken] = .created
+            return nextToken
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let failure: (any Error)? = lock.withLock {
+                    if case .cancelled? = phases[token] {
+                        phases[token] = nil
+                        return CancellationError()
+                    }
+                    do {
+                        let copy = try Sys.check("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+                        do {
+                            _ = try Sys.check("epoll_ctl") { cmp_epoll_add_readable_oneshot(epfd, copy, token) }
+                        } catch {
+                            Sys.close(copy)
+                            throw error
+                        }
+                        phases[token] = .registered(fd: copy, continuation: continuation)
+                        return nil
+                    } catch {
+                        phases[token] = nil
+                        return error
+                    }
+                }
+                if let failure { continuation.resume(throwing: failure) }
+            }
+        } onCancel: {
+            let continuation = lock.withLock { () -> CheckedContinuation<Void, any Error>? in
+                switch phases[token] {
+                case .created?:
+                    phases[token] = .cancelled
+                    return nil
+                case .registered(let fd, let continuation)?:
+                    phases[token] = nil
+                    _ = cmp_epoll_remove(epfd, fd)
+                    Sys.close(fd)
+                    return continuation
+                default:
+                    return nil
+                }
+            }
+            continuation?.resume(throwing: CancellationError())
+        }
+    }
+}

@@ -1,0 +1,120 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CMultiprocessing
+import SystemPackage
+
+/// The one thin layer over raw system calls: every call in the library goes
+/// through ``Sys/check(_:retryOnInterrupt:_:)``, the single place where a `-1`
+/// return becomes a thrown ``MP/OSError`` carrying `errno`.
+enum Sys {
+    /// Runs `body`; a `-1` result throws `MP.OSError(operation, errno)`.
+    /// `EINTR` is retried unless `retryOnInterrupt` is false.
+    @inline(__always)
+    static func check<T: FixedWidthInteger>(
+        _ operation: String, retryOnInterrupt: Bool = true, _ body: () -> T
+    ) throws(MP.OSError) -> T {
+        while true {
+            let result = body()
+            if result != -1 { return result }
+            let code = errno
+            if code == EINTR && retryOnInterrupt { continue }
+            throw MP.OSError(operation, errno: Errno(rawValue: code))
+        }
+    }
+
+    // MARK: processes
+
+    static func fork() throws(MP.OSError) -> pid_t { try check("fork") { Glibc.fork() } }
+
+    /// `waitpid`; returns 0 with `WNOHANG` when nothing has changed.
+    static func waitpid(_ pid: pid_t, _ status: inout Int32, _ options: Int32) throws(MP.OSError) -> pid_t {
+        try check("waitpid") { Glibc.waitpid(pid, &status, options) }
+    }
+
+    static func kill(_ pid: pid_t, _ signal: Int32) throws(MP.OSError) {
+        _ = try check("kill") { Glibc.kill(pid, signal) }
+    }
+
+    static func pidfdOpen(_ pid: pid_t) throws(MP.OSError) -> Int32 {
+        try check("pidfd_open") { cmp_pidfd_open(pid) }
+    }
+
+    static func pidfdSendSignal(_ pidfd: Int32, _ signal: Int32) throws(MP.OSError) {
+        _ = try check("pidfd_send_signal") { cmp_pidfd_send_signal(pidfd, signal) }
+    }
+
+    static func setParentDeathSignal(_ signal: Int32) throws(MP.OSError) {
+        _ = try check("prctl(PR_SET_PDEATHSIG)") { cmp_set_parent_death_signal(signal) }
+    }
+
+    static func setChildSubreaper(_ on: Bool) throws(MP.OSError) {
+        _ = try check("prctl(PR_SET_CHILD_SUBREAPER)") { cmp_set_child_subreaper(on ? 1 : 0) }
+    }
+
+    static func isChildSubreaper() throws(MP.OSError) -> Bool {
+        try check("prctl(PR_GET_CHILD_SUBREAPER)") { cmp_get_child_subreaper() } == 1
+    }
+
+    static var getpid: pid_t { Glibc.getpid() }
+    static var getppid: pid_t { Glibc.getppid() }
+    static var gettid: pid_t { cmp_gettid() }
+
+    // MARK: descriptors
+
+    static func close(_ fd: Int32) {
+        // Linux closes the descriptor even when close reports EINTR: never retry.
+        _ = Glibc.close(fd)
+    }
+
+    /// Waits until `fd` is readable or `timeout` (seconds; nil = forever) passes.
+    /// Returns whether it became readable.
+    static func pollReadable(_ fd: Int32, timeout: Double?) throws(MP.OSError) -> Bool {
+        let deadline = timeout.map { Clock.monotonicSeconds() + $0 }
+        while true {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            var millis: Int32 = -1
+            if let deadline {
+                let left = max(0, deadline - Clock.monotonicSeconds())
+                millis = Int32(min((left * 1000).rounded(.up), Double(Int32.max)))
+            }
+            let ready = try check("poll", retryOnInterrupt: false) { Glibc.poll(&pfd, 1, millis) }
+            if ready > 0 { return true }
+            if ready == 0 { return false }
+        }
+    }
+
+    static func pipe() throws(MP.OSError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        _ = try check("pipe2") { cmp_pipe_cloexec(&fds) }
+        return (fds[0], fds[1])
+    }
+
+    /// Writes all of `text` to `fd`, ignoring failures (for diagnostics on stderr).
+    static func writeAll(_ fd: Int32, _ text: String) {
+        var text = text
+        text.withUTF8 { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 && errno == EINTR { continue }
+                if written <= 0 { return }
+                offset += written
+            }
+        }
+    }
+
+    /// Flushes every C stdio stream (Swift's `print` writes through stdout's buffer).
+    static func flushStdio() { _ = fflush(nil) }
+}
+
+/// Monotonic time, for timeouts.
+enum Clock {
+    static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

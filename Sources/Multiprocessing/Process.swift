@@ -1,0 +1,433 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension MP {
+    /// Python's `multiprocessing.Process`, started with the fork start method.
+    ///
+    /// Give it a closure (captures replace Python's `args` and `kwargs`), or
+    /// subclass it and override ``run()``:
+    ///
+    /// ```swift
+    /// let p = MP.Process(name: "counter") { task(count: 5) }
+    /// try p.start()
+    /// try p.join()              // or: try await p.join()
+    /// print(p.exitCode!)        // 0; n after exit(n); -N after signal N
+    ///
+    /// final class Worker: MP.Process {
+    ///     override func run() throws { print("hello from", MP.getpid()) }
+    /// }
+    /// ```
+    ///
+    /// In the child, stdio was flushed before the fork, globals are copies,
+    /// Swift concurrency works (a child-local executor is installed), and the
+    /// child leaves with `_exit` after flushing its own stdio and ending its
+    /// own children, so the parent's `atexit` handlers never run there. A
+    /// target that throws prints the error with the process name to stderr and
+    /// exits with 1; throwing ``MP/ExitRequest`` exits with its code.
+    ///
+    /// Dispatch does not work in a child forked from a process that had used it
+    /// (see ``MP/isDispatchUsable``).
+    ///
+    /// Every started child is reaped, by ``join()``, ``isAlive``,
+    /// ``MP/activeChildren()`` or the exit handling: when the main process
+    /// exits normally it terminates its daemonic children and joins the others,
+    /// as CPython does. Daemonic children also die when their parent dies
+    /// abnormally (`SIGKILL`), through `PR_SET_PDEATHSIG`.
+    open class Process: @unchecked Sendable, CustomStringConvertible {
+        enum Target {
+            case none
+            case sync(() throws -> Void)
+            case async(() async throws -> Void)
+        }
+
+        enum State {
+            case initial
+            case starting
+            case running(pid: Int32, pidfd: Int32)
+            /// `status` is nil when somebody else reaped the child without telling us.
+            case finished(pid: Int32, pidfd: Int32, status: ExitStatus?)
+            case closed
+        }
+
+        private let lock = ForkSafeLock()
+        private var state: State = .initial
+        private var explicitName: String?
+        private var isDaemon: Bool
+        private let target: Target
+        private let isMain: Bool
+        /// Python's `_identity`: `[1]` for `Process-1`, `[1, 2]` for `Process-1:2`.
+        let identity: [Int]
+        /// Python's `_parent_pid`: the process that created this object.
+        let creatorPid: Int32
+
+        /// A process that runs `target`.
+        /// - Parameters:
+        ///   - name: Python's `name`; default `Process-N` (`ClassName-N` for subclasses, `-N:M` in a child).
+        ///   - daemon: Python's `daemon`; default false.
+        public init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
+            self.explicitName = name
+            self.isDaemon = daemon
+            self.target = .sync(target)
+            self.isMain = false
+            self.identity = Runtime.shared.nextIdentity()
+            self.creatorPid = Sys.getpid
+        }
+
+        /// A process that runs an async `target` (Swift concurrency works in the child).
+        public init(name: String? = nil, daemon: Bool = false, target: @escaping () async throws -> Void) {
+            self.explicitName = name
+            self.isDaemon = daemon
+            self.target = .async(target)
+            self.isMain = false
+            self.identity = Runtime.shared.nextIdentity()
+            self.creatorPid = Sys.getpid
+        }
+
+        /// A process whose work is its ``run()`` method: for subclasses.
+        public init(name: String? = nil, daemon: Bool = false) {
+            self.explicitName = name
+            self.isDaemon = daemon
+            self.target = .none
+            self.isMain = false
+            self.identity = Runtime.shared.nextIdentity()
+            self.creatorPid = Sys.getpid
+        }
+
+        /// The main process object.
+        init(mainProcess: ()) {
+            self.explicitName = "MainProcess"
+            self.isDaemon = false
+            self.target = .none
+            self.isMain = true
+            self.identity = []
+            self.creatorPid = 0
+        }
+
+        deinit {
+            switch state {
+            case .running(_, let pidfd), .finished(_, let pidfd, _):
+                if pidfd >= 0 { Sys.close(pidfd) }
+            default: break
+            }
+        }
+
+        /// What the child runs: the target given at creation. Override it in a subclass.
+        open func run() throws {
+            switch target {
+            case .none: return
+            case .sync(let body): try body()
+            case .async(let body): try ChildConcurrency.runBlocking(body)
+            }
+        }
+
+        // MARK: properties
+
+        /// Python's `name`.
+        public var name: String {
+            get { lock.withLock { unlockedName } }
+            set { lock.withLock { explicitName = newValue } }
+        }
+
+        private var unlockedName: String {
+            if let explicitName { return explicitName }
+            return "\(type(of: self))-" + identity.map(String.init).joined(separator: ":")
+        }
+
+        /// Python's `daemon`: a daemonic process is terminated when its parent
+        /// exits, and may not start children of its own. Set it with
+        /// ``setDaemon(_:)`` or at creation.
+        public var daemon: Bool { lock.withLock { isDaemon } }
+
+        /// Python's `p.daemon = flag`; throws ``MP/ProcessError/daemonAfterStart(name:)`` after `start()`.
+        public func setDaemon(_ flag: Bool) throws(ProcessError) {
+            try lock.withLock { () throws(ProcessError) in
+                guard case .initial = state, !isCurrent else { throw .daemonAfterStart(name: unlockedName) }
+                isDaemon = flag
+            }
+        }
+
+        private var isCurrent: Bool { isMain || self === Runtime.shared.current }
+
+        /// Python's `pid`: nil before `start()` (and after `close()`).
+        public var pid: Int32? {
+            if isCurrent { return Sys.getpid }
+            return startedPid
+        }
+
+        var startedPid: Int32? {
+            lock.withLock {
+                switch state {
+                case .running(let pid, _), .finished(let pid, _, _): return pid
+                default: return nil
+                }
+            }
+        }
+
+        /// Python's `exitcode`: nil while running or before start; the exit code;
+        /// or `-N` after death by signal N.
+        public var exitCode: Int32? {
+            if !isCurrent && creatorPid == Sys.getpid { reap(blocking: false) }
+            return lock.withLock {
+                if case .finished(_, _, let status) = state { return status?.exitCode }
+                return nil
+            }
+        }
+
+        /// How the child ended, decoded; nil while running or before start.
+        public var exitStatus: ExitStatus? {
+            _ = exitCode
+            return lock.withLock {
+                if case .finished(_, _, let status) = state { return status }
+                return nil
+            }
+        }
+
+        /// Python's `is_alive()`: reaps the child if it has finished.
+        public var isAlive: Bool { pollAlive() }
+
+        func pollAlive() -> Bool {
+            if isCurrent { return true }
+            guard creatorPid == Sys.getpid else { return false }
+            reap(blocking: false)
+            return lock.withLock {
+                if case .running = state { return true }
+                return false
+            }
+        }
+
+        /// Python's `sentinel`: a pidfd that becomes readable when the child
+        /// ends, for `poll`/`epoll` (and ``MP/wait(for:timeout:)``).
+        public var sentinel: Int32 {
+            get throws(ProcessError) {
+                try lock.withLock { () throws(ProcessError) -> Int32 in
+                    switch state {
+                    case .initial, .starting: throw .notStarted(name: unlockedName)
+                    case .closed: throw .closed(name: unlockedName)
+                    case .running(_, let pidfd), .finished(_, let pidfd, _): return pidfd
+                    }
+                }
+            }
+        }
+
+        // MARK: lifecycle
+
+        /// Python's `start()`: forks the child, which runs ``run()``.
+        public func start() throws(ProcessError) {
+            let runtime = Runtime.shared
+            try runtime.checkMayStartChildren()
+            let daemon = try lock.withLock { () throws(ProcessError) -> Bool in
+                switch state {
+                case .initial:
+                    if isCurrent { throw .alreadyStarted(name: unlockedName) }
+                    if creatorPid != Sys.getpid { throw .notParent(name: unlockedName) }
+                    state = .starting
+                    return isDaemon
+                case .closed: throw .closed(name: unlockedName)
+                default: throw .alreadyStarted(name: unlockedName)
+                }
+            }
+            runtime.reapFinishedChildren()
+            let parentPid = Sys.getpid
+            let child: () -> Never = { ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon) }
+            let pid: Int32
+            do {
+                // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon
+                // started from a short-lived thread is forked by a thread that
+                // lives as long as the process.
+                if daemon && Sys.gettid != parentPid {
+                    pid = try ForkerThread.shared().fork(child)
+                } else {
+                    pid = try Runtime.forkFlushingStdio()
+                    if pid == 0 { child() }
+                }
+            } catch {
+                lock.withLock { state = .initial }
+                throw .system(error)
+            }
+            let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
+            lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
+            runtime.register(self)
+        }
+
+        /// Python's `join()`: blocks until the child ends, then reaps it.
+        public func join() throws(ProcessError) {
+            _ = try join(timeout: nil)
+        }
+
+        /// Python's `join(timeout)`: waits at most `timeout` seconds.
+        /// - Returns: whether the child has ended (Python returns None; check `exitCode`).
+        @discardableResult
+        public func join(timeout: Double?) throws(ProcessError) -> Bool {
+            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            guard let pidfd = try joinableDescriptor() else { return true }
+            if pidfd >= 0 {
+                let ended: Bool
+                do { ended = try Sys.pollReadable(pidfd, timeout: timeout) } catch { throw .system(error) }
+                if !ended { return false }
+                reap(blocking: true)
+                return true
+            }
+            // No pidfd (a kernel without pidfd_open): poll the status.
+            let deadline = timeout.map { Clock.monotonicSeconds() + $0 }
+            while true {
+                reap(blocking: deadline == nil)
+                if !pollAlive() { return true }
+                if let deadline, Clock.monotonicSeconds() >= deadline { return false }
+                usleep(1000)
+            }
+        }
+
+        /// `try await p.join()`: suspends, without blocking a thread, until the child ends.
+        public func join() async throws(ProcessError) {
+            guard let pidfd = try joinableDescriptor() else { return }
+            if pidfd >= 0 {
+                do {
+                    try await FDWatcher.current().waitReadable(pidfd)
+                } catch let error as OSError {
+                    throw .system(error)
+                } catch {
+                    throw .cancelled
+                }
+            }
+            reap(blocking: true)
+        }
+
+        /// The pidfd to wait on, or nil when already reaped; throws on misuse.
+        private func joinableDescriptor() throws(ProcessError) -> Int32? {
+            try lock.withLock { () throws(ProcessError) -> Int32? in
+                if isCurrent { throw .joinSelf(name: unlockedName) }
+                if creatorPid != Sys.getpid { throw .notParent(name: unlockedName) }
+                switch state {
+                case .initial, .starting: throw .notStarted(name: unlockedName)
+                case .closed: throw .closed(name: unlockedName)
+                case .finished: return nil
+                case .running(_, let pidfd): return pidfd
+                }
+            }
+        }
+
+        /// Python's `terminate()`: sends SIGTERM. A no-op once the child has ended.
+        public func terminate() throws(ProcessError) { try send(.terminate) }
+
+        /// Python's `kill()`: sends SIGKILL. A no-op once the child has ended.
+        public func kill() throws(ProcessError) { try send(.kill) }
+
+        /// Sends `signal` to the running child (through its pidfd: no pid-reuse race).
+        public func send(_ signal: Signal) throws(ProcessError) {
+            try lock.withLock { () throws(ProcessError) in
+                if isCurrent { throw .notParent(name: unlockedName) }
+                if creatorPid != Sys.getpid { throw .notParent(name: unlockedName) }
+                switch state {
+                case .initial, .starting: throw .notStarted(name: unlockedName)
+                case .closed: throw .closed(name: unlockedName)
+                case .finished: return
+                case .running(let pid, let pidfd):
+                    do throws(OSError) {
+                        if pidfd >= 0 { try Sys.pidfdSendSignal(pidfd, signal.rawValue) } else { try Sys.kill(pid, signal.rawValue) }
+                    } catch where error.errno == .noSuchProcess {
+                        return // already exited, not yet reaped
+                    } catch {
+                        throw .system(error)
+                    }
+                }
+            }
+        }
+
+        /// Python's `close()`: releases the pidfd. Throws if the child still runs;
+        /// afterwards most operations throw ``MP/ProcessError/closed(name:)``.
+        public func close() throws(ProcessError) {
+            if !isCurrent && creatorPid == Sys.getpid { reap(blocking: false) }
+            try lock.withLock { () throws(ProcessError) in
+                switch state {
+                case .running: throw .stillRunning(name: unlockedName)
+                case .finished(_, let pidfd, _):
+                    if pidfd >= 0 { Sys.close(pidfd) }
+                    state = .closed
+                case .initial: state = .closed
+                case .starting: throw .stillRunning(name: unlockedName)
+                case .closed: return
+                }
+            }
+        }
+
+        // MARK: reaping
+
+        /// Reaps the child if it has ended (or, `blocking`, when it ends).
+        func reap(blocking: Bool) {
+            var finished = false
+            lock.withLock {
+                guard case .running(let pid, let pidfd) = state else { return }
+                var raw: Int32 = 0
+                do {
+                    var reaped = try Sys.waitpid(pid, &raw, WNOHANG)
+                    if reaped == 0 && blocking { reaped = try Sys.waitpid(pid, &raw, 0) }
+                    if reaped == pid {
+                        state = .finished(pid: pid, pidfd: pidfd, status: ExitStatus(rawValue: raw))
+                        finished = true
+                    }
+                } catch {
+                    // ECHILD: reaped behind our back; MP.wait() hands us the status if it did.
+                    state = .finished(pid: pid, pidfd: pidfd, status: nil)
+                    finished = true
+                }
+            }
+            if finished { Runtime.shared.unregister(self) }
+        }
+
+        /// A raw `MP.wait()`/`MP.waitpid()` reaped this child.
+        func recordReaped(status: ExitStatus) {
+            lock.withLock {
+                switch state {
+                case .running(let pid, let pidfd), .finished(let pid, let pidfd, nil):
+                    state = .finished(pid: pid, pidfd: pidfd, status: status)
+                default: break
+                }
+            }
+            Runtime.shared.unregister(self)
+        }
+
+        // MARK: fork support
+
+        /// In a forked child: the parent's view of this sibling is meaningless here.
+        func closeInheritedDescriptor() {
+            if case .running(_, let pidfd) = state, pidfd >= 0 { Sys.close(pidfd) }
+            if case .finished(_, let pidfd, _) = state, pidfd >= 0 { Sys.close(pidfd) }
+            state = .closed
+        }
+
+        func reinitializeLockAfterFork() { lock.reinitializeAfterFork() }
+
+        // MARK: description
+
+        /// Reads like Python's repr: `<Process name='worker' pid=4242 parent=4200 started daemon>`.
+        public var description: String {
+            if isMain { return "<_MainProcess name='\(name)' parent=None started>" }
+            let code = isCurrent ? nil : exitCode
+            return lock.withLock {
+                var info = ["\(type(of: self))", "name='\(unlockedName)'"]
+                let status: String
+                switch state {
+                case _ where isCurrent: status = "started"
+                case .closed: status = "closed"
+                case _ where creatorPid != Sys.getpid: status = "unknown"
+                case .initial, .starting: status = "initial"
+                case .running(let pid, _): info.append("pid=\(pid)"); status = "started"
+                case .finished(let pid, _, _): info.append("pid=\(pid)"); status = "stopped"
+                }
+                info.append("parent=\(creatorPid)")
+                info.append(status)
+                if status == "stopped", let code {
+                    info.append("exitcode=\(code < 0 ? Signal(rawValue: -code).description : String(code))")
+                }
+                if isDaemon { info.append("daemon") }
+                return "<" + info.joined(separator: " ") + ">"
+            }
+        }
+    }
+}
+
+extension Runtime {
+    /// CPython's `_cleanup()` at `start()`: reap children that have finished.
+    func reapFinishedChildren() { _ = activeChildren() }
+}

@@ -1,0 +1,167 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+
+/// Per-process library state: the current process object, the children this
+/// process started and has not reaped yet, and the exit handling.
+///
+/// Everything here is reset in a forked child (``afterForkInChild(process:)``):
+/// the parent's children are not the child's, and the parent's locks and
+/// threads do not exist there.
+final class Runtime: @unchecked Sendable {
+    static let shared = Runtime()
+
+    private let lock = ForkSafeLock()
+    private var currentProcess: MP.Process
+    private var parent: MP.ParentProcess?
+    private var counter = 0
+    /// Started and not yet reaped, in start order. Holding them keeps every
+    /// child reapable (no zombies) even when the user drops the object.
+    private var children: [MP.Process] = []
+    private var atexitInstalled = false
+    private var exitGuardInstalled = false
+    private(set) var isForkedChild = false
+
+    private init() {
+        currentProcess = MP.Process(mainProcess: ())
+    }
+
+    var current: MP.Process { lock.withLock { currentProcess } }
+    var parentProcess: MP.ParentProcess? { lock.withLock { parent } }
+
+    /// The identity of a new process object: the current identity plus the next count.
+    func nextIdentity() -> [Int] {
+        lock.withLock {
+            counter += 1
+            return currentProcess.identity + [counter]
+        }
+    }
+
+    // MARK: children
+
+    func register(_ process: MP.Process) {
+        let install = lock.withLock { () -> Bool in
+            children.append(process)
+            defer { atexitInstalled = true }
+            return !atexitInstalled && !isForkedChild
+        }
+        if install {
+            atexit { Runtime.shared.finishChildren() }
+        }
+    }
+
+    func unregister(_ process: MP.Process) {
+        lock.withLock { children.removeAll { $0 === process } }
+    }
+
+    /// A raw `wait`/`waitpid` reaped `pid`: hand its status to its process object.
+    func reapedElsewhere(pid: Int32, status: MP.ExitStatus) {
+        let owner = lock.withLock { children.first { $0.startedPid == pid } }
+        owner?.recordReaped(status: status)
+    }
+
+    /// Python's `active_children()`: reaps the finished children and returns the live ones.
+    func activeChildren() -> [MP.Process] {
+        let snapshot = lock.withLock { children }
+        return snapshot.filter { $0.pollAlive() }
+    }
+
+    /// Python's `_exit_function`: terminate daemonic children, then join every child.
+    func finishChildren() {
+        for child in activeChildren() where child.daemon {
+            try? child.terminate()
+        }
+        for child in activeChildren() {
+            try? child.join()
+        }
+    }
+
+    // MARK: fork
+
+    /// `fork()` after flushing stdio, so output buffered in the parent is not
+    /// printed again by the child.
+    static func forkFlushingStdio() throws(MP.OSError) -> pid_t {
+        Sys.flushStdio()
+        return try Sys.fork()
+    }
+
+    /// Makes the library usable in a freshly forked child (single-threaded here).
+    /// `process` is the `MP.Process` the child runs, or nil after a raw `MP.fork()`.
+    func afterForkInChild(process: MP.Process?) {
+        lock.reinitializeAfterFork()
+        cmp_child_executor_install()
+        for child in children { child.closeInheritedDescriptor() }
+        children = []
+        isForkedChild = true
+        currentProcess.reinitializeLockAfterFork()
+        if let process {
+            process.reinitializeLockAfterFork()
+            parent = MP.ParentProcess(name: currentProcess.name, pid: Sys.getppid)
+            currentProcess = process
+            counter = 0
+        }
+        FDWatcher.resetAfterFork()
+        ForkerThread.resetAfterFork()
+        if !exitGuardInstalled {
+            exitGuardInstalled = true
+            // `exit(n)` in a child must not run the parent's atexit handlers
+            // (its test harness, its own exit handling): this handler is the
+            // last registered, so it runs first and leaves with `_exit(n)`.
+            _ = cmp_on_exit { status, _ in Runtime.shared.exitProcess(status) }
+        }
+    }
+
+    /// Raises if the current process may not start children.
+    func checkMayStartChildren() throws(MP.ProcessError) {
+        let current = self.current
+        if current.daemon { throw .daemonCannotHaveChildren(name: current.name) }
+    }
+
+    // MARK: exit
+
+    /// Ends this process with `code` (see ``MP/exit(_:)``).
+    func exitProcess(_ code: Int32) -> Never {
+        if isForkedChild {
+            finishChildren()
+            Sys.flushStdio()
+            _exit(code)
+        }
+        Glibc.exit(code)
+    }
+
+    /// Prints an uncaught error to stderr, Python-style.
+    static func reportUncaught(_ error: any Error, processName: String?) {
+        Sys.flushStdio()
+        var text = ""
+        if let processName { text += "Process \(processName):\n" }
+        text += "\(type(of: error)): \(error)\n"
+        Sys.writeAll(STDERR_FILENO, text)
+    }
+}
+
+extension MP {
+    /// Python's `multiprocessing.current_process()`: `MainProcess` in the main
+    /// process, the running ``MP/Process`` object in a child.
+    public static func currentProcess() -> Process { Runtime.shared.current }
+
+    /// Python's `multiprocessing.parent_process()`: nil in the main process.
+    public static func parentProcess() -> ParentProcess? { Runtime.shared.parentProcess }
+
+    /// Python's `multiprocessing.active_children()`: the live children of this
+    /// process; finished ones are reaped as a side effect.
+    public static func activeChildren() -> [Process] { Runtime.shared.activeChildren() }
+
+    /// The parent of the current process, as seen from a child.
+    public struct ParentProcess: Hashable, Sendable, CustomStringConvertible {
+        /// The parent's process name (`MainProcess` for the main process).
+        public let name: String
+        /// The parent's pid.
+        public let pid: Int32
+        /// Whether the parent still runs (it is still this process's parent).
+        public var isAlive: Bool { Sys.getppid == pid }
+        public var description: String {
+            "<_ParentProcess name='\(name)' parent=None \(isAlive ? "started" : "stopped")>"
+        }
+    }
+}

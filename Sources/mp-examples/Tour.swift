@@ -1,0 +1,316 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Multiprocessing
+
+// Each function is the line-for-line Swift translation of one program from the
+// Python tutorials (shared/tutorials), with the Python original's lines as comments.
+
+// MARK: 001 §2.1 / 000: dance and sing in two processes
+
+func dance() {
+    print("dance:", MP.getpid())                  // os.getpid()
+    print("dance:", MP.currentProcess())          // multiprocessing.current_process()
+    print("dance的父进程编号:", MP.getppid())      // os.getppid()
+    for _ in 0..<5 {
+        print("跳舞中...")
+        Time.sleep(0.2)
+    }
+}
+
+func sing() {
+    print("sing:", MP.getpid())
+    print("sing:", MP.currentProcess())
+    print("sing的父进程编号:", MP.getppid())
+    for _ in 0..<5 {
+        print("唱歌中...")
+        Time.sleep(0.2)
+    }
+}
+
+func danceAndSing() throws {
+    let danceProcess = MP.Process(name: "myprocess1", target: dance)   // Process(target=dance, name="myprocess1")
+    let singProcess = MP.Process(target: sing)                          // Process(target=sing)
+    try danceProcess.start()
+    try singProcess.start()
+    // The main process waits for its children at exit, as Python's does.
+}
+
+// MARK: 001 §2.2: a process that kills itself
+
+func selfKill() throws {
+    print("main:", MP.getpid())
+    print("main:", MP.currentProcess())
+    let danceProcess = MP.Process(name: "myprocess1") {
+        print("dance:", MP.getpid())
+        print("dance:", MP.currentProcess())
+        for i in 0..<5 {
+            print("跳舞中...\(i)")
+            try MP.kill(MP.getpid(), .kill)                             // os.kill(os.getpid(), 9)
+        }
+    }
+    try danceProcess.start()
+    try danceProcess.join()
+    print("exitcode:", danceProcess.exitCode!)                          // -9
+}
+
+// MARK: 000: a target with arguments
+
+func task(count: Int) {
+    for _ in 0..<count {
+        print("running")
+        Time.sleep(0.2)
+    }
+    print("over")                                                       // for ... else
+}
+
+func arguments() throws {
+    let subProcess1 = MP.Process { task(count: 5) }                     // args=(5,)
+    let subProcess2 = MP.Process { task(count: 3) }                     // kwargs={"count": 3}
+    try subProcess1.start()
+    try subProcess2.start()
+}
+
+// MARK: 003: a named process with args and kwargs, terminated
+
+func processFun(_ args: Int..., kwargs: [String: String]) {
+    for _ in 0..<10 {
+        print("helloworld")
+        print(args)
+        print(kwargs)
+        print("子进程pid:\(MP.getpid())")
+        Time.sleep(0.1)
+    }
+}
+
+func named() throws {
+    let p = MP.Process(name: "test") { processFun(1, 2, kwargs: ["A": "a"]) }
+    try p.start()
+    print("父进程PID:\(MP.getpid())")
+    print(p.name)
+    Time.sleep(0.1)
+    try p.terminate()
+    try p.join()
+    print(p.isAlive)
+    print("父进程结束")
+}
+
+// MARK: 003: subclassing Process, arguments through init
+
+final class ProcessFun: MP.Process, @unchecked Sendable {
+    let args: [Int]
+    let kwargs: [String: String]
+
+    init(args: [Int], kwargs: [String: String]) {
+        self.args = args
+        self.kwargs = kwargs
+        super.init()
+    }
+
+    override func run() throws {
+        for _ in 0..<10 {
+            print("helloworld")
+            print(["args": args, "kwargs": kwargs] as KeyValuePairs<String, Any>)
+            print("子进程pid:\(MP.getpid())")
+            Time.sleep(0.1)
+        }
+    }
+}
+
+func subclass() throws {
+    let p = ProcessFun(args: [1, 2], kwargs: ["A": "a"])
+    try p.start()
+    print("父进程PID:\(MP.getpid())")
+    print(p.name)
+    Time.sleep(0.1)
+    try p.terminate()
+    try p.join()
+    print(p.isAlive)
+    print("父进程结束")
+}
+
+// MARK: 002: join one after another versus started together
+
+func func2(_ name: String, _ n: Int) {
+    print(name)
+    Time.sleep(Double(n))
+    print("\(n)")
+}
+
+func joinSequential() throws {
+    let startTime = Time.now()
+    for i in 1...3 {
+        let p = MP.Process { func2("hkw", i) }
+        try p.start()
+        try p.join()
+    }
+    print("main", formatted(Time.now() - startTime), "(about 1+2+3 s)")
+}
+
+func joinTogether() throws {
+    let startTime = Time.now()
+    var pList: [MP.Process] = []
+    for i in 1...3 {
+        let p = MP.Process { func2("hkw", i) }
+        try p.start()
+        pList.append(p)
+    }
+    for p in pList { try p.join() }
+    print("main", formatted(Time.now() - startTime), "(about the longest, 3 s)")
+}
+
+// MARK: 002: processes do not share globals
+
+nonisolated(unsafe) var name = "jon"
+
+func globals() throws {
+    let p = MP.Process {
+        name = "lin"                                                    // global name; name = 'lin'
+        print("func \(name)")
+    }
+    try p.start()
+    try p.join()
+    print("main \(name)")
+}
+
+// MARK: 002: PIDs, is_alive, terminate, daemon after start
+
+func terminate() throws {
+    let p = MP.Process {
+        print("func---PID: \(MP.currentProcess().pid!)")
+        print("func---PID: \(MP.getpid())")
+        print("func---PPID: \(MP.getppid())")
+        Time.sleep(10)
+    }
+    try p.start()
+    print(p.isAlive)
+    do {
+        try p.setDaemon(true)                                           // p.daemon = True after start
+    } catch {
+        print("error:", error)                                          // AssertionError in Python
+    }
+    try p.terminate()
+    try p.join()
+    print(p.isAlive)
+    print("exitcode:", p.exitCode!)                                     // -15
+    print("main---PID: \(MP.getpid())")
+    print("main---PPID: \(MP.getppid())")
+}
+
+// MARK: 001 §2.4: a daemon child is cut off when the main process ends
+
+func daemon() throws {
+    let subProcess = MP.Process {
+        for _ in 0..<10 {
+            print("任务执行中...")
+            Time.sleep(0.2)
+        }
+    }
+    try subProcess.setDaemon(true)
+    try subProcess.start()
+    Time.sleep(0.5)
+    print("over")
+    MP.exit(0)                                                          // exit()
+}
+
+// MARK: 003: os.fork and os.wait, the child ends with an uncaught error
+
+func forkWait() throws {
+    switch try MP.fork() {                                              // ret = os.fork()
+    case .child:
+        MP.runAndExit {
+            print("我是子进程PID:\(MP.getpid()),父进程PPID:\(MP.getppid())")
+            for _ in 0..<10 {
+                print("我是子进程")
+                Time.sleep(0.1)
+            }
+            throw PythonException("抛出异常状态")                        // raise Exception('抛出异常状态')
+        }
+    case .parent:
+        print("我是父进程PID:\(MP.getpid()),父进程PPID:\(MP.getppid())")
+        for _ in 0..<5 {
+            print("父进程")
+            Time.sleep(0.1)
+        }
+        print("父进程\"任务\"结束")
+        let (pid, result) = try { let r = try MP.wait(); return (r.pid, r.status.rawValue) }()
+        print("子进程结束,pid为\(pid),结束状态\(result)")
+    }
+}
+
+// MARK: 002: orphan and zombie processes
+
+func orphan() throws {
+    // Become the subreaper, so the orphan is adopted by this program (not by
+    // init) and can be reaped here: no process is left behind.
+    try MP.setChildSubreaper(true)
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw PythonException("pipe failed") }
+    let middle = MP.Process(name: "middle") {
+        let gone = try { () throws -> (Int32, Int32) in
+            var pair: [Int32] = [0, 0]
+            guard pipe(&pair) == 0 else { throw PythonException("pipe failed") }
+            return (pair[0], pair[1])
+        }()
+        switch try MP.fork() {
+        case .child:
+            close(gone.1)
+            print("orphan \(MP.getpid()): my parent is \(MP.getppid())")
+            var byte: UInt8 = 0
+            _ = read(gone.0, &byte, 1)                                  // EOF: the middle process is gone
+            print("orphan \(MP.getpid()): my parent has exited; my parent is now \(MP.getppid()) (the subreaper)")
+            MP.exit(0)
+        case .parent(let pid):
+            close(gone.0)
+            var orphanPid = pid
+            _ = write(fds[1], &orphanPid, MemoryLayout<Int32>.size)
+            print("middle \(MP.getpid()): started \(pid) and exits without waiting for it")
+        }
+    }
+    try middle.start()
+    close(fds[1])
+    var orphanPid: Int32 = 0
+    _ = read(fds[0], &orphanPid, MemoryLayout<Int32>.size)
+    close(fds[0])
+    try middle.join()
+    print("main \(MP.getpid()): middle exited with \(middle.exitCode!)")
+    let reaped = try MP.waitpid(orphanPid)!
+    print("main: reaped the adopted orphan \(reaped.pid) with status \(reaped.status)")
+}
+
+func zombie() throws {
+    let p = MP.Process(name: "zombie") { print("child \(MP.getpid()): done") }
+    try p.start()
+    _ = try MP.wait(for: [p.sentinel])                                  // exited, not reaped
+    print("after exit, before join: state \(processState(p.pid!)) (Z: zombie)")
+    try p.join()                                                        // reaps
+    print("after join: state \(processState(p.pid!)) (gone)")
+}
+
+func processState(_ pid: Int32) -> String {
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return "-" }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 512)
+    guard fgets(&buffer, Int32(buffer.count), file) != nil else { return "-" }
+    let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let close = line.lastIndex(of: ")") else { return "?" }
+    return String(line[line.index(close, offsetBy: 2)])
+}
+
+// MARK: the tour
+
+let examples: [Example] = [
+    Example(name: "dance-sing", title: "dance and sing in two processes (001 §2.1, 000)", run: danceAndSing),
+    Example(name: "self-kill", title: "a process kills itself with SIGKILL (001 §2.2)", run: selfKill),
+    Example(name: "arguments", title: "a target with arguments (000)", run: arguments),
+    Example(name: "named", title: "a named process, terminated (003)", run: named),
+    Example(name: "subclass", title: "subclassing Process with run() (003)", run: subclass),
+    Example(name: "join-sequential", title: "start and join one after another (002)", run: joinSequential),
+    Example(name: "join-together", title: "start all, then join all (002)", run: joinTogether),
+    Example(name: "globals", title: "processes do not share globals (002)", run: globals),
+    Example(name: "terminate", title: "is_alive, terminate, daemon after start (002)", run: terminate),
+    Example(name: "daemon", title: "a daemon child is cut off when the main process ends (001 §2.4)", run: daemon),
+    Example(name: "fork-wait", title: "os.fork and os.wait, the child raises (003)", run: forkWait),
+    Example(name: "orphan", title: "an orphan is adopted when its parent exits (002, 003)", run: orphan),
+    Example(name: "zombie", title: "a zombie: exited, not yet reaped (002, 003)", run: zombie),
+]
