@@ -40,6 +40,7 @@ typedef struct Node {
     SwiftJob *job;
     struct Node *next;
     uint64_t deadline_ns; // timer queue only (CLOCK_MONOTONIC)
+    bool to_main;         // timer queue only: due jobs go to the main-actor thread
 } Node;
 
 typedef struct {
@@ -99,9 +100,12 @@ static void push(JobQueue *q, SwiftJob *job, int limit) {
     pthread_mutex_unlock(&q->lock);
 }
 
+static __thread bool on_main_thread;
+
 static void *worker_main(void *arg) {
     JobQueue *q = arg;
     bool is_main = (q == &main_queue);
+    on_main_thread = is_main;
     CMPSerialExecutorRef executor = {0, 0};
     if (is_main) executor = swift_task_getMainExecutor();
     for (;;) {
@@ -138,7 +142,8 @@ static void *timer_main(void *arg) {
         if (first->deadline_ns <= now) {
             timers.head = first->next;
             pthread_mutex_unlock(&timers.lock);
-            push(&global_queue, first->job, max_workers);
+            if (first->to_main) push(&main_queue, first->job, 1);
+            else push(&global_queue, first->job, max_workers);
             free(first);
             pthread_mutex_lock(&timers.lock);
             continue;
@@ -150,11 +155,12 @@ static void *timer_main(void *arg) {
     return NULL;
 }
 
-static void schedule(SwiftJob *job, uint64_t deadline_ns) {
+static void schedule(SwiftJob *job, uint64_t deadline_ns, bool to_main) {
     Node *node = malloc(sizeof(Node));
     if (!node) abort();
     node->job = job;
     node->deadline_ns = deadline_ns;
+    node->to_main = to_main;
     pthread_mutex_lock(&timers.lock);
     Node **link = &timers.head;
     while (*link && (*link)->deadline_ns <= deadline_ns) link = &(*link)->next;
@@ -186,7 +192,7 @@ static SWIFTCC void hook_enqueue_main(SwiftJob *job, enqueue_original original) 
 
 static SWIFTCC void hook_enqueue_delay(unsigned long long delay, SwiftJob *job, enqueue_delay_original original) {
     (void)original;
-    schedule(job, now_ns(CLOCK_MONOTONIC) + delay);
+    schedule(job, now_ns(CLOCK_MONOTONIC) + delay, false);
 }
 
 static SWIFTCC void hook_enqueue_deadline(long long sec, long long nsec, long long tsec, long long tnsec, int clock,
@@ -197,7 +203,7 @@ static SWIFTCC void hook_enqueue_deadline(long long sec, long long nsec, long lo
     int64_t deadline = (int64_t)sec * 1000000000ll + (int64_t)nsec;
     int64_t remaining = deadline - (int64_t)now_ns(source);
     if (remaining < 0) remaining = 0;
-    schedule(job, now_ns(CLOCK_MONOTONIC) + (uint64_t)remaining);
+    schedule(job, now_ns(CLOCK_MONOTONIC) + (uint64_t)remaining, false);
 }
 
 void cmp_child_executor_install(void) {
@@ -221,3 +227,13 @@ void cmp_child_executor_install(void) {
 }
 
 uint64_t cmp_child_executor_jobs_run(void) { return atomic_load_explicit(&jobs_run, memory_order_relaxed); }
+
+void cmp_child_executor_enqueue(void *job) { push(&global_queue, job, max_workers); }
+void cmp_child_executor_enqueue_main(void *job) { push(&main_queue, job, 1); }
+void cmp_child_executor_enqueue_after(void *job, uint64_t delay_ns) {
+    schedule(job, now_ns(CLOCK_MONOTONIC) + delay_ns, false);
+}
+void cmp_child_executor_enqueue_main_after(void *job, uint64_t delay_ns) {
+    schedule(job, now_ns(CLOCK_MONOTONIC) + delay_ns, true);
+}
+int cmp_child_executor_on_main_thread(void) { return on_main_thread ? 1 : 0; }

@@ -58,9 +58,10 @@ double cmp_bench_raw_fork_exit_wait_us(int iterations) {
     return ns / 1000.0 / iterations;
 }
 
-int cmp_dispatch_is_unusable_after_fork(void) {
-    bool_fn query = (bool_fn)dlsym(RTLD_DEFAULT, "_dispatch_is_fork_of_multithreaded_parent");
-    return query && query() ? 1 : 0;
+int cmp_dispatch_is_multithreaded(void) {
+    bool_fn forked = (bool_fn)dlsym(RTLD_DEFAULT, "_dispatch_is_fork_of_multithreaded_parent");
+    bool_fn threaded = (bool_fn)dlsym(RTLD_DEFAULT, "_dispatch_is_multithreaded");
+    return (forked && forked()) || (threaded && threaded()) ? 1 : 0;
 }
 
 int cmp_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }

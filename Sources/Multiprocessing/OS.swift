@@ -132,7 +132,9 @@ extension MP {
     /// groups, `Task.sleep`) keeps working in children started by this library,
     /// which give it a child-local executor; Dispatch does not. Check this in
     /// library code that may run in a child and needs Dispatch.
-    public static var isDispatchUsable: Bool { cmp_dispatch_is_unusable_after_fork() == 0 }
+    public static var isDispatchUsable: Bool {
+        !(Runtime.shared.isForkedChild && cmp_dispatch_is_multithreaded() == 1)
+    }
 }
 
 extension MP {
@@ -143,11 +145,11 @@ extension MP {
         if let timeout, !(timeout >= 0) { throw ProcessError.negativeTimeout(timeout) }
         if descriptors.isEmpty { return [] }
         var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let deadline = timeout.map { Clock.monotonicSeconds() + $0 }
+        let deadline = timeout.map { MonotonicTime.seconds() + $0 }
         while true {
             var millis: Int32 = -1
             if let deadline {
-                millis = Int32(min((max(0, deadline - Clock.monotonicSeconds()) * 1000).rounded(.up), Double(Int32.max)))
+                millis = Int32(min((max(0, deadline - MonotonicTime.seconds()) * 1000).rounded(.up), Double(Int32.max)))
             }
             let ready = try Sys.check("poll", retryOnInterrupt: false) { poll(&fds, nfds_t(fds.count), millis) }
             if ready == 0 { return [] }

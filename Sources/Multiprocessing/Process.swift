@@ -269,11 +269,11 @@ extension MP {
                 return true
             }
             // No pidfd (a kernel without pidfd_open): poll the status.
-            let deadline = timeout.map { Clock.monotonicSeconds() + $0 }
+            let deadline = timeout.map { MonotonicTime.seconds() + $0 }
             while true {
                 reap(blocking: deadline == nil)
                 if !pollAlive() { return true }
-                if let deadline, Clock.monotonicSeconds() >= deadline { return false }
+                if let deadline, MonotonicTime.seconds() >= deadline { return false }
                 usleep(1000)
             }
         }
@@ -409,8 +409,8 @@ extension MP {
                 let status: String
                 switch state {
                 case _ where isCurrent: status = "started"
-                case .closed: status = "closed"
                 case _ where creatorPid != Sys.getpid: status = "unknown"
+                case .closed: status = "closed"
                 case .initial, .starting: status = "initial"
                 case .running(let pid, _): info.append("pid=\(pid)"); status = "started"
                 case .finished(let pid, _, _): info.append("pid=\(pid)"); status = "stopped"

@@ -90,7 +90,14 @@ final class Runtime: @unchecked Sendable {
     /// `process` is the `MP.Process` the child runs, or nil after a raw `MP.fork()`.
     func afterForkInChild(process: MP.Process?) {
         lock.reinitializeAfterFork()
-        cmp_child_executor_install()
+        // The child's only thread inherits the forking thread's signal mask, and
+        // Dispatch and Swift-concurrency worker threads block SIGTERM and most
+        // other signals: `terminate()` would not end such a child. A child
+        // starts with nothing blocked, as a fresh process does.
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        pthread_sigmask(SIG_SETMASK, &empty, nil)
+        ChildExecutors.install()
         for child in children { child.closeInheritedDescriptor() }
         children = []
         isForkedChild = true

@@ -48,10 +48,19 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 // calling it again in a grandchild resets the inherited (dead) pool.
 // ---------------------------------------------------------------------------
 void cmp_child_executor_install(void);
-/// 1 when libdispatch is loaded and reports that this process is a fork of a
-/// parent in which Dispatch had started threads (Dispatch cannot run work
-/// here), else 0. Looked up at run time, so no link dependency on Dispatch.
-int cmp_dispatch_is_unusable_after_fork(void);
+/// Enqueue a job (a Swift `UnownedJob`) on the child pool, on the child's
+/// main-actor thread, or on the child pool after `delay_ns` nanoseconds.
+/// The Swift executors installed in the child forward here.
+void cmp_child_executor_enqueue(void *job);
+void cmp_child_executor_enqueue_main(void *job);
+void cmp_child_executor_enqueue_after(void *job, uint64_t delay_ns);
+void cmp_child_executor_enqueue_main_after(void *job, uint64_t delay_ns);
+/// Whether the calling thread is the child's main-actor thread.
+int cmp_child_executor_on_main_thread(void);
+/// Whether libdispatch is loaded and had started its worker threads in this
+/// process (or, after fork, in the parent it was copied from: the flag is
+/// inherited). Looked up at run time, so there is no link dependency.
+int cmp_dispatch_is_multithreaded(void);
 /// Number of jobs the child executor has run (for tests and diagnostics).
 uint64_t cmp_child_executor_jobs_run(void);
 

@@ -72,12 +72,12 @@ enum Sys {
     /// Waits until `fd` is readable or `timeout` (seconds; nil = forever) passes.
     /// Returns whether it became readable.
     static func pollReadable(_ fd: Int32, timeout: Double?) throws(MP.OSError) -> Bool {
-        let deadline = timeout.map { Clock.monotonicSeconds() + $0 }
+        let deadline = timeout.map { MonotonicTime.seconds() + $0 }
         while true {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             var millis: Int32 = -1
             if let deadline {
-                let left = max(0, deadline - Clock.monotonicSeconds())
+                let left = max(0, deadline - MonotonicTime.seconds())
                 millis = Int32(min((left * 1000).rounded(.up), Double(Int32.max)))
             }
             let ready = try check("poll", retryOnInterrupt: false) { Glibc.poll(&pfd, 1, millis) }
@@ -111,8 +111,8 @@ enum Sys {
 }
 
 /// Monotonic time, for timeouts.
-enum Clock {
-    static func monotonicSeconds() -> Double {
+enum MonotonicTime {
+    static func seconds() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

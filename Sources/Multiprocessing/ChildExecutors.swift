@@ -1,0 +1,87 @@
+import CMultiprocessing
+#if compiler(>=6.3)
+@_spi(ExperimentalCustomExecutors) @_spi(ExperimentalScheduling) import _Concurrency
+#endif
+
+/// Swift concurrency in a forked child.
+///
+/// Threads do not survive `fork`. The runtime's default executors on Linux are
+/// Dispatch-based, and Dispatch is dead in a child forked from a process that
+/// used it. Two mechanisms together give the child working executors backed by
+/// child-local threads (see `child_executor.c`):
+///
+/// - the runtime's enqueue hooks (`swift_task_enqueueGlobal_hook` and friends)
+///   catch jobs the C++ runtime enqueues directly;
+/// - since Swift 6.2 `Task.sleep` and main-actor scheduling go through the
+///   executor objects (`Task.defaultExecutor`, `MainActor.executor`) instead,
+///   whose delayed enqueue calls into Dispatch without consulting the hooks.
+///   The runtime's executor-factory entry point replaces both with the
+///   child-local executors below.
+enum ChildExecutors {
+    /// Call right after fork, in the child (single-threaded at that point).
+    static func install() {
+        cmp_child_executor_install()
+        #if compiler(>=6.3)
+        _ = Task.defaultExecutor // runs the runtime's one-time default creation first
+        _createExecutors(factory: ChildExecutorFactory.self)
+        #endif
+    }
+}
+
+#if compiler(>=6.3)
+private struct ChildExecutorFactory: ExecutorFactory {
+    static var mainExecutor: any MainExecutor { ChildMainExecutor.shared }
+    static var defaultExecutor: any TaskExecutor { ChildTaskExecutor.shared }
+}
+
+/// Nanoseconds until `instant`, or of `delay`, for the clocks whose durations are `Duration`.
+private func nanoseconds<D: DurationProtocol>(of delay: D) -> UInt64 {
+    guard let duration = delay as? Duration else { return 0 }
+    let (seconds, attoseconds) = duration.components
+    if seconds < 0 { return 0 }
+    return UInt64(seconds) &* 1_000_000_000 &+ UInt64(max(0, attoseconds) / 1_000_000_000)
+}
+
+private func rawJob(_ job: consuming ExecutorJob) -> UnsafeMutableRawPointer {
+    unsafeBitCast(UnownedJob(job), to: UnsafeMutableRawPointer.self)
+}
+
+private final class ChildTaskExecutor: TaskExecutor, SchedulingExecutor, @unchecked Sendable {
+    static let shared = ChildTaskExecutor()
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        cmp_child_executor_enqueue(rawJob(job))
+    }
+
+    func enqueue<C: Clock>(_ job: consuming ExecutorJob, after delay: C.Duration, tolerance: C.Duration?, clock: C) {
+        cmp_child_executor_enqueue_after(rawJob(job), nanoseconds(of: delay))
+    }
+
+    func enqueue<C: Clock>(_ job: consuming ExecutorJob, at instant: C.Instant, tolerance: C.Duration?, clock: C) {
+        cmp_child_executor_enqueue_after(rawJob(job), nanoseconds(of: clock.now.duration(to: instant)))
+    }
+}
+
+private final class ChildMainExecutor: MainExecutor, SchedulingExecutor, @unchecked Sendable {
+    static let shared = ChildMainExecutor()
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        cmp_child_executor_enqueue_main(rawJob(job))
+    }
+
+    func enqueue<C: Clock>(_ job: consuming ExecutorJob, after delay: C.Duration, tolerance: C.Duration?, clock: C) {
+        cmp_child_executor_enqueue_main_after(rawJob(job), nanoseconds(of: delay))
+    }
+
+    func enqueue<C: Clock>(_ job: consuming ExecutorJob, at instant: C.Instant, tolerance: C.Duration?, clock: C) {
+        cmp_child_executor_enqueue_main_after(rawJob(job), nanoseconds(of: clock.now.duration(to: instant)))
+    }
+
+    func checkIsolated() {
+        precondition(cmp_child_executor_on_main_thread() == 1, "not on the main actor's thread in this child process")
+    }
+
+    func run() throws {}
+    func stop() {}
+}
+#endif

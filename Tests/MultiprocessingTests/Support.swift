@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import Multiprocessing
+import Testing
+
+/// Joins `process` within `seconds`. A child still running then is killed by
+/// its pid, reaped, and the test fails: no test can hang or leave a child.
+func joinOrKill(_ process: MP.Process, within seconds: Double = 20,
+                sourceLocation: SourceLocation = #_sourceLocation) throws {
+    if try process.join(timeout: seconds) { return }
+    Issue.record("process \(process.name) (pid \(process.pid ?? -1)) still running after \(seconds) s: killed", sourceLocation: sourceLocation)
+    try process.kill()
+    try process.join()
+}
+
+/// Waits for a raw child (from `MP.fork()`) within `seconds`, killing it on timeout.
+func waitOrKill(_ pid: Int32, within seconds: Double = 20,
+                sourceLocation: SourceLocation = #_sourceLocation) throws -> MP.ExitStatus {
+    let pidfd = cmp_pidfd_open(pid)
+    if pidfd >= 0 {
+        defer { close(pidfd) }
+        if try MP.wait(for: [pidfd], timeout: seconds).isEmpty {
+            Issue.record("child \(pid) still running after \(seconds) s: killed", sourceLocation: sourceLocation)
+            try MP.kill(pid, .kill)
+        }
+    }
+    return try MP.waitpid(pid)!.status
+}
+
+/// A pipe for tests to pass facts from a child back to the parent.
+final class TestPipe: @unchecked Sendable {
+    private(set) var readEnd: Int32
+    private(set) var writeEnd: Int32
+
+    init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(cmp_pipe_cloexec(&fds) == 0)
+        readEnd = fds[0]
+        writeEnd = fds[1]
+    }
+
+    deinit {
+        closeRead()
+        closeWrite()
+    }
+
+    func closeRead() { if readEnd >= 0 { close(readEnd); readEnd = -1 } }
+    func closeWrite() { if writeEnd >= 0 { close(writeEnd); writeEnd = -1 } }
+
+    func write(_ text: String) {
+        var text = text
+        text.withUTF8 { buffer in _ = Glibc.write(writeEnd, buffer.baseAddress, buffer.count) }
+    }
+
+    func write(_ value: Int32) {
+        var value = value
+        _ = Glibc.write(writeEnd, &value, 4)
+    }
+
+    /// Reads until EOF, within `seconds` (then fails and returns what came).
+    func readAll(within seconds: Double = 20, sourceLocation: SourceLocation = #_sourceLocation) -> String {
+        closeWrite()
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            guard (try? MP.wait(for: [readEnd], timeout: seconds))?.isEmpty == false else {
+                Issue.record("no EOF on the pipe within \(seconds) s", sourceLocation: sourceLocation)
+                break
+            }
+            let count = read(readEnd, &buffer, buffer.count)
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Reads one Int32 within `seconds`; nil on EOF or timeout.
+    func readInt32(within seconds: Double = 20) -> Int32? {
+        guard (try? MP.wait(for: [readEnd], timeout: seconds))?.isEmpty == false else { return nil }
+        var value: Int32 = 0
+        return read(readEnd, &value, 4) == 4 ? value : nil
+    }
+
+    /// Blocks the caller (a child) until the parent writes a byte or closes.
+    func awaitSignal() {
+        var byte: UInt8 = 0
+        _ = read(readEnd, &byte, 1)
+    }
+
+    func signal() {
+        var byte: UInt8 = 1
+        _ = Glibc.write(writeEnd, &byte, 1)
+    }
+}
+
+/// Open descriptors of this process.
+func openDescriptorCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while readdir(dir) != nil { count += 1 }
+    return count
+}
+
+/// The state letter of `pid` in /proc (`Z` for a zombie), or nil if it is gone.
+func processState(_ pid: Int32) -> Character? {
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return nil }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 512)
+    guard fgets(&buffer, Int32(buffer.count), file) != nil else { return nil }
+    let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let close = line.lastIndex(of: ")") else { return nil }
+    return line[line.index(close, offsetBy: 2)]
+}
+
+/// Whether this process has any child at all, reaped or not (`waitpid` with `WNOWAIT`).
+func hasAnyChild() -> Bool {
+    var info = siginfo_t()
+    return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | WSTOPPED) == 0
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
