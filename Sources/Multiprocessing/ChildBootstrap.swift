@@ -7,9 +7,9 @@ enum ChildBootstrap {
     static func run(_ process: MP.Process, parentPid: Int32, daemon: Bool) -> Never {
         if daemon {
             // Die with the parent even if it is SIGKILLed. If the parent died
-            // between fork and prctl, no signal will come: leave now.
+            // between fork and prctl, no signal will come: die the same way now.
             try? Sys.setParentDeathSignal(SIGKILL)
-            if Sys.getppid != parentPid { _exit(1) }
+            if Sys.getppid != parentPid { Glibc.kill(Sys.getpid, SIGKILL) }
         }
         Runtime.shared.afterForkInChild(process: process)
         var code: Int32 = 0
