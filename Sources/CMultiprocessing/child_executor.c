@@ -61,6 +61,11 @@ static struct {
 } timers;
 static int max_workers = 2;
 static _Atomic uint64_t jobs_run;
+// Set in the child by cmp_child_executor_install; the queues and the Swift
+// executors are set up on the first job (most children never use concurrency,
+// and every page a child writes is a copy-on-write fault).
+static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+static void (*swift_setup)(void);
 
 static uint64_t now_ns(clockid_t clock) {
     struct timespec ts;
@@ -87,7 +92,10 @@ static void spawn_worker(JobQueue *q) {
     pthread_attr_destroy(&attr);
 }
 
+static inline void ensure_setup(void);
+
 static void push(JobQueue *q, SwiftJob *job, int limit) {
+    ensure_setup();
     Node *node = malloc(sizeof(Node));
     if (!node) abort();
     node->job = job;
@@ -156,6 +164,7 @@ static void *timer_main(void *arg) {
 }
 
 static void schedule(SwiftJob *job, uint64_t deadline_ns, bool to_main) {
+    ensure_setup();
     Node *node = malloc(sizeof(Node));
     if (!node) abort();
     node->job = job;
@@ -206,7 +215,7 @@ static SWIFTCC void hook_enqueue_deadline(long long sec, long long nsec, long lo
     schedule(job, now_ns(CLOCK_MONOTONIC) + (uint64_t)remaining, false);
 }
 
-void cmp_child_executor_install(void) {
+static void setup(void) {
     queue_init(&global_queue);
     queue_init(&main_queue);
     pthread_condattr_t attr;
@@ -220,6 +229,15 @@ void cmp_child_executor_install(void) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     max_workers = cpus < 2 ? 2 : (int)cpus;
     atomic_store(&jobs_run, 0);
+    if (swift_setup) swift_setup();
+}
+
+static inline void ensure_setup(void) { pthread_once(&setup_once, setup); }
+
+void cmp_child_executor_set_swift_setup(void (*function)(void)) { swift_setup = function; }
+
+void cmp_child_executor_install(void) {
+    setup_once = (pthread_once_t)PTHREAD_ONCE_INIT; // a grandchild sets up anew
     swift_task_enqueueGlobal_hook = hook_enqueue_global;
     swift_task_enqueueMainExecutor_hook = hook_enqueue_main;
     swift_task_enqueueGlobalWithDelay_hook = hook_enqueue_delay;

@@ -3,9 +3,11 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -28,8 +30,6 @@ int cmp_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
-int cmp_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
-
 int cmp_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0); }
 
 int cmp_get_child_subreaper(void) {
@@ -40,7 +40,6 @@ int cmp_get_child_subreaper(void) {
 
 pid_t cmp_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
-int cmp_on_exit(void (*handler)(int status, void *arg)) { return on_exit(handler, NULL); }
 
 double cmp_bench_raw_fork_exit_wait_us(int iterations) {
     if (iterations <= 0) return 0;
@@ -84,3 +83,40 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 int cmp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 void cmp_stdout_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+
+// The child path calls libc through pointers the dynamic linker fills in at
+// load time. A direct call goes through a lazily bound PLT entry, and a
+// function the parent never called (_exit, prctl, on_exit, ...) would be bound
+// anew, symbol lookup and all, in every child: a quarter of a child's page
+// faults in a measurement of an empty target.
+static int (*const volatile prctl_fn)(int, ...) = prctl;
+static pid_t (*const volatile getppid_fn)(void) = getppid;
+static pid_t (*const volatile getpid_fn)(void) = getpid;
+static int (*const volatile kill_fn)(pid_t, int) = kill;
+static int (*const volatile sigmask_fn)(int, const sigset_t *, sigset_t *) = pthread_sigmask;
+static int (*const volatile on_exit_fn)(void (*)(int, void *), void *) = on_exit;
+static int (*const volatile fflush_fn)(FILE *) = fflush;
+static void (*const volatile exit_fn)(int) = _exit;
+
+static int exit_guard_installed; // inherited: a grandchild already has the guard
+
+void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int status, void *arg)) {
+    if (daemon) {
+        prctl_fn(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (getppid_fn() != parent) kill_fn(getpid_fn(), SIGKILL);
+    }
+    sigset_t empty;
+    memset(&empty, 0, sizeof empty);
+    sigmask_fn(SIG_SETMASK, &empty, NULL);
+    cmp_child_executor_install();
+    if (!exit_guard_installed && exit_guard) {
+        exit_guard_installed = 1;
+        on_exit_fn(exit_guard, NULL);
+    }
+}
+
+void cmp_child_exit(int code) {
+    fflush_fn(NULL);
+    exit_fn(code);
+    __builtin_unreachable();
+}

@@ -1,17 +1,15 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMultiprocessing
 
 /// What a forked ``MP/Process`` child does, from the fork to `_exit`.
 enum ChildBootstrap {
     static func run(_ process: MP.Process, parentPid: Int32, daemon: Bool) -> Never {
-        if daemon {
-            // Die with the parent even if it is SIGKILLed. If the parent died
-            // between fork and prctl, no signal will come: die the same way now.
-            try? Sys.setParentDeathSignal(SIGKILL)
-            if Sys.getppid != parentPid { Glibc.kill(Sys.getpid, SIGKILL) }
-        }
-        Runtime.shared.afterForkInChild(process: process)
+        // A daemon dies with its parent, even a SIGKILLed one (PR_SET_PDEATHSIG);
+        // signal mask, concurrency hooks and the exit guard are reset here too.
+        cmp_child_after_fork(daemon ? 1 : 0, parentPid, Runtime.exitGuard)
+        Runtime.shared.afterForkInChild(process: process, parentPid: parentPid)
         var code: Int32 = 0
         do {
             try process.run()

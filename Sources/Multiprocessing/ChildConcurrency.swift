@@ -13,6 +13,7 @@ enum ChildConcurrency {
     ///
     /// Only for a thread the executor does not need: the forked child's
     /// initial thread, whose jobs run on the child-local executor's threads.
+    @inline(never)
     static func runBlocking(_ body: @escaping () async throws -> Void) throws {
         let outcome = Outcome()
         let work = UncheckedBody(body: body)

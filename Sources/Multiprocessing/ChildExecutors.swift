@@ -18,14 +18,16 @@ import CMultiprocessing
 ///   The runtime's executor-factory entry point replaces both with the
 ///   child-local executors below.
 enum ChildExecutors {
-    /// Call right after fork, in the child (single-threaded at that point).
-    static func install() {
-        cmp_child_executor_install()
-        #if compiler(>=6.3)
-        _ = Task.defaultExecutor // runs the runtime's one-time default creation first
-        _createExecutors(factory: ChildExecutorFactory.self)
-        #endif
-    }
+    /// Registers the Swift half of the set-up; call once, in the parent, before forking.
+    static let prepare: Void = {
+        cmp_child_executor_set_swift_setup {
+            #if compiler(>=6.3)
+            _ = Task.defaultExecutor // runs the runtime's one-time default creation first
+            _createExecutors(factory: ChildExecutorFactory.self)
+            #endif
+        }
+    }()
+
 }
 
 #if compiler(>=6.3)

@@ -9,29 +9,14 @@ import Glibc
 /// Dispatch or Swift-concurrency worker) would die with that thread; forking
 /// it from this thread ties its life to the process instead.
 final class ForkerThread: @unchecked Sendable {
-    private static let instanceLock = ForkSafeLock()
-    nonisolated(unsafe) private static var instance: ForkerThread?
-
     private let lock = ForkSafeLock()
     private var request: (() -> Void)?
     private var completed = 0
     private var submitted = 0
 
-    static func shared() throws(MP.OSError) -> ForkerThread {
-        try instanceLock.withLock { () throws(MP.OSError) -> ForkerThread in
-            if let instance { return instance }
-            let thread = ForkerThread()
-            try thread.launch()
-            instance = thread
-            return thread
-        }
-    }
+    static func shared() throws(MP.OSError) -> ForkerThread { try Runtime.shared.forkerThread() }
 
-    /// In a forked child: the thread is gone (or is the child's only thread).
-    static func resetAfterFork() {
-        instanceLock.reinitializeAfterFork()
-        instance = nil
-    }
+    init() throws(MP.OSError) { try launch() }
 
     private func launch() throws(MP.OSError) {
         var thread = pthread_t()

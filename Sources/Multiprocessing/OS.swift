@@ -46,9 +46,11 @@ extension MP {
     /// the program, as in Python; end it with ``MP/exit(_:)`` or
     /// ``MP/runAndExit(_:)``, which never run the parent's `atexit` handlers.
     public static func fork() throws(OSError) -> ForkResult {
+        let parent = Sys.getpid
         let pid = try Runtime.forkFlushingStdio()
         if pid == 0 {
-            Runtime.shared.afterForkInChild(process: nil)
+            cmp_child_after_fork(0, parent, Runtime.exitGuard)
+            Runtime.shared.afterForkInChild(process: nil, parentPid: parent)
             return .child
         }
         return .parent(child: pid)

@@ -35,11 +35,6 @@ extension MP {
     /// as CPython does. Daemonic children also die when their parent dies
     /// abnormally (`SIGKILL`), through `PR_SET_PDEATHSIG`.
     open class Process: @unchecked Sendable, CustomStringConvertible {
-        enum Target {
-            case none
-            case sync(() throws -> Void)
-            case async(() async throws -> Void)
-        }
 
         enum State {
             case initial
@@ -54,7 +49,11 @@ extension MP {
         private var state: State = .initial
         private var explicitName: String?
         private var isDaemon: Bool
-        private let target: Target
+        // Two optionals rather than an enum with closure payloads: switching
+        // over such an enum instantiates type metadata at run time, which a
+        // child would redo (demangling, allocating) on every start.
+        private let syncTarget: (() throws -> Void)?
+        private let asyncTarget: (() async throws -> Void)?
         private let isMain: Bool
         /// Python's `_identity`: `[1]` for `Process-1`, `[1, 2]` for `Process-1:2`.
         let identity: [Int]
@@ -68,7 +67,8 @@ extension MP {
         public init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
             self.explicitName = name
             self.isDaemon = daemon
-            self.target = .sync(target)
+            self.syncTarget = target
+            self.asyncTarget = nil
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
@@ -78,7 +78,8 @@ extension MP {
         public init(name: String? = nil, daemon: Bool = false, target: @escaping () async throws -> Void) {
             self.explicitName = name
             self.isDaemon = daemon
-            self.target = .async(target)
+            self.syncTarget = nil
+            self.asyncTarget = target
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
@@ -88,7 +89,8 @@ extension MP {
         public init(name: String? = nil, daemon: Bool = false) {
             self.explicitName = name
             self.isDaemon = daemon
-            self.target = .none
+            self.syncTarget = nil
+            self.asyncTarget = nil
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
@@ -98,7 +100,8 @@ extension MP {
         init(mainProcess: ()) {
             self.explicitName = "MainProcess"
             self.isDaemon = false
-            self.target = .none
+            self.syncTarget = nil
+            self.asyncTarget = nil
             self.isMain = true
             self.identity = []
             self.creatorPid = 0
@@ -114,10 +117,10 @@ extension MP {
 
         /// What the child runs: the target given at creation. Override it in a subclass.
         open func run() throws {
-            switch target {
-            case .none: return
-            case .sync(let body): try body()
-            case .async(let body): try ChildConcurrency.runBlocking(body)
+            if let syncTarget {
+                try syncTarget()
+            } else if let asyncTarget {
+                try ChildConcurrency.runBlocking(asyncTarget)
             }
         }
 

@@ -12,23 +12,62 @@ import CMultiprocessing
 final class Runtime: @unchecked Sendable {
     static let shared = Runtime()
 
+    /// The one lock a child re-initialises eagerly; every other piece of
+    /// library state in a child is reset through it, lazily.
     private let lock = ForkSafeLock()
     private var currentProcess: MP.Process
-    private var parent: MP.ParentProcess?
+    /// In a child: the parent's process object (a copy) and pid.
+    private var parentObject: MP.Process?
+    private var parentPid: Int32 = 0
+    private var parentLockIsStale = false
     private var counter = 0
     /// Started and not yet reaped, in start order. Holding them keeps every
     /// child reapable (no zombies) even when the user drops the object.
     private var children: [MP.Process] = []
     private var atexitInstalled = false
-    private var exitGuardInstalled = false
     private(set) var isForkedChild = false
+    /// Started on first use, per process; a child starts its own.
+    private var watcher: FDWatcher?
+    private var forker: ForkerThread?
 
     private init() {
         currentProcess = MP.Process(mainProcess: ())
     }
 
     var current: MP.Process { lock.withLock { currentProcess } }
-    var parentProcess: MP.ParentProcess? { lock.withLock { parent } }
+
+    var parentProcess: MP.ParentProcess? {
+        let found = lock.withLock { () -> (MP.Process, Int32)? in
+            guard let parentObject else { return nil }
+            if parentLockIsStale {
+                // A thread of the parent may have held it at fork.
+                parentObject.reinitializeLockAfterFork()
+                parentLockIsStale = false
+            }
+            return (parentObject, parentPid)
+        }
+        return found.map { MP.ParentProcess(name: $0.0.name, pid: $0.1) }
+    }
+
+    /// The process's epoll thread, started on first use.
+    func fdWatcher() throws(MP.OSError) -> FDWatcher {
+        try lock.withLock { () throws(MP.OSError) -> FDWatcher in
+            if let watcher { return watcher }
+            let started = try FDWatcher()
+            watcher = started
+            return started
+        }
+    }
+
+    /// The process's long-lived forking thread, started on first use.
+    func forkerThread() throws(MP.OSError) -> ForkerThread {
+        try lock.withLock { () throws(MP.OSError) -> ForkerThread in
+            if let forker { return forker }
+            let started = try ForkerThread()
+            forker = started
+            return started
+        }
+    }
 
     /// The identity of a new process object: the current identity plus the next count.
     func nextIdentity() -> [Int] {
@@ -82,41 +121,44 @@ final class Runtime: @unchecked Sendable {
     /// `fork()` after flushing stdio, so output buffered in the parent is not
     /// printed again by the child.
     static func forkFlushingStdio() throws(MP.OSError) -> pid_t {
+        ChildExecutors.prepare
         Sys.flushStdio()
         return try Sys.fork()
     }
 
-    /// Makes the library usable in a freshly forked child (single-threaded here).
-    /// `process` is the `MP.Process` the child runs, or nil after a raw `MP.fork()`.
-    func afterForkInChild(process: MP.Process?) {
+    /// Makes the library usable in a freshly forked child, after
+    /// `cmp_child_after_fork` (single-threaded here). `process` is the
+    /// `MP.Process` the child runs, or nil after a raw `MP.fork()`.
+    ///
+    /// Every page a child writes, and every page of code it runs, is a page
+    /// fault: this writes as little as it can and leaves the rest to first use.
+    func afterForkInChild(process: MP.Process?, parentPid: Int32) {
         lock.reinitializeAfterFork()
-        // The child's only thread inherits the forking thread's signal mask, and
-        // Dispatch and Swift-concurrency worker threads block SIGTERM and most
-        // other signals: `terminate()` would not end such a child. A child
-        // starts with nothing blocked, as a fresh process does.
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        pthread_sigmask(SIG_SETMASK, &empty, nil)
-        ChildExecutors.install()
-        for child in children { child.closeInheritedDescriptor() }
-        children = []
         isForkedChild = true
-        currentProcess.reinitializeLockAfterFork()
+        if !children.isEmpty {
+            for child in children { child.closeInheritedDescriptor() }
+            children = []
+        }
+        if watcher != nil || forker != nil {
+            watcher?.abandonAfterFork() // its thread is gone
+            watcher = nil
+            forker = nil
+        }
         if let process {
             process.reinitializeLockAfterFork()
-            parent = MP.ParentProcess(name: currentProcess.name, pid: Sys.getppid)
+            parentObject = currentProcess
+            self.parentPid = parentPid
+            parentLockIsStale = true
             currentProcess = process
             counter = 0
+        } else {
+            currentProcess.reinitializeLockAfterFork()
         }
-        FDWatcher.resetAfterFork()
-        ForkerThread.resetAfterFork()
-        if !exitGuardInstalled {
-            exitGuardInstalled = true
-            // `exit(n)` in a child must not run the parent's atexit handlers
-            // (its test harness, its own exit handling): this handler is the
-            // last registered, so it runs first and leaves with `_exit(n)`.
-            _ = cmp_on_exit { status, _ in Runtime.shared.exitProcess(status) }
-        }
+    }
+
+    /// `exit(n)` in a forked child lands here (see `cmp_child_after_fork`).
+    static let exitGuard: @convention(c) (Int32, UnsafeMutableRawPointer?) -> Void = { status, _ in
+        Runtime.shared.exitProcess(status)
     }
 
     /// Raises if the current process may not start children.
@@ -130,9 +172,8 @@ final class Runtime: @unchecked Sendable {
     /// Ends this process with `code` (see ``MP/exit(_:)``).
     func exitProcess(_ code: Int32) -> Never {
         if isForkedChild {
-            finishChildren()
-            Sys.flushStdio()
-            _exit(code)
+            if lock.withLock({ !children.isEmpty }) { finishChildren() }
+            cmp_child_exit(code)
         }
         Glibc.exit(code)
     }

@@ -9,20 +9,29 @@
 // Each returns what the kernel returns: -1 with errno set on failure.
 // ---------------------------------------------------------------------------
 
+/// Everything a freshly forked child does at the system level, in one place
+/// (every page of code or data a child touches costs a page fault):
+/// - with `daemon`, `PR_SET_PDEATHSIG(SIGKILL)`, and if `parent` is already
+///   gone, death by SIGKILL right away (the signal would never come);
+/// - an empty signal mask (the forking thread may have blocked SIGTERM);
+/// - the child executor's hooks (see below);
+/// - once per line of descent, `on_exit(exit_guard)`, so that `exit(n)` in the
+///   child runs the library's exit handling, not the parent's atexit handlers.
+void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int status, void *arg));
+
+/// The last step of a forked child: flush stdio, `_exit(code)`.
+__attribute__((noreturn)) void cmp_child_exit(int code);
+
 /// `pidfd_open(pid, 0)`: a descriptor that becomes readable when `pid` exits.
 int cmp_pidfd_open(pid_t pid);
 /// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signal a process with no pid-reuse race.
 int cmp_pidfd_send_signal(int pidfd, int sig);
-/// `prctl(PR_SET_PDEATHSIG, sig)`.
-int cmp_set_parent_death_signal(int sig);
 /// `prctl(PR_SET_CHILD_SUBREAPER, on)`.
 int cmp_set_child_subreaper(int on);
 /// `prctl(PR_GET_CHILD_SUBREAPER)`: 1, 0, or -1 on error.
 int cmp_get_child_subreaper(void);
 /// The calling thread's kernel id.
 pid_t cmp_gettid(void);
-/// `on_exit(handler, NULL)`: the handler receives the status given to `exit`.
-int cmp_on_exit(void (*handler)(int status, void *arg));
 
 /// Makes stdout line-buffered (Python's `-u` spirit: lines appear as printed, even into a pipe).
 void cmp_stdout_line_buffered(void);
@@ -45,9 +54,14 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 // `cmp_child_executor_install` points the runtime's enqueue hooks at a small
 // child-local pool (worker threads, one serial main-actor thread, one timer
 // thread), created lazily on first use. Call it right after fork in the child;
-// calling it again in a grandchild resets the inherited (dead) pool.
+// calling it again in a grandchild resets the inherited (dead) pool. Only the
+// hook pointers are written at fork; queues, threads and the Swift executors
+// are set up on the first job.
 // ---------------------------------------------------------------------------
 void cmp_child_executor_install(void);
+/// A function run once in each child, on the first job, before it is queued:
+/// the Swift side replaces the runtime's default executors there.
+void cmp_child_executor_set_swift_setup(void (*function)(void));
 /// Enqueue a job (a Swift `UnownedJob`) on the child pool, on the child's
 /// main-actor thread, or on the child pool after `delay_ns` nanoseconds.
 /// The Swift executors installed in the child forward here.

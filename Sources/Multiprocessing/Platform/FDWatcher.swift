@@ -8,13 +8,10 @@ import SystemPackage
 ///
 /// One epoll thread per process, started on first use. Each wait watches a
 /// duplicate of the caller's descriptor, so several tasks may wait on the same
-/// descriptor (two tasks joining one process). In a forked child the thread is
-/// gone: ``resetAfterFork()`` drops the inherited instance and a new one starts
-/// when needed. Dispatch is not used, so it works in forked children too.
+/// descriptor (two tasks joining one process). `Runtime` owns the instance; in
+/// a forked child the thread is gone, so the child drops the inherited instance
+/// and starts its own when needed. Dispatch is not used, so it works in forked children too.
 final class FDWatcher: @unchecked Sendable {
-    private static let instanceLock = ForkSafeLock()
-    nonisolated(unsafe) private static var instance: FDWatcher?
-
     private enum Phase {
         case created
         case cancelled
@@ -26,22 +23,12 @@ final class FDWatcher: @unchecked Sendable {
     private var phases: [UInt64: Phase] = [:]
     private var nextToken: UInt64 = 0
 
-    static func current() throws(MP.OSError) -> FDWatcher {
-        try instanceLock.withLock { () throws(MP.OSError) -> FDWatcher in
-            if let instance { return instance }
-            let watcher = try FDWatcher()
-            instance = watcher
-            return watcher
-        }
-    }
+    static func current() throws(MP.OSError) -> FDWatcher { try Runtime.shared.fdWatcher() }
 
-    static func resetAfterFork() {
-        instanceLock.reinitializeAfterFork()
-        if let instance { Sys.close(instance.epfd) }
-        instance = nil // leaked on purpose: its thread and waiters belong to the parent
-    }
+    /// In a forked child: the thread and the waiters belong to the parent.
+    func abandonAfterFork() { Sys.close(epfd) }
 
-    private init() throws(MP.OSError) {
+    init() throws(MP.OSError) {
         epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()

@@ -46,10 +46,6 @@ enum Sys {
         _ = try check("pidfd_send_signal") { cmp_pidfd_send_signal(pidfd, signal) }
     }
 
-    static func setParentDeathSignal(_ signal: Int32) throws(MP.OSError) {
-        _ = try check("prctl(PR_SET_PDEATHSIG)") { cmp_set_parent_death_signal(signal) }
-    }
-
     static func setChildSubreaper(_ on: Bool) throws(MP.OSError) {
         _ = try check("prctl(PR_SET_CHILD_SUBREAPER)") { cmp_set_child_subreaper(on ? 1 : 0) }
     }

@@ -1,0 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One measured figure. Counterparts carry the same base name with the suffix
+/// `_python` (CPython in the same run) or `_c` (the raw C floor).
+struct Metric {
+    let name: String
+    let value: Double
+    /// Whether a larger value is better (throughput) or worse (latency).
+    let higherIsBetter: Bool
+}
+
+/// Seconds on the monotonic clock.
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// The median of `rounds` measurements of `body` (each returns its own figure).
+func medianOf(_ rounds: Int, _ body: () throws -> Double) rethrows -> Double {
+    var values: [Double] = []
+    for _ in 0..<rounds { values.append(try body()) }
+    values.sort()
+    return values[values.count / 2]
+}
+
+/// Runs `python3 -c script` and returns its standard output, or nil when
+/// python3 is missing or fails.
+func runPython(_ script: String) -> String? {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { return nil }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
+    let arguments = ["python3", "-c", script]
+    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawnp(&pid, "python3", &actions, nil, &argv, environ)
+    close(fds[1])
+    defer { close(fds[0]) }
+    guard spawned == 0 else { return nil }
+    var output: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = read(fds[0], &buffer, buffer.count)
+        if count > 0 { output += buffer[0..<count]; continue }
+        if count < 0 && errno == EINTR { continue }
+        break
+    }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    guard status == 0 else { return nil }
+    return String(decoding: output, as: UTF8.self)
+}
+
+/// Parses `name value` lines printed by a Python benchmark script.
+func parseMetrics(_ text: String, suffix: String, higherIsBetter: [String: Bool]) -> [Metric] {
+    text.split(separator: "\n").compactMap { line in
+        let parts = line.split(separator: " ")
+        guard parts.count == 2, let value = Double(parts[1]) else { return nil }
+        let base = String(parts[0])
+        return Metric(name: base + suffix, value: value, higherIsBetter: higherIsBetter[base] ?? false)
+    }
+}
+
+func format(_ value: Double) -> String {
+    if value >= 1000 { return String(Int(value.rounded())) }
+    let scaled = (value * 100).rounded() / 100
+    return String(scaled)
+}
+
+func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+}
+
+/// Prints the table: each base metric with its counterparts and the ratios,
+/// expressed so that a ratio above 1 means this library is ahead.
+func printTable(_ metrics: [Metric]) {
+    let byName = Dictionary(metrics.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    let bases = metrics.filter { !$0.name.hasSuffix("_python") && !$0.name.hasSuffix("_c") }
+    print(pad("metric", 34), pad("swift", 12), pad("python", 12), pad("c", 12), pad("vs python", 12), "vs c")
+    for metric in bases {
+        let python = byName[metric.name + "_python"]
+        let c = byName[metric.name + "_c"]
+        func ratio(_ other: Metric?) -> String {
+            guard let other, other.value > 0, metric.value > 0 else { return "-" }
+            let advantage = metric.higherIsBetter ? metric.value / other.value : other.value / metric.value
+            return format(advantage) + "x"
+        }
+        print(pad(metric.name, 34), pad(format(metric.value), 12), pad(python.map { format($0.value) } ?? "-", 12),
+              pad(c.map { format($0.value) } ?? "-", 12), pad(ratio(python), 12), ratio(c))
+    }
+    print("(ratios: how many times better this library is; below 1 means behind)")
+}
+
+/// Writes `{"metric_name": number, ...}`.
+func writeJSON(_ metrics: [Metric], to path: String) throws {
+    let body = metrics.map { "  \"\($0.name)\": \($0.value)" }.joined(separator: ",\n")
+    let text = "{\n" + body + "\n}\n"
+    guard let file = fopen(path, "w") else { throw BenchError("cannot write \(path): \(String(cString: strerror(errno)))") }
+    defer { fclose(file) }
+    fputs(text, file)
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
