@@ -98,6 +98,8 @@ static int (*const volatile on_exit_fn)(void (*)(int, void *), void *) = on_exit
 static int (*const volatile fflush_fn)(FILE *) = fflush;
 static void (*const volatile exit_fn)(int) = _exit;
 
+void cmp_reset_tid_cache(void);
+
 static int exit_guard_installed; // inherited: a grandchild already has the guard
 
 void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int status, void *arg)) {
@@ -109,6 +111,7 @@ void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int statu
     memset(&empty, 0, sizeof empty);
     sigmask_fn(SIG_SETMASK, &empty, NULL);
     cmp_child_executor_install();
+    cmp_reset_tid_cache();
     if (!exit_guard_installed && exit_guard) {
         exit_guard_installed = 1;
         on_exit_fn(exit_guard, NULL);

@@ -4,6 +4,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "CMPSync.h"
+
 // ---------------------------------------------------------------------------
 // Linux calls Swift's Glibc module does not expose (prctl, raw syscalls).
 // Each returns what the kernel returns: -1 with errno set on failure.

@@ -1,0 +1,481 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+
+extension MP {
+    /// Python's `multiprocessing.Pipe(duplex)`: two connected ends.
+    ///
+    /// With `duplex` (the default) both ends send and receive; otherwise the
+    /// first end only receives and the second only sends, as in Python.
+    /// ```swift
+    /// let (parentEnd, childEnd) = try MP.Pipe()
+    /// let p = MP.Process { try childEnd.send(["hello", "world"]) }
+    /// try p.start()
+    /// print(try parentEnd.recv([String].self))
+    /// ```
+    /// - Parameter maxMessageSize: frames larger than this are refused on both
+    ///   sides with ``MP/ConnectionError/messageTooLarge(size:limit:)``.
+    public static func Pipe(duplex: Bool = true, maxMessageSize: Int = Connection.defaultMaxMessageSize)
+        throws(ConnectionError) -> (Connection, Connection) {
+        var fds: [Int32] = [-1, -1]
+        do {
+            _ = try Sys.check("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        } catch {
+            throw .system(error)
+        }
+        if !duplex {
+            _ = shutdown(fds[0], Int32(SHUT_WR))
+            _ = shutdown(fds[1], Int32(SHUT_RD))
+        }
+        return (Connection(fd: fds[0], readable: true, writable: duplex, maxMessageSize: maxMessageSize),
+                Connection(fd: fds[1], readable: duplex, writable: true, maxMessageSize: maxMessageSize))
+    }
+
+    /// Why a connection operation failed.
+    public enum ConnectionError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// The peer closed its end and every message was read: Python's `EOFError`.
+        case endOfFile
+        /// This end was closed with `close()`.
+        case closed
+        /// The peer's end is gone; nothing more can be sent: Python's `BrokenPipeError`.
+        case brokenPipe
+        /// This end cannot do that (a one-way pipe's reading end cannot send).
+        case wrongDirection(String)
+        /// A frame over the size limit. A received one was skipped: the connection stays usable.
+        case messageTooLarge(size: Int, limit: Int)
+        /// The stream ended in the middle of a frame.
+        case truncatedFrame(expected: Int, received: Int)
+        /// The bytes on the connection are not frames (garbage, or a peer that is not this library).
+        /// The connection cannot find the next frame and is unusable.
+        case corruptStream(String)
+        /// A frame arrived whole but did not decode as the requested type; it was consumed.
+        case decoding(WireError)
+        /// The message was sent as another type; it was consumed.
+        case typeMismatch(expected: String)
+        /// The message was sent with another method (`send`, `sendBytes` or `sendBitwise`).
+        case kindMismatch(sent: String, expected: String)
+        /// A timeout was negative.
+        case negativeTimeout(Double)
+        /// An async receive was cancelled.
+        case cancelled
+        case system(OSError)
+
+        public var description: String {
+            switch self {
+            case .endOfFile: return "end of file: the peer closed its end"
+            case .closed: return "the connection is closed"
+            case .brokenPipe: return "broken pipe: the peer's end is closed"
+            case .wrongDirection(let what): return what
+            case .messageTooLarge(let size, let limit): return "message of \(size) bytes exceeds the limit of \(limit) bytes"
+            case .truncatedFrame(let expected, let received): return "stream ended inside a frame: \(received) of \(expected) bytes"
+            case .corruptStream(let why): return "corrupt stream: \(why)"
+            case .decoding(let error): return error.description
+            case .typeMismatch(let expected): return "message was sent as another type than \(expected)"
+            case .kindMismatch(let sent, let expected): return "message was sent with \(sent); receive it with \(expected)"
+            case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
+            case .cancelled: return "the receive was cancelled"
+            case .system(let error): return error.description
+            }
+        }
+    }
+
+    /// One end of a ``MP/Pipe(duplex:maxMessageSize:)``: Python's `Connection`.
+    ///
+    /// Messages are length-framed: `send` and `recv` move `Codable` values in
+    /// the library's binary format, `sendBytes`/`recvBytes` move raw bytes, and
+    /// `sendBitwise`/`recvBitwise` copy a `BitwiseCopyable` value's bytes with
+    /// no encoding at all. Each method checks that the frame was sent by its
+    /// counterpart. One connection may be used from several threads; frames
+    /// never interleave. After a fork both processes hold both ends: close the
+    /// ones a process does not use, so end-of-file can be seen.
+    public final class Connection: @unchecked Sendable {
+        /// 64 MiB.
+        public static let defaultMaxMessageSize = 64 << 20
+
+        enum Kind: UInt8 {
+            case codable = 0, bytes = 1, bitwise = 2
+            var method: String {
+                switch self {
+                case .codable: return "send(_:)/recv(_:)"
+                case .bytes: return "sendBytes(_:)/recvBytes()"
+                case .bitwise: return "sendBitwise(_:)/recvBitwise(_:)"
+                }
+            }
+        }
+
+        static let headerSize = 8
+        static let magic: UInt8 = 0x4d
+
+        private var fd: Int32
+        /// The largest frame this end sends or accepts.
+        public let maxMessageSize: Int
+        private let readable: Bool
+        private let writable: Bool
+        private let sendLock = ForkSafeLock()
+        private let recvLock = ForkSafeLock()
+        private var buffer: [UInt8] = []
+        private var start = 0
+        private var end = 0
+        private var sawEOF = false
+
+        init(fd: Int32, readable: Bool, writable: Bool, maxMessageSize: Int) {
+            self.fd = fd
+            self.readable = readable
+            self.writable = writable
+            self.maxMessageSize = maxMessageSize
+        }
+
+        deinit { if fd >= 0 { Sys.close(fd) } }
+
+        /// Python's `fileno()`; -1 once closed.
+        public var fileno: Int32 { fd }
+
+        /// Python's `closed`.
+        public var isClosed: Bool { fd < 0 }
+
+        /// Python's `close()`. Closing twice is harmless.
+        public func close() {
+            sendLock.withLock {
+                recvLock.withLock {
+                    if fd >= 0 { Sys.close(fd) }
+                    fd = -1
+                }
+            }
+        }
+
+        // MARK: sending
+
+        /// Python's `send(obj)`: sends a `Codable` value.
+        public func send<T: Encodable>(_ value: T) throws(ConnectionError) {
+            var writer = ByteWriter()
+            writer.bytes.append(contentsOf: repeatElement(0, count: Self.headerSize))
+            do { try WireFormat.encode(value, into: &writer) } catch { throw .decoding(error) }
+            try sendFrame(&writer.bytes, kind: .codable, type: WireFormat.typeTag(T.self))
+        }
+
+        /// Python's `send_bytes(buf)`.
+        public func sendBytes(_ bytes: some Collection<UInt8>) throws(ConnectionError) {
+            let payloadSize = bytes.count
+            if let result = bytes.withContiguousStorageIfAvailable({ buffer -> Result<Void, ConnectionError> in
+                Result { () throws(ConnectionError) in try sendPayload(UnsafeRawBufferPointer(buffer), kind: .bytes, type: 0) }
+            }) {
+                return try result.get()
+            }
+            var frame = [UInt8](repeating: 0, count: Self.headerSize)
+            frame.reserveCapacity(Self.headerSize + payloadSize)
+            frame.append(contentsOf: bytes)
+            try sendFrame(&frame, kind: .bytes, type: 0)
+        }
+
+        /// Sends the bytes of a `BitwiseCopyable` value as they are in memory: no encoding.
+        public func sendBitwise<T: BitwiseCopyable>(_ value: T) throws(ConnectionError) {
+            var value = value
+            let result = withUnsafeBytes(of: &value) { raw in
+                Result { () throws(ConnectionError) in try sendPayload(raw, kind: .bitwise, type: WireFormat.typeTag(T.self)) }
+            }
+            try result.get()
+        }
+
+        /// Sends a frame whose first `headerSize` bytes are reserved for the header.
+        private func sendFrame(_ frame: inout [UInt8], kind: Kind, type: UInt16) throws(ConnectionError) {
+            let payloadSize = frame.count - Self.headerSize
+            try checkSendable(payloadSize)
+            Self.writeHeader(into: &frame, payloadSize: payloadSize, kind: kind, type: type)
+            let result = frame.withUnsafeBytes { raw in
+                Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll([raw]) } }
+            }
+            try result.get()
+        }
+
+        /// Sends header and payload with one `sendmsg`, without copying the payload.
+        private func sendPayload(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
+            try checkSendable(payload.count)
+            var header = [UInt8](repeating: 0, count: Self.headerSize)
+            Self.writeHeader(into: &header, payloadSize: payload.count, kind: kind, type: type)
+            let result = header.withUnsafeBytes { raw in
+                Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll([raw, payload]) } }
+            }
+            try result.get()
+        }
+
+        private func checkSendable(_ payloadSize: Int) throws(ConnectionError) {
+            guard writable else { throw .wrongDirection("this end of a one-way pipe only receives") }
+            guard payloadSize <= maxMessageSize, payloadSize <= Int(UInt32.max) else {
+                throw .messageTooLarge(size: payloadSize, limit: maxMessageSize)
+            }
+        }
+
+        /// Header: UInt32 payload length, kind, magic, UInt16 type fingerprint (little-endian).
+        private static func writeHeader(into frame: inout [UInt8], payloadSize: Int, kind: Kind, type: UInt16) {
+            let length = UInt32(payloadSize)
+            frame[0] = UInt8(truncatingIfNeeded: length)
+            frame[1] = UInt8(truncatingIfNeeded: length >> 8)
+            frame[2] = UInt8(truncatingIfNeeded: length >> 16)
+            frame[3] = UInt8(truncatingIfNeeded: length >> 24)
+            frame[4] = kind.rawValue
+            frame[5] = magic
+            frame[6] = UInt8(truncatingIfNeeded: type)
+            frame[7] = UInt8(truncatingIfNeeded: type >> 8)
+        }
+
+        /// With the send lock held: writes every byte of `parts`, in order.
+        private func writeAll(_ parts: [UnsafeRawBufferPointer]) throws(ConnectionError) {
+            guard fd >= 0 else { throw .closed }
+            var vectors = parts.filter { $0.count > 0 }.map {
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
+            }
+            var index = 0
+            while index < vectors.count {
+                let sent = vectors.withUnsafeMutableBufferPointer { buffer -> Int in
+                    var message = msghdr()
+                    message.msg_iov = buffer.baseAddress! + index
+                    message.msg_iovlen = buffer.count - index
+                    return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                }
+                if sent < 0 {
+                    if errno == EINTR { continue }
+                    if errno == EPIPE || errno == ECONNRESET { throw .brokenPipe }
+                    throw .system(OSError("sendmsg", errno: .init(rawValue: errno)))
+                }
+                var left = sent
+                while index < vectors.count && left >= vectors[index].iov_len {
+                    left -= vectors[index].iov_len
+                    index += 1
+                }
+                if left > 0 {
+                    vectors[index].iov_base = vectors[index].iov_base! + left
+                    vectors[index].iov_len -= left
+                }
+            }
+        }
+
+        // MARK: receiving
+
+        /// Python's `recv()`: receives a `Codable` value. Blocks until a message arrives.
+        public func recv<T: Decodable>(_ type: T.Type = T.self) throws(ConnectionError) -> T {
+            try recvLock.withLock { () throws(ConnectionError) -> T in
+                let (size, kind) = try nextFrameBlocking()
+                return try consume(size, kind, as: T.self)
+            }
+        }
+
+        /// Python's `recv_bytes(maxlength)`.
+        public func recvBytes(maxLength: Int? = nil) throws(ConnectionError) -> [UInt8] {
+            try recvLock.withLock { () throws(ConnectionError) -> [UInt8] in
+                let (size, kind) = try nextFrameBlocking()
+                return try consumeBytes(size, kind, maxLength: maxLength)
+            }
+        }
+
+        /// Receives a value sent with ``sendBitwise(_:)``.
+        public func recvBitwise<T: BitwiseCopyable>(_ type: T.Type = T.self) throws(ConnectionError) -> T {
+            try recvLock.withLock { () throws(ConnectionError) -> T in
+                let (size, kind) = try nextFrameBlocking()
+                return try consumeBitwise(size, kind, as: T.self)
+            }
+        }
+
+        /// Python's `poll(timeout)`: whether a message (or end-of-file) can be
+        /// received without blocking, waiting up to `timeout` seconds (nil: forever).
+        public func poll(timeout: Double? = 0) throws(ConnectionError) -> Bool {
+            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            return try recvLock.withLock { () throws(ConnectionError) -> Bool in
+                guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
+                guard fd >= 0 else { throw .closed }
+                if end > start || sawEOF { return true }
+                do throws(OSError) { return try Sys.pollReadable(fd, timeout: timeout) } catch { throw .system(error) }
+            }
+        }
+
+        /// `try await connection.recv(T.self)`: suspends, blocking no thread, until a message arrives.
+        public func recv<T: Decodable>(_ type: T.Type = T.self) async throws(ConnectionError) -> T {
+            while true {
+                if let value = try recvLock.withLock({ () throws(ConnectionError) -> T? in
+                    guard let (size, kind) = try nextFrame(blocking: false) else { return nil }
+                    return try consume(size, kind, as: T.self)
+                }) {
+                    return value
+                }
+                guard fd >= 0 else { throw .closed }
+                do {
+                    try await FDWatcher.current().waitReadable(fd)
+                } catch let error as OSError {
+                    throw .system(error)
+                } catch {
+                    throw .cancelled
+                }
+            }
+        }
+
+        /// `for try await message in connection.messages(of: T.self)`: every
+        /// message until the peer closes its end.
+        public func messages<T: Decodable>(of type: T.Type) -> Messages<T> { Messages(connection: self) }
+
+        /// The messages of a connection, as an `AsyncSequence` that ends at end-of-file.
+        public struct Messages<T: Decodable>: AsyncSequence {
+            public typealias Element = T
+            let connection: Connection
+
+            public struct AsyncIterator: AsyncIteratorProtocol {
+                let connection: Connection
+                var finished = false
+
+                public mutating func next() async throws -> T? {
+                    if finished { return nil }
+                    do {
+                        return try await connection.recv(T.self)
+                    } catch .endOfFile {
+                        finished = true
+                        return nil
+                    }
+                }
+            }
+
+            public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(connection: connection) }
+        }
+
+        // MARK: framing
+
+        private var buffered: Int { end - start }
+
+        /// With the receive lock held: makes the next whole frame available in
+        /// the buffer and returns its payload size and kind. `blocking: false`
+        /// returns nil when that would need to wait.
+        private func nextFrame(blocking: Bool) throws(ConnectionError) -> (Int, Kind)? {
+            guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
+            guard fd >= 0 else { throw .closed }
+            while true {
+                if buffered < Self.headerSize {
+                    guard try fill(minimum: Self.headerSize, blocking: blocking) else { return nil }
+                }
+                let (size, kind) = try parseHeader()
+                if size > maxMessageSize {
+                    start += Self.headerSize
+                    try discard(size, blocking: true)
+                    throw .messageTooLarge(size: size, limit: maxMessageSize)
+                }
+                if buffered < Self.headerSize + size {
+                    guard try fill(minimum: Self.headerSize + size, blocking: blocking) else { return nil }
+                }
+                return (size, kind)
+            }
+        }
+
+        private func nextFrameBlocking() throws(ConnectionError) -> (Int, Kind) {
+            try nextFrame(blocking: true)!
+        }
+
+        private func parseHeader() throws(ConnectionError) -> (Int, Kind) {
+            let b = buffer
+            let size = Int(b[start]) | Int(b[start + 1]) << 8 | Int(b[start + 2]) << 16 | Int(b[start + 3]) << 24
+            guard b[start + 5] == Self.magic, let kind = Kind(rawValue: b[start + 4]), (kind == .bytes) == (frameType == 0) else {
+                throw .corruptStream("bytes at the start of a frame are not a frame header")
+            }
+            return (size, kind)
+        }
+
+        /// The type fingerprint of the frame at `start`.
+        private var frameType: UInt16 { UInt16(buffer[start + 6]) | UInt16(buffer[start + 7]) << 8 }
+
+        /// Reads until `minimum` bytes are buffered. Returns false when not
+        /// blocking and no more bytes are ready. Throws at end-of-file.
+        private func fill(minimum: Int, blocking: Bool) throws(ConnectionError) -> Bool {
+            if buffer.count - start < minimum {
+                // Compact, and grow to hold the whole frame (bounded by maxMessageSize).
+                var grown = [UInt8](repeating: 0, count: max(minimum, 64 << 10, buffer.count))
+                grown.withUnsafeMutableBytes { destination in
+                    buffer.withUnsafeBytes { source in
+                        destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<end]))
+                    }
+                }
+                end -= start
+                start = 0
+                buffer = grown
+            } else if buffer.count - end < minimum - buffered {
+                buffer.withUnsafeMutableBytes { raw in
+                    raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
+                }
+                end -= start
+                start = 0
+            }
+            while buffered < minimum {
+                if sawEOF { return try endOfStream(expecting: minimum) }
+                let received = buffer.withUnsafeMutableBytes { raw in
+                    Glibc.recv(fd, raw.baseAddress! + end, raw.count - end, blocking ? 0 : Int32(MSG_DONTWAIT))
+                }
+                if received > 0 {
+                    end += received
+                } else if received == 0 {
+                    sawEOF = true
+                } else if errno == EINTR {
+                    continue
+                } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                    return false
+                } else if errno == ECONNRESET {
+                    sawEOF = true
+                } else {
+                    throw .system(OSError("recv", errno: .init(rawValue: errno)))
+                }
+            }
+            return true
+        }
+
+        private func endOfStream(expecting minimum: Int) throws(ConnectionError) -> Bool {
+            if buffered == 0 { throw .endOfFile }
+            let expected = buffered >= Self.headerSize ? (try parseHeader().0) + Self.headerSize : minimum
+            let received = buffered
+            start = end
+            throw .truncatedFrame(expected: expected, received: received)
+        }
+
+        /// Skips `count` payload bytes of an oversized frame without storing them.
+        private func discard(_ count: Int, blocking: Bool) throws(ConnectionError) {
+            var left = count
+            let fromBuffer = min(left, buffered)
+            start += fromBuffer
+            left -= fromBuffer
+            var scratch = [UInt8](repeating: 0, count: 64 << 10)
+            while left > 0 {
+                let received = scratch.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress!, min($0.count, left), 0) }
+                if received > 0 { left -= received; continue }
+                if received < 0 && errno == EINTR { continue }
+                sawEOF = true
+                throw .truncatedFrame(expected: count + Self.headerSize, received: count - left + Self.headerSize)
+            }
+        }
+
+        private func payload() -> UnsafeRawBufferPointer {
+            buffer.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[(start + Self.headerSize)...]) }
+        }
+
+        private func consume<T: Decodable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {
+            defer { start += Self.headerSize + size }
+            guard kind == .codable else { throw .kindMismatch(sent: kind.method, expected: Kind.codable.method) }
+            guard frameType == WireFormat.typeTag(T.self) else { throw .typeMismatch(expected: "\(T.self)") }
+            let result = buffer.withUnsafeBytes { raw in
+                Result { () throws(WireError) -> T in
+                    try WireFormat.decode(T.self, from: UnsafeRawBufferPointer(rebasing: raw[(start + Self.headerSize)..<(start + Self.headerSize + size)]))
+                }
+            }
+            do { return try result.get() } catch { throw .decoding(error) }
+        }
+
+        private func consumeBytes(_ size: Int, _ kind: Kind, maxLength: Int?) throws(ConnectionError) -> [UInt8] {
+            defer { start += Self.headerSize + size }
+            guard kind == .bytes else { throw .kindMismatch(sent: kind.method, expected: Kind.bytes.method) }
+            if let maxLength, size > maxLength { throw .messageTooLarge(size: size, limit: maxLength) }
+            return Array(buffer[(start + Self.headerSize)..<(start + Self.headerSize + size)])
+        }
+
+        private func consumeBitwise<T: BitwiseCopyable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {
+            defer { start += Self.headerSize + size }
+            guard kind == .bitwise else { throw .kindMismatch(sent: kind.method, expected: Kind.bitwise.method) }
+            guard frameType == WireFormat.typeTag(T.self) else { throw .typeMismatch(expected: "\(T.self)") }
+            guard size == MemoryLayout<T>.size else {
+                throw .decoding(.malformed(type: "\(T.self)", reason: "\(size) bytes, \(T.self) has \(MemoryLayout<T>.size)"))
+            }
+            return buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: start + Self.headerSize, as: T.self) }
+        }
+    }
+}

@@ -1,0 +1,611 @@
+/// The one binary format for every value that crosses a process boundary.
+///
+/// Not self-describing: both sides know the type. Fixed-width little-endian
+/// numbers, length-prefixed strings and arrays, and arrays of fixed-width
+/// numbers as one block of raw bytes. Keyed containers are positional (keys are
+/// not written); every keyed field and every unkeyed element carries one tag
+/// byte, a presence bit plus, for keyed fields, a 7-bit hash of the key, so a
+/// decoder that reads fields out of order or as another type fails with a
+/// clear ``MP/WireError`` instead of reading garbage. Every length is checked
+/// against the bytes that remain before anything is allocated.
+enum WireFormat {
+    static func encode<T: Encodable>(_ value: T) throws(MP.WireError) -> [UInt8] {
+        var writer = ByteWriter()
+        try encode(value, into: &writer)
+        return writer.bytes
+    }
+
+    static func encode<T: Encodable>(_ value: T, into writer: inout ByteWriter) throws(MP.WireError) {
+        if writer.writeFast(value) { return }
+        let encoder = BinaryEncoder(writer: writer)
+        do {
+            try encoder.encodeValue(value)
+        } catch let error as MP.WireError {
+            throw error
+        } catch {
+            throw .encodingFailed(type: "\(T.self)", reason: "\(error)")
+        }
+        writer = encoder.writer
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(MP.WireError) -> T {
+        var reader = ByteReader(bytes)
+        let value: T
+        do {
+            value = try BinaryDecoder.decodeValue(T.self, from: &reader)
+        } catch let error as MP.WireError {
+            throw error
+        } catch {
+            throw .malformed(type: "\(T.self)", reason: "\(error)")
+        }
+        if reader.remaining != 0 {
+            throw .malformed(type: "\(T.self)", reason: "\(reader.remaining) bytes left over after the value")
+        }
+        return value
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(MP.WireError) -> T {
+        let result = bytes.withUnsafeBytes { buffer in
+            Result { () throws(MP.WireError) -> T in try decode(type, from: buffer) }
+        }
+        return try result.get()
+    }
+}
+
+extension WireFormat {
+    private static let tagLock = ForkSafeLock()
+    nonisolated(unsafe) private static var tags: [ObjectIdentifier: UInt16] = [:]
+
+    /// A 16-bit fingerprint of a type's full name, carried in each frame so a
+    /// receiver asking for another type gets a clear error, not reinterpreted bytes.
+    static func typeTag<T>(_ type: T.Type) -> UInt16 {
+        let id = ObjectIdentifier(type)
+        if let tag = tagLock.withLock({ tags[id] }) { return tag }
+        var hash: UInt32 = 2_166_136_261
+        var name = String(reflecting: type)
+        name.withUTF8 { for byte in $0 { hash = (hash ^ UInt32(byte)) &* 16_777_619 } }
+        let tag = UInt16(truncatingIfNeeded: hash ^ (hash >> 16)) | 1 // never 0: 0 means raw bytes
+        tagLock.withLock { tags[id] = tag }
+        return tag
+    }
+}
+
+extension MP {
+    /// A value could not be encoded, or bytes could not be decoded as the requested type.
+    public enum WireError: Error, Hashable, Sendable, CustomStringConvertible {
+        case encodingFailed(type: String, reason: String)
+        case malformed(type: String, reason: String)
+
+        public var description: String {
+            switch self {
+            case .encodingFailed(let type, let reason): return "cannot encode \(type): \(reason)"
+            case .malformed(let type, let reason): return "bytes do not decode as \(type): \(reason)"
+            }
+        }
+    }
+}
+
+// MARK: - bytes
+
+/// Fixed-width numbers written as raw little-endian bytes.
+protocol WirePrimitive: BitwiseCopyable, Codable {}
+extension Int: WirePrimitive {}
+extension Int8: WirePrimitive {}
+extension Int16: WirePrimitive {}
+extension Int32: WirePrimitive {}
+extension Int64: WirePrimitive {}
+extension UInt: WirePrimitive {}
+extension UInt8: WirePrimitive {}
+extension UInt16: WirePrimitive {}
+extension UInt32: WirePrimitive {}
+extension UInt64: WirePrimitive {}
+extension Float: WirePrimitive {}
+extension Double: WirePrimitive {}
+
+/// Arrays of fixed-width numbers travel as one block of bytes.
+protocol WireFastArray {
+    func writeBlock(into writer: inout ByteWriter)
+    static func readBlock(from reader: inout ByteReader) throws(MP.WireError) -> Self
+}
+
+extension Array: WireFastArray where Element: WirePrimitive {
+    func writeBlock(into writer: inout ByteWriter) {
+        writer.writeLength(count)
+        withUnsafeBytes { writer.writeRaw($0) }
+    }
+
+    static func readBlock(from reader: inout ByteReader) throws(MP.WireError) -> [Element] {
+        let count = try reader.readLength()
+        let size = MemoryLayout<Element>.stride
+        guard count <= reader.remaining / size else {
+            throw .malformed(type: "[\(Element.self)]", reason: "\(count) elements announced, \(reader.remaining) bytes left")
+        }
+        let block = try reader.readRaw(count * size)
+        return [Element](unsafeUninitializedCapacity: count) { buffer, initialized in
+            UnsafeMutableRawBufferPointer(buffer).copyMemory(from: block)
+            initialized = count
+        }
+    }
+}
+
+/// Dictionaries travel as a count and key/value pairs: their own `Codable`
+/// conformance needs the keys of a keyed container (`allKeys`), which a
+/// positional format does not store.
+protocol WireDictionary {
+    func encodePairs(to encoder: BinaryEncoder) throws
+    static func decodePairs(from decoder: BinaryDecoder) throws -> Self
+}
+
+extension Dictionary: WireDictionary where Key: Codable, Value: Codable {
+    func encodePairs(to encoder: BinaryEncoder) throws {
+        encoder.writer.writeLength(count)
+        for (key, value) in self {
+            try encoder.encodeValue(key)
+            try encoder.encodeValue(value)
+        }
+    }
+
+    static func decodePairs(from decoder: BinaryDecoder) throws -> [Key: Value] {
+        let count = try decoder.reader.readLength()
+        guard count <= decoder.reader.remaining else {
+            throw MP.WireError.malformed(type: "[\(Key.self): \(Value.self)]", reason: "\(count) entries announced, \(decoder.reader.remaining) bytes left")
+        }
+        var result: [Key: Value] = [:]
+        result.reserveCapacity(count)
+        for _ in 0..<count {
+            let key = try decoder.decodeValue(Key.self)
+            result[key] = try decoder.decodeValue(Value.self)
+        }
+        return result
+    }
+}
+
+/// Optionals carry a presence byte wherever they appear.
+protocol WireOptional {
+    var wrappedValue: Any? { get }
+    static var wrappedType: Any.Type { get }
+    static func make(_ wrapped: Any?) -> Self
+}
+
+extension Optional: WireOptional {
+    var wrappedValue: Any? { self.map { $0 as Any } }
+    static var wrappedType: Any.Type { Wrapped.self }
+    static func make(_ wrapped: Any?) -> Self { wrapped.map { $0 as! Wrapped } }
+}
+
+struct ByteWriter {
+    var bytes: [UInt8] = []
+
+    init() { bytes.reserveCapacity(64) }
+
+    @inline(__always)
+    mutating func writeRaw(_ buffer: UnsafeRawBufferPointer) { bytes.append(contentsOf: buffer) }
+
+    @inline(__always)
+    mutating func write<T: WirePrimitive>(_ value: T) {
+        withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func writeLength(_ length: Int) { write(UInt32(truncatingIfNeeded: length)) }
+
+    mutating func write(_ string: String) {
+        var string = string
+        string.withUTF8 { utf8 in
+            writeLength(utf8.count)
+            bytes.append(contentsOf: utf8)
+        }
+    }
+
+    /// Writes values that need no container; false if `value` is not one of them.
+    mutating func writeFast<T>(_ value: T) -> Bool {
+        switch value {
+        case let v as Int: write(v)
+        case let v as String: write(v)
+        case let v as Double: write(v)
+        case let v as Bool: bytes.append(v ? 1 : 0)
+        case let v as WireFastArray: v.writeBlock(into: &self)
+        case let v as Int64: write(v)
+        case let v as Int32: write(v)
+        case let v as UInt8: write(v)
+        case let v as UInt64: write(v)
+        case let v as UInt32: write(v)
+        case let v as Float: write(v)
+        case let v as Int8: write(v)
+        case let v as Int16: write(v)
+        case let v as UInt16: write(v)
+        case let v as UInt: write(v)
+        default: return false
+        }
+        return true
+    }
+
+    /// Overwrites a length written earlier at `offset`.
+    mutating func patchLength(_ length: Int, at offset: Int) {
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: length)) { raw in
+            for index in 0..<4 { bytes[offset + index] = raw[index] }
+        }
+    }
+}
+
+struct ByteReader {
+    let base: UnsafeRawBufferPointer
+    var offset = 0
+
+    init(_ base: UnsafeRawBufferPointer) { self.base = base }
+
+    var remaining: Int { base.count - offset }
+
+    mutating func readRaw(_ count: Int) throws(MP.WireError) -> UnsafeRawBufferPointer {
+        guard count >= 0, count <= remaining else {
+            throw .malformed(type: "message", reason: "needs \(count) more bytes at offset \(offset), \(remaining) left")
+        }
+        defer { offset += count }
+        return UnsafeRawBufferPointer(rebasing: base[offset..<offset + count])
+    }
+
+    @inline(__always)
+    mutating func read<T: WirePrimitive>(_ type: T.Type) throws(MP.WireError) -> T {
+        let raw = try readRaw(MemoryLayout<T>.size)
+        return raw.loadUnaligned(as: T.self)
+    }
+
+    mutating func readByte() throws(MP.WireError) -> UInt8 { try read(UInt8.self) }
+
+    func peekByte() -> UInt8? { remaining > 0 ? base[offset] : nil }
+
+    mutating func readLength() throws(MP.WireError) -> Int { Int(try read(UInt32.self)) }
+
+    mutating func readString() throws(MP.WireError) -> String {
+        let length = try readLength()
+        let raw = try readRaw(length)
+        guard let string = String(validating: raw, as: UTF8.self) else {
+            throw .malformed(type: "String", reason: "invalid UTF-8 at offset \(offset - length)")
+        }
+        return string
+    }
+
+    mutating func readBool() throws(MP.WireError) -> Bool {
+        switch try readByte() {
+        case 0: return false
+        case 1: return true
+        case let other: throw .malformed(type: "Bool", reason: "byte \(other) at offset \(offset - 1)")
+        }
+    }
+
+    /// Reads values that need no container; nil if `T` is not one of them.
+    mutating func readFast<T>(_ type: T.Type) throws(MP.WireError) -> T? {
+        if T.self == Int.self { return try read(Int.self) as? T }
+        if T.self == String.self { return try readString() as? T }
+        if T.self == Double.self { return try read(Double.self) as? T }
+        if T.self == Bool.self { return try readBool() as? T }
+        if let array = T.self as? WireFastArray.Type { return try array.readBlock(from: &self) as? T }
+        if let primitive = T.self as? any WirePrimitive.Type { return try readPrimitive(primitive) as? T }
+        return nil
+    }
+
+    private mutating func readPrimitive<P: WirePrimitive>(_ type: P.Type) throws(MP.WireError) -> P { try read(P.self) }
+}
+
+// MARK: - tags
+
+enum Tag {
+    static let present: UInt8 = 1
+
+    /// A 7-bit hash of a key, so out-of-order reads are caught.
+    static func keyed(_ key: some CodingKey, present: Bool) -> UInt8 {
+        var hash: UInt32 = 2_166_136_261
+        var name = key.stringValue
+        name.withUTF8 { for byte in $0 { hash = (hash ^ UInt32(byte)) &* 16_777_619 } }
+        return UInt8(truncatingIfNeeded: (hash & 0x7f) << 1) | (present ? 1 : 0)
+    }
+}
+
+// MARK: - encoder
+
+final class BinaryEncoder: Encoder {
+    var writer: ByteWriter
+    var codingPath: [any CodingKey] = []
+    var userInfo: [CodingUserInfoKey: Any] = [:]
+
+    init(writer: ByteWriter) { self.writer = writer }
+
+    /// Any nested value: optionals get a presence byte, fast types skip containers.
+    func encodeValue<T: Encodable>(_ value: T) throws {
+        if let optional = value as? WireOptional {
+            guard let wrapped = optional.wrappedValue else {
+                writer.bytes.append(0)
+                return
+            }
+            writer.bytes.append(Tag.present)
+            try encodeValue(wrapped as! any Encodable)
+            return
+        }
+        if writer.writeFast(value) { return }
+        if let dictionary = value as? WireDictionary { return try dictionary.encodePairs(to: self) }
+        try value.encode(to: self)
+    }
+
+    private func encodeValue(_ value: any Encodable) throws {
+        try encodeOpened(value)
+    }
+
+    private func encodeOpened<T: Encodable>(_ value: T) throws { try encodeValue(value) }
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+        KeyedEncodingContainer(KeyedWriter<Key>(encoder: self))
+    }
+
+    func unkeyedContainer() -> any UnkeyedEncodingContainer {
+        UnkeyedWriter(encoder: self)
+    }
+
+    func singleValueContainer() -> any SingleValueEncodingContainer { SingleWriter(encoder: self) }
+}
+
+struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol {
+    let encoder: BinaryEncoder
+    var codingPath: [any CodingKey] { encoder.codingPath }
+
+    mutating func encodeNil(forKey key: Key) throws {
+        encoder.writer.bytes.append(Tag.keyed(key, present: false))
+    }
+
+    mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
+        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        try encoder.encodeValue(value)
+    }
+
+    mutating func encodeIfPresent<T: Encodable>(_ value: T?, forKey key: Key) throws {
+        guard let value else { return try encodeNil(forKey: key) }
+        try encode(value, forKey: key)
+    }
+
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
+        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        return encoder.container(keyedBy: keyType)
+    }
+
+    mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
+        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        return encoder.unkeyedContainer()
+    }
+
+    mutating func superEncoder() -> any Encoder { encoder }
+    mutating func superEncoder(forKey key: Key) -> any Encoder {
+        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        return encoder
+    }
+}
+
+/// Writes a count up front and patches it as elements arrive.
+struct UnkeyedWriter: UnkeyedEncodingContainer {
+    let encoder: BinaryEncoder
+    let countOffset: Int
+    var count = 0
+    var codingPath: [any CodingKey] { encoder.codingPath }
+
+    init(encoder: BinaryEncoder) {
+        self.encoder = encoder
+        countOffset = encoder.writer.bytes.count
+        encoder.writer.writeLength(0)
+    }
+
+    private mutating func appended() {
+        count += 1
+        encoder.writer.patchLength(count, at: countOffset)
+    }
+
+    mutating func encodeNil() throws {
+        encoder.writer.bytes.append(0)
+        appended()
+    }
+
+    mutating func encode<T: Encodable>(_ value: T) throws {
+        encoder.writer.bytes.append(Tag.present)
+        try encoder.encodeValue(value)
+        appended()
+    }
+
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+        encoder.writer.bytes.append(Tag.present)
+        appended()
+        return encoder.container(keyedBy: keyType)
+    }
+
+    mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
+        encoder.writer.bytes.append(Tag.present)
+        appended()
+        return encoder.unkeyedContainer()
+    }
+
+    mutating func superEncoder() -> any Encoder {
+        encoder.writer.bytes.append(Tag.present)
+        appended()
+        return encoder
+    }
+}
+
+struct SingleWriter: SingleValueEncodingContainer {
+    let encoder: BinaryEncoder
+    var codingPath: [any CodingKey] { encoder.codingPath }
+
+    mutating func encodeNil() throws { encoder.writer.bytes.append(0) }
+    mutating func encode<T: Encodable>(_ value: T) throws { try encoder.encodeValue(value) }
+}
+
+// MARK: - decoder
+
+final class BinaryDecoder: Decoder {
+    var reader: ByteReader
+    var codingPath: [any CodingKey] = []
+    var userInfo: [CodingUserInfoKey: Any] = [:]
+
+    init(reader: ByteReader) { self.reader = reader }
+
+    static func decodeValue<T: Decodable>(_ type: T.Type, from reader: inout ByteReader) throws -> T {
+        if let value = try reader.readFast(T.self) { return value }
+        let decoder = BinaryDecoder(reader: reader)
+        let value = try decoder.decodeValue(T.self)
+        reader = decoder.reader
+        return value
+    }
+
+    func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
+        if let optional = T.self as? WireOptional.Type {
+            switch try reader.readByte() {
+            case 0: return optional.make(nil) as! T
+            case Tag.present:
+                let wrappedType = optional.wrappedType as! any Decodable.Type
+                return optional.make(try wrappedType.decodeWire(using: self)) as! T
+            case let other:
+                throw MP.WireError.malformed(type: "\(T.self)", reason: "presence byte \(other) at offset \(reader.offset - 1)")
+            }
+        }
+        if let value = try reader.readFast(T.self) { return value }
+        if let dictionary = T.self as? WireDictionary.Type { return try dictionary.decodePairs(from: self) as! T }
+        return try T(from: self)
+    }
+
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
+        KeyedDecodingContainer(KeyedReader<Key>(decoder: self))
+    }
+
+    func unkeyedContainer() throws -> any UnkeyedDecodingContainer { try UnkeyedReader(decoder: self) }
+
+    func singleValueContainer() throws -> any SingleValueDecodingContainer { SingleReader(decoder: self) }
+}
+
+extension Decodable {
+    static func decodeWire(using decoder: BinaryDecoder) throws -> Any { try decoder.decodeValue(Self.self) }
+}
+
+struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
+    let decoder: BinaryDecoder
+    var codingPath: [any CodingKey] { decoder.codingPath }
+    var allKeys: [Key] { [] }
+
+    func contains(_ key: Key) -> Bool {
+        guard let tag = decoder.reader.peekByte() else { return false }
+        return tag & 0xfe == Tag.keyed(key, present: false)
+    }
+
+    /// Reads the field's tag: whether it is present, after checking it is this key's.
+    private func readTag(_ key: Key) throws -> Bool {
+        let offset = decoder.reader.offset
+        let tag = try decoder.reader.readByte()
+        guard tag & 0xfe == Tag.keyed(key, present: false) else {
+            throw MP.WireError.malformed(type: "field '\(key.stringValue)'",
+                                         reason: "tag \(tag) at offset \(offset) belongs to another field (fields decoded out of order, or another type)")
+        }
+        return tag & 1 == 1
+    }
+
+    func decodeNil(forKey key: Key) throws -> Bool {
+        guard let tag = decoder.reader.peekByte(), tag & 0xfe == Tag.keyed(key, present: false) else {
+            throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "missing or out of order at offset \(decoder.reader.offset)")
+        }
+        if tag & 1 == 0 { decoder.reader.offset += 1; return true }
+        return false
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
+        guard try readTag(key) else {
+            throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "absent (nil) but \(T.self) is required")
+        }
+        return try decoder.decodeValue(T.self)
+    }
+
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        guard try readTag(key) else { return nil }
+        return try decoder.decodeValue(T.self)
+    }
+
+    func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
+        _ = try readTag(key)
+        return try decoder.container(keyedBy: type)
+    }
+
+    func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
+        _ = try readTag(key)
+        return try decoder.unkeyedContainer()
+    }
+
+    func superDecoder() throws -> any Decoder { decoder }
+    func superDecoder(forKey key: Key) throws -> any Decoder {
+        _ = try readTag(key)
+        return decoder
+    }
+}
+
+struct UnkeyedReader: UnkeyedDecodingContainer {
+    let decoder: BinaryDecoder
+    let total: Int
+    var currentIndex = 0
+    var codingPath: [any CodingKey] { decoder.codingPath }
+    var count: Int? { total }
+    var isAtEnd: Bool { currentIndex >= total }
+
+    init(decoder: BinaryDecoder) throws {
+        self.decoder = decoder
+        total = try decoder.reader.readLength()
+        // Every element takes at least its tag byte: a count beyond that is corrupt.
+        guard total <= decoder.reader.remaining else {
+            throw MP.WireError.malformed(type: "sequence", reason: "\(total) elements announced, \(decoder.reader.remaining) bytes left")
+        }
+    }
+
+    private mutating func next() throws -> Bool {
+        guard !isAtEnd else {
+            throw MP.WireError.malformed(type: "sequence", reason: "read past its \(total) elements")
+        }
+        currentIndex += 1
+        switch try decoder.reader.readByte() {
+        case 0: return false
+        case Tag.present: return true
+        case let other: throw MP.WireError.malformed(type: "sequence element", reason: "tag \(other) at offset \(decoder.reader.offset - 1)")
+        }
+    }
+
+    mutating func decodeNil() throws -> Bool {
+        guard !isAtEnd, decoder.reader.peekByte() == 0 else { return false }
+        currentIndex += 1
+        decoder.reader.offset += 1
+        return true
+    }
+
+    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
+        guard try next() else {
+            throw MP.WireError.malformed(type: "\(T.self)", reason: "element \(currentIndex - 1) is nil")
+        }
+        return try decoder.decodeValue(T.self)
+    }
+
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
+        _ = try next()
+        return try decoder.container(keyedBy: type)
+    }
+
+    mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer {
+        _ = try next()
+        return try decoder.unkeyedContainer()
+    }
+
+    mutating func superDecoder() throws -> any Decoder {
+        _ = try next()
+        return decoder
+    }
+}
+
+struct SingleReader: SingleValueDecodingContainer {
+    let decoder: BinaryDecoder
+    var codingPath: [any CodingKey] { decoder.codingPath }
+
+    func decodeNil() -> Bool {
+        guard decoder.reader.peekByte() == 0 else { return false }
+        decoder.reader.offset += 1
+        return true
+    }
+
+    func decode<T: Decodable>(_ type: T.Type) throws -> T { try decoder.decodeValue(T.self) }
+}
