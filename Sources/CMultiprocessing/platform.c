@@ -123,3 +123,8 @@ void cmp_child_exit(int code) {
     exit_fn(code);
     __builtin_unreachable();
 }
+
+void cmp_close_all_except(int keep) {
+    if (keep > 3) syscall(SYS_close_range, 3, keep - 1, 0);
+    syscall(SYS_close_range, keep + 1, ~0U, 0);
+}

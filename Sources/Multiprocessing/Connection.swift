@@ -465,7 +465,7 @@ extension MP {
             defer { start += Self.headerSize + size }
             guard kind == .bytes else { throw .kindMismatch(sent: kind.method, expected: Kind.bytes.method) }
             if let maxLength, size > maxLength { throw .messageTooLarge(size: size, limit: maxLength) }
-            return Array(buffer[(start + Self.headerSize)..<(start + Self.headerSize + size)])
+            return [UInt8](buffer[(start + Self.headerSize)..<(start + Self.headerSize + size)])
         }
 
         private func consumeBitwise<T: BitwiseCopyable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {

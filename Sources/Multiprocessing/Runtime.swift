@@ -80,13 +80,22 @@ final class Runtime: @unchecked Sendable {
     // MARK: children
 
     func register(_ process: MP.Process) {
+        lock.withLock { children.append(process) }
+        installExitHandling()
+    }
+
+    /// At normal exit of the main process: end the children (CPython's rule),
+    /// then let the resource tracker clean up. Installed once, on first need.
+    func installExitHandling() {
         let install = lock.withLock { () -> Bool in
-            children.append(process)
             defer { atexitInstalled = true }
             return !atexitInstalled && !isForkedChild
         }
         if install {
-            atexit { Runtime.shared.finishChildren() }
+            atexit {
+                Runtime.shared.finishChildren()
+                ResourceTracker.finish()
+            }
         }
     }
 
@@ -139,6 +148,7 @@ final class Runtime: @unchecked Sendable {
             for child in children { child.closeInheritedDescriptor() }
             children = []
         }
+        if ResourceTracker.isActive { ResourceTracker.resetAfterFork() }
         if watcher != nil || forker != nil {
             watcher?.abandonAfterFork() // its thread is gone
             watcher = nil

@@ -37,6 +37,8 @@ pid_t cmp_gettid(void);
 
 /// Makes stdout line-buffered (Python's `-u` spirit: lines appear as printed, even into a pipe).
 void cmp_stdout_line_buffered(void);
+/// Closes every descriptor from 3 up except `keep` (for a helper process that must not hold others' pipes).
+void cmp_close_all_except(int keep);
 /// `pipe2(fds, O_CLOEXEC)`.
 int cmp_pipe_cloexec(int fds[2]);
 /// `epoll_create1(EPOLL_CLOEXEC)`.

@@ -1,0 +1,215 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import SystemPackage
+
+extension MP {
+    /// Why a queue operation failed.
+    public enum QueueError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// Nothing to get within the timeout (Python's `queue.Empty`).
+        case empty
+        /// No room within the timeout (Python's `queue.Full`).
+        case full
+        /// This handle was closed with `close()`.
+        case closed
+        /// The encoded item can never fit in the queue's buffer.
+        case itemTooLarge(size: Int, capacity: Int)
+        /// `taskDone()` called more times than items were put.
+        case taskDoneTooOften
+        case encoding(WireError)
+        case decoding(WireError)
+        case negativeTimeout(Double)
+        case cancelled
+        case system(OSError)
+
+        public var description: String {
+            switch self {
+            case .empty: return "the queue is empty"
+            case .full: return "the queue is full"
+            case .closed: return "the queue is closed"
+            case .itemTooLarge(let size, let capacity):
+                return "an item of \(size) encoded bytes can never fit in this queue's \(capacity)-byte buffer (raise capacityBytes)"
+            case .taskDoneTooOften: return "task_done() called too many times"
+            case .encoding(let error), .decoding(let error): return error.description
+            case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
+            case .cancelled: return "the get was cancelled"
+            case .system(let error): return error.description
+            }
+        }
+    }
+
+    /// Python's `multiprocessing.Queue`: multi-producer, multi-consumer, for
+    /// processes forked after its creation.
+    ///
+    /// Items are `Codable` values, encoded into a ring buffer in shared memory;
+    /// `put` returns once the item is in the queue, so a process that exits
+    /// right after `put` loses nothing (CPython's feeder thread can). An item
+    /// becomes visible, and leaves, by a single store under a robust lock: a
+    /// producer or consumer SIGKILLed mid-operation leaves no half item, loses
+    /// or duplicates nothing, and does not block the others.
+    public class Queue<Element: Codable>: @unchecked Sendable {
+        let block: SharedBlock
+        let ring: UnsafeMutablePointer<cmp_ring>
+        private var isClosed = false
+        /// The ring's size in bytes: the largest encoded item is a little less.
+        public let capacityBytes: Int
+
+        /// - Parameters:
+        ///   - maxsize: Python's `maxsize`: the most items at once; 0 for no limit.
+        ///   - capacityBytes: the shared buffer (pages are only used as filled).
+        public init(maxsize: Int = 0, capacityBytes: Int = 8 << 20) throws(QueueError) {
+            guard maxsize >= 0 else { throw .system(OSError("Queue(maxsize:)", errno: .invalidArgument)) }
+            let capacity = max(64, (capacityBytes + 7) / 8 * 8)
+            do {
+                block = try SharedBlock(bytes: MemoryLayout<cmp_ring>.stride + capacity)
+            } catch {
+                if case .system(let os) = error { throw .system(os) }
+                throw .system(OSError("mmap", errno: .noMemory))
+            }
+            ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
+            let error = cmp_ring_init(ring, UInt64(capacity), UInt64(maxsize))
+            if error != 0 { throw .system(OSError("pthread_mutex_init", errno: Errno(rawValue: error))) }
+            self.capacityBytes = capacity
+        }
+
+        /// Python's `put(item, block, timeout)`: waits for room unless `blocking` is false.
+        public func put(_ item: Element, blocking: Bool = true, timeout: Double? = nil) throws(QueueError) {
+            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            guard !isClosed else { throw .closed }
+            var writer = ByteWriter()
+            do { try WireFormat.encode(item, into: &writer) } catch { throw .encoding(error) }
+            let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
+            var ownerDied: Int32 = 0
+            let result = writer.bytes.withUnsafeBytes { raw in
+                cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied)
+            }
+            switch result {
+            case Int32(CMP_RING_OK): return
+            case Int32(CMP_RING_FULL): throw .full
+            case Int32(CMP_RING_TOO_LARGE): throw .itemTooLarge(size: writer.bytes.count, capacity: capacityBytes)
+            default: throw .system(OSError("cmp_ring_put", errno: Errno(rawValue: -result)))
+            }
+        }
+
+        /// Python's `put_nowait(item)`.
+        public func putNowait(_ item: Element) throws(QueueError) { try put(item, blocking: false) }
+
+        /// Python's `get(block, timeout)`: waits for an item unless `blocking` is false.
+        public func get(blocking: Bool = true, timeout: Double? = nil) throws(QueueError) -> Element {
+            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            guard !isClosed else { throw .closed }
+            let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
+            var bytes: UnsafeMutableRawPointer?
+            var length: UInt32 = 0
+            var ownerDied: Int32 = 0
+            let result = cmp_ring_get(ring, &bytes, &length, nanoseconds, &ownerDied)
+            switch result {
+            case Int32(CMP_RING_OK): break
+            case Int32(CMP_RING_EMPTY): throw .empty
+            default: throw .system(OSError("cmp_ring_get", errno: Errno(rawValue: -result)))
+            }
+            defer { free(bytes) }
+            do {
+                return try WireFormat.decode(Element.self, from: UnsafeRawBufferPointer(start: bytes, count: Int(length)))
+            } catch {
+                throw .decoding(error)
+            }
+        }
+
+        /// Python's `get_nowait()`.
+        public func getNowait() throws(QueueError) -> Element { try get(blocking: false) }
+
+        /// Python's `qsize()`.
+        public var qsize: Int { Int(cmp_ring_count(ring)) }
+        /// Python's `empty()`.
+        public var isEmpty: Bool { qsize == 0 }
+        /// Python's `full()`.
+        public var isFull: Bool {
+            let limit = ring.pointee.max_items
+            return limit > 0 && UInt64(qsize) >= limit
+        }
+
+        /// Python's `close()`: this handle puts and gets no more (others are unaffected).
+        public func close() { isClosed = true }
+    }
+
+    /// Python's `multiprocessing.SimpleQueue`: an unbounded ``MP/Queue`` with `put`, `get`, `empty`.
+    public final class SimpleQueue<Element: Codable>: Queue<Element>, @unchecked Sendable {
+        public init(capacityBytes: Int = 8 << 20) throws(QueueError) {
+            try super.init(maxsize: 0, capacityBytes: capacityBytes)
+        }
+    }
+
+    /// Python's `multiprocessing.JoinableQueue`: a ``MP/Queue`` whose consumers
+    /// call `taskDone()` per item, so producers can `join()` until all are done.
+    public final class JoinableQueue<Element: Codable>: Queue<Element>, @unchecked Sendable {
+        /// Python's `task_done()`.
+        public func taskDone() throws(QueueError) {
+            if cmp_ring_task_done(ring) != 0 { throw .taskDoneTooOften }
+        }
+
+        /// Python's `join()`: waits until every item put was marked done.
+        /// Returns false on timeout.
+        @discardableResult
+        public func join(timeout: Double? = nil) throws(QueueError) -> Bool {
+            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            return cmp_ring_join(ring, timeout.map { Int64($0 * 1e9) } ?? -1) == 0
+        }
+    }
+}
+
+extension MP.Queue where Element: Sendable {
+        /// `try await queue.get()`: suspends until an item arrives. The wait runs
+        /// on a dedicated thread, not on the concurrency pool; cancellation is
+        /// noticed within 50 ms.
+        public func get() async throws(MP.QueueError) -> Element {
+            if let item = try? getNowait() { return item }
+            let cancelled = CancellationFlag()
+            let result: Result<Element, MP.QueueError> = await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    startThread {
+                        while true {
+                            do throws(MP.QueueError) {
+                                continuation.resume(returning: .success(try self.get(timeout: 0.05)))
+                                return
+                            } catch .empty {
+                                if cancelled.isSet { continuation.resume(returning: .failure(.cancelled)); return }
+                            } catch {
+                                continuation.resume(returning: .failure(error))
+                                return
+                            }
+                        }
+                    }
+                }
+            } onCancel: {
+                cancelled.set()
+            }
+            return try result.get()
+        }
+
+}
+
+/// A flag set from a cancellation handler, read by a waiting thread.
+final class CancellationFlag: @unchecked Sendable {
+    private let lock = ForkSafeLock()
+    private var value = false
+    var isSet: Bool { lock.withLock { value } }
+    func set() { lock.withLock { value = true } }
+}
+
+/// Runs `body` on a new detached thread (for blocking waits that must not
+/// occupy the concurrency pool).
+func startThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+    var thread = pthread_t()
+    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    if pthread_create(&thread, nil, { context in
+        Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+        return nil
+    }, context) == 0 {
+        pthread_detach(thread)
+    } else {
+        Unmanaged<Box>.fromOpaque(context).takeRetainedValue().body() // no thread: run here
+    }
+}

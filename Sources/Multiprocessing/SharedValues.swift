@@ -1,0 +1,150 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import SystemPackage
+
+/// A block of anonymous shared memory, inherited by children forked after its creation.
+final class SharedBlock: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    let size: Int
+
+    init(bytes: Int) throws(MP.SyncError) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        size = max(page, (bytes + page - 1) / page * page)
+        guard let raw = cmp_shared_map(size) else { throw .system(MP.OSError("mmap", errno: Errno(rawValue: errno))) }
+        base = raw
+    }
+
+    deinit { cmp_shared_unmap(base, size) }
+}
+
+extension MP {
+    /// Python's `multiprocessing.Value`: one `BitwiseCopyable` value in shared
+    /// memory, with a robust ``MP/RLock``.
+    ///
+    /// `value` reads and writes under the lock; a read-modify-write needs
+    /// `withLock` (as `v.value += 1` does in Python) or, for integers, the
+    /// atomic operations.
+    /// ```swift
+    /// let counter = try MP.Value(0)
+    /// try counter.withLock { $0 += 1 }
+    /// counter.add(1)                        // atomic, no lock
+    /// ```
+    public final class Value<T: BitwiseCopyable>: @unchecked Sendable {
+        let block: SharedBlock
+        let pointer: UnsafeMutablePointer<T>
+        /// Python's `get_lock()`.
+        public let lock: RLock
+
+        public init(_ value: T) throws(SyncError) {
+            block = try SharedBlock(bytes: MemoryLayout<T>.size)
+            pointer = block.base.bindMemory(to: T.self, capacity: 1)
+            pointer.initialize(to: value)
+            lock = try RLock()
+        }
+
+        /// Python's `value`: read or written under the lock.
+        public var value: T {
+            get { (try? lock.withLock { pointer.pointee }) ?? pointer.pointee }
+            set { _ = try? lock.withLock { pointer.pointee = newValue } }
+        }
+
+        /// Runs `body` on the value, holding the lock.
+        public func withLock<R>(_ body: (inout T) throws -> R) throws -> R {
+            try lock.withLock { try body(&pointer.pointee) }
+        }
+    }
+
+    /// Python's `multiprocessing.Array` (`MP.Array`, not Swift's): a fixed-size
+    /// array of `BitwiseCopyable` elements in shared memory, with a robust
+    /// ``MP/RLock``. A `RandomAccessCollection` and `MutableCollection`.
+    ///
+    /// Elements are read and written directly (machine-word elements never
+    /// tear); hold the lock through `withLock` for updates that span more.
+    public final class Array<Element: BitwiseCopyable>: RandomAccessCollection, MutableCollection, @unchecked Sendable {
+        let block: SharedBlock
+        let elements: UnsafeMutablePointer<Element>
+        /// Python's `get_lock()`.
+        public let lock: RLock
+        public let count: Int
+
+        /// Shared memory for `count` elements, filled by the caller.
+        private init(count: Int) throws(SyncError) {
+            guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
+            block = try SharedBlock(bytes: count * MemoryLayout<Element>.stride)
+            elements = block.base.bindMemory(to: Element.self, capacity: count)
+            self.count = count
+            lock = try RLock()
+        }
+
+        /// An array of `count` copies of `repeating`.
+        public convenience init(repeating value: Element, count: Int) throws(SyncError) {
+            try self.init(count: count)
+            elements.initialize(repeating: value, count: count)
+        }
+
+        /// An array holding `values`.
+        public convenience init(_ values: some Collection<Element>) throws(SyncError) {
+            try self.init(count: values.count)
+            for (index, value) in values.enumerated() { (elements + index).initialize(to: value) }
+        }
+
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { count }
+
+        public subscript(position: Int) -> Element {
+            get {
+                precondition(position >= 0 && position < count, "MP.Array index \(position) out of range 0..<\(count)")
+                return elements[position]
+            }
+            set {
+                precondition(position >= 0 && position < count, "MP.Array index \(position) out of range 0..<\(count)")
+                elements[position] = newValue
+            }
+        }
+
+        /// Runs `body` on the elements, holding the lock.
+        public func withLock<R>(_ body: (UnsafeMutableBufferPointer<Element>) throws -> R) throws -> R {
+            try lock.withLock { try body(UnsafeMutableBufferPointer(start: elements, count: count)) }
+        }
+
+        /// A copy of the elements as a Swift array.
+        public var snapshot: [Element] { Swift.Array(UnsafeBufferPointer(start: elements, count: count)) }
+    }
+}
+
+extension MP.Value where T == Int {
+    /// Atomically adds `delta`; returns the new value. No lock.
+    @discardableResult
+    public func add(_ delta: Int) -> Int {
+        Int(cmp_atomic_add_i64(UnsafeMutableRawPointer(pointer).assumingMemoryBound(to: Int64.self), Int64(delta)))
+    }
+
+    /// Atomic load.
+    public func load() -> Int { Int(cmp_atomic_load_i64(UnsafeMutableRawPointer(pointer).assumingMemoryBound(to: Int64.self))) }
+
+    /// Atomic store.
+    public func store(_ value: Int) { cmp_atomic_store_i64(UnsafeMutableRawPointer(pointer).assumingMemoryBound(to: Int64.self), Int64(value)) }
+
+    /// Atomic compare-and-exchange: stores `desired` if the value is `expected`.
+    /// Returns whether it did, and the value found.
+    public func compareExchange(expected: Int, desired: Int) -> (exchanged: Bool, original: Int) {
+        var seen = Int64(expected)
+        let done = cmp_atomic_cas_i64(UnsafeMutableRawPointer(pointer).assumingMemoryBound(to: Int64.self), &seen, Int64(desired)) != 0
+        return (done, Int(seen))
+    }
+}
+
+extension MP.Value where T == Int32 {
+    /// Atomically adds `delta`; returns the new value. No lock.
+    @discardableResult
+    public func add(_ delta: Int32) -> Int32 { cmp_atomic_add_i32(pointer, delta) }
+    public func load() -> Int32 { cmp_atomic_load_i32(pointer) }
+    public func store(_ value: Int32) { cmp_atomic_store_i32(pointer, value) }
+    public func compareExchange(expected: Int32, desired: Int32) -> (exchanged: Bool, original: Int32) {
+        var seen = expected
+        let done = cmp_atomic_cas_i32(pointer, &seen, desired) != 0
+        return (done, seen)
+    }
+}
