@@ -169,6 +169,39 @@ int cmp_ring_init(cmp_ring *ring, uint64_t capacity, uint64_t max_items) {
 // the futex round trip (and the producer its wake-up call).
 #define SPINS 200
 
+// Waits, with the lock held on entry and on return, until `*seq_word` moves:
+// spins on the word without the lock first (a busy peer publishes within
+// microseconds), and only then counts itself a sleeper and sleeps on the
+// futex. The publisher bumps the word and then reads the sleeper count, both
+// sequentially consistent, so a sleeper is never missed.
+static int ring_wait(cmp_ring *ring, uint32_t *seq_word, uint32_t *waiters, int64_t timeout_ns,
+                     const struct timespec *deadline, int *owner_died, int *timed_out) {
+    uint32_t seq = __atomic_load_n(seq_word, __ATOMIC_SEQ_CST);
+    cmp_mutex_unlock(&ring->mutex);
+    int moved = 0;
+    for (int spin = 0; spin < SPINS; spin++) {
+        if (__atomic_load_n(seq_word, __ATOMIC_SEQ_CST) != seq) { moved = 1; break; }
+        __builtin_ia32_pause();
+    }
+    *timed_out = 0;
+    if (!moved) {
+        int64_t left = timeout_ns < 0 ? -1 : remaining_ns(deadline);
+        if (timeout_ns >= 0 && left == 0) {
+            *timed_out = 1;
+        } else {
+            __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+            cmp_futex_wait(seq_word, seq, left);
+            __atomic_sub_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    int error = ring_lock(ring, owner_died);
+    return error ? -error : 0;
+}
+
+static inline int ring_has_no_room(cmp_ring *ring, uint64_t size) {
+    return ring->capacity - (ring->tail - ring->head) < size || (ring->max_items && ring->count >= ring->max_items);
+}
+
 int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t timeout_ns, int *owner_died) {
     uint64_t size = record_size(length);
     if (size > ring->capacity) return CMP_RING_TOO_LARGE;
@@ -176,28 +209,12 @@ int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t tim
     if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
     int error = ring_lock(ring, owner_died);
     if (error) return -error;
-    int spins = 0;
-    while (ring->capacity - (ring->tail - ring->head) < size || (ring->max_items && ring->count >= ring->max_items)) {
+    while (ring_has_no_room(ring, size)) {
         if (timeout_ns == 0) { cmp_mutex_unlock(&ring->mutex); return CMP_RING_FULL; }
-        uint32_t seq = ring->space_seq;
-        ring->put_waiters++;
-        cmp_mutex_unlock(&ring->mutex);
-        if (spins++ < SPINS) {
-            __builtin_ia32_pause();
-        } else {
-            int64_t left = timeout_ns < 0 ? -1 : remaining_ns(&deadline);
-            if (timeout_ns > 0 && left == 0) {
-                error = ring_lock(ring, owner_died);
-                if (error) return -error;
-                ring->put_waiters--;
-                cmp_mutex_unlock(&ring->mutex);
-                return CMP_RING_FULL;
-            }
-            cmp_futex_wait(&ring->space_seq, seq, left);
-        }
-        error = ring_lock(ring, owner_died);
-        if (error) return -error;
-        ring->put_waiters--;
+        int timed_out;
+        error = ring_wait(ring, &ring->space_seq, &ring->put_waiters, timeout_ns, &deadline, owner_died, &timed_out);
+        if (error) return error;
+        if (timed_out && ring_has_no_room(ring, size)) { cmp_mutex_unlock(&ring->mutex); return CMP_RING_FULL; }
     }
     ring_copy_in(ring, ring->tail, &length, RECORD_HEADER);
     ring_copy_in(ring, ring->tail + RECORD_HEADER, bytes, length);
@@ -205,53 +222,71 @@ int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t tim
     ring->count++;
     ring->unfinished++;
     __atomic_add_fetch(&ring->items_seq, 1, __ATOMIC_SEQ_CST);
-    int wake = ring->get_waiters > 0;
+    int wake = __atomic_load_n(&ring->get_waiters, __ATOMIC_SEQ_CST) > 0;
     cmp_mutex_unlock(&ring->mutex);
     if (wake) cmp_futex_wake(&ring->items_seq, INT_MAX);
     return CMP_RING_OK;
 }
 
-int cmp_ring_get(cmp_ring *ring, void **out, uint32_t *length, int64_t timeout_ns, int *owner_died) {
+// Waits for a message; on success returns with the lock held.
+static int ring_wait_item(cmp_ring *ring, int64_t timeout_ns, int *owner_died) {
     struct timespec deadline;
     if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
     int error = ring_lock(ring, owner_died);
     if (error) return -error;
-    int spins = 0;
     while (ring->count == 0) {
         if (timeout_ns == 0) { cmp_mutex_unlock(&ring->mutex); return CMP_RING_EMPTY; }
-        uint32_t seq = ring->items_seq;
-        ring->get_waiters++;
-        cmp_mutex_unlock(&ring->mutex);
-        if (spins++ < SPINS) {
-            __builtin_ia32_pause();
-        } else {
-            int64_t left = timeout_ns < 0 ? -1 : remaining_ns(&deadline);
-            if (timeout_ns > 0 && left == 0) {
-                error = ring_lock(ring, owner_died);
-                if (error) return -error;
-                ring->get_waiters--;
-                cmp_mutex_unlock(&ring->mutex);
-                return CMP_RING_EMPTY;
-            }
-            cmp_futex_wait(&ring->items_seq, seq, left);
-        }
-        error = ring_lock(ring, owner_died);
-        if (error) return -error;
-        ring->get_waiters--;
+        int timed_out;
+        error = ring_wait(ring, &ring->items_seq, &ring->get_waiters, timeout_ns, &deadline, owner_died, &timed_out);
+        if (error) return error;
+        if (timed_out && ring->count == 0) { cmp_mutex_unlock(&ring->mutex); return CMP_RING_EMPTY; }
     }
+    return CMP_RING_OK;
+}
+
+// With the lock held: drops the oldest message (a single store) and unlocks.
+// Blocked producers are woken when free space crosses half the ring, when the
+// ring empties, or when a maxsize queue is half free: one wake-up for many
+// items, not a futex round trip per item.
+static void ring_consume(cmp_ring *ring, uint32_t length) {
+    uint64_t half = ring->capacity / 2, size = record_size(length);
+    uint64_t free_before = ring->capacity - (ring->tail - ring->head);
+    __atomic_store_n(&ring->head, ring->head + size, __ATOMIC_RELEASE); // consume
+    ring->count--;
+    __atomic_add_fetch(&ring->space_seq, 1, __ATOMIC_SEQ_CST);
+    int wake = 0;
+    if (__atomic_load_n(&ring->put_waiters, __ATOMIC_SEQ_CST) > 0) {
+        uint64_t free_after = free_before + size;
+        wake = ring->count == 0 || (free_before < half && free_after >= half) ||
+               (ring->max_items && ring->count <= ring->max_items / 2);
+    }
+    cmp_mutex_unlock(&ring->mutex);
+    if (wake) cmp_futex_wake(&ring->space_seq, INT_MAX);
+}
+
+int cmp_ring_get(cmp_ring *ring, void **out, uint32_t *length, int64_t timeout_ns, int *owner_died) {
+    int result = ring_wait_item(ring, timeout_ns, owner_died);
+    if (result != CMP_RING_OK) return result;
     uint32_t size32;
     ring_copy_out(ring, ring->head, &size32, RECORD_HEADER);
     void *copy = malloc(size32 ? size32 : 1);
     if (!copy) { cmp_mutex_unlock(&ring->mutex); return -ENOMEM; }
     ring_copy_out(ring, ring->head + RECORD_HEADER, copy, size32);
-    __atomic_store_n(&ring->head, ring->head + record_size(size32), __ATOMIC_RELEASE); // consume
-    ring->count--;
-    __atomic_add_fetch(&ring->space_seq, 1, __ATOMIC_SEQ_CST);
-    int wake = ring->put_waiters > 0;
-    cmp_mutex_unlock(&ring->mutex);
-    if (wake) cmp_futex_wake(&ring->space_seq, INT_MAX);
+    ring_consume(ring, size32);
     *out = copy;
     *length = size32;
+    return CMP_RING_OK;
+}
+
+int cmp_ring_get_into(cmp_ring *ring, void *buffer, uint32_t capacity, uint32_t *length, int64_t timeout_ns, int *owner_died) {
+    int result = ring_wait_item(ring, timeout_ns, owner_died);
+    if (result != CMP_RING_OK) return result;
+    uint32_t size32;
+    ring_copy_out(ring, ring->head, &size32, RECORD_HEADER);
+    *length = size32;
+    if (size32 > capacity) { cmp_mutex_unlock(&ring->mutex); return CMP_RING_TOO_LARGE; }
+    ring_copy_out(ring, ring->head + RECORD_HEADER, buffer, size32);
+    ring_consume(ring, size32);
     return CMP_RING_OK;
 }
 

@@ -260,12 +260,46 @@ extension MP {
             }
         }
 
-        /// Python's `recv_bytes(maxlength)`.
+        /// Python's `recv_bytes(maxlength)`. A large message is read straight
+        /// into the returned array, not through the connection's buffer.
         public func recvBytes(maxLength: Int? = nil) throws(ConnectionError) -> [UInt8] {
             try recvLock.withLock { () throws(ConnectionError) -> [UInt8] in
-                let (size, kind) = try nextFrameBlocking()
-                return try consumeBytes(size, kind, maxLength: maxLength)
+                guard let (size, kind) = try nextFrame(blocking: true, wholePayload: false) else { return [] }
+                start += Self.headerSize
+                guard kind == .bytes else {
+                    try discard(size, blocking: true)
+                    throw .kindMismatch(sent: kind.method, expected: Kind.bytes.method)
+                }
+                if let maxLength, size > maxLength {
+                    try discard(size, blocking: true)
+                    throw .messageTooLarge(size: size, limit: maxLength)
+                }
+                return try takePayload(size)
             }
+        }
+
+        /// The next `size` bytes: what is buffered, then the rest read directly.
+        private func takePayload(_ size: Int) throws(ConnectionError) -> [UInt8] {
+            let fromBuffer = min(size, buffered)
+            var failure: ConnectionError?
+            let bytes = [UInt8](unsafeUninitializedCapacity: size) { destination, initialized in
+                buffer.withUnsafeBytes { source in
+                    UnsafeMutableRawBufferPointer(destination).copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<start + fromBuffer]))
+                }
+                var got = fromBuffer
+                while got < size {
+                    let received = Glibc.recv(fd, destination.baseAddress! + got, size - got, 0)
+                    if received > 0 { got += received; continue }
+                    if received < 0 && errno == EINTR { continue }
+                    sawEOF = true
+                    failure = .truncatedFrame(expected: size + Self.headerSize, received: got + Self.headerSize)
+                    break
+                }
+                initialized = failure == nil ? size : 0
+            }
+            start += fromBuffer
+            if let failure { throw failure }
+            return bytes
         }
 
         /// Receives a value sent with ``sendBitwise(_:)``.
@@ -342,7 +376,7 @@ extension MP {
         /// With the receive lock held: makes the next whole frame available in
         /// the buffer and returns its payload size and kind. `blocking: false`
         /// returns nil when that would need to wait.
-        private func nextFrame(blocking: Bool) throws(ConnectionError) -> (Int, Kind)? {
+        private func nextFrame(blocking: Bool, wholePayload: Bool = true) throws(ConnectionError) -> (Int, Kind)? {
             guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
             guard fd >= 0 else { throw .closed }
             while true {
@@ -355,7 +389,7 @@ extension MP {
                     try discard(size, blocking: true)
                     throw .messageTooLarge(size: size, limit: maxMessageSize)
                 }
-                if buffered < Self.headerSize + size {
+                if wholePayload && buffered < Self.headerSize + size {
                     guard try fill(minimum: Self.headerSize + size, blocking: blocking) else { return nil }
                 }
                 return (size, kind)
@@ -459,13 +493,6 @@ extension MP {
                 }
             }
             do { return try result.get() } catch { throw .decoding(error) }
-        }
-
-        private func consumeBytes(_ size: Int, _ kind: Kind, maxLength: Int?) throws(ConnectionError) -> [UInt8] {
-            defer { start += Self.headerSize + size }
-            guard kind == .bytes else { throw .kindMismatch(sent: kind.method, expected: Kind.bytes.method) }
-            if let maxLength, size > maxLength { throw .messageTooLarge(size: size, limit: maxLength) }
-            return [UInt8](buffer[(start + Self.headerSize)..<(start + Self.headerSize + size)])
         }
 
         private func consumeBitwise<T: BitwiseCopyable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {

@@ -54,6 +54,10 @@ extension MP {
         private var isClosed = false
         /// The ring's size in bytes: the largest encoded item is a little less.
         public let capacityBytes: Int
+        /// Fixed-width numbers travel as their raw bytes. Decided once: the
+        /// queue's methods run unspecialized, and a conformance check per item
+        /// costs more than the item.
+        private let elementIsPrimitive = Element.self is any WirePrimitive.Type
 
         /// - Parameters:
         ///   - maxsize: Python's `maxsize`: the most items at once; 0 for no limit.
@@ -77,17 +81,29 @@ extension MP {
         public func put(_ item: Element, blocking: Bool = true, timeout: Double? = nil) throws(QueueError) {
             if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
             guard !isClosed else { throw .closed }
+            let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
+            if elementIsPrimitive {
+                // A fixed-width number's bytes are its wire format: no encoder, no allocation.
+                var item = item
+                let result = withUnsafeBytes(of: &item) { raw in putEncoded(raw, nanoseconds) }
+                return try check(result, size: MemoryLayout<Element>.size)
+            }
             var writer = ByteWriter()
             do { try WireFormat.encode(item, into: &writer) } catch { throw .encoding(error) }
-            let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
+            let result = writer.bytes.withUnsafeBytes { raw in putEncoded(raw, nanoseconds) }
+            try check(result, size: writer.bytes.count)
+        }
+
+        private func putEncoded(_ raw: UnsafeRawBufferPointer, _ nanoseconds: Int64) -> Int32 {
             var ownerDied: Int32 = 0
-            let result = writer.bytes.withUnsafeBytes { raw in
-                cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied)
-            }
+            return cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied)
+        }
+
+        private func check(_ result: Int32, size: Int) throws(QueueError) {
             switch result {
             case Int32(CMP_RING_OK): return
             case Int32(CMP_RING_FULL): throw .full
-            case Int32(CMP_RING_TOO_LARGE): throw .itemTooLarge(size: writer.bytes.count, capacity: capacityBytes)
+            case Int32(CMP_RING_TOO_LARGE): throw .itemTooLarge(size: size, capacity: capacityBytes)
             default: throw .system(OSError("cmp_ring_put", errno: Errno(rawValue: -result)))
             }
         }
@@ -100,21 +116,42 @@ extension MP {
             if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
             guard !isClosed else { throw .closed }
             let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
-            var bytes: UnsafeMutableRawPointer?
-            var length: UInt32 = 0
-            var ownerDied: Int32 = 0
-            let result = cmp_ring_get(ring, &bytes, &length, nanoseconds, &ownerDied)
+            // Small items are copied to the stack and decoded from there; a larger
+            // one is fetched again into a buffer of its size. No generic wrapper
+            // (Optional, Result) is built per item: unspecialized, each would
+            // cost a metadata lookup.
+            var storage = StackBuffer()
+            return try withUnsafeMutableBytes(of: &storage) { (buffer) throws(QueueError) -> Element in
+                var length: UInt32 = 0
+                var ownerDied: Int32 = 0
+                let result = cmp_ring_get_into(ring, buffer.baseAddress, UInt32(buffer.count), &length, nanoseconds, &ownerDied)
+                if result != Int32(CMP_RING_TOO_LARGE) {
+                    try check(get: result)
+                    return try decode(UnsafeRawBufferPointer(start: buffer.baseAddress, count: Int(length)))
+                }
+                var bytes: UnsafeMutableRawPointer?
+                try check(get: cmp_ring_get(ring, &bytes, &length, nanoseconds, &ownerDied))
+                defer { free(bytes) }
+                return try decode(UnsafeRawBufferPointer(start: bytes, count: Int(length)))
+            }
+        }
+
+        private func check(get result: Int32) throws(QueueError) {
             switch result {
-            case Int32(CMP_RING_OK): break
+            case Int32(CMP_RING_OK): return
             case Int32(CMP_RING_EMPTY): throw .empty
             default: throw .system(OSError("cmp_ring_get", errno: Errno(rawValue: -result)))
             }
-            defer { free(bytes) }
-            do {
-                return try WireFormat.decode(Element.self, from: UnsafeRawBufferPointer(start: bytes, count: Int(length)))
-            } catch {
-                throw .decoding(error)
+        }
+
+        private func decode(_ raw: UnsafeRawBufferPointer) throws(QueueError) -> Element {
+            if elementIsPrimitive {
+                guard raw.count == MemoryLayout<Element>.size else {
+                    throw .decoding(.malformed(type: "\(Element.self)", reason: "\(raw.count) bytes"))
+                }
+                return raw.loadUnaligned(as: Element.self)
             }
+            do { return try WireFormat.decode(Element.self, from: raw) } catch { throw .decoding(error) }
         }
 
         /// Python's `get_nowait()`.
@@ -188,6 +225,20 @@ extension MP.Queue where Element: Sendable {
             return try result.get()
         }
 
+}
+
+/// 512 bytes on the stack for receiving small items.
+struct StackBuffer {
+    var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 }
 
 /// A flag set from a cancellation handler, read by a waiting thread.

@@ -26,6 +26,18 @@ func medianOf(_ rounds: Int, _ body: () throws -> Double) rethrows -> Double {
     return values[values.count / 2]
 }
 
+/// Medians of several measurements taken in alternating rounds (a, b, a, b, ...),
+/// so a figure and its floor see the same machine: on a shared 2-core machine
+/// speed drifts more between consecutive blocks of rounds than the difference
+/// being measured.
+func interleavedMedians(_ rounds: Int, _ bodies: [() throws -> Double]) throws -> [Double] {
+    var values = [[Double]](repeating: [], count: bodies.count)
+    for _ in 0..<rounds {
+        for (index, body) in bodies.enumerated() { values[index].append(try body()) }
+    }
+    return values.map { $0.sorted()[$0.count / 2] }
+}
+
 /// Runs `python3 -c script` and returns its standard output, or nil when
 /// python3 is missing or fails.
 func runPython(_ script: String) -> String? {
@@ -82,7 +94,8 @@ func pad(_ text: String, _ width: Int) -> String {
 /// expressed so that a ratio above 1 means this library is ahead.
 func printTable(_ metrics: [Metric]) {
     let byName = Dictionary(metrics.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-    let bases = metrics.filter { !$0.name.hasSuffix("_python") && !$0.name.hasSuffix("_c") }
+    let suffixes = ["_python", "_c", "_fasterfifo"]
+    let bases = metrics.filter { metric in !suffixes.contains { metric.name.hasSuffix($0) } }
     print(pad("metric", 34), pad("swift", 12), pad("python", 12), pad("c", 12), pad("vs python", 12), "vs c")
     for metric in bases {
         let python = byName[metric.name + "_python"]
@@ -96,6 +109,11 @@ func printTable(_ metrics: [Metric]) {
               pad(c.map { format($0.value) } ?? "-", 12), pad(ratio(python), 12), ratio(c))
     }
     print("(ratios: how many times better this library is; below 1 means behind)")
+    for metric in bases {
+        if let other = byName[metric.name + "_fasterfifo"] {
+            print("\(metric.name): faster-fifo \(format(other.value)), this library \(format(metric.value / other.value))x faster-fifo")
+        }
+    }
 }
 
 /// Writes `{"metric_name": number, ...}`.

@@ -8,13 +8,13 @@ enum ProcessBenchmarks {
         let rounds = quick ? 3 : 5
         // Warm up: page in the fork path, create the runtime state.
         for _ in 0..<50 { try startJoin() }
-        let swift = try medianOf(rounds) {
+        _ = cmp_bench_raw_fork_exit_wait_us(50)
+        let figures = try interleavedMedians(rounds, [{
             let start = now()
             for _ in 0..<iterations { try startJoin() }
             return (now() - start) / Double(iterations) * 1e6
-        }
-        _ = cmp_bench_raw_fork_exit_wait_us(50)
-        let c = medianOf(rounds) { cmp_bench_raw_fork_exit_wait_us(Int32(iterations)) }
+        }, { cmp_bench_raw_fork_exit_wait_us(Int32(iterations)) }])
+        let (swift, c) = (figures[0], figures[1])
         var metrics = [
             Metric(name: "proc_start_join_us", value: swift, higherIsBetter: false),
             Metric(name: "proc_start_join_us_c", value: c, higherIsBetter: false),

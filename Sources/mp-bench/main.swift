@@ -16,6 +16,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         var metrics: [Metric] = []
         metrics += try ProcessBenchmarks.run(quick: quick)
+        metrics += try CommBenchmarks.run(quick: quick)
         printTable(metrics)
         if let json { try writeJSON(metrics, to: json) }
     }

@@ -89,5 +89,11 @@ uint64_t cmp_child_executor_jobs_run(void);
 /// Mean microseconds of `fork()` + `_exit(0)` in the child + `waitpid` in the
 /// parent, over `iterations`, called from the current process.
 double cmp_bench_raw_fork_exit_wait_us(int iterations);
+/// Mean nanoseconds of lock + unlock of a robust process-shared mutex.
+double cmp_bench_robust_mutex_ns(long iterations);
+/// Framed 16-byte messages per second from a child over a raw socketpair.
+double cmp_bench_socketpair_small_msgs_per_s(long count);
+/// Megabytes per second of `size`-byte messages from a child over a raw socketpair.
+double cmp_bench_socketpair_bandwidth_MBps(long messages, long size);
 
 #endif
