@@ -2,12 +2,13 @@
 ///
 /// Not self-describing: both sides know the type. Fixed-width little-endian
 /// numbers, length-prefixed strings and arrays, and arrays of fixed-width
-/// numbers as one block of raw bytes. Keyed containers are positional (keys are
-/// not written); every keyed field and every unkeyed element carries one tag
-/// byte, a presence bit plus, for keyed fields, a 7-bit hash of the key, so a
-/// decoder that reads fields out of order or as another type fails with a
-/// clear ``MP/WireError`` instead of reading garbage. Every length is checked
-/// against the bytes that remain before anything is allocated.
+/// numbers as one block of raw bytes. Keyed fields are written in order, each
+/// as its key's name and a presence byte, then the value: a decoder that reads
+/// fields in another order (or another type) fails with a clear
+/// ``MP/WireError``, and `allKeys` can name the next field, which is how enums
+/// with associated values decode. Unkeyed elements carry a presence byte.
+/// Every length is checked against the bytes that remain before anything is
+/// allocated.
 enum WireFormat {
     static func encode<T: Encodable>(_ value: T) throws(MP.WireError) -> [UInt8] {
         var writer = ByteWriter()
@@ -286,17 +287,39 @@ struct ByteReader {
     private mutating func readPrimitive<P: WirePrimitive>(_ type: P.Type) throws(MP.WireError) -> P { try read(P.self) }
 }
 
-// MARK: - tags
+// MARK: - keys
 
 enum Tag {
     static let present: UInt8 = 1
 
-    /// A 7-bit hash of a key, so out-of-order reads are caught.
-    static func keyed(_ key: some CodingKey, present: Bool) -> UInt8 {
-        var hash: UInt32 = 2_166_136_261
+    /// A keyed field's header: the key's name (at most 255 UTF-8 bytes) and a presence byte.
+    static func write(_ key: some CodingKey, present: Bool, into writer: inout ByteWriter) {
         var name = key.stringValue
-        name.withUTF8 { for byte in $0 { hash = (hash ^ UInt32(byte)) &* 16_777_619 } }
-        return UInt8(truncatingIfNeeded: (hash & 0x7f) << 1) | (present ? 1 : 0)
+        name.withUTF8 { utf8 in
+            let count = min(utf8.count, 255)
+            writer.bytes.append(UInt8(count))
+            writer.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[..<count]))
+        }
+        writer.bytes.append(present ? 1 : 0)
+    }
+
+    /// The name of the keyed field at the reader's position, without moving it.
+    static func peekName(_ reader: ByteReader) -> String? {
+        guard let count = reader.peekByte().map(Int.init), reader.remaining > count + 1 else { return nil }
+        let start = reader.offset + 1
+        return String(validating: UnsafeRawBufferPointer(rebasing: reader.base[start..<start + count]), as: UTF8.self)
+    }
+
+    /// Whether the field at the reader's position is named `key`.
+    static func matches(_ key: some CodingKey, _ reader: ByteReader) -> Bool {
+        guard let count = reader.peekByte().map(Int.init), reader.remaining > count + 1 else { return false }
+        var name = key.stringValue
+        return name.withUTF8 { utf8 in
+            let expected = min(utf8.count, 255)
+            guard expected == count else { return false }
+            return UnsafeRawBufferPointer(rebasing: reader.base[(reader.offset + 1)..<(reader.offset + 1 + count)])
+                .elementsEqual(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[..<expected]))
+        }
     }
 }
 
@@ -317,7 +340,7 @@ final class BinaryEncoder: Encoder {
                 return
             }
             writer.bytes.append(Tag.present)
-            try encodeValue(wrapped as! any Encodable)
+            try (wrapped as! any Encodable).encodeWire(using: self)
             return
         }
         if writer.writeFast(value) { return }
@@ -325,11 +348,6 @@ final class BinaryEncoder: Encoder {
         try value.encode(to: self)
     }
 
-    private func encodeValue(_ value: any Encodable) throws {
-        try encodeOpened(value)
-    }
-
-    private func encodeOpened<T: Encodable>(_ value: T) throws { try encodeValue(value) }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
         KeyedEncodingContainer(KeyedWriter<Key>(encoder: self))
@@ -347,11 +365,11 @@ struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol {
     var codingPath: [any CodingKey] { encoder.codingPath }
 
     mutating func encodeNil(forKey key: Key) throws {
-        encoder.writer.bytes.append(Tag.keyed(key, present: false))
+        Tag.write(key, present: false, into: &encoder.writer)
     }
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        Tag.write(key, present: true, into: &encoder.writer)
         try encoder.encodeValue(value)
     }
 
@@ -361,18 +379,18 @@ struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol {
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
-        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        Tag.write(key, present: true, into: &encoder.writer)
         return encoder.container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
-        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        Tag.write(key, present: true, into: &encoder.writer)
         return encoder.unkeyedContainer()
     }
 
     mutating func superEncoder() -> any Encoder { encoder }
     mutating func superEncoder(forKey key: Key) -> any Encoder {
-        encoder.writer.bytes.append(Tag.keyed(key, present: true))
+        Tag.write(key, present: true, into: &encoder.writer)
         return encoder
     }
 }
@@ -476,6 +494,11 @@ final class BinaryDecoder: Decoder {
     func singleValueContainer() throws -> any SingleValueDecodingContainer { SingleReader(decoder: self) }
 }
 
+extension Encodable {
+    /// Opens an existential: encodes `self` with its concrete type.
+    func encodeWire(using encoder: BinaryEncoder) throws { try encoder.encodeValue(self) }
+}
+
 extension Decodable {
     static func decodeWire(using decoder: BinaryDecoder) throws -> Any { try decoder.decodeValue(Self.self) }
 }
@@ -483,30 +506,37 @@ extension Decodable {
 struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: BinaryDecoder
     var codingPath: [any CodingKey] { decoder.codingPath }
-    var allKeys: [Key] { [] }
 
-    func contains(_ key: Key) -> Bool {
-        guard let tag = decoder.reader.peekByte() else { return false }
-        return tag & 0xfe == Tag.keyed(key, present: false)
-    }
+    /// The next field's key: fields are read in order, so this is the only
+    /// one known (exactly what an enum's decoding asks for).
+    var allKeys: [Key] { Tag.peekName(decoder.reader).flatMap { Key(stringValue: $0) }.map { [$0] } ?? [] }
 
-    /// Reads the field's tag: whether it is present, after checking it is this key's.
+    func contains(_ key: Key) -> Bool { Tag.matches(key, decoder.reader) }
+
+    /// Reads the field's header: whether it is present, after checking it is this key's.
     private func readTag(_ key: Key) throws -> Bool {
         let offset = decoder.reader.offset
-        let tag = try decoder.reader.readByte()
-        guard tag & 0xfe == Tag.keyed(key, present: false) else {
+        guard Tag.matches(key, decoder.reader) else {
+            let found = Tag.peekName(decoder.reader).map { "'\($0)'" } ?? "no field"
             throw MP.WireError.malformed(type: "field '\(key.stringValue)'",
-                                         reason: "tag \(tag) at offset \(offset) belongs to another field (fields decoded out of order, or another type)")
+                                         reason: "found \(found) at offset \(offset) (fields decoded out of order, or another type)")
         }
-        return tag & 1 == 1
+        decoder.reader.offset += 1 + Int(decoder.reader.peekByte()!)
+        switch try decoder.reader.readByte() {
+        case 0: return false
+        case 1: return true
+        case let other: throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "presence byte \(other)")
+        }
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        guard let tag = decoder.reader.peekByte(), tag & 0xfe == Tag.keyed(key, present: false) else {
+        guard Tag.matches(key, decoder.reader) else {
             throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "missing or out of order at offset \(decoder.reader.offset)")
         }
-        if tag & 1 == 0 { decoder.reader.offset += 1; return true }
-        return false
+        let presence = decoder.reader.offset + 1 + Int(decoder.reader.peekByte()!)
+        guard presence < decoder.reader.base.count, decoder.reader.base[presence] == 0 else { return false }
+        decoder.reader.offset = presence + 1
+        return true
     }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {

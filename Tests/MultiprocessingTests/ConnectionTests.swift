@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Multiprocessing
+import Testing
+
+@Suite("Pipe and Connection")
+struct ConnectionTests {
+    @Test("ping-pong of Codable values between processes; end-of-file when the peer is gone")
+    func pingPong() throws {
+        let (parentEnd, childEnd) = try MP.Pipe()
+        let p = MP.Process {
+            parentEnd.close()
+            while true {
+                let value = try childEnd.recv(Int.self)
+                if value < 0 { return }
+                try childEnd.send(value + 1)
+            }
+        }
+        try p.start()
+        childEnd.close()
+        var value = 0
+        for _ in 0..<1000 {
+            try parentEnd.send(value)
+            value = try parentEnd.recv(Int.self)
+        }
+        #expect(value == 1000)
+        try parentEnd.send(-1)
+        #expect(throws: MP.ConnectionError.endOfFile) { _ = try parentEnd.recv(Int.self) }
+        try joinOrKill(p)
+        #expect(throws: MP.ConnectionError.brokenPipe) { try parentEnd.send(1) }
+    }
+
+    @Test("bytes, bitwise values, structured values, and kind/type mismatches")
+    func kinds() throws {
+        let (a, b) = try MP.Pipe()
+        try a.sendBytes([1, 2, 3])
+        #expect(try b.recvBytes() == [1, 2, 3])
+        try a.sendBitwise(SIMD4<Float>(1, 2, 3, 4))
+        #expect(try b.recvBitwise(SIMD4<Float>.self) == SIMD4(1, 2, 3, 4))
+        try a.send(WireFormatTests.sample)
+        #expect(try b.recv(Everything.self) == WireFormatTests.sample)
+        try a.send("text")
+        #expect(throws: MP.ConnectionError.typeMismatch(expected: "Int")) { _ = try b.recv(Int.self) }
+        try a.sendBytes([9])
+        #expect(throws: MP.ConnectionError.self) { _ = try b.recv(Int.self) }
+        try a.send(5)
+        #expect(throws: MP.ConnectionError.self) { _ = try b.recvBytes() }
+        try a.sendBytes([UInt8](repeating: 1, count: 100))
+        #expect(throws: MP.ConnectionError.messageTooLarge(size: 100, limit: 10)) { _ = try b.recvBytes(maxLength: 10) }
+        try a.send(6)
+        #expect(try b.recv(Int.self) == 6) // every failure consumed its message: still in step
+    }
+
+    @Test("an oversized frame is refused by the sender, skipped by the receiver")
+    func sizeLimits() throws {
+        let (small, _) = try MP.Pipe(maxMessageSize: 16)
+        #expect(throws: MP.ConnectionError.messageTooLarge(size: 100, limit: 16)) { try small.sendBytes([UInt8](repeating: 0, count: 100)) }
+        // A peer with a larger limit sends a big frame: this end skips it and goes on.
+        let (big, strict) = try MP.Pipe(maxMessageSize: 1 << 20)
+        let receiver = try rewrap(strict, maxMessageSize: 1024)
+        let sender = MP.Process {
+            try big.sendBytes([UInt8](repeating: 7, count: 200_000))
+            try big.send(77)
+        }
+        try sender.start()
+        #expect(throws: MP.ConnectionError.messageTooLarge(size: 200_000, limit: 1024)) { _ = try receiver.recvBytes() }
+        #expect(try receiver.recv(Int.self) == 77)
+        try joinOrKill(sender)
+    }
+
+    @Test("one-way pipes: each end in its own direction; poll with timeouts")
+    func simplexAndPoll() throws {
+        let (reader, writer) = try MP.Pipe(duplex: false)
+        #expect(throws: MP.ConnectionError.self) { try reader.send(1) }
+        #expect(throws: MP.ConnectionError.self) { _ = try writer.recv(Int.self) }
+        #expect(try reader.poll() == false)
+        #expect(try reader.poll(timeout: 0.02) == false)
+        #expect(throws: MP.ConnectionError.negativeTimeout(-1)) { _ = try reader.poll(timeout: -1) }
+        let p = MP.Process { try writer.send(3) }
+        try p.start()
+        #expect(try reader.poll(timeout: 20))
+        #expect(try reader.recv(Int.self) == 3)
+        try joinOrKill(p)
+        reader.close()
+        reader.close()
+        #expect(reader.isClosed)
+        #expect(throws: MP.ConnectionError.closed) { _ = try reader.recv(Int.self) }
+    }
+
+    @Test("truncated frames and garbage on the wire are clear errors, never a hang")
+    func malformedStreams() throws {
+        let (a, b) = try MP.Pipe()
+        // Half a frame, then the writer goes away.
+        let header: [UInt8] = [100, 0, 0, 0, 1, 0x4d, 0, 0]
+        _ = header.withUnsafeBytes { write(a.fileno, $0.baseAddress, 8) }
+        _ = [UInt8](repeating: 1, count: 10).withUnsafeBytes { write(a.fileno, $0.baseAddress, 10) }
+        a.close()
+        #expect(throws: MP.ConnectionError.truncatedFrame(expected: 108, received: 18)) { _ = try b.recvBytes() }
+        #expect(throws: MP.ConnectionError.endOfFile) { _ = try b.recvBytes() }
+
+        let (c, d) = try MP.Pipe()
+        _ = [UInt8](repeating: 0xAB, count: 32).withUnsafeBytes { write(c.fileno, $0.baseAddress, 32) }
+        #expect(throws: MP.ConnectionError.self) { _ = try d.recv(Int.self) }
+
+        // Random bytes for a bounded time: every outcome is a thrown error or a value.
+        var generator = SystemRandomNumberGenerator()
+        let deadline = MonotonicClockForTests.now() + 1
+        while MonotonicClockForTests.now() < deadline {
+            let (x, y) = try MP.Pipe()
+            let noise = (0..<Int.random(in: 1..<64, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            _ = noise.withUnsafeBytes { write(x.fileno, $0.baseAddress, noise.count) }
+            x.close()
+            for _ in 0..<4 { _ = try? y.recv(Everything.self) }
+        }
+    }
+
+    @Test("async recv and the messages sequence")
+    func asyncMessages() async throws {
+        let (reader, writer) = try MP.Pipe(duplex: false)
+        let p = MP.Process { for i in 0..<100 { try writer.send(i) } }
+        try p.start()
+        writer.close()
+        var received: [Int] = []
+        for try await value in reader.messages(of: Int.self) { received.append(value) }
+        #expect(received == Swift.Array(0..<100))
+        try await p.join()
+        let (r2, w2) = try MP.Pipe()
+        async let value = r2.recv(String.self)
+        try w2.send("later")
+        #expect(try await value == "later")
+    }
+
+    @Test("a 1 MiB message crosses intact")
+    func largeMessages() throws {
+        let (reader, writer) = try MP.Pipe(duplex: false)
+        let payload = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let p = MP.Process { for _ in 0..<3 { try writer.sendBytes(payload) } }
+        try p.start()
+        writer.close()
+        for _ in 0..<3 { #expect(try reader.recvBytes() == payload) }
+        try joinOrKill(p)
+    }
+}
+
+/// A connection on the same descriptor with another size limit (dup'd).
+func rewrap(_ connection: MP.Connection, maxMessageSize: Int) throws -> MP.Connection {
+    let (fresh, spare) = try MP.Pipe(maxMessageSize: maxMessageSize)
+    spare.close()
+    dup2(connection.fileno, fresh.fileno)
+    return fresh
+}
+
+enum MonotonicClockForTests {
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
