@@ -141,6 +141,19 @@ enum ResourceTracker {
         }
     }
 
+    /// The tracker's pid (0 before one was started), for tests.
+    static var pid: pid_t { lock.withLock { trackerPid } }
+
+    /// Forgets the inherited tracker so the next registration starts this
+    /// process's own (a test that plays a separate program).
+    static func detachForTesting() {
+        lock.withLock {
+            if writeEnd >= 0 { Sys.close(writeEnd) }
+            writeEnd = -1
+            trackerPid = 0
+        }
+    }
+
     /// In a forked child: the inherited lock may be held by a dead thread.
     static func resetAfterFork() { lock.reinitializeAfterFork() }
 

@@ -72,6 +72,15 @@ extension WireFormat {
 }
 
 extension MP {
+    /// Encodes `value` in the library's binary wire format (what `send`, `put`
+    /// and the pool use), for storing or sending it yourself.
+    public static func encode<T: Encodable>(_ value: T) throws(WireError) -> [UInt8] { try WireFormat.encode(value) }
+
+    /// Decodes bytes made by ``MP/encode(_:)``.
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(WireError) -> T {
+        try WireFormat.decode(type, from: bytes)
+    }
+
     /// A value could not be encoded, or bytes could not be decoded as the requested type.
     public enum WireError: Error, Hashable, Sendable, CustomStringConvertible {
         case encodingFailed(type: String, reason: String)
@@ -102,6 +111,11 @@ extension UInt32: WirePrimitive {}
 extension UInt64: WirePrimitive {}
 extension Float: WirePrimitive {}
 extension Double: WirePrimitive {}
+
+extension WirePrimitive {
+    /// Opens an existential: writes `self` as its concrete type.
+    func writeWire(into writer: inout ByteWriter) { writer.write(self) }
+}
 
 /// Arrays of fixed-width numbers travel as one block of bytes.
 protocol WireFastArray {
@@ -198,25 +212,16 @@ struct ByteWriter {
     }
 
     /// Writes values that need no container; false if `value` is not one of them.
+    /// Matches the exact static type: a cast (`as String`) would also match an
+    /// `Optional<String>` and drop its presence byte.
     mutating func writeFast<T>(_ value: T) -> Bool {
-        switch value {
-        case let v as Int: write(v)
-        case let v as String: write(v)
-        case let v as Double: write(v)
-        case let v as Bool: bytes.append(v ? 1 : 0)
-        case let v as WireFastArray: v.writeBlock(into: &self)
-        case let v as Int64: write(v)
-        case let v as Int32: write(v)
-        case let v as UInt8: write(v)
-        case let v as UInt64: write(v)
-        case let v as UInt32: write(v)
-        case let v as Float: write(v)
-        case let v as Int8: write(v)
-        case let v as Int16: write(v)
-        case let v as UInt16: write(v)
-        case let v as UInt: write(v)
-        default: return false
-        }
+        if T.self == Int.self { write(value as! Int) }
+        else if T.self == String.self { write(value as! String) }
+        else if T.self == Double.self { write(value as! Double) }
+        else if T.self == Bool.self { bytes.append((value as! Bool) ? 1 : 0) }
+        else if T.self is WireFastArray.Type { (value as! WireFastArray).writeBlock(into: &self) }
+        else if T.self is any WirePrimitive.Type { (value as! any WirePrimitive).writeWire(into: &self) }
+        else { return false }
         return true
     }
 

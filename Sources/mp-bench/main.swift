@@ -17,6 +17,7 @@ struct BenchCommand: ParsableCommand {
         var metrics: [Metric] = []
         metrics += try ProcessBenchmarks.run(quick: quick)
         metrics += try CommBenchmarks.run(quick: quick)
+        metrics += try WireBenchmarks.run(quick: quick)
         printTable(metrics)
         if let json { try writeJSON(metrics, to: json) }
     }

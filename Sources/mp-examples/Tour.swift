@@ -297,6 +297,83 @@ func processState(_ pid: Int32) -> String {
     return String(line[line.index(close, offsetBy: 2)])
 }
 
+// MARK: 002 互斥锁: four processes, one shared counter, with and without the lock
+
+func mutex() throws {
+    let counter = try MP.Value(0)                                       // Value('i', 0)
+    let lock = try MP.Lock()                                            // Lock()
+    func run(locked: Bool) throws -> Int {
+        counter.value = 0
+        let workers = (0..<4).map { _ in
+            MP.Process {
+                for _ in 0..<100_000 {
+                    if locked {
+                        try lock.withLock { counter.value += 1 }        // with lock: v.value += 1
+                    } else {
+                        counter.value += 1                              // v.value += 1: read, then write
+                    }
+                }
+            }
+        }
+        for worker in workers { try worker.start() }
+        for worker in workers { try worker.join() }
+        return counter.value
+    }
+    print("without the lock: \(try run(locked: false)) (4 x 100000 increments, some lost)")
+    print("with the lock:    \(try run(locked: true))")
+}
+
+// MARK: a producer and a consumer on a queue
+
+func producerConsumer() throws {
+    let queue = try MP.Queue<String?>()                                 // Queue()
+    let producer = MP.Process(name: "producer") {
+        for i in 1...5 {
+            try queue.put("包子\(i)")
+            print("\(MP.currentProcess().name) 生产了 包子\(i)")
+            Time.sleep(0.05)
+        }
+        try queue.put(nil)                                              // q.put(None): no more
+    }
+    let consumer = MP.Process(name: "consumer") {
+        while let item = try queue.get() {
+            print("\(MP.currentProcess().name) 消费了 \(item)")
+        }
+    }
+    try producer.start()
+    try consumer.start()
+    try producer.join()
+    try consumer.join()
+}
+
+// MARK: a pipe ping-pong
+
+func pingPong() throws {
+    let (parentEnd, childEnd) = try MP.Pipe()                           // Pipe()
+    let player = MP.Process {
+        parentEnd.close()
+        for _ in 0..<3 {
+            let ball = try childEnd.recv(Int.self)
+            print("child  received ping \(ball), sends pong \(ball + 1)")
+            try childEnd.send(ball + 1)
+        }
+    }
+    try player.start()
+    childEnd.close()
+    var ball = 0
+    for _ in 0..<3 {
+        print("parent sends ping \(ball)")
+        try parentEnd.send(ball)
+        ball = try parentEnd.recv(Int.self) + 1
+    }
+    try player.join()
+    do {
+        _ = try parentEnd.recv(Int.self)
+    } catch {
+        print("parent: \(error)")                                      // EOFError
+    }
+}
+
 // MARK: the tour
 
 let examples: [Example] = [
@@ -313,4 +390,7 @@ let examples: [Example] = [
     Example(name: "fork-wait", title: "os.fork and os.wait, the child raises (003)", run: forkWait),
     Example(name: "orphan", title: "an orphan is adopted when its parent exits (002, 003)", run: orphan),
     Example(name: "zombie", title: "a zombie: exited, not yet reaped (002, 003)", run: zombie),
+    Example(name: "mutex", title: "four processes increment one counter, without and with a lock (002)", run: mutex),
+    Example(name: "producer-consumer", title: "a producer and a consumer on a queue", run: producerConsumer),
+    Example(name: "ping-pong", title: "a pipe ping-pong between two processes", run: pingPong),
 ]

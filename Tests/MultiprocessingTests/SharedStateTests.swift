@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import Multiprocessing
+@testable import Multiprocessing
 import Testing
 
 @Suite("Shared values, arrays and named shared memory")
@@ -99,5 +99,29 @@ struct SharedStateTests {
         let shm = try MP.SharedMemory(create: true, size: 16)
         defer { try? shm.unlink() }
         #expect(throws: MP.SharedMemoryError.alreadyExists(shm.name)) { _ = try MP.SharedMemory(name: shm.name, create: true, size: 16) }
+    }
+
+    @Test("the resource tracker unlinks a segment whose creator was SIGKILLed")
+    func trackerCleansUp() throws {
+        try asSubreaper {
+            let report = TestPipe()
+            // A child plays a separate program with its own tracker; it dies
+            // by SIGKILL right after creating a segment, never unlinking it.
+            guard case .parent(let program) = try MP.fork() else {
+                ResourceTracker.detachForTesting()
+                let shm = try! MP.SharedMemory(create: true, size: 128)
+                report.write("\(shm.name) \(ResourceTracker.pid)")
+                report.closeWrite()
+                _ = try? MP.kill(MP.getpid(), .kill)
+                MP.exit(1)
+            }
+            let words = report.readAll().split(separator: " ")
+            #expect(try waitOrKill(program) == .signaled(.kill, coreDumped: false))
+            let name = try #require(words.first.map(String.init))
+            let tracker = try #require(words.last.flatMap { Int32($0) })
+            // The tracker, orphaned to us, sees end-of-file, unlinks and exits.
+            #expect(try waitOrKill(tracker, within: 20) == .exited(0))
+            #expect(throws: MP.SharedMemoryError.notFound(name)) { _ = try MP.SharedMemory(name: name) }
+        }
     }
 }

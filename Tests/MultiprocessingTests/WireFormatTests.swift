@@ -44,6 +44,11 @@ struct WireFormatTests {
         #expect(try WireFormat.decode(String.self, from: WireFormat.encode("")) == "")
         #expect(try WireFormat.decode(Base.self, from: WireFormat.encode(Base())).id == 7)
         #expect(try WireFormat.encode(42).count == 8)
+        // Optionals of fast-path types keep their presence byte.
+        #expect(try WireFormat.decode(String?.self, from: WireFormat.encode(String?("x"))) == "x")
+        #expect(try WireFormat.decode(String?.self, from: WireFormat.encode(String?.none)) == nil)
+        #expect(try WireFormat.decode([Int]?.self, from: WireFormat.encode([Int]?([1, 2]))) == [1, 2])
+        #expect(try WireFormat.decode(Int?.self, from: WireFormat.encode(Int?(3))) == 3)
     }
 
     @Test("fields decoded out of order fail with a clear error, not swapped values")
