@@ -118,6 +118,9 @@ extension MP {
         private var start = 0
         private var end = 0
         private var sawEOF = false
+        /// After a large frame, the next header is read alone, so that frame's
+        /// payload goes straight to its destination instead of through the buffer.
+        private var lastFrameWasLarge = false
 
         init(fd: Int32, readable: Bool, writable: Bool, maxMessageSize: Int) {
             self.fd = fd
@@ -274,6 +277,7 @@ extension MP {
                     try discard(size, blocking: true)
                     throw .messageTooLarge(size: size, limit: maxLength)
                 }
+                lastFrameWasLarge = size >= 32 << 10
                 return try takePayload(size)
             }
         }
@@ -435,8 +439,9 @@ extension MP {
             }
             while buffered < minimum {
                 if sawEOF { return try endOfStream(expecting: minimum) }
+                let wanted = lastFrameWasLarge ? minimum - buffered : Int.max
                 let received = buffer.withUnsafeMutableBytes { raw in
-                    Glibc.recv(fd, raw.baseAddress! + end, raw.count - end, blocking ? 0 : Int32(MSG_DONTWAIT))
+                    Glibc.recv(fd, raw.baseAddress! + end, min(raw.count - end, wanted), blocking ? 0 : Int32(MSG_DONTWAIT))
                 }
                 if received > 0 {
                     end += received

@@ -17,7 +17,7 @@ enum CommBenchmarks {
         let pipe = try interleavedMedians(rounds, [{ try pipeThroughput(pipeItems) }, { cmp_bench_socketpair_small_msgs_per_s(pipeItems) }])
         metrics.append(Metric(name: "pipe_small_msgs_per_s", value: pipe[0], higherIsBetter: true))
         metrics.append(Metric(name: "pipe_small_msgs_per_s_c", value: pipe[1], higherIsBetter: true))
-        let bandwidth = try interleavedMedians(rounds, [{ try pipeBandwidth(bandwidthMessages) }, { cmp_bench_socketpair_bandwidth_MBps(bandwidthMessages, 1 << 20) }])
+        let bandwidth = try interleavedMedians(rounds * 2 - 1, [{ try pipeBandwidth(bandwidthMessages) }, { cmp_bench_socketpair_bandwidth_MBps(bandwidthMessages, 1 << 20) }])
         metrics.append(Metric(name: "pipe_bytes_bw_MBps", value: bandwidth[0], higherIsBetter: true))
         metrics.append(Metric(name: "pipe_bytes_bw_MBps_c", value: bandwidth[1], higherIsBetter: true))
         let lock = try interleavedMedians(rounds, [{ try lockLatency(lockIterations) }, { cmp_bench_robust_mutex_ns(lockIterations) }])
