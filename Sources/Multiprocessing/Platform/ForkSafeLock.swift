@@ -49,6 +49,16 @@ final class ForkSafeLock: @unchecked Sendable {
 
     /// With the lock held: waits for a broadcast.
     func wait() { pthread_cond_wait(condition, mutex) }
+
+    /// With the lock held: waits for a broadcast, at most `seconds`.
+    func wait(seconds: Double) {
+        var until = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &until)
+        let total = Double(until.tv_nsec) + max(0, seconds) * 1e9
+        until.tv_sec += Int(total / 1e9)
+        until.tv_nsec = Int(total.truncatingRemainder(dividingBy: 1e9))
+        pthread_cond_timedwait(condition, mutex, &until)
+    }
     func broadcast() { pthread_cond_broadcast(condition) }
 }
 

@@ -1,0 +1,677 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+import SystemPackage
+
+extension MP {
+    /// Why a pool task or operation failed.
+    public enum PoolError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// The task threw: the original error's type name and description.
+        case taskFailed(type: String, description: String)
+        /// The worker running the task died (a signal, a crash, `fatalError`, `exit`).
+        case workerDied(String)
+        /// The pool's initializer threw in a worker: no task of that batch ran.
+        case initializerFailed(type: String, description: String)
+        /// `get(timeout:)` ran out of time (the task goes on).
+        case timeout
+        /// `successful` was asked before the result was ready.
+        case notReady
+        /// `terminate()` ended the pool before the task finished.
+        case terminated
+        /// The pool was closed: it takes no more tasks.
+        case closed
+        /// The pool belongs to another process (a forked copy cannot be used).
+        case notOwner
+        case invalidArgument(String)
+        /// The result could not cross the process boundary.
+        case result(WireError)
+        case system(OSError)
+
+        public var description: String {
+            switch self {
+            case .taskFailed(let type, let description): return "task failed: \(type): \(description)"
+            case .workerDied(let how): return "the worker running the task died: \(how)"
+            case .initializerFailed(let type, let description): return "the pool initializer failed: \(type): \(description)"
+            case .timeout: return "timed out waiting for the result"
+            case .notReady: return "the result is not ready"
+            case .terminated: return "the pool was terminated"
+            case .closed: return "the pool is closed"
+            case .notOwner: return "this pool was created by another process"
+            case .invalidArgument(let what): return what
+            case .result(let error): return "the result could not be sent back: \(error)"
+            case .system(let error): return error.description
+            }
+        }
+    }
+
+    /// Python's `AsyncResult`: the future of one `applyAsync` or `mapAsync`.
+    public final class AsyncResult<Value: Sendable>: @unchecked Sendable {
+        private let lock = ForkSafeLock()
+        private var outcome: Result<Value, PoolError>?
+        private var continuations: [CheckedContinuation<Result<Value, PoolError>, Never>] = []
+        private let onSuccess: (@Sendable (Value) -> Void)?
+        private let onFailure: (@Sendable (PoolError) -> Void)?
+
+        init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (PoolError) -> Void)?) {
+            onSuccess = callback
+            onFailure = errorCallback
+        }
+
+        /// Python's `ready()`.
+        public var ready: Bool { lock.withLock { outcome != nil } }
+
+        /// Python's `successful()`: throws ``MP/PoolError/notReady`` before the result is ready.
+        public var successful: Bool {
+            get throws(PoolError) {
+                guard let outcome = lock.withLock({ outcome }) else { throw .notReady }
+                if case .success = outcome { return true }
+                return false
+            }
+        }
+
+        /// Python's `wait(timeout)`: whether the result is ready.
+        @discardableResult
+        public func wait(timeout: Double? = nil) -> Bool {
+            let until = timeout.map { MonotonicTime.seconds() + max(0, $0) }
+            return lock.withLock {
+                while outcome == nil {
+                    guard let until else { lock.wait(); continue }
+                    if MonotonicTime.seconds() >= until { return false }
+                    lock.wait(seconds: until - MonotonicTime.seconds())
+                }
+                return true
+            }
+        }
+
+        /// Python's `get(timeout)`: the value, or the task's error; ``MP/PoolError/timeout`` on timeout.
+        public func get(timeout: Double? = nil) throws(PoolError) -> Value {
+            if let timeout, !(timeout >= 0) { throw .invalidArgument("timeout must not be negative (got \(timeout))") }
+            guard wait(timeout: timeout) else { throw .timeout }
+            return try lock.withLock { outcome! }.get()
+        }
+
+        /// `try await result.value`: suspends until the result is ready.
+        public var value: Value {
+            get async throws(PoolError) {
+                let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, PoolError>, Never>) in
+                    let ready: Result<Value, PoolError>? = lock.withLock {
+                        if let outcome { return outcome }
+                        continuations.append(continuation)
+                        return nil
+                    }
+                    if let ready { continuation.resume(returning: ready) }
+                }
+                return try result.get()
+            }
+        }
+
+        /// Settles the result once; later calls are ignored. Runs the callbacks.
+        func resolve(_ result: Result<Value, PoolError>) {
+            let waiting: [CheckedContinuation<Result<Value, PoolError>, Never>]? = lock.withLock {
+                guard outcome == nil else { return nil }
+                outcome = result
+                lock.broadcast()
+                defer { continuations = [] }
+                return continuations
+            }
+            guard let waiting else { return }
+            for continuation in waiting { continuation.resume(returning: result) }
+            switch result {
+            case .success(let value): onSuccess?(value)
+            case .failure(let error): onFailure?(error)
+            }
+        }
+    }
+}
+
+// MARK: - tasks and generations
+
+/// What a task sends back: its encoded result, or its error's type and text.
+enum TaskOutcome {
+    case success([UInt8])
+    case failure(PoolErrorKind, String, String)
+
+    enum PoolErrorKind: UInt8 { case task = 1, initializer = 2, result = 3 }
+
+    /// Frame: [Int64 index][UInt8 kind (0 success)] then the bytes, or type 0 text.
+    func frame(index: Int) -> [UInt8] {
+        var bytes = [UInt8]()
+        withUnsafeBytes(of: Int64(index).littleEndian) { bytes.append(contentsOf: $0) }
+        switch self {
+        case .success(let payload):
+            bytes.append(0)
+            bytes.append(contentsOf: payload)
+        case .failure(let kind, let type, let text):
+            bytes.append(kind.rawValue)
+            bytes.append(contentsOf: type.utf8)
+            bytes.append(0)
+            bytes.append(contentsOf: text.utf8)
+        }
+        return bytes
+    }
+
+    static func parse(_ frame: [UInt8]) -> (Int, TaskOutcome)? {
+        guard frame.count >= 9 else { return nil }
+        let index = Int(frame.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }.littleEndian)
+        let body = frame[9...]
+        guard frame[8] != 0, let kind = PoolErrorKind(rawValue: frame[8]) else { return (index, .success(Array(body))) }
+        let zero = body.firstIndex(of: 0) ?? body.endIndex
+        let type = String(decoding: body[..<zero], as: UTF8.self)
+        let text = zero < body.endIndex ? String(decoding: body[body.index(after: zero)...], as: UTF8.self) : ""
+        return (index, .failure(kind, type, text))
+    }
+
+    var poolError: MP.PoolError? {
+        guard case .failure(let kind, let type, let text) = self else { return nil }
+        switch kind {
+        case .task: return .taskFailed(type: type, description: text)
+        case .initializer: return .initializerFailed(type: type, description: text)
+        case .result: return .result(.encodingFailed(type: type, reason: text))
+        }
+    }
+}
+
+/// One submitted task: what a worker runs, and what the parent does with its outcome.
+final class TaskRecord: @unchecked Sendable {
+    let run: () -> TaskOutcome
+    let complete: (Result<[UInt8], MP.PoolError>) -> Void
+
+    init(run: @escaping () -> TaskOutcome, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) {
+        self.run = run
+        self.complete = complete
+    }
+
+    /// Runs `body` and encodes its result (in a worker).
+    static func encoding<R: Encodable>(_ body: @escaping () throws -> R, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) -> TaskRecord {
+        TaskRecord(run: {
+            let value: R
+            do { value = try body() } catch { return .failure(.task, "\(type(of: error))", "\(error)") }
+            do { return .success(try WireFormat.encode(value)) } catch { return .failure(.result, "\(R.self)", "\(error)") }
+        }, complete: complete)
+    }
+}
+
+/// A batch of tasks and the workers forked for it. The workers inherit the
+/// batch (closures, captured inputs) from the parent at fork: nothing but
+/// results is ever serialized. They take task indices from a shared counter,
+/// and each records the index it is running, so the task of a worker that
+/// dies can be failed and the rest handed to a replacement.
+final class Generation: @unchecked Sendable {
+    let tasks: [TaskRecord]
+    let shared: SharedBlock // Int64 next index, then Int64 per worker slot: the task it runs (-1: none)
+    var workers: [PoolWorker] = []
+    var settled: [Bool]
+    var settledCount = 0
+    var initializerFailure: MP.PoolError?
+
+    init(tasks: [TaskRecord], slots: Int) throws(MP.SyncError) {
+        self.tasks = tasks
+        shared = try SharedBlock(bytes: 8 * (1 + slots))
+        settled = [Bool](repeating: false, count: tasks.count)
+        let words = shared.base.assumingMemoryBound(to: Int64.self)
+        words[0] = 0
+        for slot in 0..<slots { words[1 + slot] = -1 }
+    }
+
+    var next: UnsafeMutablePointer<Int64> { shared.base.assumingMemoryBound(to: Int64.self) }
+    func slot(_ index: Int) -> UnsafeMutablePointer<Int64> { next + 1 + index }
+    var exhausted: Bool { cmp_atomic_load_i64(next) >= tasks.count }
+    var finished: Bool { settledCount == tasks.count }
+
+    /// Settles task `index` once.
+    func settle(_ index: Int, _ result: Result<[UInt8], MP.PoolError>) {
+        guard index >= 0, index < tasks.count, !settled[index] else { return }
+        settled[index] = true
+        settledCount += 1
+        tasks[index].complete(result)
+    }
+}
+
+struct PoolWorker {
+    let process: MP.Process
+    let results: MP.Connection
+    let pidfd: Int32
+    let slot: Int
+}
+
+extension MP {
+    /// Python's `multiprocessing.Pool`, for closures.
+    ///
+    /// ```swift
+    /// let pool = try MP.Pool(processes: 4)
+    /// let squares = try pool.map(0..<1_000) { $0 * $0 }
+    /// let answer = pool.applyAsync { test(7) }      // pool.apply_async(test, (7,))
+    /// print(try answer.get(timeout: 10))
+    /// pool.close(); try pool.join()
+    /// ```
+    ///
+    /// **Tasks are closures.** Swift closures cannot be serialized, but a
+    /// forked process inherits every closure and every value that existed when
+    /// it was forked. Submitted tasks gather into a batch; the pool forks its
+    /// workers for each batch, and they run the batch's closures by index from
+    /// a shared counter. Inputs are never serialized (a `map` over a million
+    /// items sends none of them); only results come back, `Codable`, in the
+    /// library's wire format. Tasks submitted while a batch runs form the next
+    /// batch: thousands of tiny `applyAsync` calls cost a few forks, not a
+    /// round trip each.
+    ///
+    /// **Failures.** A task that throws fails its own result with
+    /// ``MP/PoolError/taskFailed(type:description:)``. A worker killed mid-task
+    /// (SIGKILL, a crash, `fatalError`) fails that task with
+    /// ``MP/PoolError/workerDied(_:)``, naming the signal or exit code; a
+    /// replacement worker finishes the batch and the pool stays usable
+    /// (CPython's `Pool` hangs there). In `map`, a dead worker fails its chunk
+    /// and so the whole `map` (it throws `workerDied`); `imap` delivers the
+    /// results before that chunk and then throws. Workers are daemonic: they
+    /// die with the pool's process, even a SIGKILLed one.
+    ///
+    /// The initializer runs once in each worker before its first task, and a
+    /// worker exits after `maxTasksPerChild` tasks (a fresh one takes over).
+    /// A pool belongs to the process that created it.
+    public final class Pool: @unchecked Sendable {
+        /// The number of worker processes.
+        public let processes: Int
+        let initializer: (() throws -> Void)?
+        let maxTasksPerChild: Int?
+        private let lock = ForkSafeLock()
+        private var pending: [TaskRecord] = []
+        private var generation: Generation?
+        private var state = State.running
+        private let wakeRead: Int32
+        private let wakeWrite: Int32
+        private let finished = OneShotEvent()
+        private let owner = Sys.getpid
+
+        enum State { case running, closed, terminated }
+
+        /// - Parameters:
+        ///   - processes: the number of workers (default: ``MP/cpuCount()``).
+        ///   - initializer: run once in each worker before its first task.
+        ///   - maxTasksPerChild: a worker exits after this many tasks.
+        public init(processes: Int? = nil, initializer: (() throws -> Void)? = nil, maxTasksPerChild: Int? = nil) throws(PoolError) {
+            let count = processes ?? MP.cpuCount()
+            guard count >= 1 else { throw .invalidArgument("processes must be at least 1 (got \(count))") }
+            if let maxTasksPerChild, maxTasksPerChild < 1 {
+                throw .invalidArgument("maxTasksPerChild must be at least 1 (got \(maxTasksPerChild))")
+            }
+            self.processes = count
+            self.initializer = initializer
+            self.maxTasksPerChild = maxTasksPerChild
+            do {
+                (wakeRead, wakeWrite) = try Sys.pipe()
+            } catch {
+                throw .system(error)
+            }
+            startThread { [self] in dispatch() }
+        }
+
+        deinit {
+            Sys.close(wakeRead)
+            Sys.close(wakeWrite)
+        }
+
+        /// A pool for the duration of `body`, terminated afterwards (Python's `with Pool() as pool:`).
+        public static func with<T>(processes: Int? = nil, initializer: (() throws -> Void)? = nil, maxTasksPerChild: Int? = nil,
+                                   _ body: (Pool) throws -> T) throws -> T {
+            let pool = try Pool(processes: processes, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+            defer {
+                pool.terminate()
+                try? pool.join()
+            }
+            return try body(pool)
+        }
+
+        // MARK: submitting
+
+        private func submit(_ records: [TaskRecord]) throws(PoolError) {
+            guard Sys.getpid == owner else { throw .notOwner }
+            try lock.withLock { () throws(PoolError) in
+                switch state {
+                case .running: pending += records
+                case .closed: throw .closed
+                case .terminated: throw .terminated
+                }
+            }
+            wake()
+        }
+
+        private func wake() {
+            var byte: UInt8 = 1
+            _ = Glibc.write(wakeWrite, &byte, 1)
+        }
+
+        /// Python's `apply_async(f, args, callback=, error_callback=)`: runs `body` in a worker.
+        /// Submitting to a closed pool gives a result that fails with ``MP/PoolError/closed``.
+        @discardableResult
+        public func applyAsync<R: Codable & Sendable>(_ body: @escaping () throws -> R,
+                                                     callback: (@Sendable (R) -> Void)? = nil,
+                                                     errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<R> {
+            let result = AsyncResult<R>(callback: callback, errorCallback: errorCallback)
+            let record = TaskRecord.encoding(body) { outcome in
+                result.resolve(outcome.flatMap { bytes in
+                    Result { () throws(WireError) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
+                })
+            }
+            do { try submit([record]) } catch { result.resolve(.failure(error)) }
+            return result
+        }
+
+        /// Python's `apply(f, args)`: runs `body` in a worker and waits for its result.
+        public func apply<R: Codable & Sendable>(_ body: @escaping () throws -> R) throws(PoolError) -> R {
+            try applyAsync(body).get()
+        }
+
+        /// `try await pool.apply { ... }`.
+        public func apply<R: Codable & Sendable>(_ body: @escaping () throws -> R) async throws(PoolError) -> R {
+            try await applyAsync(body).value
+        }
+
+        /// Python's `map_async(f, iterable, chunksize)`: the results in order, as one future.
+        public func mapAsync<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                                  callback: (@Sendable ([R]) -> Void)? = nil,
+                                                                  errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                                  _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
+            let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback)
+            let collector = ChunkCollector<R>(ordered: true) { outcome in result.resolve(outcome) }
+            do { try submitChunks(items, chunksize: chunksize, collector: collector, transform) } catch { result.resolve(.failure(error)) }
+            return result
+        }
+
+        /// Python's `map(f, iterable, chunksize)`: the results in order. Throws
+        /// the first failed chunk's error.
+        public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                             _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
+            try mapAsync(items, chunksize: chunksize, transform).get()
+        }
+
+        /// `try await pool.map(items) { ... }`.
+        public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                             _ transform: @escaping (C.Element) throws -> R) async throws(PoolError) -> [R] {
+            try await mapAsync(items, chunksize: chunksize, transform).value
+        }
+
+        /// Python's `starmap(f, [(a, b), ...])`.
+        public func starmap<A, B, R: Codable & Sendable>(_ items: some Collection<(A, B)>, chunksize: Int? = nil,
+                                                        _ transform: @escaping (A, B) throws -> R) throws(PoolError) -> [R] {
+            try map(items, chunksize: chunksize) { try transform($0.0, $0.1) }
+        }
+
+        /// Python's `imap(f, iterable, chunksize)`: results in order, as they become available.
+        public func imap<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = 1,
+                                                              _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
+            stream(items, chunksize: chunksize, ordered: true, transform)
+        }
+
+        /// Python's `imap_unordered(f, iterable, chunksize)`: results as they complete.
+        public func imapUnordered<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = 1,
+                                                                       _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
+            stream(items, chunksize: chunksize, ordered: false, transform)
+        }
+
+        private func stream<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int?, ordered: Bool,
+                                                                 _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
+            let (stream, continuation) = AsyncThrowingStream<R, any Error>.makeStream()
+            let collector = ChunkCollector<R>(ordered: ordered, deliver: { chunk in for value in chunk { continuation.yield(value) } }) { outcome in
+                switch outcome {
+                case .success: continuation.finish()
+                case .failure(let error): continuation.finish(throwing: error)
+                }
+            }
+            do { try submitChunks(items, chunksize: chunksize, collector: collector, transform) } catch { continuation.finish(throwing: error) }
+            return stream
+        }
+
+        private func submitChunks<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int?, collector: ChunkCollector<R>,
+                                                                       _ transform: @escaping (C.Element) throws -> R) throws(PoolError) {
+            let elements = Swift.Array(items)
+            if let chunksize, chunksize < 1 { throw .invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+            // Python's default: about four chunks per worker.
+            let size = chunksize ?? max(1, (elements.count + processes * 4 - 1) / (processes * 4))
+            let bounds = stride(from: 0, to: elements.count, by: size).map { $0..<min($0 + size, elements.count) }
+            collector.expect(bounds.count)
+            let records = bounds.enumerated().map { chunk, range in
+                TaskRecord.encoding({ try elements[range].map(transform) }) { outcome in
+                    collector.arrived(chunk, outcome.flatMap { bytes in
+                        Result { () throws(WireError) -> [R] in try WireFormat.decode([R].self, from: bytes) }.mapError { .result($0) }
+                    })
+                }
+            }
+            if records.isEmpty { return }
+            try submit(records)
+        }
+
+        // MARK: lifecycle
+
+        /// Python's `close()`: no more tasks; the workers finish the submitted ones.
+        public func close() {
+            lock.withLock { if state == .running { state = .closed } }
+            wake()
+        }
+
+        /// Python's `terminate()`: kills the workers now; unfinished tasks fail with ``MP/PoolError/terminated``.
+        public func terminate() {
+            lock.withLock { state = .terminated }
+            wake()
+        }
+
+        /// Python's `join()`: waits for the workers to exit, after `close()` or `terminate()`.
+        public func join() throws(PoolError) {
+            guard Sys.getpid == owner else { throw .notOwner }
+            guard lock.withLock({ state != .running }) else { throw .invalidArgument("join() needs close() or terminate() first") }
+            finished.wait()
+        }
+
+        // MARK: the dispatcher
+
+        /// The pool's thread: forks a generation of workers per batch, collects
+        /// results, and replaces workers that exit before their batch is done.
+        private func dispatch() {
+            var draining: [PoolWorker] = []
+            while true {
+                let (state, generation) = lock.withLock { () -> (State, Generation?) in
+                    if self.state == .terminated {
+                        for record in pending { record.complete(.failure(.terminated)) }
+                        pending = []
+                    } else if self.generation == nil, !pending.isEmpty {
+                        self.generation = try? Generation(tasks: pending, slots: processes)
+                        if self.generation == nil { for record in pending { record.complete(.failure(.system(OSError("mmap", errno: .noMemory)))) } }
+                        pending = []
+                    }
+                    return (self.state, self.generation)
+                }
+                if let generation {
+                    if state == .terminated {
+                        for worker in generation.workers + draining { try? worker.process.kill() }
+                        for worker in generation.workers + draining { reap(worker) }
+                        for index in generation.tasks.indices { generation.settle(index, .failure(.terminated)) }
+                        lock.withLock { self.generation = nil }
+                        draining = []
+                        finished.set()
+                        return
+                    }
+                    topUp(generation)
+                } else if state != .running {
+                    if state == .terminated { for worker in draining { try? worker.process.kill() } }
+                    for worker in draining { reap(worker) }
+                    finished.set()
+                    return
+                }
+                var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+                let watched = (generation?.workers ?? []) + draining
+                for worker in watched {
+                    fds.append(pollfd(fd: worker.results.fileno, events: Int16(POLLIN), revents: 0))
+                    fds.append(pollfd(fd: worker.pidfd, events: Int16(POLLIN), revents: 0))
+                }
+                if Glibc.poll(&fds, nfds_t(fds.count), -1) < 0 { continue }
+                if fds[0].revents != 0 {
+                    var scratch = [UInt8](repeating: 0, count: 256)
+                    _ = Glibc.read(wakeRead, &scratch, scratch.count)
+                }
+                for (position, worker) in watched.enumerated() {
+                    let resultReady = fds[1 + 2 * position].revents != 0
+                    let exited = fds[2 + 2 * position].revents != 0
+                    let owner = generation?.workers.contains { $0.pidfd == worker.pidfd } == true ? generation : nil
+                    if resultReady || exited { drain(worker, into: owner) }
+                    if exited {
+                        reap(worker)
+                        if let owner {
+                            retire(worker, from: owner)
+                        } else {
+                            draining.removeAll { $0.pidfd == worker.pidfd }
+                        }
+                    }
+                }
+                if let generation, generation.finished {
+                    draining += generation.workers
+                    lock.withLock { self.generation = nil }
+                }
+            }
+        }
+
+        /// Forks workers until the batch has as many as it can use.
+        private func topUp(_ generation: Generation) {
+            if let failure = generation.initializerFailure {
+                for index in generation.tasks.indices { generation.settle(index, .failure(failure)) }
+                return
+            }
+            let wanted = min(processes, generation.tasks.count)
+            while generation.workers.count < wanted, !generation.exhausted {
+                let used = Set(generation.workers.map(\.slot))
+                guard let slot = (0..<processes).first(where: { !used.contains($0) }) else { return }
+                guard let worker = try? fork(slot: slot, for: generation) else { return }
+                generation.workers.append(worker)
+            }
+        }
+
+        private func fork(slot: Int, for generation: Generation) throws -> PoolWorker {
+            let (parentEnd, childEnd) = try MP.Pipe(duplex: false)
+            let initializer = self.initializer
+            let limit = maxTasksPerChild ?? Int.max
+            let wakeRead = self.wakeRead, wakeWrite = self.wakeWrite
+            let process = MP.Process(name: "PoolWorker-\(slot + 1)", daemon: true) {
+                parentEnd.close()
+                Sys.close(wakeRead)
+                Sys.close(wakeWrite)
+                if let initializer {
+                    do { try initializer() } catch {
+                        try childEnd.sendBytes(TaskOutcome.failure(.initializer, "\(type(of: error))", "\(error)").frame(index: -1))
+                        return
+                    }
+                }
+                var done = 0
+                while done < limit {
+                    let index = Int(cmp_atomic_add_i64(generation.next, 1) - 1)
+                    if index >= generation.tasks.count { break }
+                    cmp_atomic_store_i64(generation.slot(slot), Int64(index))
+                    let outcome = generation.tasks[index].run()
+                    try childEnd.sendBytes(outcome.frame(index: index))
+                    cmp_atomic_store_i64(generation.slot(slot), -1)
+                    done += 1
+                }
+            }
+            try process.start()
+            childEnd.close()
+            return PoolWorker(process: process, results: parentEnd, pidfd: try process.sentinel, slot: slot)
+        }
+
+        /// Reads every result the worker has sent.
+        private func drain(_ worker: PoolWorker, into generation: Generation?) {
+            while (try? worker.results.poll(timeout: 0)) == true {
+                guard let frame = try? worker.results.recvBytes(), let (index, outcome) = TaskOutcome.parse(frame) else { return }
+                guard let generation else { continue }
+                if index < 0 {
+                    generation.initializerFailure = outcome.poolError
+                    continue
+                }
+                if let error = outcome.poolError {
+                    generation.settle(index, .failure(error))
+                } else if case .success(let bytes) = outcome {
+                    generation.settle(index, .success(bytes))
+                }
+            }
+        }
+
+        private func reap(_ worker: PoolWorker) {
+            try? worker.process.join()
+            worker.results.close()
+        }
+
+        /// A worker of a running batch exited: fail the task it was running
+        /// (if it died mid-task); a replacement is forked by the next `topUp`.
+        private func retire(_ worker: PoolWorker, from generation: Generation) {
+            generation.workers.removeAll { $0.pidfd == worker.pidfd }
+            let running = Int(cmp_atomic_load_i64(generation.slot(worker.slot)))
+            cmp_atomic_store_i64(generation.slot(worker.slot), -1)
+            if running >= 0 {
+                let how: String
+                switch worker.process.exitStatus {
+                case .signaled(let signal, _)?: how = "killed by \(signal)"
+                case .exited(let code)?: how = "exited with \(code)"
+                default: how = "unknown status"
+                }
+                generation.settle(running, .failure(.workerDied(how)))
+            }
+        }
+    }
+}
+
+/// Gathers the chunks of a map, in order or as they come.
+final class ChunkCollector<R: Sendable>: @unchecked Sendable {
+    private let ordered: Bool
+    private let deliver: (([R]) -> Void)?
+    private let finish: (Result<[R], MP.PoolError>) -> Void
+    private var chunks: [[R]?] = []
+    private var nextToDeliver = 0
+    private var arrivedCount = 0
+    private var failed = false
+
+    init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (Result<[R], MP.PoolError>) -> Void) {
+        self.ordered = ordered
+        self.deliver = deliver
+        self.finish = finish
+    }
+
+    func expect(_ count: Int) {
+        chunks = [[R]?](repeating: nil, count: count)
+        if count == 0 { finish(.success([])) }
+    }
+
+    /// Called on the pool's thread only.
+    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>) {
+        guard !failed else { return }
+        switch outcome {
+        case .failure(let error):
+            failed = true
+            finish(.failure(error))
+        case .success(let values):
+            arrivedCount += 1
+            if let deliver, !ordered {
+                deliver(values)
+            } else {
+                chunks[index] = values
+                if let deliver {
+                    while nextToDeliver < chunks.count, let chunk = chunks[nextToDeliver] {
+                        deliver(chunk)
+                        chunks[nextToDeliver] = []
+                        nextToDeliver += 1
+                    }
+                }
+            }
+            if arrivedCount == chunks.count {
+                finish(.success(deliver == nil ? chunks.flatMap { $0! } : []))
+            }
+        }
+    }
+}
+
+extension Collection {
+    /// A parallel `map` over worker processes, in one call: a pool for the
+    /// duration of the call, `processes` workers (default: the CPU count).
+    /// The elements are inherited by the workers, never serialized; the
+    /// results come back `Codable`.
+    public func parallelMap<R: Codable & Sendable>(processes: Int? = nil, chunksize: Int? = nil,
+                                                   _ transform: @escaping (Element) throws -> R) throws -> [R] {
+        try MP.Pool.with(processes: processes) { pool in try pool.map(self, chunksize: chunksize, transform) }
+    }
+}
