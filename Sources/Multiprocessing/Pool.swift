@@ -53,6 +53,7 @@ extension MP {
         private let onSuccess: (@Sendable (Value) -> Void)?
         private let onFailure: (@Sendable (PoolError) -> Void)?
 
+        @usableFromInline
         init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (PoolError) -> Void)?) {
             onSuccess = callback
             onFailure = errorCallback
@@ -107,6 +108,7 @@ extension MP {
         }
 
         /// Settles the result once; later calls are ignored. Runs the callbacks.
+        @usableFromInline
         func resolve(_ result: Result<Value, PoolError>) {
             let waiting: [CheckedContinuation<Result<Value, PoolError>, Never>]? = lock.withLock {
                 guard outcome == nil else { return nil }
@@ -128,10 +130,12 @@ extension MP {
 // MARK: - tasks and generations
 
 /// What a task sends back: its encoded result, or its error's type and text.
+@usableFromInline
 enum TaskOutcome {
     case success([UInt8])
     case failure(PoolErrorKind, String, String)
 
+    @usableFromInline
     enum PoolErrorKind: UInt8 { case task = 1, initializer = 2, result = 3 }
 
     /// Frame: [Int64 index][UInt8 kind (0 success)] then the bytes, or type 0 text.
@@ -162,6 +166,16 @@ enum TaskOutcome {
         return (index, .failure(kind, type, text))
     }
 
+    @usableFromInline
+    static func encode<R: Encodable>(_ value: R) -> TaskOutcome {
+        do { return .success(try WireFormat.encode(value)) } catch { return .failure(.result, "\(R.self)", "\(error)") }
+    }
+
+    @usableFromInline
+    static func decode<R: Decodable>(_ type: R.Type, _ bytes: [UInt8]) -> Result<R, MP.PoolError> {
+        Result { () throws(MP.WireError) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
+    }
+
     var poolError: MP.PoolError? {
         guard case .failure(let kind, let type, let text) = self else { return nil }
         switch kind {
@@ -173,10 +187,12 @@ enum TaskOutcome {
 }
 
 /// One submitted task: what a worker runs, and what the parent does with its outcome.
+@usableFromInline
 final class TaskRecord: @unchecked Sendable {
     let run: () -> TaskOutcome
     let complete: (Result<[UInt8], MP.PoolError>) -> Void
 
+    @usableFromInline
     init(run: @escaping () -> TaskOutcome, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) {
         self.run = run
         self.complete = complete
@@ -324,7 +340,8 @@ extension MP {
 
         // MARK: submitting
 
-        private func submit(_ records: [TaskRecord]) throws(PoolError) {
+        @usableFromInline
+        func submit(_ records: [TaskRecord]) throws(PoolError) {
             guard Sys.getpid == owner else { throw .notOwner }
             try lock.withLock { () throws(PoolError) in
                 switch state {
@@ -368,49 +385,74 @@ extension MP {
         }
 
         /// Python's `map_async(f, iterable, chunksize)`: the results in order, as one future.
-        public func mapAsync<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
-                                                                  callback: (@Sendable ([R]) -> Void)? = nil,
-                                                                  errorCallback: (@Sendable (PoolError) -> Void)? = nil,
-                                                                  _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
+        ///
+        /// Inlinable: the loop that calls `transform` is specialized in the
+        /// caller's module, so a tiny transform runs at native speed in the workers.
+        @inlinable
+        public func mapAsync<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                                              callback: (@Sendable ([R]) -> Void)? = nil,
+                                                                              errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                                              _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
             let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback)
             let collector = ChunkCollector<R>(ordered: true) { outcome in result.resolve(outcome) }
             do { try submitChunks(items, chunksize: chunksize, collector: collector, transform) } catch { result.resolve(.failure(error)) }
             return result
         }
 
+        /// `mapAsync` for any collection (its elements are gathered into an array first).
+        @inlinable
+        public func mapAsync<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                                  callback: (@Sendable ([R]) -> Void)? = nil,
+                                                                  errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                                  _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
+            mapAsync(Swift.Array(items), chunksize: chunksize, callback: callback, errorCallback: errorCallback, transform)
+        }
+
         /// Python's `map(f, iterable, chunksize)`: the results in order. Throws
         /// the first failed chunk's error.
+        @inlinable
         public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                              _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
             try mapAsync(items, chunksize: chunksize, transform).get()
         }
 
+        @inlinable
+        public func map<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                                         _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
+            try mapAsync(items, chunksize: chunksize, transform).get()
+        }
+
         /// `try await pool.map(items) { ... }`.
-        public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
-                                                             _ transform: @escaping (C.Element) throws -> R) async throws(PoolError) -> [R] {
+        @inlinable
+        public func map<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
+                                                                         _ transform: @escaping (C.Element) throws -> R) async throws(PoolError) -> [R] {
             try await mapAsync(items, chunksize: chunksize, transform).value
         }
 
         /// Python's `starmap(f, [(a, b), ...])`.
+        @inlinable
         public func starmap<A, B, R: Codable & Sendable>(_ items: some Collection<(A, B)>, chunksize: Int? = nil,
                                                         _ transform: @escaping (A, B) throws -> R) throws(PoolError) -> [R] {
-            try map(items, chunksize: chunksize) { try transform($0.0, $0.1) }
+            try map(Swift.Array(items), chunksize: chunksize) { try transform($0.0, $0.1) }
         }
 
         /// Python's `imap(f, iterable, chunksize)`: results in order, as they become available.
+        @inlinable
         public func imap<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = 1,
                                                               _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
-            stream(items, chunksize: chunksize, ordered: true, transform)
+            stream(Swift.Array(items), chunksize: chunksize, ordered: true, transform)
         }
 
         /// Python's `imap_unordered(f, iterable, chunksize)`: results as they complete.
+        @inlinable
         public func imapUnordered<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = 1,
                                                                        _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
-            stream(items, chunksize: chunksize, ordered: false, transform)
+            stream(Swift.Array(items), chunksize: chunksize, ordered: false, transform)
         }
 
-        private func stream<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int?, ordered: Bool,
-                                                                 _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
+        @inlinable
+        func stream<Element, R: Codable & Sendable>(_ items: [Element], chunksize: Int?, ordered: Bool,
+                                                    _ transform: @escaping (Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
             let (stream, continuation) = AsyncThrowingStream<R, any Error>.makeStream()
             let collector = ChunkCollector<R>(ordered: ordered, deliver: { chunk in for value in chunk { continuation.yield(value) } }) { outcome in
                 switch outcome {
@@ -422,22 +464,64 @@ extension MP {
             return stream
         }
 
-        private func submitChunks<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int?, collector: ChunkCollector<R>,
-                                                                       _ transform: @escaping (C.Element) throws -> R) throws(PoolError) {
-            let elements = Swift.Array(items)
+        /// Splits `items` into chunks (index ranges: the workers inherit `items`)
+        /// and submits one task per chunk.
+        @inlinable
+        func submitChunks<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int?, collector: ChunkCollector<R>,
+                                                                           _ transform: @escaping (C.Element) throws -> R) throws(PoolError) {
             if let chunksize, chunksize < 1 { throw .invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+            let count = items.count
             // Python's default: about four chunks per worker.
-            let size = chunksize ?? max(1, (elements.count + processes * 4 - 1) / (processes * 4))
-            let bounds = stride(from: 0, to: elements.count, by: size).map { $0..<min($0 + size, elements.count) }
-            collector.expect(bounds.count)
-            let records = bounds.enumerated().map { chunk, range in
-                TaskRecord.encoding({ try elements[range].map(transform) }) { outcome in
-                    collector.arrived(chunk, outcome.flatMap { bytes in
-                        Result { () throws(WireError) -> [R] in try WireFormat.decode([R].self, from: bytes) }.mapError { .result($0) }
-                    })
-                }
+            let size = chunksize ?? max(1, (count + processes * 4 - 1) / (processes * 4))
+            let chunks = (count + size - 1) / size
+            collector.expect(chunks)
+            if chunks == 0 { return }
+            var records: [TaskRecord] = []
+            records.reserveCapacity(chunks)
+            // Fixed-width results go straight into shared memory mapped before
+            // the workers are forked: no encoding, no copy through a socket.
+            let shared: SharedBlock?
+            if R.self is any WirePrimitive.Type {
+                do { shared = try SharedBlock(bytes: max(1, count * MemoryLayout<R>.stride)) } catch { throw .system(OSError("mmap", errno: .noMemory)) }
+                collector.gather(from: shared!.base, count: count)
+            } else {
+                shared = nil
             }
-            if records.isEmpty { return }
+            for chunk in 0..<chunks {
+                let lower = chunk * size, upper = min(lower + size, count)
+                records.append(TaskRecord(run: {
+                    var index = items.index(items.startIndex, offsetBy: lower)
+                    if let shared {
+                        let out = shared.base.assumingMemoryBound(to: R.self)
+                        do {
+                            for position in lower..<upper {
+                                (out + position).initialize(to: try transform(items[index]))
+                                items.formIndex(after: &index)
+                            }
+                        } catch {
+                            return .failure(.task, "\(type(of: error))", "\(error)")
+                        }
+                        return .success([])
+                    }
+                    var results: [R] = []
+                    results.reserveCapacity(upper - lower)
+                    do {
+                        for _ in lower..<upper {
+                            results.append(try transform(items[index]))
+                            items.formIndex(after: &index)
+                        }
+                    } catch {
+                        return .failure(.task, "\(type(of: error))", "\(error)")
+                    }
+                    return TaskOutcome.encode(results)
+                }, complete: { outcome in
+                    if shared != nil {
+                        collector.arrived(chunk, outcome.map { _ in [] }, range: lower..<upper)
+                    } else {
+                        collector.arrived(chunk, outcome.flatMap { bytes in TaskOutcome.decode([R].self, bytes) }, range: lower..<upper)
+                    }
+                }))
+            }
             try submit(records)
         }
 
@@ -570,7 +654,7 @@ extension MP {
                     done += 1
                 }
             }
-            try process.start()
+            try process.start(forkOnCurrentThread: true) // this thread outlives its workers
             childEnd.close()
             return PoolWorker(process: process, results: parentEnd, pidfd: try process.sentinel, slot: slot)
         }
@@ -617,6 +701,7 @@ extension MP {
 }
 
 /// Gathers the chunks of a map, in order or as they come.
+@usableFromInline
 final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     private let ordered: Bool
     private let deliver: (([R]) -> Void)?
@@ -625,26 +710,47 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     private var nextToDeliver = 0
     private var arrivedCount = 0
     private var failed = false
+    /// Results written by the workers into shared memory (fixed-width types).
+    private var sharedResults: UnsafeMutableRawPointer?
+    private var sharedCount = 0
 
+    @usableFromInline
     init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (Result<[R], MP.PoolError>) -> Void) {
         self.ordered = ordered
         self.deliver = deliver
         self.finish = finish
     }
 
+    /// The results are in shared memory at `base` (`count` of them), not in the chunks' messages.
+    @usableFromInline
+    func gather(from base: UnsafeMutableRawPointer, count: Int) {
+        sharedResults = base
+        sharedCount = count
+    }
+
+    @usableFromInline
     func expect(_ count: Int) {
         chunks = [[R]?](repeating: nil, count: count)
         if count == 0 { finish(.success([])) }
     }
 
     /// Called on the pool's thread only.
-    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>) {
+    @usableFromInline
+    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>, range: Range<Int>) {
         guard !failed else { return }
         switch outcome {
         case .failure(let error):
             failed = true
             finish(.failure(error))
-        case .success(let values):
+        case .success(var values):
+            if let sharedResults {
+                let typed = sharedResults.assumingMemoryBound(to: R.self)
+                if deliver != nil { values = Swift.Array(UnsafeBufferPointer(start: typed + range.lowerBound, count: range.count)) }
+                if arrivedCount + 1 == chunks.count && deliver == nil {
+                    arrivedCount += 1
+                    return finish(.success(Swift.Array(UnsafeBufferPointer(start: typed, count: sharedCount))))
+                }
+            }
             arrivedCount += 1
             if let deliver, !ordered {
                 deliver(values)
@@ -659,7 +765,12 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
                 }
             }
             if arrivedCount == chunks.count {
-                finish(.success(deliver == nil ? chunks.flatMap { $0! } : []))
+                var all: [R] = []
+                if deliver == nil {
+                    all.reserveCapacity(chunks.reduce(0) { $0 + ($1?.count ?? 0) })
+                    for chunk in chunks { all.append(contentsOf: chunk!) } // bulk copies
+                }
+                finish(.success(all))
             }
         }
     }

@@ -216,7 +216,12 @@ extension MP {
         // MARK: lifecycle
 
         /// Python's `start()`: forks the child, which runs ``run()``.
-        public func start() throws(ProcessError) {
+        public func start() throws(ProcessError) { try start(forkOnCurrentThread: false) }
+
+        /// `forkOnCurrentThread`: the caller vouches that this thread lives as
+        /// long as the child may (the pool's own thread), so a daemon needs no
+        /// hand-off to the forker thread.
+        func start(forkOnCurrentThread: Bool) throws(ProcessError) {
             let runtime = Runtime.shared
             try runtime.checkMayStartChildren()
             let daemon = try lock.withLock { () throws(ProcessError) -> Bool in
@@ -238,7 +243,7 @@ extension MP {
                 // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon
                 // started from a short-lived thread is forked by a thread that
                 // lives as long as the process.
-                if daemon && Sys.gettid != parentPid {
+                if daemon && !forkOnCurrentThread && Sys.gettid != parentPid {
                     pid = try ForkerThread.shared().fork(child)
                 } else {
                     pid = try Runtime.forkFlushingStdio()

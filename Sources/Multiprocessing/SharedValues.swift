@@ -5,10 +5,12 @@ import CMultiprocessing
 import SystemPackage
 
 /// A block of anonymous shared memory, inherited by children forked after its creation.
+@usableFromInline
 final class SharedBlock: @unchecked Sendable {
-    let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     let size: Int
 
+    @usableFromInline
     init(bytes: Int) throws(MP.SyncError) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         size = max(page, (bytes + page - 1) / page * page)

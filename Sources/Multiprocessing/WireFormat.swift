@@ -98,6 +98,7 @@ extension MP {
 // MARK: - bytes
 
 /// Fixed-width numbers written as raw little-endian bytes.
+@usableFromInline
 protocol WirePrimitive: BitwiseCopyable, Codable {}
 extension Int: WirePrimitive {}
 extension Int8: WirePrimitive {}

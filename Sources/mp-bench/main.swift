@@ -18,6 +18,7 @@ struct BenchCommand: ParsableCommand {
         metrics += try ProcessBenchmarks.run(quick: quick)
         metrics += try CommBenchmarks.run(quick: quick)
         metrics += try WireBenchmarks.run(quick: quick)
+        metrics += try PoolBenchmarks.run(quick: quick)
         printTable(metrics)
         if let json { try writeJSON(metrics, to: json) }
     }
