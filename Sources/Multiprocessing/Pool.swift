@@ -292,7 +292,6 @@ extension MP {
         let maxTasksPerChild: Int?
         private let lock = ForkSafeLock()
         private var pending: [TaskRecord] = []
-        private var generation: Generation?
         private var state = State.running
         private let wakeRead: Int32
         private let wakeWrite: Int32
@@ -548,42 +547,45 @@ extension MP {
 
         // MARK: the dispatcher
 
-        /// The pool's thread: forks a generation of workers per batch, collects
+        /// The pool's thread: forks workers for each batch (batches overlap,
+        /// sharing the `processes` worker slots, oldest first), collects
         /// results, and replaces workers that exit before their batch is done.
         private func dispatch() {
+            var generations: [Generation] = []
             var draining: [PoolWorker] = []
             while true {
-                let (state, generation) = lock.withLock { () -> (State, Generation?) in
-                    if self.state == .terminated {
-                        for record in pending { record.complete(.failure(.terminated)) }
-                        pending = []
-                    } else if self.generation == nil, !pending.isEmpty {
-                        self.generation = try? Generation(tasks: pending, slots: processes)
-                        if self.generation == nil { for record in pending { record.complete(.failure(.system(OSError("mmap", errno: .noMemory)))) } }
-                        pending = []
-                    }
-                    return (self.state, self.generation)
+                let (state, batch) = lock.withLock { () -> (State, [TaskRecord]) in
+                    defer { pending = [] }
+                    return (self.state, pending)
                 }
-                if let generation {
-                    if state == .terminated {
-                        for worker in generation.workers + draining { try? worker.process.kill() }
-                        for worker in generation.workers + draining { reap(worker) }
+                if state == .terminated {
+                    let everyone = generations.flatMap(\.workers) + draining
+                    for worker in everyone { try? worker.process.kill() }
+                    for worker in everyone { reap(worker) }
+                    for generation in generations {
                         for index in generation.tasks.indices { generation.settle(index, .failure(.terminated)) }
-                        lock.withLock { self.generation = nil }
-                        draining = []
-                        finished.set()
-                        return
                     }
-                    topUp(generation)
-                } else if state != .running {
-                    if state == .terminated { for worker in draining { try? worker.process.kill() } }
+                    for record in batch { record.complete(.failure(.terminated)) }
+                    finished.set()
+                    return
+                }
+                if !batch.isEmpty {
+                    do {
+                        generations.append(try Generation(tasks: batch, slots: processes))
+                    } catch {
+                        for record in batch { record.complete(.failure(.system(OSError("mmap", errno: .noMemory)))) }
+                    }
+                }
+                topUp(generations)
+                if generations.isEmpty && state == .closed {
                     for worker in draining { reap(worker) }
                     finished.set()
                     return
                 }
                 var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-                let watched = (generation?.workers ?? []) + draining
-                for worker in watched {
+                let watched = generations.flatMap { generation in generation.workers.map { ($0, Optional(generation)) } }
+                    + draining.map { ($0, Generation?.none) }
+                for (worker, _) in watched {
                     fds.append(pollfd(fd: worker.results.fileno, events: Int16(POLLIN), revents: 0))
                     fds.append(pollfd(fd: worker.pidfd, events: Int16(POLLIN), revents: 0))
                 }
@@ -592,39 +594,42 @@ extension MP {
                     var scratch = [UInt8](repeating: 0, count: 256)
                     _ = Glibc.read(wakeRead, &scratch, scratch.count)
                 }
-                for (position, worker) in watched.enumerated() {
+                for (position, (worker, generation)) in watched.enumerated() {
                     let resultReady = fds[1 + 2 * position].revents != 0
                     let exited = fds[2 + 2 * position].revents != 0
-                    let owner = generation?.workers.contains { $0.pidfd == worker.pidfd } == true ? generation : nil
-                    if resultReady || exited { drain(worker, into: owner) }
+                    if resultReady || exited { drain(worker, into: generation) }
                     if exited {
                         reap(worker)
-                        if let owner {
-                            retire(worker, from: owner)
+                        if let generation {
+                            retire(worker, from: generation)
                         } else {
                             draining.removeAll { $0.pidfd == worker.pidfd }
                         }
                     }
                 }
-                if let generation, generation.finished {
+                for generation in generations where generation.finished {
                     draining += generation.workers
-                    lock.withLock { self.generation = nil }
+                    generation.workers = []
                 }
+                generations.removeAll { $0.finished }
             }
         }
 
-        /// Forks workers until the batch has as many as it can use.
-        private func topUp(_ generation: Generation) {
-            if let failure = generation.initializerFailure {
-                for index in generation.tasks.indices { generation.settle(index, .failure(failure)) }
-                return
-            }
-            let wanted = min(processes, generation.tasks.count)
-            while generation.workers.count < wanted, !generation.exhausted {
-                let used = Set(generation.workers.map(\.slot))
-                guard let slot = (0..<processes).first(where: { !used.contains($0) }) else { return }
-                guard let worker = try? fork(slot: slot, for: generation) else { return }
-                generation.workers.append(worker)
+        /// Forks workers for the batches, oldest first, up to `processes` in all.
+        private func topUp(_ generations: [Generation]) {
+            var total = generations.reduce(0) { $0 + $1.workers.count }
+            for generation in generations {
+                if let failure = generation.initializerFailure {
+                    for index in generation.tasks.indices { generation.settle(index, .failure(failure)) }
+                    continue
+                }
+                while total < processes, generation.workers.count < generation.tasks.count, !generation.exhausted {
+                    let used = Set(generation.workers.map(\.slot))
+                    guard let slot = (0..<processes).first(where: { !used.contains($0) }) else { break }
+                    guard let worker = try? fork(slot: slot, for: generation) else { return }
+                    generation.workers.append(worker)
+                    total += 1
+                }
             }
         }
 

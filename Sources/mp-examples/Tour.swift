@@ -374,6 +374,43 @@ func pingPong() throws {
     }
 }
 
+// MARK: 003 Pool: apply_async, apply, close and join
+
+func test(_ num: Int) -> Int {
+    print("开始执行任务\(num)")
+    Time.sleep(0.1)
+    print("结束执行任务\(num)")
+    return num * num
+}
+
+func poolApplyAsync() throws {
+    let pool = try MP.Pool(processes: 4)                                // pool = Pool(4)
+    var results: [MP.AsyncResult<Int>] = []
+    for i in 0..<10 {
+        results.append(pool.applyAsync { test(i) })                     // pool.apply_async(test, (i, ))
+    }
+    pool.close()                                                        // pool.close()
+    try pool.join()                                                     // pool.join()
+    print("results:", try results.map { try $0.get() })
+}
+
+func poolApply() throws {
+    let pool = try MP.Pool(processes: 4)                                // pool = Pool(4)
+    for i in 0..<10 {
+        _ = try pool.apply { test(i) }                                  // pool.apply(test, (i, )): blocks
+    }
+    pool.close()
+    try pool.join()
+}
+
+func poolMap() throws {
+    let squares = try MP.Pool.with(processes: 4) { pool in              // with Pool(4) as pool:
+        try pool.map(0..<10) { $0 * $0 }                                //     pool.map(f, range(10))
+    }
+    print(squares)
+    print(try (0..<10).parallelMap { $0 + 1 })                          // the one-call form
+}
+
 // MARK: the tour
 
 let examples: [Example] = [
@@ -393,4 +430,7 @@ let examples: [Example] = [
     Example(name: "mutex", title: "four processes increment one counter, without and with a lock (002)", run: mutex),
     Example(name: "producer-consumer", title: "a producer and a consumer on a queue", run: producerConsumer),
     Example(name: "ping-pong", title: "a pipe ping-pong between two processes", run: pingPong),
+    Example(name: "pool-apply-async", title: "apply_async of 10 tasks on a pool of 4, close, join (003)", run: poolApplyAsync),
+    Example(name: "pool-apply", title: "blocking apply: strictly one after another (003)", run: poolApply),
+    Example(name: "pool-map", title: "map over a pool, scoped, and parallelMap", run: poolMap),
 ]
