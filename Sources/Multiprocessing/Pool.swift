@@ -554,9 +554,16 @@ extension MP {
             var generations: [Generation] = []
             var draining: [PoolWorker] = []
             while true {
+                // A new batch forms only when a worker slot is free: while every
+                // worker is busy, submissions gather into one batch (a few forks
+                // for thousands of tiny tasks, not a few each).
+                let busy = generations.reduce(0) { $0 + $1.workers.count }
                 let (state, batch) = lock.withLock { () -> (State, [TaskRecord]) in
-                    defer { pending = [] }
-                    return (self.state, pending)
+                    if self.state == .terminated || busy < processes {
+                        defer { pending = [] }
+                        return (self.state, pending)
+                    }
+                    return (self.state, [])
                 }
                 if state == .terminated {
                     let everyone = generations.flatMap(\.workers) + draining
@@ -577,7 +584,7 @@ extension MP {
                     }
                 }
                 topUp(generations)
-                if generations.isEmpty && state == .closed {
+                if generations.isEmpty && state == .closed && lock.withLock({ pending.isEmpty }) {
                     for worker in draining { reap(worker) }
                     finished.set()
                     return
