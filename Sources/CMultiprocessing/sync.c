@@ -16,6 +16,11 @@ void *cmp_shared_map(size_t size) {
     return address == MAP_FAILED ? NULL : address;
 }
 
+void *cmp_shared_map_populated(size_t size) {
+    void *address = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return address == MAP_FAILED ? NULL : address;
+}
+
 int cmp_shared_unmap(void *address, size_t size) { return munmap(address, size); }
 
 int cmp_mutex_init(pthread_mutex_t *mutex, int recursive) {

@@ -292,6 +292,11 @@ extension MP {
         let maxTasksPerChild: Int?
         private let lock = ForkSafeLock()
         private var pending: [TaskRecord] = []
+        /// Shared memory for fixed-width map results, kept between maps: its
+        /// pages stay mapped in this process, so reading what the workers
+        /// wrote costs no page faults. One map holds it at a time.
+        private var arena: SharedBlock?
+        private var arenaInUse = false
         private var state = State.running
         private let wakeRead: Int32
         private let wakeWrite: Int32
@@ -481,8 +486,9 @@ extension MP {
             // the workers are forked: no encoding, no copy through a socket.
             let shared: SharedBlock?
             if R.self is any WirePrimitive.Type {
-                do { shared = try SharedBlock(bytes: max(1, count * MemoryLayout<R>.stride)) } catch { throw .system(OSError("mmap", errno: .noMemory)) }
-                collector.gather(from: shared!.base, count: count)
+                let (block, release) = try claimResultBlock(bytes: max(1, count * MemoryLayout<R>.stride))
+                shared = block
+                collector.gather(from: block.base, count: count, release: release)
             } else {
                 shared = nil
             }
@@ -522,6 +528,28 @@ extension MP {
                 }))
             }
             try submit(records)
+        }
+
+        /// Shared memory of at least `bytes` for a map's results, and how to give it back.
+        @usableFromInline
+        func claimResultBlock(bytes: Int) throws(PoolError) -> (SharedBlock, release: @Sendable () -> Void) {
+            let reused = lock.withLock { () -> SharedBlock? in
+                guard !arenaInUse, let arena, arena.size >= bytes else { return nil }
+                arenaInUse = true
+                return arena
+            }
+            let giveBack: @Sendable () -> Void = { [self] in lock.withLock { arenaInUse = false } }
+            if let reused { return (reused, giveBack) }
+            let block: SharedBlock
+            do { block = try SharedBlock(bytes: bytes, populated: true) } catch { throw .system(OSError("mmap", errno: .noMemory)) }
+            let keep = lock.withLock { () -> Bool in
+                guard !arenaInUse else { return false }
+                arena = block // the larger one replaces the smaller
+                arenaInUse = true
+                return true
+            }
+            let nothing: @Sendable () -> Void = {}
+            return (block, keep ? giveBack : nothing)
         }
 
         // MARK: lifecycle
@@ -725,6 +753,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     /// Results written by the workers into shared memory (fixed-width types).
     private var sharedResults: UnsafeMutableRawPointer?
     private var sharedCount = 0
+    private var releaseShared: (@Sendable () -> Void)?
 
     @usableFromInline
     init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (Result<[R], MP.PoolError>) -> Void) {
@@ -735,15 +764,32 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
 
     /// The results are in shared memory at `base` (`count` of them), not in the chunks' messages.
     @usableFromInline
-    func gather(from base: UnsafeMutableRawPointer, count: Int) {
+    func gather(from base: UnsafeMutableRawPointer, count: Int, release: @escaping @Sendable () -> Void) {
         sharedResults = base
         sharedCount = count
+        releaseShared = release
+    }
+
+    private func done(_ outcome: Result<[R], MP.PoolError>) {
+        releaseShared?()
+        releaseShared = nil
+        finish(outcome)
     }
 
     @usableFromInline
     func expect(_ count: Int) {
         chunks = [[R]?](repeating: nil, count: count)
-        if count == 0 { finish(.success([])) }
+        if count == 0 { done(.success([])) }
+    }
+
+    /// Fixed-width results, copied out of shared memory in one `memcpy`
+    /// (unspecialized, `Array(UnsafeBufferPointer)` copies element by element).
+    private static func copyOut(_ base: UnsafeMutableRawPointer, _ range: Range<Int>) -> [R] {
+        let stride = MemoryLayout<R>.stride
+        return [R](unsafeUninitializedCapacity: range.count) { buffer, initialized in
+            UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: base + range.lowerBound * stride, byteCount: range.count * stride)
+            initialized = range.count
+        }
     }
 
     /// Called on the pool's thread only.
@@ -753,14 +799,13 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
         switch outcome {
         case .failure(let error):
             failed = true
-            finish(.failure(error))
+            done(.failure(error))
         case .success(var values):
             if let sharedResults {
-                let typed = sharedResults.assumingMemoryBound(to: R.self)
-                if deliver != nil { values = Swift.Array(UnsafeBufferPointer(start: typed + range.lowerBound, count: range.count)) }
+                if deliver != nil { values = Self.copyOut(sharedResults, range) }
                 if arrivedCount + 1 == chunks.count && deliver == nil {
                     arrivedCount += 1
-                    return finish(.success(Swift.Array(UnsafeBufferPointer(start: typed, count: sharedCount))))
+                    return done(.success(Self.copyOut(sharedResults, 0..<sharedCount)))
                 }
             }
             arrivedCount += 1
@@ -782,7 +827,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
                     all.reserveCapacity(chunks.reduce(0) { $0 + ($1?.count ?? 0) })
                     for chunk in chunks { all.append(contentsOf: chunk!) } // bulk copies
                 }
-                finish(.success(all))
+                done(.success(all))
             }
         }
     }
