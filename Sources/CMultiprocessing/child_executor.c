@@ -60,7 +60,6 @@ static struct {
     bool started;
 } timers;
 static int max_workers = 2;
-static _Atomic uint64_t jobs_run;
 // Set in the child by cmp_child_executor_install; the queues and the Swift
 // executors are set up on the first job (most children never use concurrency,
 // and every page a child writes is a copy-on-write fault).
@@ -130,7 +129,6 @@ static void *worker_main(void *arg) {
         SwiftJob *job = node->job;
         free(node);
         swift_job_run(job, executor);
-        atomic_fetch_add_explicit(&jobs_run, 1, memory_order_relaxed);
     }
     return NULL;
 }
@@ -228,7 +226,6 @@ static void setup(void) {
     timers.started = false;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     max_workers = cpus < 2 ? 2 : (int)cpus;
-    atomic_store(&jobs_run, 0);
     if (swift_setup) swift_setup();
 }
 
@@ -244,7 +241,6 @@ void cmp_child_executor_install(void) {
     swift_task_enqueueGlobalWithDeadline_hook = hook_enqueue_deadline;
 }
 
-uint64_t cmp_child_executor_jobs_run(void) { return atomic_load_explicit(&jobs_run, memory_order_relaxed); }
 
 void cmp_child_executor_enqueue(void *job) { push(&global_queue, job, max_workers); }
 void cmp_child_executor_enqueue_main(void *job) { push(&main_queue, job, 1); }

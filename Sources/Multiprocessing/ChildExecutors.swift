@@ -48,35 +48,44 @@ private func rawJob(_ job: consuming ExecutorJob) -> UnsafeMutableRawPointer {
     unsafeBitCast(UnownedJob(job), to: UnsafeMutableRawPointer.self)
 }
 
-private final class ChildTaskExecutor: TaskExecutor, SchedulingExecutor, @unchecked Sendable {
+/// A child executor that can also run jobs later (`Task.sleep`): `schedule`
+/// hands a job to the child's timer thread.
+private protocol ChildScheduling: SchedulingExecutor {
+    func schedule(_ job: UnsafeMutableRawPointer, afterNanoseconds delay: UInt64)
+}
+
+extension ChildScheduling {
+    func enqueue<C: Clock>(_ job: consuming ExecutorJob, after delay: C.Duration, tolerance: C.Duration?, clock: C) {
+        schedule(rawJob(job), afterNanoseconds: nanoseconds(of: delay))
+    }
+
+    func enqueue<C: Clock>(_ job: consuming ExecutorJob, at instant: C.Instant, tolerance: C.Duration?, clock: C) {
+        schedule(rawJob(job), afterNanoseconds: nanoseconds(of: clock.now.duration(to: instant)))
+    }
+}
+
+private final class ChildTaskExecutor: TaskExecutor, ChildScheduling, @unchecked Sendable {
     static let shared = ChildTaskExecutor()
 
     func enqueue(_ job: consuming ExecutorJob) {
         cmp_child_executor_enqueue(rawJob(job))
     }
 
-    func enqueue<C: Clock>(_ job: consuming ExecutorJob, after delay: C.Duration, tolerance: C.Duration?, clock: C) {
-        cmp_child_executor_enqueue_after(rawJob(job), nanoseconds(of: delay))
-    }
-
-    func enqueue<C: Clock>(_ job: consuming ExecutorJob, at instant: C.Instant, tolerance: C.Duration?, clock: C) {
-        cmp_child_executor_enqueue_after(rawJob(job), nanoseconds(of: clock.now.duration(to: instant)))
+    func schedule(_ job: UnsafeMutableRawPointer, afterNanoseconds delay: UInt64) {
+        cmp_child_executor_enqueue_after(job, delay)
     }
 }
 
-private final class ChildMainExecutor: MainExecutor, SchedulingExecutor, @unchecked Sendable {
+private final class ChildMainExecutor: MainExecutor, ChildScheduling, @unchecked Sendable {
     static let shared = ChildMainExecutor()
 
     func enqueue(_ job: consuming ExecutorJob) {
         cmp_child_executor_enqueue_main(rawJob(job))
     }
 
-    func enqueue<C: Clock>(_ job: consuming ExecutorJob, after delay: C.Duration, tolerance: C.Duration?, clock: C) {
-        cmp_child_executor_enqueue_main_after(rawJob(job), nanoseconds(of: delay))
-    }
-
-    func enqueue<C: Clock>(_ job: consuming ExecutorJob, at instant: C.Instant, tolerance: C.Duration?, clock: C) {
-        cmp_child_executor_enqueue_main_after(rawJob(job), nanoseconds(of: clock.now.duration(to: instant)))
+    /// The timer fires on the pool's timer thread, which hands the job to the main thread.
+    func schedule(_ job: UnsafeMutableRawPointer, afterNanoseconds delay: UInt64) {
+        cmp_child_executor_enqueue_main_after(job, delay)
     }
 
     func checkIsolated() {

@@ -19,16 +19,7 @@ final class ForkerThread: @unchecked Sendable {
     init() throws(MP.OSError) { try launch() }
 
     private func launch() throws(MP.OSError) {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let result = pthread_create(&thread, nil, { context in
-            Unmanaged<ForkerThread>.fromOpaque(context!).takeRetainedValue().serve()
-        }, context)
-        if result != 0 {
-            Unmanaged<ForkerThread>.fromOpaque(context).release()
-            throw MP.OSError("pthread_create", errno: .init(rawValue: result))
-        }
-        pthread_detach(thread)
+        try startThread { [self] in serve() }.get()
     }
 
     private func serve() -> Never {

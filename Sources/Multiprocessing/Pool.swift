@@ -284,7 +284,9 @@ extension MP {
     ///
     /// The initializer runs once in each worker before its first task, and a
     /// worker exits after `maxTasksPerChild` tasks (a fresh one takes over).
-    /// A pool belongs to the process that created it.
+    /// A pool belongs to the process that created it. Close or terminate it
+    /// (or use ``with(processes:initializer:maxTasksPerChild:_:)``): until then
+    /// it keeps its thread, as Python's keeps its handler threads.
     public final class Pool: @unchecked Sendable {
         /// The number of worker processes.
         public let processes: Int
@@ -323,7 +325,11 @@ extension MP {
             } catch {
                 throw .system(error)
             }
-            startThread { [self] in dispatch() }
+            if case .failure(let error) = startThread({ [self] in dispatch() }) {
+                Sys.close(wakeRead)
+                Sys.close(wakeWrite)
+                throw .system(error)
+            }
         }
 
         deinit {
@@ -364,6 +370,9 @@ extension MP {
 
         /// Python's `apply_async(f, args, callback=, error_callback=)`: runs `body` in a worker.
         /// Submitting to a closed pool gives a result that fails with ``MP/PoolError/closed``.
+        ///
+        /// The callbacks run on the pool's thread, as Python's run on its result
+        /// thread: they must return quickly and must not wait on this pool.
         @discardableResult
         public func applyAsync<R: Codable & Sendable>(_ body: @escaping () throws -> R,
                                                      callback: (@Sendable (R) -> Void)? = nil,

@@ -205,7 +205,7 @@ extension MP.Queue where Element: Sendable {
             let cancelled = CancellationFlag()
             let result: Result<Element, MP.QueueError> = await withTaskCancellationHandler {
                 await withCheckedContinuation { continuation in
-                    startThread {
+                    let started = startThread {
                         while true {
                             do throws(MP.QueueError) {
                                 continuation.resume(returning: .success(try self.get(timeout: 0.05)))
@@ -218,6 +218,7 @@ extension MP.Queue where Element: Sendable {
                             }
                         }
                     }
+                    if case .failure(let error) = started { continuation.resume(returning: .failure(.system(error))) }
                 }
             } onCancel: {
                 cancelled.set()
@@ -247,20 +248,4 @@ final class CancellationFlag: @unchecked Sendable {
     private var value = false
     var isSet: Bool { lock.withLock { value } }
     func set() { lock.withLock { value = true } }
-}
-
-/// Runs `body` on a new detached thread (for blocking waits that must not
-/// occupy the concurrency pool).
-func startThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-    var thread = pthread_t()
-    let context = Unmanaged.passRetained(Box(body)).toOpaque()
-    if pthread_create(&thread, nil, { context in
-        Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
-        return nil
-    }, context) == 0 {
-        pthread_detach(thread)
-    } else {
-        Unmanaged<Box>.fromOpaque(context).takeRetainedValue().body() // no thread: run here
-    }
 }

@@ -79,8 +79,6 @@ int cmp_child_executor_on_main_thread(void);
 /// process (or, after fork, in the parent it was copied from: the flag is
 /// inherited). Looked up at run time, so there is no link dependency.
 int cmp_dispatch_is_multithreaded(void);
-/// Number of jobs the child executor has run (for tests and diagnostics).
-uint64_t cmp_child_executor_jobs_run(void);
 
 // ---------------------------------------------------------------------------
 // Benchmark floors: the raw C cost of what the library wraps.

@@ -30,17 +30,12 @@ final class FDWatcher: @unchecked Sendable {
 
     init() throws(MP.OSError) {
         epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let result = pthread_create(&thread, nil, { context in
-            Unmanaged<FDWatcher>.fromOpaque(context!).takeRetainedValue().serve()
-        }, context)
-        if result != 0 {
-            Unmanaged<FDWatcher>.fromOpaque(context).release()
+        do {
+            try startThread { [self] in serve() }.get()
+        } catch {
             Sys.close(epfd)
-            throw MP.OSError("pthread_create", errno: Errno(rawValue: result))
+            throw error
         }
-        pthread_detach(thread)
     }
 
     private func serve() -> Never {
