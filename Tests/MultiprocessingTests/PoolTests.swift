@@ -116,6 +116,22 @@ struct PoolTests {
         try pool.join()
     }
 
+    @Test("the scoped form ends every worker, even with tasks still running")
+    func scopedFormCleansUp() throws {
+        let gate = TestPipe()
+        var workers: [Int32] = []
+        let pending = try MP.Pool.with(processes: 2) { (pool: MP.Pool) throws -> MP.AsyncResult<Int> in
+            let stuck = pool.applyAsync { () -> Int in gate.awaitSignal(); return 1 }
+            while MP.activeChildren().isEmpty { sched_yield() }
+            workers = MP.activeChildren().compactMap(\.pid)
+            return stuck
+        }
+        #expect(!workers.isEmpty)
+        #expect(workers.allSatisfy { processState($0) == nil }, "no worker left running or unreaped")
+        #expect(MP.activeChildren().isEmpty)
+        #expect(throws: MP.PoolError.terminated) { _ = try pending.get(timeout: 20) }
+    }
+
     @Test("close, join and terminate: misuse, pending results, no process left behind")
     func lifecycle() throws {
         let pool = try MP.Pool(processes: 2)
