@@ -146,16 +146,6 @@ extension MP {
     public static func wait(for descriptors: [Int32], timeout: Double? = nil) throws -> [Int32] {
         if let timeout, !(timeout >= 0) { throw ProcessError.negativeTimeout(timeout) }
         if descriptors.isEmpty { return [] }
-        var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let deadline = timeout.map { MonotonicTime.seconds() + $0 }
-        while true {
-            var millis: Int32 = -1
-            if let deadline {
-                millis = Int32(min((max(0, deadline - MonotonicTime.seconds()) * 1000).rounded(.up), Double(Int32.max)))
-            }
-            let ready = try Sys.check("poll", retryOnInterrupt: false) { poll(&fds, nfds_t(fds.count), millis) }
-            if ready == 0 { return [] }
-            if ready > 0 { return fds.filter { $0.revents != 0 }.map(\.fd) }
-        }
+        return try Sys.pollReadable(descriptors, timeout: timeout)
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Multiprocessing
 import Testing
 
@@ -74,6 +75,33 @@ struct ProcessLifecycleTests {
         try p.terminate() // after the end: a no-op, like Python
         try p.kill()
         #expect(p.exitCode == -15)
+    }
+
+    @Test("a signal arriving during join(timeout:) resumes the wait, it is not an error")
+    func interruptedTimedJoin() throws {
+        let previous = signal(SIGUSR1) { _ in } // a handler that returns: poll sees EINTR
+        // Test-runner threads block most signals; let this one through here.
+        var usr1 = sigset_t(), old = sigset_t()
+        sigemptyset(&usr1)
+        sigaddset(&usr1, SIGUSR1)
+        pthread_sigmask(SIG_UNBLOCK, &usr1, &old)
+        defer {
+            pthread_sigmask(SIG_SETMASK, &old, nil)
+            signal(SIGUSR1, previous)
+        }
+        let gate = TestPipe()
+        let p = MP.Process { gate.awaitSignal() }
+        try p.start()
+        defer {
+            gate.signal()
+            try? joinOrKill(p)
+        }
+        let joiner = pthread_self()
+        let interrupter = Thread { usleep(20_000); pthread_kill(joiner, SIGUSR1) }
+        interrupter.start()
+        let started = MonotonicClockForTests.now()
+        #expect(try p.join(timeout: 0.2) == false)
+        #expect(MonotonicClockForTests.now() - started >= 0.19, "the wait went on after the signal")
     }
 
     @Test("kill sends SIGKILL")

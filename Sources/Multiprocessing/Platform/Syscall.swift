@@ -65,21 +65,32 @@ enum Sys {
         _ = Glibc.close(fd)
     }
 
-    /// Waits until `fd` is readable or `timeout` (seconds; nil = forever) passes.
-    /// Returns whether it became readable.
-    static func pollReadable(_ fd: Int32, timeout: Double?) throws(MP.OSError) -> Bool {
+    /// Waits until at least one of `fds` is readable (or at end-of-file) or
+    /// `timeout` seconds pass (nil: forever); returns the ready ones. A signal
+    /// interrupting the wait resumes it with the time that is left.
+    static func pollReadable(_ fds: [Int32], timeout: Double?) throws(MP.OSError) -> [Int32] {
+        var entries = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         let deadline = timeout.map { MonotonicTime.seconds() + $0 }
         while true {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             var millis: Int32 = -1
             if let deadline {
                 let left = max(0, deadline - MonotonicTime.seconds())
                 millis = Int32(min((left * 1000).rounded(.up), Double(Int32.max)))
             }
-            let ready = try check("poll", retryOnInterrupt: false) { Glibc.poll(&pfd, 1, millis) }
-            if ready > 0 { return true }
-            if ready == 0 { return false }
+            let ready = Glibc.poll(&entries, nfds_t(entries.count), millis)
+            if ready < 0 {
+                if errno == EINTR { continue } // the deadline is recomputed above
+                throw MP.OSError("poll", errno: Errno(rawValue: errno))
+            }
+            if ready > 0 { return entries.filter { $0.revents != 0 }.map(\.fd) }
+            if deadline != nil && ready == 0 { return [] }
         }
+    }
+
+    /// Waits until `fd` is readable or `timeout` (seconds; nil = forever) passes.
+    /// Returns whether it became readable.
+    static func pollReadable(_ fd: Int32, timeout: Double?) throws(MP.OSError) -> Bool {
+        try !pollReadable([fd], timeout: timeout).isEmpty
     }
 
     static func pipe() throws(MP.OSError) -> (read: Int32, write: Int32) {
