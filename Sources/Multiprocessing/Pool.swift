@@ -50,6 +50,7 @@ extension MP {
         private let lock = ForkSafeLock()
         private var outcome: Result<Value, PoolError>?
         private var continuations: [CheckedContinuation<Result<Value, PoolError>, Never>] = []
+        private var resolving = false
         private let onSuccess: (@Sendable (Value) -> Void)?
         private let onFailure: (@Sendable (PoolError) -> Void)?
 
@@ -107,22 +108,28 @@ extension MP {
             }
         }
 
-        /// Settles the result once; later calls are ignored. Runs the callbacks.
+        /// Settles the result once; later calls are ignored. As in CPython, the
+        /// callback runs first, then the result becomes ready: a `get()` that
+        /// returns has seen its callback run.
         @usableFromInline
         func resolve(_ result: Result<Value, PoolError>) {
-            let waiting: [CheckedContinuation<Result<Value, PoolError>, Never>]? = lock.withLock {
-                guard outcome == nil else { return nil }
+            let first = lock.withLock { () -> Bool in
+                guard outcome == nil, !resolving else { return false }
+                resolving = true
+                return true
+            }
+            guard first else { return }
+            switch result {
+            case .success(let value): onSuccess?(value)
+            case .failure(let error): onFailure?(error)
+            }
+            let waiting = lock.withLock { () -> [CheckedContinuation<Result<Value, PoolError>, Never>] in
                 outcome = result
                 lock.broadcast()
                 defer { continuations = [] }
                 return continuations
             }
-            guard let waiting else { return }
             for continuation in waiting { continuation.resume(returning: result) }
-            switch result {
-            case .success(let value): onSuccess?(value)
-            case .failure(let error): onFailure?(error)
-            }
         }
     }
 }
