@@ -5,10 +5,18 @@ import CMultiprocessing
 import Multiprocessing
 import Testing
 
+/// At the test process's exit, kills any child a failed test left running,
+/// so the exit handling (which joins children) cannot wait forever. Registered
+/// after the library's own exit handler, so it runs first.
+private let leftoverChildrenAreKilledAtExit: Void = {
+    atexit { for child in MP.activeChildren() { try? child.kill() } }
+}()
+
 /// Joins `process` within `seconds`. A child still running then is killed by
 /// its pid, reaped, and the test fails: no test can hang or leave a child.
 func joinOrKill(_ process: MP.Process, within seconds: Double = 20,
                 sourceLocation: SourceLocation = #_sourceLocation) throws {
+    leftoverChildrenAreKilledAtExit
     if try process.join(timeout: seconds) { return }
     Issue.record("process \(process.name) (pid \(process.pid ?? -1)) still running after \(seconds) s: killed", sourceLocation: sourceLocation)
     try process.kill()
@@ -84,7 +92,11 @@ final class TestPipe: @unchecked Sendable {
     }
 
     /// Blocks the caller (a child) until the parent writes a byte or closes.
+    /// The waiter first closes its own copy of the write end: if the test fails
+    /// and drops the pipe, the child sees end-of-file and exits, instead of
+    /// waiting forever (and holding up the test process's exit).
     func awaitSignal() {
+        closeWrite()
         var byte: UInt8 = 0
         _ = read(readEnd, &byte, 1)
     }

@@ -35,7 +35,7 @@ struct SynchronizationTests {
             holder.awaitSignal()
         }
         try p.start()
-        #expect(report.readInt32String() == "timedOut timedOut")
+        #expect(report.readAll() == "timedOut timedOut")
         try lock.release()
         #expect(throws: MP.SyncError.notOwner("this thread does not hold the lock")) { try lock.release() }
         #expect(throws: MP.SyncError.negativeTimeout(-1)) { try lock.acquire(timeout: -1) }
@@ -197,9 +197,4 @@ struct SynchronizationTests {
         #expect(waiter.exitCode == 42)
         #expect(!barrier.isBroken)
     }
-}
-
-extension TestPipe {
-    /// Reads what a child wrote, closing this side's write end first.
-    func readInt32String() -> String { readAll() }
 }
