@@ -23,6 +23,13 @@ void *cmp_shared_map_populated(size_t size) {
 
 int cmp_shared_unmap(void *address, size_t size) { return munmap(address, size); }
 
+void cmp_shared_prefault(const void *address, size_t size) {
+    long page = sysconf(_SC_PAGESIZE);
+    const volatile char *bytes = address;
+    for (size_t offset = 0; offset < size; offset += (size_t)page) (void)bytes[offset];
+    if (size > 0) (void)bytes[size - 1];
+}
+
 int cmp_mutex_init(pthread_mutex_t *mutex, int recursive) {
     pthread_mutexattr_t attr;
     int error = pthread_mutexattr_init(&attr);

@@ -514,6 +514,7 @@ extension MP {
                     var index = items.index(items.startIndex, offsetBy: lower)
                     if let shared {
                         let out = shared.base.assumingMemoryBound(to: R.self)
+                        shared.prefault(offset: lower * MemoryLayout<R>.stride, bytes: (upper - lower) * MemoryLayout<R>.stride)
                         do {
                             for position in lower..<upper {
                                 (out + position).initialize(to: try transform(items[index]))

@@ -21,6 +21,13 @@ void *cmp_shared_map(size_t size);
 void *cmp_shared_map_populated(size_t size);
 /// Unmaps what `cmp_shared_map` returned.
 int cmp_shared_unmap(void *address, size_t size);
+/// Maps the pages of `[address, address + size)` of a shared region into this
+/// process's page table by reading one byte per page. A child does not
+/// inherit its parent's page-table entries for shared memory, and a write
+/// fault maps a single page while a read fault maps its neighbours too (the
+/// kernel's fault-around, writable for shared memory): writing 8 MB of fresh
+/// shared pages costs about 4 ms in a child on this VM, 1 ms after this.
+void cmp_shared_prefault(const void *address, size_t size);
 
 /// A process-shared, robust mutex. `recursive`: PTHREAD_MUTEX_RECURSIVE,
 /// else PTHREAD_MUTEX_ERRORCHECK (relocking is EDEADLK, unlocking by a
