@@ -30,6 +30,26 @@ void cmp_shared_prefault(const void *address, size_t size) {
     if (size > 0) (void)bytes[size - 1];
 }
 
+int cmp_wipe_on_fork(void *address, size_t size, int wipe) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)address + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)address + size) & ~(page - 1);
+    if (end <= start) return 1;
+    return madvise((void *)start, end - start, wipe ? MADV_WIPEONFORK : MADV_KEEPONFORK);
+}
+
+void cmp_populate_writable(void *address, size_t size) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)address + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)address + size) & ~(page - 1);
+    // In slices: each call holds the address space's lock for reading, and a
+    // fork (which takes it for writing) waits for at most one slice.
+    const uintptr_t slice = 256u << 10;
+    for (uintptr_t at = start; at < end; at += slice) {
+        if (madvise((void *)at, (end - at < slice ? end - at : slice), MADV_POPULATE_WRITE) != 0) return;
+    }
+}
+
 int cmp_mutex_init(pthread_mutex_t *mutex, int recursive) {
     pthread_mutexattr_t attr;
     int error = pthread_mutexattr_init(&attr);

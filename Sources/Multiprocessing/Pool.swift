@@ -111,25 +111,31 @@ extension MP {
         /// Settles the result once; later calls are ignored. As in CPython, the
         /// callback runs first, then the result becomes ready: a `get()` that
         /// returns has seen its callback run.
+        ///
+        /// `result` is consumed: once a waiter wakes, the only references to
+        /// the value are this object's and the waiter's (the resolving thread
+        /// keeps none), so a map's array freed by the caller goes back to the
+        /// allocator right away, and the next map can reuse its pages.
         @usableFromInline
-        func resolve(_ result: Result<Value, PoolError>) {
+        func resolve(_ result: consuming Result<Value, PoolError>) {
             let first = lock.withLock { () -> Bool in
                 guard outcome == nil, !resolving else { return false }
                 resolving = true
                 return true
             }
             guard first else { return }
-            switch result {
+            switch copy result {
             case .success(let value): onSuccess?(value)
             case .failure(let error): onFailure?(error)
             }
-            let waiting = lock.withLock { () -> [CheckedContinuation<Result<Value, PoolError>, Never>] in
-                outcome = result
-                lock.broadcast()
-                defer { continuations = [] }
-                return continuations
-            }
-            for continuation in waiting { continuation.resume(returning: result) }
+            lock.lock()
+            outcome = consume result
+            lock.broadcast()
+            let waiting = continuations
+            continuations = []
+            let resumeWith = waiting.isEmpty ? nil : outcome
+            lock.unlock()
+            if let resumeWith { for continuation in waiting { continuation.resume(returning: resumeWith) } }
         }
     }
 }
@@ -197,12 +203,21 @@ enum TaskOutcome {
 @usableFromInline
 final class TaskRecord: @unchecked Sendable {
     let run: () -> TaskOutcome
-    let complete: (Result<[UInt8], MP.PoolError>) -> Void
+    /// Called once, on the pool's thread, then released: it holds the
+    /// caller's result (a map's array), which must not outlive the caller's
+    /// use because a batch outlives its tasks until its workers are reaped.
+    private var onComplete: ((Result<[UInt8], MP.PoolError>) -> Void)?
 
     @usableFromInline
     init(run: @escaping () -> TaskOutcome, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) {
         self.run = run
-        self.complete = complete
+        self.onComplete = complete
+    }
+
+    func complete(_ result: Result<[UInt8], MP.PoolError>) {
+        let body = onComplete
+        onComplete = nil
+        body?(result)
     }
 
     /// Runs `body` and encodes its result (in a worker).
@@ -414,7 +429,7 @@ extension MP {
                                                                               errorCallback: (@Sendable (PoolError) -> Void)? = nil,
                                                                               _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
             let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback)
-            let collector = ChunkCollector<R>(ordered: true) { outcome in result.resolve(outcome) }
+            let collector = ChunkCollector<R>(ordered: true) { (outcome: consuming Result<[R], PoolError>) in result.resolve(outcome) }
             do { try submitChunks(items, chunksize: chunksize, collector: collector, transform) } catch { result.resolve(.failure(error)) }
             return result
         }
@@ -501,10 +516,11 @@ extension MP {
             // Fixed-width results go straight into shared memory mapped before
             // the workers are forked: no encoding, no copy through a socket.
             let shared: SharedBlock?
+            var destination: UnsafeMutableRawBufferPointer?
             if R.self is any WirePrimitive.Type {
                 let (block, release) = try claimResultBlock(bytes: max(1, count * MemoryLayout<R>.stride))
                 shared = block
-                collector.gather(from: block.base, count: count, release: release)
+                destination = collector.gather(from: block.base, count: count, release: release)
             } else {
                 shared = nil
             }
@@ -545,6 +561,11 @@ extension MP {
                 }))
             }
             try submit(records)
+            // While the workers are forked and run, take the page faults of
+            // the array the results are copied into (its pages are new, or
+            // write-protected by an earlier fork): the copies then run at
+            // memory speed. A hint on memory; harmless if the map is over.
+            if let destination { cmp_populate_writable(destination.baseAddress, destination.count) }
         }
 
         /// Shared memory of at least `bytes` for a map's results, and how to give it back.
@@ -558,7 +579,7 @@ extension MP {
             let giveBack: @Sendable () -> Void = { [self] in lock.withLock { arenaInUse = false } }
             if let reused { return (reused, giveBack) }
             let block: SharedBlock
-            do { block = try SharedBlock(bytes: bytes, populated: true) } catch { throw .system(OSError("mmap", errno: .noMemory)) }
+            do { block = try SharedBlock(bytes: bytes) } catch { throw .system(OSError("mmap", errno: .noMemory)) }
             let keep = lock.withLock { () -> Bool in
                 guard !arenaInUse else { return false }
                 arena = block // the larger one replaces the smaller
@@ -752,99 +773,6 @@ extension MP {
                 default: how = "unknown status"
                 }
                 generation.settle(running, .failure(.workerDied(how)))
-            }
-        }
-    }
-}
-
-/// Gathers the chunks of a map, in order or as they come.
-@usableFromInline
-final class ChunkCollector<R: Sendable>: @unchecked Sendable {
-    private let ordered: Bool
-    private let deliver: (([R]) -> Void)?
-    private let finish: (Result<[R], MP.PoolError>) -> Void
-    private var chunks: [[R]?] = []
-    private var nextToDeliver = 0
-    private var arrivedCount = 0
-    private var failed = false
-    /// Results written by the workers into shared memory (fixed-width types).
-    private var sharedResults: UnsafeMutableRawPointer?
-    private var sharedCount = 0
-    private var releaseShared: (@Sendable () -> Void)?
-
-    @usableFromInline
-    init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (Result<[R], MP.PoolError>) -> Void) {
-        self.ordered = ordered
-        self.deliver = deliver
-        self.finish = finish
-    }
-
-    /// The results are in shared memory at `base` (`count` of them), not in the chunks' messages.
-    @usableFromInline
-    func gather(from base: UnsafeMutableRawPointer, count: Int, release: @escaping @Sendable () -> Void) {
-        sharedResults = base
-        sharedCount = count
-        releaseShared = release
-    }
-
-    private func done(_ outcome: Result<[R], MP.PoolError>) {
-        releaseShared?()
-        releaseShared = nil
-        finish(outcome)
-    }
-
-    @usableFromInline
-    func expect(_ count: Int) {
-        chunks = [[R]?](repeating: nil, count: count)
-        if count == 0 { done(.success([])) }
-    }
-
-    /// Fixed-width results, copied out of shared memory in one `memcpy`
-    /// (unspecialized, `Array(UnsafeBufferPointer)` copies element by element).
-    private static func copyOut(_ base: UnsafeMutableRawPointer, _ range: Range<Int>) -> [R] {
-        let stride = MemoryLayout<R>.stride
-        return [R](unsafeUninitializedCapacity: range.count) { buffer, initialized in
-            UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: base + range.lowerBound * stride, byteCount: range.count * stride)
-            initialized = range.count
-        }
-    }
-
-    /// Called on the pool's thread only.
-    @usableFromInline
-    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>, range: Range<Int>) {
-        guard !failed else { return }
-        switch outcome {
-        case .failure(let error):
-            failed = true
-            done(.failure(error))
-        case .success(var values):
-            if let sharedResults {
-                if deliver != nil { values = Self.copyOut(sharedResults, range) }
-                if arrivedCount + 1 == chunks.count && deliver == nil {
-                    arrivedCount += 1
-                    return done(.success(Self.copyOut(sharedResults, 0..<sharedCount)))
-                }
-            }
-            arrivedCount += 1
-            if let deliver, !ordered {
-                deliver(values)
-            } else {
-                chunks[index] = values
-                if let deliver {
-                    while nextToDeliver < chunks.count, let chunk = chunks[nextToDeliver] {
-                        deliver(chunk)
-                        chunks[nextToDeliver] = []
-                        nextToDeliver += 1
-                    }
-                }
-            }
-            if arrivedCount == chunks.count {
-                var all: [R] = []
-                if deliver == nil {
-                    all.reserveCapacity(chunks.reduce(0) { $0 + ($1?.count ?? 0) })
-                    for chunk in chunks { all.append(contentsOf: chunk!) } // bulk copies
-                }
-                done(.success(all))
             }
         }
     }

@@ -28,6 +28,18 @@ int cmp_shared_unmap(void *address, size_t size);
 /// kernel's fault-around, writable for shared memory): writing 8 MB of fresh
 /// shared pages costs about 4 ms in a child on this VM, 1 ms after this.
 void cmp_shared_prefault(const void *address, size_t size);
+/// Sets (`wipe` = 1, MADV_WIPEONFORK) or clears (MADV_KEEPONFORK) the
+/// wipe-on-fork mark on the whole pages inside `[address, address + size)`
+/// of private memory: a child forked while it is set gets zero-filled pages
+/// there, and the parent's pages are not write-protected by the fork.
+/// Returns 0, 1 when the range holds no whole page (nothing done), or -1
+/// with errno.
+int cmp_wipe_on_fork(void *address, size_t size, int wipe);
+/// Makes the whole pages inside `[address, address + size)` of private memory
+/// present and writable (MADV_POPULATE_WRITE, Linux 5.14+) without touching
+/// their contents: the page faults of a later write are taken here, in one
+/// call. A hint: errors (an older kernel, memory freed meanwhile) are ignored.
+void cmp_populate_writable(void *address, size_t size);
 
 /// A process-shared, robust mutex. `recursive`: PTHREAD_MUTEX_RECURSIVE,
 /// else PTHREAD_MUTEX_ERRORCHECK (relocking is EDEADLK, unlocking by a

@@ -1,0 +1,181 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMultiprocessing
+
+/// Gathers the chunks of a map, in order or as they come.
+///
+/// Results of fixed-width types are written by the workers into shared memory
+/// (see `gather`); a plain `map` copies each chunk from there into the array
+/// it returns as the chunk arrives, so the copy overlaps the workers' compute.
+@usableFromInline
+final class ChunkCollector<R: Sendable>: @unchecked Sendable {
+    private let ordered: Bool
+    private let deliver: (([R]) -> Void)?
+    private let finish: (consuming Result<[R], MP.PoolError>) -> Void
+    private var chunks: [[R]?] = []
+    private var nextToDeliver = 0
+    private var arrivedCount = 0
+    private var failed = false
+    /// Results written by the workers into shared memory (fixed-width types).
+    private var sharedResults: UnsafeMutableRawPointer?
+    private var releaseShared: (@Sendable () -> Void)?
+    /// Where a plain `map` gathers shared results.
+    private var destination: ForkExcludedArray<R>?
+
+    @usableFromInline
+    init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (consuming Result<[R], MP.PoolError>) -> Void) {
+        self.ordered = ordered
+        self.deliver = deliver
+        self.finish = finish
+    }
+
+    /// The results are in shared memory at `base` (`count` of them), not in
+    /// the chunks' messages. Call before the chunks are submitted: a plain
+    /// `map`'s array is allocated here, before the workers are forked.
+    ///
+    /// Returns a plain `map`'s array as a memory range, for
+    /// `cmp_populate_writable` once the chunks are submitted.
+    @usableFromInline
+    func gather(from base: UnsafeMutableRawPointer, count: Int,
+                release: @escaping @Sendable () -> Void) -> UnsafeMutableRawBufferPointer? {
+        sharedResults = base
+        releaseShared = release
+        guard deliver == nil else { return nil }
+        let destination = ForkExcludedArray<R>(count: count)
+        self.destination = destination
+        return destination.bytes
+    }
+
+    /// `outcome` is handed on, not kept (see `AsyncResult.resolve`).
+    private func done(_ outcome: consuming Result<[R], MP.PoolError>) {
+        releaseShared?()
+        releaseShared = nil
+        destination = nil
+        finish(outcome)
+    }
+
+    @usableFromInline
+    func expect(_ count: Int) {
+        chunks = [[R]?](repeating: nil, count: count)
+        if count == 0 { done(.success([])) }
+    }
+
+    /// Fixed-width results, copied out of shared memory in one `memcpy`
+    /// (unspecialized, `Array(UnsafeBufferPointer)` copies element by element).
+    private static func copyOut(_ base: UnsafeMutableRawPointer, _ range: Range<Int>) -> [R] {
+        let stride = MemoryLayout<R>.stride
+        return [R](unsafeUninitializedCapacity: range.count) { buffer, initialized in
+            UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: base + range.lowerBound * stride, byteCount: range.count * stride)
+            initialized = range.count
+        }
+    }
+
+    /// Called on the pool's thread only.
+    @usableFromInline
+    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>, range: Range<Int>) {
+        guard !failed else { return }
+        switch outcome {
+        case .failure(let error):
+            failed = true
+            done(.failure(error))
+        case .success(var values):
+            arrivedCount += 1
+            if let sharedResults {
+                if let destination {
+                    destination.copy(range, from: sharedResults)
+                    if arrivedCount == chunks.count { done(.success(destination.take())) }
+                    return
+                }
+                values = Self.copyOut(sharedResults, range)
+            }
+            if let deliver, !ordered {
+                deliver(values)
+            } else {
+                chunks[index] = values
+                if let deliver {
+                    while nextToDeliver < chunks.count, let chunk = chunks[nextToDeliver] {
+                        deliver(chunk)
+                        chunks[nextToDeliver] = []
+                        nextToDeliver += 1
+                    }
+                }
+            }
+            if arrivedCount == chunks.count {
+                var all: [R] = []
+                if deliver == nil {
+                    all.reserveCapacity(chunks.reduce(0) { $0 + ($1?.count ?? 0) })
+                    for chunk in chunks { all.append(contentsOf: chunk!) } // bulk copies
+                }
+                done(.success(all))
+            }
+        }
+    }
+}
+
+/// The array a `map` of fixed-width results returns, allocated before the
+/// workers are forked and left out of their copy of memory until it is
+/// handed out.
+///
+/// Why: `fork` write-protects every private page of the parent, so the first
+/// write to each page afterwards is a page fault. Filling an 8 MB array after
+/// the workers' fork cost about 3 ms on a 2-core VM, six times the copy
+/// itself. Pages marked `MADV_WIPEONFORK` are not shared with a child (a
+/// child forked meanwhile sees zeros there, never the parent's data, and
+/// nothing it writes reaches the parent), so their page-table entries stay
+/// writable. The mark is removed before the array is handed out or freed,
+/// so the memory is ordinary heap again afterwards.
+///
+/// Only for the trivial, fixed-width `WirePrimitive` types: the elements are
+/// uninitialized until `copy` fills them, and every bit pattern is a value.
+final class ForkExcludedArray<R> {
+    private var array: [R]
+    /// Whether the mark is set on the array's pages (it is a hint: without it,
+    /// or when the kernel refuses it, the array is filled with page faults).
+    private var marked: Bool
+
+    /// The array's elements, as memory (valid while the array is not handed out).
+    let bytes: UnsafeMutableRawBufferPointer
+
+    init(count: Int) {
+        array = [R](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
+        bytes = array.withUnsafeMutableBytes { $0 }
+        marked = cmp_wipe_on_fork(bytes.baseAddress, bytes.count, 1) == 0
+    }
+
+    /// Copies the results at `range` from the workers' shared memory.
+    func copy(_ range: Range<Int>, from shared: UnsafeMutableRawPointer) {
+        let stride = MemoryLayout<R>.stride
+        array.withUnsafeMutableBytes { bytes in
+            (bytes.baseAddress! + range.lowerBound * stride).copyMemory(from: shared + range.lowerBound * stride,
+                                                                        byteCount: range.count * stride)
+        }
+    }
+
+    /// Removes the mark; `false` if the kernel refused (the pages would then
+    /// stay zeroed in every later child, wherever the heap reuses them).
+    private func unmark() -> Bool {
+        guard marked else { return true }
+        marked = false
+        return array.withUnsafeMutableBytes { cmp_wipe_on_fork($0.baseAddress, $0.count, 0) } >= 0
+    }
+
+    /// The filled array, unmarked.
+    func take() -> [R] {
+        if unmark() { return array }
+        // Never free memory that still has the mark: keep it, and return a copy.
+        let copy = array.withUnsafeBufferPointer { [R]($0) }
+        _ = Unmanaged.passRetained(ArrayBox(array))
+        return copy
+    }
+
+    deinit {
+        if !unmark() { _ = Unmanaged.passRetained(ArrayBox(array)) }
+    }
+}
+
+/// Holds an array that must never be freed (see `ForkExcludedArray.take`).
+private final class ArrayBox<R> {
+    let array: [R]
+    init(_ array: [R]) { self.array = array }
+}
