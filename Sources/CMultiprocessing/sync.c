@@ -16,11 +16,6 @@ void *cmp_shared_map(size_t size) {
     return address == MAP_FAILED ? NULL : address;
 }
 
-void *cmp_shared_map_populated(size_t size) {
-    void *address = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    return address == MAP_FAILED ? NULL : address;
-}
-
 int cmp_shared_unmap(void *address, size_t size) { return munmap(address, size); }
 
 void cmp_shared_prefault(const void *address, size_t size) {

@@ -569,6 +569,10 @@ extension MP {
         }
 
         /// Shared memory of at least `bytes` for a map's results, and how to give it back.
+        /// One region is kept and reused: its pages stay allocated and mapped
+        /// here between maps. A new one is not populated up front: its pages
+        /// are allocated by the workers as they write (in parallel), and this
+        /// process maps them with cheap read faults while copying.
         @usableFromInline
         func claimResultBlock(bytes: Int) throws(PoolError) -> (SharedBlock, release: @Sendable () -> Void) {
             let reused = lock.withLock { () -> SharedBlock? in

@@ -10,12 +10,11 @@ final class SharedBlock: @unchecked Sendable {
     @usableFromInline let base: UnsafeMutableRawPointer
     let size: Int
 
-    /// - Parameter populated: map every page now (see `cmp_shared_map_populated`).
     @usableFromInline
-    init(bytes: Int, populated: Bool = false) throws(MP.SyncError) {
+    init(bytes: Int) throws(MP.SyncError) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         size = max(page, (bytes + page - 1) / page * page)
-        guard let raw = populated ? cmp_shared_map_populated(size) : cmp_shared_map(size) else {
+        guard let raw = cmp_shared_map(size) else {
             throw .system(MP.OSError("mmap", errno: Errno(rawValue: errno)))
         }
         base = raw

@@ -15,10 +15,6 @@
 /// Maps `size` bytes of zeroed memory shared with children forked later.
 /// NULL with errno on failure.
 void *cmp_shared_map(size_t size);
-/// Like `cmp_shared_map`, with the pages allocated and mapped up front
-/// (MAP_POPULATE): this process then reads what children write there without
-/// a page fault per page.
-void *cmp_shared_map_populated(size_t size);
 /// Unmaps what `cmp_shared_map` returned.
 int cmp_shared_unmap(void *address, size_t size);
 /// Maps the pages of `[address, address + size)` of a shared region into this
