@@ -18,8 +18,10 @@ func now() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-/// The median of `rounds` measurements of `body` (each returns its own figure).
-func medianOf(_ rounds: Int, _ body: () throws -> Double) rethrows -> Double {
+/// The median of `rounds` measurements of `body` (each returns its own
+/// figure), after `warmup` runs whose figures are dropped.
+func medianOf(_ rounds: Int, warmup: Int = 0, _ body: () throws -> Double) rethrows -> Double {
+    for _ in 0..<warmup { _ = try body() }
     var values: [Double] = []
     for _ in 0..<rounds { values.append(try body()) }
     values.sort()

@@ -3,7 +3,12 @@ import Multiprocessing
 /// Issue 4's figures: pool map throughput, per-task latency, CPU speedup.
 enum PoolBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
-        let rounds = quick ? 3 : 5
+        // Each figure is the median of `rounds` runs after one warm-up run, on
+        // both sides: a pool's first map also pays for its shared result
+        // region and for the heap growing to hold the results, once.
+        let rounds = quick ? 3 : 7
+        let costlyRounds = quick ? 3 : 5 // cpu_speedup: seconds per round in CPython
+        let mapRounds = quick ? 5 : 15 // a map takes milliseconds here: more rounds steady the median
         let tiny = quick ? 200_000 : 1_000_000
         let chunk1 = quick ? 5_000 : 20_000
         let asyncTasks = quick ? 2_000 : 10_000
@@ -12,21 +17,21 @@ enum PoolBenchmarks {
         defer { pool.terminate(); try? pool.join() }
 
         var metrics: [Metric] = []
-        metrics.append(Metric(name: "pool_map_tiny_items_per_s", value: try medianOf(rounds) {
+        metrics.append(Metric(name: "pool_map_tiny_items_per_s", value: try medianOf(mapRounds, warmup: 1) {
             let start = now()
             let squares = try pool.map(0..<tiny) { $0 * $0 }
             let elapsed = now() - start
             guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("map results wrong") }
             return Double(tiny) / elapsed
         }, higherIsBetter: true))
-        metrics.append(Metric(name: "pool_map_chunk1_items_per_s", value: try medianOf(rounds) {
+        metrics.append(Metric(name: "pool_map_chunk1_items_per_s", value: try medianOf(rounds, warmup: 1) {
             let start = now()
             let squares = try pool.map(0..<chunk1, chunksize: 1) { $0 * $0 }
             let elapsed = now() - start
             guard squares.count == chunk1 else { throw BenchError("map results wrong") }
             return Double(chunk1) / elapsed
         }, higherIsBetter: true))
-        metrics.append(Metric(name: "pool_apply_async_roundtrip_us", value: try medianOf(rounds) {
+        metrics.append(Metric(name: "pool_apply_async_roundtrip_us", value: try medianOf(rounds, warmup: 1) {
             let start = now()
             let results = (0..<asyncTasks).map { i in pool.applyAsync { i * i } }
             var sum = 0
@@ -36,17 +41,17 @@ enum PoolBenchmarks {
             guard sum == expected else { throw BenchError("apply_async results wrong") }
             return elapsed / Double(asyncTasks) * 1e6
         }, higherIsBetter: false))
-        metrics.append(Metric(name: "pool_apply_blocking_us", value: try medianOf(rounds) {
+        metrics.append(Metric(name: "pool_apply_blocking_us", value: try medianOf(rounds, warmup: 1) {
             let start = now()
             for i in 0..<blockingCalls { guard try pool.apply({ i + 1 }) == i + 1 else { throw BenchError("apply wrong") } }
             return (now() - start) / Double(blockingCalls) * 1e6
         }, higherIsBetter: false))
-        metrics.append(Metric(name: "cpu_speedup_2proc", value: try medianOf(rounds) { try cpuSpeedup(quick: quick, pool: pool) }, higherIsBetter: true))
+        metrics.append(Metric(name: "cpu_speedup_2proc", value: try medianOf(costlyRounds, warmup: 1) { try cpuSpeedup(quick: quick, pool: pool) }, higherIsBetter: true))
 
         let better = ["pool_map_tiny_items_per_s": true, "pool_map_chunk1_items_per_s": true, "pool_apply_async_roundtrip_us": false,
                       "pool_apply_blocking_us": false, "cpu_speedup_2proc": true]
         if let output = runPython(pythonScript(tiny: tiny, chunk1: chunk1, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
-                                               work: quick ? 300_000 : 1_500_000, rounds: rounds)) {
+                                               work: quick ? 300_000 : 1_500_000, rounds: rounds, mapRounds: mapRounds, costlyRounds: costlyRounds)) {
             metrics += parseMetrics(output, suffix: "_python", higherIsBetter: better)
         }
         return metrics
@@ -76,7 +81,7 @@ enum PoolBenchmarks {
         return serialTime / parallelTime
     }
 
-    static func pythonScript(tiny: Int, chunk1: Int, asyncTasks: Int, blockingCalls: Int, work: Int, rounds: Int) -> String {
+    static func pythonScript(tiny: Int, chunk1: Int, asyncTasks: Int, blockingCalls: Int, work: Int, rounds: Int, mapRounds: Int, costlyRounds: Int) -> String {
         """
         import multiprocessing as mp, statistics, time
         def sq(x): return x * x
@@ -103,10 +108,11 @@ enum PoolBenchmarks {
                 s = time.perf_counter(); serial = [burn(i) for i in range(8)]; t1 = time.perf_counter() - s
                 s = time.perf_counter(); par = pool.map(burn, range(8), chunksize=1); t2 = time.perf_counter() - s
                 return t1 / t2
-            for name, f in [('pool_map_tiny_items_per_s', tiny), ('pool_map_chunk1_items_per_s', chunk1),
-                            ('pool_apply_async_roundtrip_us', async_rt), ('pool_apply_blocking_us', blocking),
-                            ('cpu_speedup_2proc', speedup)]:
-                print(name, statistics.median([f() for _ in range(\(rounds))]), flush=True)
+            for name, f, rounds in [('pool_map_tiny_items_per_s', tiny, \(mapRounds)), ('pool_map_chunk1_items_per_s', chunk1, \(rounds)),
+                                    ('pool_apply_async_roundtrip_us', async_rt, \(rounds)), ('pool_apply_blocking_us', blocking, \(rounds)),
+                                    ('cpu_speedup_2proc', speedup, \(costlyRounds))]:
+                f()  # warm-up, as on the Swift side
+                print(name, statistics.median([f() for _ in range(rounds)]), flush=True)
             pool.terminate()
         """
     }

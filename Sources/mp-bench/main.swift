@@ -13,12 +13,20 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the figures as one JSON object {\"metric_name\": number} to this file.")
     var json: String?
 
+    @Option(help: "Run only these groups (repeatable): process, comm, wire, pool.")
+    var only: [Group] = []
+
+    enum Group: String, ExpressibleByArgument, CaseIterable {
+        case process, comm, wire, pool
+    }
+
     func run() throws {
+        let groups = only.isEmpty ? Group.allCases : only
         var metrics: [Metric] = []
-        metrics += try ProcessBenchmarks.run(quick: quick)
-        metrics += try CommBenchmarks.run(quick: quick)
-        metrics += try WireBenchmarks.run(quick: quick)
-        metrics += try PoolBenchmarks.run(quick: quick)
+        if groups.contains(.process) { metrics += try ProcessBenchmarks.run(quick: quick) }
+        if groups.contains(.comm) { metrics += try CommBenchmarks.run(quick: quick) }
+        if groups.contains(.wire) { metrics += try WireBenchmarks.run(quick: quick) }
+        if groups.contains(.pool) { metrics += try PoolBenchmarks.run(quick: quick) }
         printTable(metrics)
         if let json { try writeJSON(metrics, to: json) }
     }
