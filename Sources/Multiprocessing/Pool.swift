@@ -316,6 +316,9 @@ extension MP {
         let maxTasksPerChild: Int?
         private let lock = ForkSafeLock()
         private var pending: [TaskRecord] = []
+        /// Whether the dispatcher has been woken for `pending` and has not yet
+        /// taken it: later submissions join the batch without a syscall.
+        private var wakeSignalled = false
         /// Shared memory for fixed-width map results, kept between maps: its
         /// pages stay mapped in this process, so reading what the workers
         /// wrote costs no page faults. One map holds it at a time.
@@ -375,14 +378,16 @@ extension MP {
         @usableFromInline
         func submit(_ records: [TaskRecord]) throws(PoolError) {
             guard Sys.getpid == owner else { throw .notOwner }
-            try lock.withLock { () throws(PoolError) in
+            let needsWake = try lock.withLock { () throws(PoolError) -> Bool in
                 switch state {
                 case .running: pending += records
                 case .closed: throw .closed
                 case .terminated: throw .terminated
                 }
+                defer { wakeSignalled = true }
+                return !wakeSignalled
             }
-            wake()
+            if needsWake { wake() }
         }
 
         private func wake() {
@@ -630,7 +635,7 @@ extension MP {
                 let busy = generations.reduce(0) { $0 + $1.workers.count }
                 let (state, batch) = lock.withLock { () -> (State, [TaskRecord]) in
                     if self.state == .terminated || busy < processes {
-                        defer { pending = [] }
+                        defer { pending = []; wakeSignalled = false }
                         return (self.state, pending)
                     }
                     return (self.state, [])
