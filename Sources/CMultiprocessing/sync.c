@@ -19,7 +19,8 @@ void *cmp_shared_map(size_t size) {
 int cmp_shared_unmap(void *address, size_t size) { return munmap(address, size); }
 
 void cmp_shared_prefault(const void *address, size_t size) {
-    long page = sysconf(_SC_PAGESIZE);
+    static long page;
+    if (page == 0) page = sysconf(_SC_PAGESIZE);
     const volatile char *bytes = address;
     for (size_t offset = 0; offset < size; offset += (size_t)page) (void)bytes[offset];
     if (size > 0) (void)bytes[size - 1];
@@ -108,6 +109,8 @@ int cmp_atomic_cas_i64(int64_t *a, int64_t *e, int64_t d) {
 int32_t cmp_atomic_add_i32(int32_t *a, int32_t d) { return __atomic_add_fetch(a, d, __ATOMIC_SEQ_CST); }
 int32_t cmp_atomic_load_i32(const int32_t *a) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }
 void cmp_atomic_store_i32(int32_t *a, int32_t v) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); }
+uint8_t cmp_atomic_load_u8(const uint8_t *a) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }
+void cmp_atomic_store_u8(uint8_t *a, uint8_t v) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); }
 int cmp_atomic_cas_i32(int32_t *a, int32_t *e, int32_t d) {
     return __atomic_compare_exchange_n(a, e, d, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }

@@ -203,13 +203,19 @@ enum TaskOutcome {
 @usableFromInline
 final class TaskRecord: @unchecked Sendable {
     let run: () -> TaskOutcome
+    /// A quiet task's success carries nothing (its result is already in
+    /// shared memory): the worker marks it done in the batch's shared block
+    /// instead of sending a message, and reports progress at most every
+    /// `Generation.reportInterval` (see `Generation.settleCompleted`).
+    let quiet: Bool
     /// Called once, on the pool's thread, then released: it holds the
     /// caller's result (a map's array), which must not outlive the caller's
     /// use because a batch outlives its tasks until its workers are reaped.
     private var onComplete: ((Result<[UInt8], MP.PoolError>) -> Void)?
 
     @usableFromInline
-    init(run: @escaping () -> TaskOutcome, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) {
+    init(quiet: Bool = false, run: @escaping () -> TaskOutcome, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) {
+        self.quiet = quiet
         self.run = run
         self.onComplete = complete
     }
@@ -237,15 +243,30 @@ final class TaskRecord: @unchecked Sendable {
 /// dies can be failed and the rest handed to a replacement.
 final class Generation: @unchecked Sendable {
     let tasks: [TaskRecord]
-    let shared: SharedBlock // Int64 next index, then Int64 per worker slot: the task it runs (-1: none)
+    /// Int64 next index; an Int64 per worker slot: the task it runs (-1: none);
+    /// a byte per task: 1 once a quiet task has succeeded.
+    let shared: SharedBlock
+    let slots: Int
+    let hasQuietTasks: Bool
     var workers: [PoolWorker] = []
     var settled: [Bool]
     var settledCount = 0
     var initializerFailure: MP.PoolError?
+    /// Every task below this index is settled (the parent's scan of the done bytes starts here).
+    private var scanFrom = 0
+
+    /// A worker running quiet tasks reports progress at most this often (seconds):
+    /// 20,000 one-item chunks cost a few hundred messages, not 20,000, and a
+    /// chunk that runs longer than this is still reported when it ends.
+    static let reportInterval = 0.0002
+    /// The index of a progress frame (quiet tasks are done: scan their bytes).
+    static let progressIndex = -2
 
     init(tasks: [TaskRecord], slots: Int) throws(MP.SyncError) {
         self.tasks = tasks
-        shared = try SharedBlock(bytes: 8 * (1 + slots))
+        self.slots = slots
+        hasQuietTasks = tasks.contains { $0.quiet }
+        shared = try SharedBlock(bytes: 8 * (1 + slots) + tasks.count)
         settled = [Bool](repeating: false, count: tasks.count)
         let words = shared.base.assumingMemoryBound(to: Int64.self)
         words[0] = 0
@@ -254,8 +275,32 @@ final class Generation: @unchecked Sendable {
 
     var next: UnsafeMutablePointer<Int64> { shared.base.assumingMemoryBound(to: Int64.self) }
     func slot(_ index: Int) -> UnsafeMutablePointer<Int64> { next + 1 + index }
+    private func doneByte(_ index: Int) -> UnsafeMutablePointer<UInt8> {
+        (shared.base + 8 * (1 + slots)).assumingMemoryBound(to: UInt8.self) + index
+    }
     var exhausted: Bool { cmp_atomic_load_i64(next) >= tasks.count }
     var finished: Bool { settledCount == tasks.count }
+
+    /// In a worker: quiet task `index` succeeded (its results are written).
+    func markDone(_ index: Int) { cmp_atomic_store_u8(doneByte(index), 1) }
+
+    /// In the parent: settles the quiet tasks marked done since the last scan.
+    /// Called after every message from a worker and before a dead worker's
+    /// running task is failed (a task marked done just before its worker died
+    /// succeeded).
+    func settleCompleted() {
+        guard hasQuietTasks else { return }
+        let claimed = min(tasks.count, Int(cmp_atomic_load_i64(next)))
+        var frontier: Int?
+        for index in scanFrom..<max(scanFrom, claimed) where !settled[index] {
+            if tasks[index].quiet && cmp_atomic_load_u8(doneByte(index)) == 1 {
+                settle(index, .success([]))
+            } else if frontier == nil {
+                frontier = index
+            }
+        }
+        scanFrom = frontier ?? max(scanFrom, claimed)
+    }
 
     /// Settles task `index` once.
     func settle(_ index: Int, _ result: Result<[UInt8], MP.PoolError>) {
@@ -531,7 +576,7 @@ extension MP {
             }
             for chunk in 0..<chunks {
                 let lower = chunk * size, upper = min(lower + size, count)
-                records.append(TaskRecord(run: {
+                records.append(TaskRecord(quiet: shared != nil, run: {
                     var index = items.index(items.startIndex, offsetBy: lower)
                     if let shared {
                         let out = shared.base.assumingMemoryBound(to: R.self)
@@ -731,15 +776,29 @@ extension MP {
                     }
                 }
                 var done = 0
+                var lastReport = MonotonicTime.seconds()
+                var unreported = false
                 while done < limit {
                     let index = Int(cmp_atomic_add_i64(generation.next, 1) - 1)
                     if index >= generation.tasks.count { break }
                     cmp_atomic_store_i64(generation.slot(slot), Int64(index))
-                    let outcome = generation.tasks[index].run()
-                    try childEnd.sendBytes(outcome.frame(index: index))
+                    let record = generation.tasks[index]
+                    let outcome = record.run()
+                    if record.quiet, case .success = outcome {
+                        generation.markDone(index)
+                        let now = MonotonicTime.seconds()
+                        unreported = now - lastReport < Generation.reportInterval
+                        if !unreported {
+                            try childEnd.sendBytes(TaskOutcome.success([]).frame(index: Generation.progressIndex))
+                            lastReport = now
+                        }
+                    } else {
+                        try childEnd.sendBytes(outcome.frame(index: index))
+                    }
                     cmp_atomic_store_i64(generation.slot(slot), -1)
                     done += 1
                 }
+                if unreported { try childEnd.sendBytes(TaskOutcome.success([]).frame(index: Generation.progressIndex)) }
             }
             try process.start(forkOnCurrentThread: true) // this thread outlives its workers
             childEnd.close()
@@ -748,9 +807,10 @@ extension MP {
 
         /// Reads every result the worker has sent.
         private func drain(_ worker: PoolWorker, into generation: Generation?) {
+            defer { generation?.settleCompleted() }
             while (try? worker.results.poll(timeout: 0)) == true {
                 guard let frame = try? worker.results.recvBytes(), let (index, outcome) = TaskOutcome.parse(frame) else { return }
-                guard let generation else { continue }
+                guard let generation, index != Generation.progressIndex else { continue }
                 if index < 0 {
                     generation.initializerFailure = outcome.poolError
                     continue

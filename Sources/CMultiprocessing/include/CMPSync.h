@@ -65,6 +65,8 @@ int32_t cmp_atomic_add_i32(int32_t *address, int32_t delta);
 int32_t cmp_atomic_load_i32(const int32_t *address);
 void cmp_atomic_store_i32(int32_t *address, int32_t value);
 int cmp_atomic_cas_i32(int32_t *address, int32_t *expected, int32_t desired);
+uint8_t cmp_atomic_load_u8(const uint8_t *address);
+void cmp_atomic_store_u8(uint8_t *address, uint8_t value);
 
 /// The calling thread's kernel id, cached per thread (reset after fork).
 int32_t cmp_current_tid(void);
