@@ -93,6 +93,21 @@ extension MP {
             return try lock.withLock { outcome! }.get()
         }
 
+        /// `get()` for a result only its caller can see (a blocking `map`
+        /// creates it and returns its value): the value is handed over, not
+        /// kept, so the array is freed as soon as the caller drops it, even
+        /// while the pool's thread still holds this object. The next map can
+        /// then reuse its pages, which are writable (see `ForkExcludedArray`).
+        @usableFromInline
+        func take() throws(PoolError) -> Value {
+            wait()
+            let result = lock.withLock { () -> Result<Value, PoolError> in
+                defer { outcome = .failure(.notReady) } // handed over
+                return outcome!
+            }
+            return try result.get()
+        }
+
         /// `try await result.value`: suspends until the result is ready.
         public var value: Value {
             get async throws(PoolError) {
@@ -498,13 +513,13 @@ extension MP {
         @inlinable
         public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                              _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
-            try mapAsync(items, chunksize: chunksize, transform).get()
+            try mapAsync(items, chunksize: chunksize, transform).take()
         }
 
         @inlinable
         public func map<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                                          _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
-            try mapAsync(items, chunksize: chunksize, transform).get()
+            try mapAsync(items, chunksize: chunksize, transform).take()
         }
 
         /// `try await pool.map(items) { ... }`.
