@@ -24,6 +24,14 @@ enum PoolBenchmarks {
             guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("map results wrong") }
             return Double(tiny) / elapsed
         }, higherIsBetter: true))
+        // The one-call form: a fresh pool (start, map, terminate) per round.
+        metrics.append(Metric(name: "parallel_map_fresh_items_per_s", value: try medianOf(rounds, warmup: 1) {
+            let start = now()
+            let squares = try (0..<tiny).parallelMap(processes: 2) { $0 * $0 }
+            let elapsed = now() - start
+            guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("parallelMap results wrong") }
+            return Double(tiny) / elapsed
+        }, higherIsBetter: true))
         metrics.append(Metric(name: "pool_map_chunk1_items_per_s", value: try medianOf(rounds, warmup: 1) {
             let start = now()
             let squares = try pool.map(0..<chunk1, chunksize: 1) { $0 * $0 }
@@ -48,7 +56,7 @@ enum PoolBenchmarks {
         }, higherIsBetter: false))
         metrics.append(Metric(name: "cpu_speedup_2proc", value: try medianOf(costlyRounds, warmup: 1) { try cpuSpeedup(quick: quick, pool: pool) }, higherIsBetter: true))
 
-        let better = ["pool_map_tiny_items_per_s": true, "pool_map_chunk1_items_per_s": true, "pool_apply_async_roundtrip_us": false,
+        let better = ["pool_map_tiny_items_per_s": true, "parallel_map_fresh_items_per_s": true, "pool_map_chunk1_items_per_s": true, "pool_apply_async_roundtrip_us": false,
                       "pool_apply_blocking_us": false, "cpu_speedup_2proc": true]
         if let output = runPython(pythonScript(tiny: tiny, chunk1: chunk1, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
                                                work: quick ? 300_000 : 1_500_000, rounds: rounds, mapRounds: mapRounds, costlyRounds: costlyRounds)) {
@@ -95,6 +103,10 @@ enum PoolBenchmarks {
             pool = mp.get_context('fork').Pool(2)
             def tiny():
                 s = time.perf_counter(); r = pool.map(sq, range(\(tiny))); return \(tiny) / (time.perf_counter() - s)
+            def fresh():
+                s = time.perf_counter()
+                with mp.get_context('fork').Pool(2) as fresh_pool: r = fresh_pool.map(sq, range(\(tiny)))
+                return \(tiny) / (time.perf_counter() - s)
             def chunk1():
                 s = time.perf_counter(); r = pool.map(sq, range(\(chunk1)), chunksize=1); return \(chunk1) / (time.perf_counter() - s)
             def async_rt():
@@ -108,7 +120,8 @@ enum PoolBenchmarks {
                 s = time.perf_counter(); serial = [burn(i) for i in range(8)]; t1 = time.perf_counter() - s
                 s = time.perf_counter(); par = pool.map(burn, range(8), chunksize=1); t2 = time.perf_counter() - s
                 return t1 / t2
-            for name, f, rounds in [('pool_map_tiny_items_per_s', tiny, \(mapRounds)), ('pool_map_chunk1_items_per_s', chunk1, \(rounds)),
+            for name, f, rounds in [('pool_map_tiny_items_per_s', tiny, \(mapRounds)), ('parallel_map_fresh_items_per_s', fresh, \(rounds)),
+                                    ('pool_map_chunk1_items_per_s', chunk1, \(rounds)),
                                     ('pool_apply_async_roundtrip_us', async_rt, \(rounds)), ('pool_apply_blocking_us', blocking, \(rounds)),
                                     ('cpu_speedup_2proc', speedup, \(costlyRounds))]:
                 f()  # warm-up, as on the Swift side
