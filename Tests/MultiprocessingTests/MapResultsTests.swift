@@ -59,7 +59,7 @@ struct MapResultsTests {
         #expect(after.exitCode == 0)
     }
 
-    @Test("no memory stays marked after a map succeeds, fails or is terminated; children see a returned array whole")
+    @Test("no memory stays marked after a map succeeds, fails, is terminated or is refused; children see a returned array whole")
     func noMarkLeft() throws {
         try MP.Pool.with(processes: 2) { (pool: MP.Pool) throws -> Void in
             let squares = try pool.map(0..<1_000_000) { $0 * $0 }
@@ -82,6 +82,9 @@ struct MapResultsTests {
         pool.terminate()
         try pool.join()
         #expect(throws: MP.PoolError.terminated) { _ = try pending.get(timeout: 20) }
+        #expect(wipeOnForkRanges().isEmpty)
+        // Refused before any worker exists: the array allocated for it is unmarked too.
+        #expect(throws: MP.PoolError.terminated) { _ = try pool.map(0..<1_000_000) { $0 } }
         #expect(wipeOnForkRanges().isEmpty)
     }
 }

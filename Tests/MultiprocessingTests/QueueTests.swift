@@ -195,8 +195,10 @@ struct LeakTests {
         for _ in 0..<10 { try cycle() } // warm up lazily created state
         let (fds, maps, shm) = (openDescriptorCount(), mappings(), segments())
         for _ in 0..<1_000 { try cycle() }
-        #expect(openDescriptorCount() == fds)
-        #expect(mappings() == maps)
+        // A leak would add about 1,000. The counts may also drop: an earlier
+        // test's pool thread can end during the loop (its stack is unmapped).
+        #expect(openDescriptorCount() <= fds)
+        #expect(mappings() <= maps)
         #expect(segments() == shm)
     }
 
