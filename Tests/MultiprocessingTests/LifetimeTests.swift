@@ -19,8 +19,9 @@ struct LifetimeTests {
     @Test("at its exit a process terminates its daemonic children and joins the others")
     func exitHandlingOfChildren() throws {
         let report = TestPipe()
+        // Held open by this process, so only `middle`'s exit handling can end the daemon.
+        let gate = TestPipe()
         let middle = MP.Process {
-            let gate = TestPipe()
             let daemon = MP.Process(daemon: true) { gate.awaitSignal() } // would wait forever
             let worker = MP.Process {
                 report.write("worker-done;")
@@ -43,8 +44,10 @@ struct LifetimeTests {
     func daemonDiesWithKilledParent() throws {
         try asSubreaper {
             let report = TestPipe()
+            // Held open by this process: `middle`'s death must not end the
+            // daemon's wait with end-of-file before the death signal does.
+            let gate = TestPipe()
             let middle = MP.Process {
-                let gate = TestPipe()
                 let daemon = MP.Process(daemon: true) { gate.awaitSignal() }
                 try daemon.start()
                 report.write(daemon.pid!)
