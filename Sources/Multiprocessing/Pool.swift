@@ -493,9 +493,24 @@ extension MP {
                                                                               callback: (@Sendable ([R]) -> Void)? = nil,
                                                                               errorCallback: (@Sendable (PoolError) -> Void)? = nil,
                                                                               _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
+            startMap(items, chunksize: chunksize, callback: callback, errorCallback: errorCallback, callerWaits: false, transform)
+        }
+
+        /// Submits a map. `callerWaits`: the calling thread will only wait for
+        /// the result, so it may take the page faults of the result array
+        /// meanwhile (never done for `mapAsync` or `await`, whose caller goes on).
+        @inlinable
+        func startMap<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int?,
+                                                                       callback: (@Sendable ([R]) -> Void)?,
+                                                                       errorCallback: (@Sendable (PoolError) -> Void)?, callerWaits: Bool,
+                                                                       _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
             let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback)
             let collector = ChunkCollector<R>(ordered: true) { (outcome: consuming Result<[R], PoolError>) in result.resolve(outcome) }
-            do { try submitChunks(items, chunksize: chunksize, collector: collector, transform) } catch { result.resolve(.failure(error)) }
+            do {
+                try submitChunks(items, chunksize: chunksize, collector: collector, prefaultResults: callerWaits, transform)
+            } catch {
+                result.resolve(.failure(error))
+            }
             return result
         }
 
@@ -513,13 +528,13 @@ extension MP {
         @inlinable
         public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                              _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
-            try mapAsync(items, chunksize: chunksize, transform).take()
+            try map(Swift.Array(items), chunksize: chunksize, transform)
         }
 
         @inlinable
         public func map<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                                          _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
-            try mapAsync(items, chunksize: chunksize, transform).take()
+            try startMap(items, chunksize: chunksize, callback: nil, errorCallback: nil, callerWaits: true, transform).take()
         }
 
         /// `try await pool.map(items) { ... }`.
@@ -568,6 +583,7 @@ extension MP {
         /// and submits one task per chunk.
         @inlinable
         func submitChunks<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int?, collector: ChunkCollector<R>,
+                                                                           prefaultResults: Bool = false,
                                                                            _ transform: @escaping (C.Element) throws -> R) throws(PoolError) {
             if let chunksize, chunksize < 1 { throw .invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
             let count = items.count
@@ -630,7 +646,7 @@ extension MP {
             // the array the results are copied into (its pages are new, or
             // write-protected by an earlier fork): the copies then run at
             // memory speed. A hint on memory; harmless if the map is over.
-            if let destination { cmp_populate_writable(destination.baseAddress, destination.count) }
+            if prefaultResults, let destination { cmp_populate_writable(destination.baseAddress, destination.count) }
         }
 
         /// Shared memory of at least `bytes` for a map's results, and how to give it back.
