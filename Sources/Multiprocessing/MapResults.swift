@@ -10,20 +10,20 @@ import CMultiprocessing
 /// it returns as the chunk arrives, so the copy overlaps the workers' compute.
 @usableFromInline
 final class ChunkCollector<R: Sendable>: @unchecked Sendable {
-    private let ordered: Bool
-    private let deliver: (([R]) -> Void)?
-    private let finish: (consuming Result<[R], MP.PoolError>) -> Void
-    private var chunks: [[R]?] = []
-    private var nextToDeliver = 0
-    private var arrivedCount = 0
-    private var failed = false
+    @usableFromInline let ordered: Bool
+    @usableFromInline let deliver: (([R]) -> Void)?
+    @usableFromInline let finish: (consuming Result<[R], MP.PoolError>) -> Void
+    @usableFromInline var chunks: [[R]?] = []
+    @usableFromInline var nextToDeliver = 0
+    @usableFromInline var arrivedCount = 0
+    @usableFromInline var failed = false
     /// Results written by the workers into shared memory (fixed-width types).
-    private var sharedResults: UnsafeMutableRawPointer?
-    private var releaseShared: (@Sendable () -> Void)?
+    @usableFromInline var sharedResults: UnsafeMutableRawPointer?
+    @usableFromInline var releaseShared: (@Sendable () -> Void)?
     /// Where a plain `map` gathers shared results.
-    private var destination: ForkExcludedArray<R>?
+    @usableFromInline var destination: ForkExcludedArray<R>?
 
-    @usableFromInline
+    @inlinable
     init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (consuming Result<[R], MP.PoolError>) -> Void) {
         self.ordered = ordered
         self.deliver = deliver
@@ -36,7 +36,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     ///
     /// Returns a plain `map`'s array as a memory range, for
     /// `cmp_populate_writable` once the chunks are submitted.
-    @usableFromInline
+    @inlinable
     func gather(from base: UnsafeMutableRawPointer, count: Int,
                 release: @escaping @Sendable () -> Void) -> UnsafeMutableRawBufferPointer? {
         sharedResults = base
@@ -48,14 +48,15 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     }
 
     /// `outcome` is handed on, not kept (see `AsyncResult.resolve`).
-    private func done(_ outcome: consuming Result<[R], MP.PoolError>) {
+    @inlinable
+    func done(_ outcome: consuming Result<[R], MP.PoolError>) {
         releaseShared?()
         releaseShared = nil
         destination = nil
         finish(outcome)
     }
 
-    @usableFromInline
+    @inlinable
     func expect(_ count: Int) {
         chunks = [[R]?](repeating: nil, count: count)
         if count == 0 { done(.success([])) }
@@ -63,7 +64,8 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
 
     /// Fixed-width results, copied out of shared memory in one `memcpy`
     /// (unspecialized, `Array(UnsafeBufferPointer)` copies element by element).
-    private static func copyOut(_ base: UnsafeMutableRawPointer, _ range: Range<Int>) -> [R] {
+    @inlinable
+    static func copyOut(_ base: UnsafeMutableRawPointer, _ range: Range<Int>) -> [R] {
         let stride = MemoryLayout<R>.stride
         return [R](unsafeUninitializedCapacity: range.count) { buffer, initialized in
             UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: base + range.lowerBound * stride, byteCount: range.count * stride)
@@ -71,8 +73,9 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
         }
     }
 
-    /// Called on the pool's thread only.
-    @usableFromInline
+    /// Called on the pool's thread only. Inlinable, as the whole map path is:
+    /// specialized, it costs no generic metadata lookups per chunk.
+    @inlinable
     func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>, range: Range<Int>) {
         guard !failed else { return }
         switch outcome {
@@ -128,15 +131,17 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
 ///
 /// Only for the trivial, fixed-width `WirePrimitive` types: the elements are
 /// uninitialized until `copy` fills them, and every bit pattern is a value.
+@usableFromInline
 final class ForkExcludedArray<R> {
-    private var array: [R]
+    @usableFromInline var array: [R]
     /// Whether the mark is set on the array's pages (it is a hint: without it,
     /// or when the kernel refuses it, the array is filled with page faults).
-    private var marked: Bool
+    @usableFromInline var marked: Bool
 
     /// The array's elements, as memory (valid while the array is not handed out).
-    let bytes: UnsafeMutableRawBufferPointer
+    @usableFromInline let bytes: UnsafeMutableRawBufferPointer
 
+    @inlinable
     init(count: Int) {
         array = [R](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
         bytes = array.withUnsafeMutableBytes { $0 }
@@ -144,23 +149,26 @@ final class ForkExcludedArray<R> {
     }
 
     /// Copies the results at `range` from the workers' shared memory.
+    @inlinable
     func copy(_ range: Range<Int>, from shared: UnsafeMutableRawPointer) {
         let stride = MemoryLayout<R>.stride
-        array.withUnsafeMutableBytes { bytes in
-            (bytes.baseAddress! + range.lowerBound * stride).copyMemory(from: shared + range.lowerBound * stride,
-                                                                        byteCount: range.count * stride)
-        }
+        // Through `bytes`: the array is not handed out yet, so it has no other
+        // owner (and no access check or uniqueness test per chunk is needed).
+        (bytes.baseAddress! + range.lowerBound * stride).copyMemory(from: shared + range.lowerBound * stride,
+                                                                    byteCount: range.count * stride)
     }
 
     /// Removes the mark; `false` if the kernel refused (the pages would then
     /// stay zeroed in every later child, wherever the heap reuses them).
-    private func unmark() -> Bool {
+    @inlinable
+    func unmark() -> Bool {
         guard marked else { return true }
         marked = false
         return array.withUnsafeMutableBytes { cmp_wipe_on_fork($0.baseAddress, $0.count, 0) } >= 0
     }
 
     /// The filled array, unmarked.
+    @inlinable
     func take() -> [R] {
         if unmark() { return array }
         // Never free memory that still has the mark: keep it, and return a copy.
@@ -175,7 +183,8 @@ final class ForkExcludedArray<R> {
 }
 
 /// Holds an array that must never be freed (see `ForkExcludedArray.take`).
-private final class ArrayBox<R> {
-    let array: [R]
-    init(_ array: [R]) { self.array = array }
+@usableFromInline
+final class ArrayBox<R> {
+    @usableFromInline let array: [R]
+    @usableFromInline init(_ array: [R]) { self.array = array }
 }
