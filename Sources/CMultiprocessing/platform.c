@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 typedef _Bool (*bool_fn)(void);
@@ -97,6 +98,10 @@ static int (*const volatile sigmask_fn)(int, const sigset_t *, sigset_t *) = pth
 static int (*const volatile on_exit_fn)(void (*)(int, void *), void *) = on_exit;
 static int (*const volatile fflush_fn)(FILE *) = fflush;
 static void (*const volatile exit_fn)(int) = _exit;
+// Children send (results, queue items) where their parent often only receives.
+static ssize_t (*const volatile sendmsg_fn)(int, const struct msghdr *, int) = sendmsg;
+
+ssize_t cmp_sendmsg(int fd, const struct msghdr *message, int flags) { return sendmsg_fn(fd, message, flags); }
 
 void cmp_reset_tid_cache(void);
 

@@ -186,7 +186,9 @@ extension MP {
             try checkSendable(payloadSize)
             Self.writeHeader(into: &frame, payloadSize: payloadSize, kind: kind, type: type)
             let result = frame.withUnsafeBytes { raw in
-                Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll([raw]) } }
+                Result { () throws(ConnectionError) in
+                    try sendLock.withLock { () throws(ConnectionError) in try writeAll(raw, UnsafeRawBufferPointer(start: nil, count: 0)) }
+                }
             }
             try result.get()
         }
@@ -194,10 +196,10 @@ extension MP {
         /// Sends header and payload with one `sendmsg`, without copying the payload.
         private func sendPayload(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
             try checkSendable(payload.count)
-            var header = [UInt8](repeating: 0, count: Self.headerSize)
-            Self.writeHeader(into: &header, payloadSize: payload.count, kind: kind, type: type)
-            let result = header.withUnsafeBytes { raw in
-                Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll([raw, payload]) } }
+            var header: UInt64 = 0 // headerSize bytes, on the stack
+            withUnsafeMutableBytes(of: &header) { Self.writeHeader(into: $0, payloadSize: payload.count, kind: kind, type: type) }
+            let result = withUnsafeBytes(of: &header) { raw in
+                Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll(raw, payload) } }
             }
             try result.get()
         }
@@ -211,6 +213,10 @@ extension MP {
 
         /// Header: UInt32 payload length, kind, magic, UInt16 type fingerprint (little-endian).
         private static func writeHeader(into frame: inout [UInt8], payloadSize: Int, kind: Kind, type: UInt16) {
+            frame.withUnsafeMutableBytes { writeHeader(into: $0, payloadSize: payloadSize, kind: kind, type: type) }
+        }
+
+        private static func writeHeader(into frame: UnsafeMutableRawBufferPointer, payloadSize: Int, kind: Kind, type: UInt16) {
             let length = UInt32(payloadSize)
             frame[0] = UInt8(truncatingIfNeeded: length)
             frame[1] = UInt8(truncatingIfNeeded: length >> 8)
@@ -222,34 +228,35 @@ extension MP {
             frame[7] = UInt8(truncatingIfNeeded: type >> 8)
         }
 
-        /// With the send lock held: writes every byte of `parts`, in order.
-        private func writeAll(_ parts: [UnsafeRawBufferPointer]) throws(ConnectionError) {
+        /// With the send lock held: writes every byte of `first`, then of
+        /// `second`, with as few `sendmsg` calls as the socket allows. No
+        /// arrays: a child's first send instantiates no generic metadata.
+        private func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(ConnectionError) {
             guard fd >= 0 else { throw .closed }
-            var vectors = parts.filter { $0.count > 0 }.map {
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
-            }
-            var index = 0
-            while index < vectors.count {
-                let sent = vectors.withUnsafeMutableBufferPointer { buffer -> Int in
+            var vectors = (iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
+                           iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count))
+            var remaining = first.count + second.count
+            while remaining > 0 {
+                let sent = withUnsafeMutableBytes(of: &vectors) { raw -> Int in
+                    let pair = raw.baseAddress!.assumingMemoryBound(to: iovec.self)
+                    let skip = pair[0].iov_len == 0 ? 1 : 0 // the first part is done
                     var message = msghdr()
-                    message.msg_iov = buffer.baseAddress! + index
-                    message.msg_iovlen = buffer.count - index
-                    return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                    message.msg_iov = pair + skip
+                    message.msg_iovlen = 2 - skip
+                    return cmp_sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
                 }
                 if sent < 0 {
                     if errno == EINTR { continue }
                     if errno == EPIPE || errno == ECONNRESET { throw .brokenPipe }
                     throw .system(OSError("sendmsg", errno: .init(rawValue: errno)))
                 }
-                var left = sent
-                while index < vectors.count && left >= vectors[index].iov_len {
-                    left -= vectors[index].iov_len
-                    index += 1
-                }
-                if left > 0 {
-                    vectors[index].iov_base = vectors[index].iov_base! + left
-                    vectors[index].iov_len -= left
-                }
+                remaining -= sent
+                let fromFirst = min(sent, vectors.0.iov_len)
+                vectors.0.iov_base = vectors.0.iov_base.map { $0 + fromFirst }
+                vectors.0.iov_len -= fromFirst
+                let fromSecond = sent - fromFirst
+                vectors.1.iov_base = vectors.1.iov_base.map { $0 + fromSecond }
+                vectors.1.iov_len -= fromSecond
             }
         }
 
@@ -421,7 +428,10 @@ extension MP {
         private func fill(minimum: Int, blocking: Bool) throws(ConnectionError) -> Bool {
             if buffer.count - start < minimum {
                 // Compact, and grow to hold the whole frame (bounded by maxMessageSize).
-                var grown = [UInt8](repeating: 0, count: max(minimum, 64 << 10, buffer.count))
+                // Uninitialized: bytes past `end` are only ever written by `recv` before
+                // they are read, and zeroing 64 KB faulted 16 pages for every new connection.
+                let capacity = max(minimum, 64 << 10, buffer.count)
+                var grown = [UInt8](unsafeUninitializedCapacity: capacity) { _, count in count = capacity }
                 grown.withUnsafeMutableBytes { destination in
                     buffer.withUnsafeBytes { source in
                         destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<end]))

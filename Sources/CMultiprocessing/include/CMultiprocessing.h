@@ -3,6 +3,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/socket.h>
 
 #include "CMPSync.h"
 
@@ -41,6 +42,10 @@ void cmp_stdout_line_buffered(void);
 void cmp_close_all_except(int keep);
 /// `pipe2(fds, O_CLOEXEC)`.
 int cmp_pipe_cloexec(int fds[2]);
+/// `sendmsg` through a pointer bound when the library is loaded: a child that
+/// sends where its parent never did would otherwise resolve the symbol
+/// (lazy binding: a lookup across every loaded library) in each child.
+ssize_t cmp_sendmsg(int fd, const struct msghdr *message, int flags);
 /// `epoll_create1(EPOLL_CLOEXEC)`.
 int cmp_epoll_create(void);
 /// Watches `fd` for readability, once (`EPOLLIN | EPOLLONESHOT`), tagged with `token`.
