@@ -216,8 +216,11 @@ enum TaskOutcome {
 
 /// One submitted task: what a worker runs, and what the parent does with its outcome.
 @usableFromInline
-final class TaskRecord: @unchecked Sendable {
-    let run: () -> TaskOutcome
+struct TaskRecord: @unchecked Sendable {
+    /// Runs the task (in a worker), given `argument`: a map's chunks share one
+    /// closure, and each record holds its chunk's index.
+    let run: (Int) -> TaskOutcome
+    let argument: Int
     /// A quiet task's success carries nothing (its result is already in
     /// shared memory): the worker marks it done in the batch's shared block
     /// instead of sending a message, and reports progress at most every
@@ -226,24 +229,29 @@ final class TaskRecord: @unchecked Sendable {
     /// Called once, on the pool's thread, then released: it holds the
     /// caller's result (a map's array), which must not outlive the caller's
     /// use because a batch outlives its tasks until its workers are reaped.
-    private var onComplete: ((Result<[UInt8], MP.PoolError>) -> Void)?
+    private var onComplete: ((Int, Result<[UInt8], MP.PoolError>) -> Void)?
 
     @usableFromInline
-    init(quiet: Bool = false, run: @escaping () -> TaskOutcome, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) {
+    init(quiet: Bool = false, argument: Int = 0, run: @escaping (Int) -> TaskOutcome,
+         complete: @escaping (Int, Result<[UInt8], MP.PoolError>) -> Void) {
         self.quiet = quiet
+        self.argument = argument
         self.run = run
         self.onComplete = complete
     }
 
-    func complete(_ result: Result<[UInt8], MP.PoolError>) {
+    /// In a worker.
+    func execute() -> TaskOutcome { run(argument) }
+
+    mutating func complete(_ result: Result<[UInt8], MP.PoolError>) {
         let body = onComplete
         onComplete = nil
-        body?(result)
+        body?(argument, result)
     }
 
     /// Runs `body` and encodes its result (in a worker).
-    static func encoding<R: Encodable>(_ body: @escaping () throws -> R, complete: @escaping (Result<[UInt8], MP.PoolError>) -> Void) -> TaskRecord {
-        TaskRecord(run: {
+    static func encoding<R: Encodable>(_ body: @escaping () throws -> R, complete: @escaping (Int, Result<[UInt8], MP.PoolError>) -> Void) -> TaskRecord {
+        TaskRecord(run: { _ in
             let value: R
             do { value = try body() } catch { return .failure(.task, "\(type(of: error))", "\(error)") }
             do { return .success(try WireFormat.encode(value)) } catch { return .failure(.result, "\(R.self)", "\(error)") }
@@ -257,7 +265,7 @@ final class TaskRecord: @unchecked Sendable {
 /// and each records the index it is running, so the task of a worker that
 /// dies can be failed and the rest handed to a replacement.
 final class Generation: @unchecked Sendable {
-    let tasks: [TaskRecord]
+    private(set) var tasks: [TaskRecord]
     /// Int64 next index; an Int64 per worker slot: the task it runs (-1: none);
     /// a byte per task: 1 once a quiet task has succeeded.
     let shared: SharedBlock
@@ -465,7 +473,7 @@ extension MP {
                                                      callback: (@Sendable (R) -> Void)? = nil,
                                                      errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<R> {
             let result = AsyncResult<R>(callback: callback, errorCallback: errorCallback)
-            let record = TaskRecord.encoding(body) { outcome in
+            let record = TaskRecord.encoding(body) { _, outcome in
                 result.resolve(outcome.flatMap { bytes in
                     Result { () throws(WireError) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
                 })
@@ -605,41 +613,47 @@ extension MP {
             } else {
                 shared = nil
             }
-            for chunk in 0..<chunks {
+            // One closure pair for all the chunks (a record holds its chunk's
+            // index): building 20,000 one-item chunks used to take longer than
+            // running them, with two closure contexts allocated per chunk.
+            let run: (Int) -> TaskOutcome = { chunk in
                 let lower = chunk * size, upper = min(lower + size, count)
-                records.append(TaskRecord(quiet: shared != nil, run: {
-                    var index = items.index(items.startIndex, offsetBy: lower)
-                    if let shared {
-                        let out = shared.base.assumingMemoryBound(to: R.self)
-                        shared.prefault(offset: lower * MemoryLayout<R>.stride, bytes: (upper - lower) * MemoryLayout<R>.stride)
-                        do {
-                            for position in lower..<upper {
-                                (out + position).initialize(to: try transform(items[index]))
-                                items.formIndex(after: &index)
-                            }
-                        } catch {
-                            return .failure(.task, "\(type(of: error))", "\(error)")
-                        }
-                        return .success([])
-                    }
-                    var results: [R] = []
-                    results.reserveCapacity(upper - lower)
+                var index = items.index(items.startIndex, offsetBy: lower)
+                if let shared {
+                    let out = shared.base.assumingMemoryBound(to: R.self)
+                    shared.prefault(offset: lower * MemoryLayout<R>.stride, bytes: (upper - lower) * MemoryLayout<R>.stride)
                     do {
-                        for _ in lower..<upper {
-                            results.append(try transform(items[index]))
+                        for position in lower..<upper {
+                            (out + position).initialize(to: try transform(items[index]))
                             items.formIndex(after: &index)
                         }
                     } catch {
                         return .failure(.task, "\(type(of: error))", "\(error)")
                     }
-                    return TaskOutcome.encode(results)
-                }, complete: { outcome in
-                    if shared != nil {
-                        collector.arrived(chunk, outcome.map { _ in [] }, range: lower..<upper)
-                    } else {
-                        collector.arrived(chunk, outcome.flatMap { bytes in TaskOutcome.decode([R].self, bytes) }, range: lower..<upper)
+                    return .success([])
+                }
+                var results: [R] = []
+                results.reserveCapacity(upper - lower)
+                do {
+                    for _ in lower..<upper {
+                        results.append(try transform(items[index]))
+                        items.formIndex(after: &index)
                     }
-                }))
+                } catch {
+                    return .failure(.task, "\(type(of: error))", "\(error)")
+                }
+                return TaskOutcome.encode(results)
+            }
+            let complete: (Int, Result<[UInt8], PoolError>) -> Void = { chunk, outcome in
+                let lower = chunk * size, upper = min(lower + size, count)
+                if shared != nil {
+                    collector.arrived(chunk, outcome.map { _ in [] }, range: lower..<upper)
+                } else {
+                    collector.arrived(chunk, outcome.flatMap { bytes in TaskOutcome.decode([R].self, bytes) }, range: lower..<upper)
+                }
+            }
+            for chunk in 0..<chunks {
+                records.append(TaskRecord(quiet: shared != nil, argument: chunk, run: run, complete: complete))
             }
             try submit(records)
             // While the workers are forked and run, take the page faults of
@@ -723,7 +737,7 @@ extension MP {
                     for generation in generations {
                         for index in generation.tasks.indices { generation.settle(index, .failure(.terminated)) }
                     }
-                    for record in batch { record.complete(.failure(.terminated)) }
+                    for var record in batch { record.complete(.failure(.terminated)) }
                     finished.set()
                     return
                 }
@@ -731,7 +745,7 @@ extension MP {
                     do {
                         generations.append(try Generation(tasks: batch, slots: processes))
                     } catch {
-                        for record in batch { record.complete(.failure(.system(OSError("mmap", errno: .noMemory)))) }
+                        for var record in batch { record.complete(.failure(.system(OSError("mmap", errno: .noMemory)))) }
                     }
                 }
                 topUp(generations)
@@ -814,7 +828,7 @@ extension MP {
                     if index >= generation.tasks.count { break }
                     cmp_atomic_store_i64(generation.slot(slot), Int64(index))
                     let record = generation.tasks[index]
-                    let outcome = record.run()
+                    let outcome = record.execute()
                     if record.quiet, case .success = outcome {
                         generation.markDone(index)
                         let now = MonotonicTime.seconds()
