@@ -4,7 +4,7 @@ import Glibc
 
 /// One measured figure. Counterparts carry the same base name with the suffix
 /// `_python` (CPython in the same run) or `_c` (the raw C floor).
-struct Metric {
+struct Metric: Codable {
     let name: String
     let value: Double
     /// Whether a larger value is better (throughput) or worse (latency).
