@@ -197,6 +197,7 @@ extension MP {
         private func sendPayload(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
             try checkSendable(payload.count)
             var header: UInt64 = 0 // headerSize bytes, on the stack
+            assert(MemoryLayout.size(ofValue: header) == Self.headerSize)
             withUnsafeMutableBytes(of: &header) { Self.writeHeader(into: $0, payloadSize: payload.count, kind: kind, type: type) }
             let result = withUnsafeBytes(of: &header) { raw in
                 Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll(raw, payload) } }
