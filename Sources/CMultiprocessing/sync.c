@@ -18,26 +18,35 @@ void *cmp_shared_map(size_t size) {
 
 int cmp_shared_unmap(void *address, size_t size) { return munmap(address, size); }
 
+static uintptr_t page_size(void) {
+    static uintptr_t page;
+    if (page == 0) page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    return page;
+}
+
+/// The whole pages inside [address, address + size): false when there are none.
+static int whole_pages(const void *address, size_t size, uintptr_t *start, uintptr_t *end) {
+    uintptr_t page = page_size();
+    *start = ((uintptr_t)address + page - 1) & ~(page - 1);
+    *end = ((uintptr_t)address + size) & ~(page - 1);
+    return *end > *start;
+}
+
 void cmp_shared_prefault(const void *address, size_t size) {
-    static long page;
-    if (page == 0) page = sysconf(_SC_PAGESIZE);
     const volatile char *bytes = address;
-    for (size_t offset = 0; offset < size; offset += (size_t)page) (void)bytes[offset];
+    for (size_t offset = 0; offset < size; offset += page_size()) (void)bytes[offset];
     if (size > 0) (void)bytes[size - 1];
 }
 
 int cmp_wipe_on_fork(void *address, size_t size, int wipe) {
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t start = ((uintptr_t)address + page - 1) & ~(page - 1);
-    uintptr_t end = ((uintptr_t)address + size) & ~(page - 1);
-    if (end <= start) return 1;
+    uintptr_t start, end;
+    if (!whole_pages(address, size, &start, &end)) return 1;
     return madvise((void *)start, end - start, wipe ? MADV_WIPEONFORK : MADV_KEEPONFORK);
 }
 
 void cmp_populate_writable(void *address, size_t size) {
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t start = ((uintptr_t)address + page - 1) & ~(page - 1);
-    uintptr_t end = ((uintptr_t)address + size) & ~(page - 1);
+    uintptr_t start, end;
+    if (!whole_pages(address, size, &start, &end)) return;
     // In slices: each call holds the address space's lock for reading, and a
     // fork (which takes it for writing) waits for at most one slice.
     const uintptr_t slice = 256u << 10;

@@ -62,8 +62,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
         if count == 0 { done(.success([])) }
     }
 
-    /// Fixed-width results, copied out of shared memory in one `memcpy`
-    /// (unspecialized, `Array(UnsafeBufferPointer)` copies element by element).
+    /// Fixed-width results of one chunk (`imap`), copied out of shared memory in one `memcpy`.
     @inlinable
     static func copyOut(_ base: UnsafeMutableRawPointer, _ range: Range<Int>) -> [R] {
         let stride = MemoryLayout<R>.stride

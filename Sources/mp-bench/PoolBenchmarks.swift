@@ -17,20 +17,20 @@ enum PoolBenchmarks {
         defer { pool.terminate(); try? pool.join() }
 
         var metrics: [Metric] = []
-        metrics.append(Metric(name: "pool_map_tiny_items_per_s", value: try medianOf(mapRounds, warmup: 1) {
+        /// Squares of 0..<tiny per second, the results checked.
+        func squaresPerSecond(_ map: () throws -> [Int]) throws -> Double {
             let start = now()
-            let squares = try pool.map(0..<tiny) { $0 * $0 }
+            let squares = try map()
             let elapsed = now() - start
             guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("map results wrong") }
             return Double(tiny) / elapsed
+        }
+        metrics.append(Metric(name: "pool_map_tiny_items_per_s", value: try medianOf(mapRounds, warmup: 1) {
+            try squaresPerSecond { try pool.map(0..<tiny) { $0 * $0 } }
         }, higherIsBetter: true))
         // The one-call form: a fresh pool (start, map, terminate) per round.
         metrics.append(Metric(name: "parallel_map_fresh_items_per_s", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            let squares = try (0..<tiny).parallelMap(processes: 2) { $0 * $0 }
-            let elapsed = now() - start
-            guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("parallelMap results wrong") }
-            return Double(tiny) / elapsed
+            try squaresPerSecond { try (0..<tiny).parallelMap(processes: 2) { $0 * $0 } }
         }, higherIsBetter: true))
         metrics.append(Metric(name: "pool_map_chunk1_items_per_s", value: try medianOf(rounds, warmup: 1) {
             let start = now()

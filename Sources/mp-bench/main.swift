@@ -52,12 +52,12 @@ struct BenchCommand: ParsableCommand {
         }
         try child.start()
         sender.close()
-        defer { try? child.join() }
+        let received = Result { () throws(MP.ConnectionError) in try receiver.recv([Metric].self) }
+        try? child.join()
         do {
-            return try receiver.recv([Metric].self)
+            return try received.get()
         } catch {
-            try? child.join()
-            throw BenchError("the \(group.rawValue) group failed (\(child.exitStatus.map { "\($0)" } ?? "still running")): \(error)")
+            throw BenchError("the \(group.rawValue) group failed (\(child.exitStatus.map { "\($0)" } ?? "no exit status")): \(error)")
         }
     }
 }

@@ -7,8 +7,13 @@ import Testing
 /// The address ranges of this process's mappings marked wipe-on-fork
 /// (`wf` among the `VmFlags` of /proc/self/smaps).
 func wipeOnForkRanges() -> [ClosedRange<UInt>] {
-    guard let file = fopen("/proc/self/smaps", "r") else { return [] }
+    guard let file = fopen("/proc/self/smaps", "r") else {
+        Issue.record("cannot read /proc/self/smaps")
+        return []
+    }
     defer { fclose(file) }
+    var flagLines = 0 // an empty answer must come from a parse that saw the flags
+    defer { if flagLines == 0 { Issue.record("no VmFlags line in /proc/self/smaps") } }
     var ranges: [ClosedRange<UInt>] = []
     var current: ClosedRange<UInt>?
     var line = [CChar](repeating: 0, count: 4096)
@@ -20,8 +25,9 @@ func wipeOnForkRanges() -> [ClosedRange<UInt>] {
             if bounds.count == 2, let low = UInt(bounds[0], radix: 16), let high = UInt(bounds[1], radix: 16) {
                 current = low...(high - 1)
             }
-        } else if text.hasPrefix("VmFlags:"), fields.contains(where: { $0.trimmingSuffix() == "wf" }), let current {
-            ranges.append(current)
+        } else if text.hasPrefix("VmFlags:") {
+            flagLines += 1
+            if fields.contains(where: { $0.trimmingSuffix() == "wf" }), let current { ranges.append(current) }
         }
     }
     return ranges
@@ -79,6 +85,7 @@ struct MapResultsTests {
             if x == 0 { gate.awaitSignal() }
             return Double(x)
         }
+        #expect(!wipeOnForkRanges().isEmpty, "marked while the map runs")
         pool.terminate()
         try pool.join()
         #expect(throws: MP.PoolError.terminated) { _ = try pending.get(timeout: 20) }

@@ -86,20 +86,21 @@ struct PoolTests {
     @Test("tasks with results in shared memory report in batches: nothing lost at exit, rotation or death")
     func quietCompletions() async throws {
         let pool = try MP.Pool(processes: 2, maxTasksPerChild: 40)
-        // A lost completion would leave the stream waiting: terminate fails it instead.
-        let watchdog = Task.detached { try await Task.sleep(for: .seconds(20)); pool.terminate() }
-        defer { watchdog.cancel() }
+        let pool2 = try MP.Pool(processes: 2)
+        // A lost completion would leave a stream waiting: terminate fails it instead.
+        let watchdog = Task.detached { try await Task.sleep(for: .seconds(20)); pool.terminate(); pool2.terminate() }
+        defer {
+            watchdog.cancel()
+            for each in [pool, pool2] { each.terminate(); try? each.join() } // no worker outlives the test
+        }
         // 5,000 one-item chunks: workers mark them done in shared memory and
         // report every 0.2 ms; each worker exits after 40 of them.
         #expect(try pool.mapAsync(0..<5_000, chunksize: 1) { $0 * 3 }.get(timeout: 20) == (0..<5_000).map { $0 * 3 })
         var streamed: [Double] = []
         for try await value in pool.imap(0..<3_000, { Double($0) / 2 }) { streamed.append(value) }
         #expect(streamed == (0..<3_000).map { Double($0) / 2 })
-        pool.terminate()
-        try pool.join()
 
         // The task whose worker dies fails; the ones it finished before count as done.
-        let pool2 = try MP.Pool(processes: 2)
         #expect(throws: MP.PoolError.workerDied("killed by SIGKILL")) {
             _ = try pool2.mapAsync(0..<2_000, chunksize: 1) { (i: Int) -> Int in if i == 1_500 { kill(getpid(), SIGKILL) }; return i }.get(timeout: 20)
         }
@@ -114,8 +115,6 @@ struct PoolTests {
             #expect(error as? MP.PoolError == .workerDied("killed by SIGKILL"))
         }
         #expect(prefix == Swift.Array(0..<prefix.count) && prefix.count <= 1_500, "imap yields an in-order prefix, then throws")
-        pool2.terminate()
-        try pool2.join()
     }
 
     @Test("initializer runs once per worker before its first task; maxTasksPerChild rotates workers")
