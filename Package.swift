@@ -15,13 +15,19 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
-        // The few Linux calls Swift's Glibc module cannot reach (prctl, pidfd_open, gettid via syscall),
-        // the child-side Swift-concurrency executor (swiftcall hooks), and the raw-C benchmark floors.
-        .target(name: "CMultiprocessing"),
+        // The thin C shim only the library imports: the Linux calls Swift's Glibc module cannot reach
+        // (prctl, pidfd_*, epoll, variadic calls), the after-fork lock registry, the child-side executor.
+        .target(name: "_CMultiprocessingShims"),
+        // The synchronisation algorithms that need C: robust process-shared mutexes, futexes,
+        // atomics on shared memory, the queue's ring.
+        .target(name: "_CMultiprocessingSync"),
+        // The raw-C floors of mp-bench; no user's binary links them.
+        .target(name: "_CMultiprocessingBench", dependencies: ["_CMultiprocessingSync"]),
         .target(
             name: "Multiprocessing",
             dependencies: [
-                "CMultiprocessing",
+                "_CMultiprocessingShims",
+                "_CMultiprocessingSync",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
@@ -30,7 +36,6 @@ let package = Package(
             name: "mp-examples",
             dependencies: [
                 "Multiprocessing",
-                "CMultiprocessing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
@@ -39,14 +44,14 @@ let package = Package(
             name: "mp-bench",
             dependencies: [
                 "Multiprocessing",
-                "CMultiprocessing",
+                "_CMultiprocessingBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
             name: "MultiprocessingTests",
-            dependencies: ["Multiprocessing", "CMultiprocessing"],
+            dependencies: ["Multiprocessing"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

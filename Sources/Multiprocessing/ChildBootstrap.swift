@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 
 /// What a forked ``MP/Process`` child does, from the fork to `_exit`.
 enum ChildBootstrap {

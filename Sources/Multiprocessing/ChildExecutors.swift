@@ -1,4 +1,5 @@
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 #if compiler(>=6.3)
 @_spi(ExperimentalCustomExecutors) @_spi(ExperimentalScheduling) import _Concurrency
 #endif
@@ -18,8 +19,23 @@ import CMultiprocessing
 ///   The runtime's executor-factory entry point replaces both with the
 ///   child-local executors below.
 enum ChildExecutors {
+    /// Whether this runtime has the hooks the child executors need. Looked up
+    /// at run time (as NIO takes over the global executor), within the
+    /// compiler versions this code was written against: a toolchain outside
+    /// them, or a runtime without the hooks, runs no Swift concurrency in a
+    /// forked child, and says so (``MP/ProcessError/concurrencyUnavailable``),
+    /// instead of failing to link or to run.
+    static let isAvailable: Bool = {
+        #if compiler(>=6.0) && compiler(<7.0)
+        return cmp_child_executor_resolve() == 1
+        #else
+        return false
+        #endif
+    }()
+
     /// Registers the Swift half of the set-up; call once, in the parent, before forking.
     static let prepare: Void = {
+        guard isAvailable else { return }
         cmp_child_executor_set_swift_setup {
             #if compiler(>=6.3)
             _ = Task.defaultExecutor // runs the runtime's one-time default creation first

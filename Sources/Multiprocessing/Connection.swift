@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 
 extension MP {
     /// Python's `multiprocessing.Pipe(duplex)`: two connected ends.
@@ -112,8 +113,8 @@ extension MP {
         public let maxMessageSize: Int
         private let readable: Bool
         private let writable: Bool
-        private let sendLock = ForkSafeLock()
-        private let recvLock = ForkSafeLock()
+        let sendLock = ForkSafeLock()
+        let recvLock = ForkSafeLock()
         private var buffer: [UInt8] = []
         private var start = 0
         private var end = 0
@@ -325,12 +326,12 @@ extension MP {
         /// Python's `poll(timeout)`: whether a message (or end-of-file) can be
         /// received without blocking, waiting up to `timeout` seconds (nil: forever).
         public func poll(timeout: Double? = 0) throws(ConnectionError) -> Bool {
-            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            let deadline = try Deadline.after(timeout) { ConnectionError.negativeTimeout($0) }
             return try recvLock.withLock { () throws(ConnectionError) -> Bool in
                 guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
                 guard fd >= 0 else { throw .closed }
                 if end > start || sawEOF { return true }
-                do throws(OSError) { return try Sys.pollReadable(fd, timeout: timeout) } catch { throw .system(error) }
+                do throws(OSError) { return try Sys.pollReadable(fd, until: deadline) } catch { throw .system(error) }
             }
         }
 

@@ -43,6 +43,9 @@ extension MP {
         case daemonCannotHaveChildren(name: String)
         /// An async wait was cancelled.
         case cancelled
+        /// An `async` target cannot run in a forked child: this Swift runtime
+        /// lacks the executor hooks the child's executors need (see the README).
+        case concurrencyUnavailable(name: String)
         /// An operating-system call failed.
         case system(OSError)
 
@@ -58,6 +61,7 @@ extension MP {
             case .daemonAfterStart(let name): return "cannot set daemon on '\(name)': process has already started"
             case .daemonCannotHaveChildren(let name): return "daemonic process '\(name)' is not allowed to have children"
             case .cancelled: return "the wait was cancelled"
+            case .concurrencyUnavailable(let name): return "cannot start '\(name)': its target is async, and this Swift runtime has no executor hooks to run Swift concurrency in a forked child"
             case .system(let error): return error.description
             }
         }

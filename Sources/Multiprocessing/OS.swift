@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 
 extension MP {
     /// What `fork()` returns: which side of the fork this is.
@@ -136,16 +137,5 @@ extension MP {
     /// library code that may run in a child and needs Dispatch.
     public static var isDispatchUsable: Bool {
         !(Runtime.shared.isForkedChild && cmp_dispatch_is_multithreaded() == 1)
-    }
-}
-
-extension MP {
-    /// Python's `multiprocessing.connection.wait(object_list, timeout)` for
-    /// descriptors such as ``MP/Process/sentinel``: blocks until at least one is
-    /// readable or `timeout` seconds pass, and returns the readable ones.
-    public static func wait(for descriptors: [Int32], timeout: Double? = nil) throws -> [Int32] {
-        if let timeout, !(timeout >= 0) { throw ProcessError.negativeTimeout(timeout) }
-        if descriptors.isEmpty { return [] }
-        return try Sys.pollReadable(descriptors, timeout: timeout)
     }
 }

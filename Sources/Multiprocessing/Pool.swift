@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 import SystemPackage
 
 extension MP {
@@ -72,15 +73,18 @@ extension MP {
             }
         }
 
-        /// Python's `wait(timeout)`: whether the result is ready.
+        /// Python's `wait(timeout)`: whether the result is ready. A negative
+        /// timeout waits not at all, as in Python; `nil` or `.infinity`, without limit.
         @discardableResult
         public func wait(timeout: Double? = nil) -> Bool {
-            let until = timeout.map { MonotonicTime.seconds() + max(0, $0) }
-            return lock.withLock {
+            wait(until: timeout.flatMap { Deadline.after(validSeconds: $0 >= 0 ? $0 : 0) })
+        }
+
+        private func wait(until: Deadline?) -> Bool {
+            lock.withLock {
                 while outcome == nil {
-                    guard let until else { lock.wait(); continue }
-                    if MonotonicTime.seconds() >= until { return false }
-                    lock.wait(seconds: until - MonotonicTime.seconds())
+                    if let until, until.hasPassed { return false }
+                    lock.wait(until: until)
                 }
                 return true
             }
@@ -88,8 +92,8 @@ extension MP {
 
         /// Python's `get(timeout)`: the value, or the task's error; ``MP/PoolError/timeout`` on timeout.
         public func get(timeout: Double? = nil) throws(PoolError) -> Value {
-            if let timeout, !(timeout >= 0) { throw .invalidArgument("timeout must not be negative (got \(timeout))") }
-            guard wait(timeout: timeout) else { throw .timeout }
+            let until = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
+            guard wait(until: until) else { throw .timeout }
             return try lock.withLock { outcome! }.get()
         }
 
@@ -281,7 +285,7 @@ final class Generation: @unchecked Sendable {
     /// A worker running quiet tasks reports progress at most this often (seconds):
     /// 20,000 one-item chunks cost a few hundred messages, not 20,000, and a
     /// chunk that runs longer than this is still reported when it ends.
-    static let reportInterval = 0.0002
+    static let reportIntervalNanoseconds: Int64 = 200_000
     /// The index of a progress frame (quiet tasks are done: scan their bytes).
     static let progressIndex = -2
 
@@ -821,7 +825,7 @@ extension MP {
                     }
                 }
                 var done = 0
-                var lastReport = MonotonicTime.seconds()
+                var lastReport = Deadline.now
                 var unreported = false
                 while done < limit {
                     let index = Int(cmp_atomic_add_i64(generation.next, 1) - 1)
@@ -831,8 +835,8 @@ extension MP {
                     let outcome = record.execute()
                     if record.quiet, case .success = outcome {
                         generation.markDone(index)
-                        let now = MonotonicTime.seconds()
-                        unreported = now - lastReport < Generation.reportInterval
+                        let now = Deadline.now
+                        unreported = now - lastReport < Generation.reportIntervalNanoseconds
                         if !unreported {
                             try childEnd.sendBytes(TaskOutcome.success([]).frame(index: Generation.progressIndex))
                             lastReport = now

@@ -224,6 +224,7 @@ extension MP {
         func start(forkOnCurrentThread: Bool) throws(ProcessError) {
             let runtime = Runtime.shared
             try runtime.checkMayStartChildren()
+            if asyncTarget != nil && !ChildExecutors.isAvailable { throw .concurrencyUnavailable(name: name) }
             let daemon = try lock.withLock { () throws(ProcessError) -> Bool in
                 switch state {
                 case .initial:
@@ -267,21 +268,20 @@ extension MP {
         /// - Returns: whether the child has ended (Python returns None; check `exitCode`).
         @discardableResult
         public func join(timeout: Double?) throws(ProcessError) -> Bool {
-            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            let deadline = try Deadline.after(timeout) { ProcessError.negativeTimeout($0) }
             guard let pidfd = try joinableDescriptor() else { return true }
             if pidfd >= 0 {
                 let ended: Bool
-                do { ended = try Sys.pollReadable(pidfd, timeout: timeout) } catch { throw .system(error) }
+                do { ended = try Sys.pollReadable(pidfd, until: deadline) } catch { throw .system(error) }
                 if !ended { return false }
                 reap(blocking: true)
                 return true
             }
             // No pidfd (a kernel without pidfd_open): poll the status.
-            let deadline = timeout.map { MonotonicTime.seconds() + $0 }
             while true {
                 reap(blocking: deadline == nil)
                 if !pollAlive() { return true }
-                if let deadline, MonotonicTime.seconds() >= deadline { return false }
+                if let deadline, deadline.hasPassed { return false }
                 usleep(1000)
             }
         }
@@ -404,7 +404,6 @@ extension MP {
             state = .closed
         }
 
-        func reinitializeLockAfterFork() { lock.reinitializeAfterFork() }
 
         // MARK: description
 

@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 import SystemPackage
 
 extension MP {
@@ -51,6 +52,9 @@ extension MP {
     public class Queue<Element: Codable>: @unchecked Sendable {
         let block: SharedBlock
         let ring: UnsafeMutablePointer<cmp_ring>
+
+        /// Takes the ring's lock and keeps it (tests: a holder that dies inside the critical section).
+        func lockRingForTesting() { _ = cmp_mutex_lock(&ring.pointee.mutex, -1) }
         private var isClosed = false
         /// The ring's size in bytes: the largest encoded item is a little less.
         public let capacityBytes: Int
@@ -79,9 +83,9 @@ extension MP {
 
         /// Python's `put(item, block, timeout)`: waits for room unless `blocking` is false.
         public func put(_ item: Element, blocking: Bool = true, timeout: Double? = nil) throws(QueueError) {
-            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            let deadline = try Deadline.after(timeout) { QueueError.negativeTimeout($0) }
             guard !isClosed else { throw .closed }
-            let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
+            let nanoseconds: Int64 = !blocking ? 0 : deadline.cTimeoutNanoseconds
             if elementIsPrimitive {
                 // A fixed-width number's bytes are its wire format: no encoder, no allocation.
                 var item = item
@@ -113,9 +117,9 @@ extension MP {
 
         /// Python's `get(block, timeout)`: waits for an item unless `blocking` is false.
         public func get(blocking: Bool = true, timeout: Double? = nil) throws(QueueError) -> Element {
-            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
+            let deadline = try Deadline.after(timeout) { QueueError.negativeTimeout($0) }
             guard !isClosed else { throw .closed }
-            let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64($0 * 1e9) } ?? -1
+            let nanoseconds: Int64 = !blocking ? 0 : deadline.cTimeoutNanoseconds
             // Small items are copied to the stack and decoded from there; a larger
             // one is fetched again into a buffer of its size. No generic wrapper
             // (Optional, Result) is built per item: unspecialized, each would
@@ -190,8 +194,8 @@ extension MP {
         /// Returns false on timeout.
         @discardableResult
         public func join(timeout: Double? = nil) throws(QueueError) -> Bool {
-            if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
-            return cmp_ring_join(ring, timeout.map { Int64($0 * 1e9) } ?? -1) == 0
+            let deadline = try Deadline.after(timeout) { QueueError.negativeTimeout($0) }
+            return cmp_ring_join(ring, deadline.cTimeoutNanoseconds) == 0
         }
     }
 }

@@ -1,25 +1,24 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 
 /// Per-process library state: the current process object, the children this
 /// process started and has not reaped yet, and the exit handling.
 ///
-/// Everything here is reset in a forked child (``afterForkInChild(process:)``):
-/// the parent's children are not the child's, and the parent's locks and
-/// threads do not exist there.
+/// Reset in a forked child (``afterForkInChild(process:parentPid:)``): the
+/// parent's children are not the child's, and its threads do not exist
+/// there. Its lock, like every library lock, is reset by the after-fork
+/// registry (``ForkSafeLock``).
 final class Runtime: @unchecked Sendable {
     static let shared = Runtime()
 
-    /// The one lock a child re-initialises eagerly; every other piece of
-    /// library state in a child is reset through it, lazily.
-    private let lock = ForkSafeLock()
+    let lock = ForkSafeLock()
     private var currentProcess: MP.Process
     /// In a child: the parent's process object (a copy) and pid.
     private var parentObject: MP.Process?
     private var parentPid: Int32 = 0
-    private var parentLockIsStale = false
     private var counter = 0
     /// Started and not yet reaped, in start order. Holding them keeps every
     /// child reapable (no zombies) even when the user drops the object.
@@ -39,11 +38,6 @@ final class Runtime: @unchecked Sendable {
     var parentProcess: MP.ParentProcess? {
         let found = lock.withLock { () -> (MP.Process, Int32)? in
             guard let parentObject else { return nil }
-            if parentLockIsStale {
-                // A thread of the parent may have held it at fork.
-                parentObject.reinitializeLockAfterFork()
-                parentLockIsStale = false
-            }
             return (parentObject, parentPid)
         }
         return found.map { MP.ParentProcess(name: $0.0.name, pid: $0.1) }
@@ -142,27 +136,21 @@ final class Runtime: @unchecked Sendable {
     /// Every page a child writes, and every page of code it runs, is a page
     /// fault: this writes as little as it can and leaves the rest to first use.
     func afterForkInChild(process: MP.Process?, parentPid: Int32) {
-        lock.reinitializeAfterFork()
         isForkedChild = true
         if !children.isEmpty {
             for child in children { child.closeInheritedDescriptor() }
             children = []
         }
-        if ResourceTracker.isActive { ResourceTracker.resetAfterFork() }
         if watcher != nil || forker != nil {
             watcher?.abandonAfterFork() // its thread is gone
             watcher = nil
             forker = nil
         }
         if let process {
-            process.reinitializeLockAfterFork()
             parentObject = currentProcess
             self.parentPid = parentPid
-            parentLockIsStale = true
             currentProcess = process
             counter = 0
-        } else {
-            currentProcess.reinitializeLockAfterFork()
         }
     }
 

@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 import SystemPackage
 
 extension MP {
@@ -155,7 +156,6 @@ enum ResourceTracker {
     }
 
     /// In a forked child: the inherited lock may be held by a dead thread.
-    static func resetAfterFork() { lock.reinitializeAfterFork() }
 
     private static func start() {
         guard let (readEnd, write) = try? Sys.pipe() else { return }
@@ -181,7 +181,7 @@ enum ResourceTracker {
         Sys.close(fd)
         lock.withLock { writeEnd = -1 }
         if let pidfd = try? Sys.pidfdOpen(pid) {
-            _ = try? Sys.pollReadable(pidfd, timeout: 2)
+            _ = try? Sys.pollReadable(pidfd, until: Deadline.after(validSeconds: 2))
             Sys.close(pidfd)
         }
         var status: Int32 = 0

@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 import SystemPackage
 
 extension MP {
@@ -90,19 +91,11 @@ final class SharedSyncState: @unchecked Sendable {
 
     /// With the lock held: releases it, sleeps until the sequence moves or the
     /// deadline passes, and locks again. Returns false when the deadline passed.
-    func sleep(until deadline: Double?) throws(MP.SyncError) -> Bool {
+    func sleep(until deadline: Deadline?) throws(MP.SyncError) -> Bool {
         let seq = state.pointee.seq
         state.pointee.waiters += 1
         unlock()
-        var timedOut = false
-        if let deadline {
-            let left = deadline - MonotonicTime.seconds()
-            if left <= 0 { timedOut = true } else {
-                timedOut = cmp_futex_wait(&state.pointee.seq, seq, Int64(left * 1e9)) == ETIMEDOUT
-            }
-        } else {
-            _ = cmp_futex_wait(&state.pointee.seq, seq, -1)
-        }
+        let timedOut = futexSleep(&state.pointee.seq, seq, until: deadline)
         try lock()
         state.pointee.waiters -= 1
         return !timedOut
@@ -110,16 +103,21 @@ final class SharedSyncState: @unchecked Sendable {
 }
 
 /// A deadline from a Python-style timeout (nil: none).
-func deadline(after timeout: Double?) throws(MP.SyncError) -> Double? {
-    guard let timeout else { return nil }
-    guard timeout >= 0 else { throw .negativeTimeout(timeout) }
-    return MonotonicTime.seconds() + timeout
+func deadline(after timeout: Double?) throws(MP.SyncError) -> Deadline? {
+    try Deadline.after(timeout) { MP.SyncError.negativeTimeout($0) }
+}
+
+/// Sleeps on a futex word while it holds `expected`, until `deadline`.
+/// Returns whether the deadline passed (a wake-up or a changed word: false).
+func futexSleep(_ word: UnsafeMutablePointer<UInt32>, _ expected: UInt32, until deadline: Deadline?) -> Bool {
+    if let deadline, deadline.hasPassed { return true }
+    return cmp_futex_wait(word, expected, deadline.cTimeoutNanoseconds) == ETIMEDOUT
 }
 
 /// Locks a robust mutex with a Python-style timeout.
 func acquireMutex(_ mutex: UnsafeMutablePointer<pthread_mutex_t>, blocking: Bool, timeout: Double?) throws(MP.SyncError) -> MP.Acquisition {
-    if let timeout, !(timeout >= 0) { throw .negativeTimeout(timeout) }
-    let nanoseconds: Int64 = !blocking ? 0 : timeout.map { Int64(min($0, 1e9) * 1e9) } ?? -1
+    let until = try deadline(after: timeout)
+    let nanoseconds: Int64 = !blocking ? 0 : until.cTimeoutNanoseconds
     switch cmp_mutex_lock(mutex, nanoseconds) {
     case 0: return .acquired
     case EOWNERDEAD: return .acquiredAfterOwnerDied
@@ -355,13 +353,7 @@ extension MP {
             case .lock(let lock): try lock.release()
             case .rlock(let lock): depth = try lock.releaseAll()
             }
-            var timedOut = false
-            if let until {
-                let left = until - MonotonicTime.seconds()
-                timedOut = left <= 0 || cmp_futex_wait(&shared.state.pointee.seq, seq, Int64(left * 1e9)) == ETIMEDOUT
-            } else {
-                _ = cmp_futex_wait(&shared.state.pointee.seq, seq, -1)
-            }
+            let timedOut = futexSleep(&shared.state.pointee.seq, seq, until: until)
             switch underlying {
             case .lock(let lock): try lock.acquire()
             case .rlock(let lock): try lock.reacquire(depth: depth)
@@ -376,8 +368,8 @@ extension MP {
                 if try predicate() { return true }
                 var left: Double?
                 if let until {
-                    left = until - MonotonicTime.seconds()
-                    if left! <= 0 { return try predicate() }
+                    if until.hasPassed { return try predicate() }
+                    left = until.remainingSeconds
                 }
                 try wait(timeout: left)
             }
@@ -432,6 +424,7 @@ extension MP {
         ///   - timeout: the default for `wait()`.
         public init(parties: Int, action: (() throws -> Void)? = nil, timeout: Double? = nil) throws(SyncError) {
             guard parties >= 1 else { throw .invalidArgument("a barrier needs at least 1 party (got \(parties))") }
+            _ = try deadline(after: timeout) // refuses a negative timeout now, not at the first wait
             shared = try SharedSyncState()
             shared.state.pointee.limit = Int64(parties)
             shared.state.pointee.reset_generation = -1

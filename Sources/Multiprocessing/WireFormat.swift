@@ -54,8 +54,13 @@ enum WireFormat {
 }
 
 extension WireFormat {
-    private static let tagLock = ForkSafeLock()
-    nonisolated(unsafe) private static var tags: [ObjectIdentifier: UInt16] = [:]
+    static let tagLock = ForkSafeLock()
+    /// A forked child starts with an empty cache: a thread of the parent may
+    /// have been inserting at the fork, and the dictionary be mid-update.
+    nonisolated(unsafe) private static var tags: [ObjectIdentifier: UInt16] = {
+        AfterFork.register { WireFormat.tags = [:] }
+        return [:]
+    }()
 
     /// A 16-bit fingerprint of a type's full name, carried in each frame so a
     /// receiver asking for another type gets a clear error, not reinterpreted bytes.

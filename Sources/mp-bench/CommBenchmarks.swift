@@ -1,4 +1,4 @@
-import CMultiprocessing
+import _CMultiprocessingBench
 import Multiprocessing
 
 /// Issue 3's figures: queue and pipe throughput, pipe bandwidth, lock latency,

@@ -1,4 +1,4 @@
-import CMultiprocessing
+import _CMultiprocessingBench
 import Multiprocessing
 
 /// `proc_start_join_us`: start and join a process with an empty target, per process.

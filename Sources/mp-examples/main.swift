@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import ArgumentParser
-import CMultiprocessing
 import Multiprocessing
 
 /// `mp-examples`: the Python tutorial programs, translated.
@@ -63,5 +62,5 @@ extension String {
 }
 
 // Lines appear as they are printed, also into a pipe, so the processes' output interleaves.
-cmp_stdout_line_buffered()
+MP.setLineBufferedOutput()
 ExamplesCommand.main()

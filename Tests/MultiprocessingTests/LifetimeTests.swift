@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
 import Multiprocessing
 import Testing
 

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
 @testable import Multiprocessing
 import Testing
 
@@ -120,7 +119,7 @@ struct QueueTests {
         // A producer dies after publishing an item but before counting it.
         let producer = MP.Process {
             let ring = queue.ring
-            _ = cmp_mutex_lock(&ring.pointee.mutex, -1)
+            queue.lockRingForTesting()
             var header: UInt32 = 8
             var value = 10
             let data = UnsafeMutableRawPointer(ring + 1)
@@ -132,7 +131,7 @@ struct QueueTests {
         }
         // A consumer dies holding the lock before taking anything.
         let consumer = MP.Process {
-            _ = cmp_mutex_lock(&queue.ring.pointee.mutex, -1)
+            queue.lockRingForTesting()
             try MP.kill(MP.getpid(), .kill)
         }
         try producer.start()

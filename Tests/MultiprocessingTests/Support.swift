@@ -1,8 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
-import Multiprocessing
+@testable import Multiprocessing
 import Testing
 
 /// At the test process's exit, kills any child a failed test left running,
@@ -26,8 +25,7 @@ func joinOrKill(_ process: MP.Process, within seconds: Double = 20,
 /// Waits for a raw child (from `MP.fork()`) within `seconds`, killing it on timeout.
 func waitOrKill(_ pid: Int32, within seconds: Double = 20,
                 sourceLocation: SourceLocation = #_sourceLocation) throws -> MP.ExitStatus {
-    let pidfd = cmp_pidfd_open(pid)
-    if pidfd >= 0 {
+    if let pidfd = try? Sys.pidfdOpen(pid) {
         defer { close(pidfd) }
         if try MP.wait(for: [pidfd], timeout: seconds).isEmpty {
             Issue.record("child \(pid) still running after \(seconds) s: killed", sourceLocation: sourceLocation)
@@ -43,10 +41,7 @@ final class TestPipe: @unchecked Sendable {
     private(set) var writeEnd: Int32
 
     init() {
-        var fds: [Int32] = [-1, -1]
-        precondition(cmp_pipe_cloexec(&fds) == 0)
-        readEnd = fds[0]
-        writeEnd = fds[1]
+        (readEnd, writeEnd) = try! Sys.pipe()
     }
 
     deinit {

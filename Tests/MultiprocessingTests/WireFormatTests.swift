@@ -73,9 +73,9 @@ struct WireFormatTests {
     func fuzz() throws {
         var generator = SystemRandomNumberGenerator()
         let valid = try WireFormat.encode(Self.sample)
-        let deadline = MonotonicTime.seconds() + 1.5
+        let deadline = Deadline.after(validSeconds: 1.5)!
         var rounds = 0
-        while MonotonicTime.seconds() < deadline {
+        while !deadline.hasPassed {
             rounds += 1
             var bytes: [UInt8]
             switch rounds % 3 {

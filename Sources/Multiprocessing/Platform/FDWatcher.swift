@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 import SystemPackage
 
 /// Async readiness of file descriptors, for `await`ing without blocking a thread.

@@ -1,41 +1,40 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _CMultiprocessingShims
 
-/// A mutex (with a condition variable) that a forked child can reset.
+/// A mutex (with a condition variable) that every forked child resets.
 ///
 /// A lock held by another thread at the moment of `fork` stays held forever in
-/// the child, because that thread does not exist there. The library's own
-/// locks are re-initialised in the child right after fork, which is safe
-/// because the child has a single thread at that point.
+/// the child, because that thread does not exist there. Every `ForkSafeLock`
+/// links itself into the after-fork registry (`fork_registry.c`) when created
+/// and unlinks itself when destroyed; an atfork handler re-initialises all of
+/// them in every forked child, whoever forked, before anything else runs
+/// there. So no library lock needs to be listed anywhere: creating one is
+/// registering it (CPython's `util.register_after_fork`, for locks).
+///
+/// What a lock protects may have been mid-update at the fork; state that
+/// cannot be trusted then registers a reset with ``AfterFork/register(_:)``.
 final class ForkSafeLock: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private let storage: UnsafeMutablePointer<cmp_fork_safe_mutex>
 
     init() {
-        mutex = .allocate(capacity: 1)
-        condition = .allocate(capacity: 1)
-        Self.initialize(mutex, condition)
+        storage = .allocate(capacity: 1)
+        cmp_fork_safe_mutex_init(storage)
     }
 
     deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        condition.deallocate()
-        mutex.deallocate()
+        cmp_fork_safe_mutex_destroy(storage)
+        storage.deallocate()
     }
 
-    private static func initialize(_ mutex: UnsafeMutablePointer<pthread_mutex_t>, _ condition: UnsafeMutablePointer<pthread_cond_t>) {
-        pthread_mutex_init(mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(condition, &attr)
-        pthread_condattr_destroy(&attr)
+    private var mutex: UnsafeMutablePointer<pthread_mutex_t> {
+        UnsafeMutableRawPointer(storage).assumingMemoryBound(to: pthread_mutex_t.self)
     }
 
-    /// Only in a freshly forked child, before any other thread exists.
-    func reinitializeAfterFork() { Self.initialize(mutex, condition) }
+    private var condition: UnsafeMutablePointer<pthread_cond_t> {
+        withUnsafeMutablePointer(to: &storage.pointee.condition) { $0 }
+    }
 
     func lock() { pthread_mutex_lock(mutex) }
     func unlock() { pthread_mutex_unlock(mutex) }
@@ -50,16 +49,40 @@ final class ForkSafeLock: @unchecked Sendable {
     /// With the lock held: waits for a broadcast.
     func wait() { pthread_cond_wait(condition, mutex) }
 
-    /// With the lock held: waits for a broadcast, at most `seconds`.
-    func wait(seconds: Double) {
-        var until = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &until)
-        let total = Double(until.tv_nsec) + max(0, seconds) * 1e9
-        until.tv_sec += Int(total / 1e9)
-        until.tv_nsec = Int(total.truncatingRemainder(dividingBy: 1e9))
+    /// With the lock held: waits for a broadcast until `deadline` (nil: forever).
+    func wait(until deadline: Deadline?) {
+        guard let deadline else { return wait() }
+        var until = deadline.absoluteTimespec
         pthread_cond_timedwait(condition, mutex, &until)
     }
+
     func broadcast() { pthread_cond_broadcast(condition) }
+}
+
+/// Per-process state that a forked child must reset (CPython's
+/// `util.register_after_fork`). Handlers run in every forked child, on its
+/// only thread, after every ``ForkSafeLock`` has been reset, in the order
+/// they were registered.
+enum AfterFork {
+    private static let lock = ForkSafeLock()
+    nonisolated(unsafe) private static var handlers: [@Sendable () -> Void] = []
+
+    private static let installed: Void = {
+        cmp_fork_registry_set_child_handler { AfterFork.runInChild() }
+    }()
+
+    /// Registers `handler` to run in every child forked from now on.
+    static func register(_ handler: @escaping @Sendable () -> Void) {
+        installed
+        lock.withLock { handlers.append(handler) }
+    }
+
+    /// How many ``ForkSafeLock``s exist (each is in the registry).
+    static var registeredLockCount: Int { cmp_fork_registry_count() }
+
+    private static func runInChild() {
+        for handler in handlers { handler() }
+    }
 }
 
 /// A one-shot flag a thread can block on (Dispatch-free: usable in a forked child).

@@ -3,7 +3,8 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CMultiprocessing
+import _CMultiprocessingShims
+import _CMultiprocessingSync
 import SystemPackage
 
 /// The one thin layer over raw system calls: every call in the library goes
@@ -66,31 +67,26 @@ enum Sys {
     }
 
     /// Waits until at least one of `fds` is readable (or at end-of-file) or
-    /// `timeout` seconds pass (nil: forever); returns the ready ones. A signal
+    /// `deadline` passes (nil: forever); returns the ready ones. A signal
     /// interrupting the wait resumes it with the time that is left.
-    static func pollReadable(_ fds: [Int32], timeout: Double?) throws(MP.OSError) -> [Int32] {
+    static func pollReadable(_ fds: [Int32], until deadline: Deadline?) throws(MP.OSError) -> [Int32] {
         var entries = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        let deadline = timeout.map { MonotonicTime.seconds() + $0 }
         while true {
-            var millis: Int32 = -1
-            if let deadline {
-                let left = max(0, deadline - MonotonicTime.seconds())
-                millis = Int32(min((left * 1000).rounded(.up), Double(Int32.max)))
-            }
+            let millis: Int32 = deadline?.remainingMilliseconds ?? -1
             let ready = Glibc.poll(&entries, nfds_t(entries.count), millis)
             if ready < 0 {
                 if errno == EINTR { continue } // the deadline is recomputed above
                 throw MP.OSError("poll", errno: Errno(rawValue: errno))
             }
             if ready > 0 { return entries.filter { $0.revents != 0 }.map(\.fd) }
-            if deadline != nil && ready == 0 { return [] }
+            if let deadline, deadline.hasPassed { return [] }
         }
     }
 
-    /// Waits until `fd` is readable or `timeout` (seconds; nil = forever) passes.
+    /// Waits until `fd` is readable or `deadline` (nil = forever) passes.
     /// Returns whether it became readable.
-    static func pollReadable(_ fd: Int32, timeout: Double?) throws(MP.OSError) -> Bool {
-        try !pollReadable([fd], timeout: timeout).isEmpty
+    static func pollReadable(_ fd: Int32, until deadline: Deadline?) throws(MP.OSError) -> Bool {
+        try !pollReadable([fd], until: deadline).isEmpty
     }
 
     static func pipe() throws(MP.OSError) -> (read: Int32, write: Int32) {
@@ -113,15 +109,9 @@ enum Sys {
         }
     }
 
+    /// `setvbuf(stdout, NULL, mode, 0)`: `_IOLBF`, `_IOFBF` or `_IONBF`.
+    static func setStdoutBuffering(_ mode: Int32) { cmp_stdout_set_buffering(mode) }
+
     /// Flushes every C stdio stream (Swift's `print` writes through stdout's buffer).
     static func flushStdio() { _ = fflush(nil) }
-}
-
-/// Monotonic time, for timeouts.
-enum MonotonicTime {
-    static func seconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 }

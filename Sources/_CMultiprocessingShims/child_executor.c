@@ -4,8 +4,9 @@
 // default global executor. Jobs are kept in malloc'd FIFO nodes, so nothing
 // here depends on the layout of the runtime's Job type.
 #define _GNU_SOURCE
-#include "CMultiprocessing.h"
+#include "_CMultiprocessingShims.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,18 +22,45 @@ typedef struct {
 
 #define SWIFTCC __attribute__((swiftcall))
 
-extern SWIFTCC void swift_job_run(SwiftJob *job, CMPSerialExecutorRef executor);
-extern SWIFTCC CMPSerialExecutorRef swift_task_getMainExecutor(void);
-
 typedef SWIFTCC void (*enqueue_original)(SwiftJob *);
 typedef SWIFTCC void (*enqueue_delay_original)(unsigned long long, SwiftJob *);
 typedef SWIFTCC void (*enqueue_deadline_original)(long long, long long, long long, long long, int, SwiftJob *);
+typedef SWIFTCC void (*enqueue_hook)(SwiftJob *, enqueue_original);
+typedef SWIFTCC void (*enqueue_delay_hook)(unsigned long long, SwiftJob *, enqueue_delay_original);
+typedef SWIFTCC void (*enqueue_deadline_hook)(long long, long long, long long, long long, int, SwiftJob *,
+                                              enqueue_deadline_original);
 
-extern SWIFTCC void (*swift_task_enqueueGlobal_hook)(SwiftJob *, enqueue_original);
-extern SWIFTCC void (*swift_task_enqueueMainExecutor_hook)(SwiftJob *, enqueue_original);
-extern SWIFTCC void (*swift_task_enqueueGlobalWithDelay_hook)(unsigned long long, SwiftJob *, enqueue_delay_original);
-extern SWIFTCC void (*swift_task_enqueueGlobalWithDeadline_hook)(long long, long long, long long, long long, int,
-                                                                  SwiftJob *, enqueue_deadline_original);
+// The runtime's entry points and hook variables, looked up at run time (as
+// NIO takes over the global executor): a runtime without them makes
+// `cmp_child_executor_resolve` return 0, and the library says so, instead of
+// the program failing to link. Resolved once, in the parent: a lookup in
+// every child would cost a search across every loaded library.
+static struct {
+    SWIFTCC void (*job_run)(SwiftJob *, CMPSerialExecutorRef);
+    SWIFTCC CMPSerialExecutorRef (*main_executor)(void);
+    enqueue_hook *global;
+    enqueue_hook *main;
+    enqueue_delay_hook *delay;
+    enqueue_deadline_hook *deadline;
+} runtime;
+
+int cmp_child_executor_resolve(void) {
+    if (runtime.job_run) return 1;
+    void *job_run = dlsym(RTLD_DEFAULT, "swift_job_run");
+    void *main_executor = dlsym(RTLD_DEFAULT, "swift_task_getMainExecutor");
+    void *global = dlsym(RTLD_DEFAULT, "swift_task_enqueueGlobal_hook");
+    void *main = dlsym(RTLD_DEFAULT, "swift_task_enqueueMainExecutor_hook");
+    void *delay = dlsym(RTLD_DEFAULT, "swift_task_enqueueGlobalWithDelay_hook");
+    void *deadline = dlsym(RTLD_DEFAULT, "swift_task_enqueueGlobalWithDeadline_hook");
+    if (!job_run || !main_executor || !global || !main || !delay || !deadline) return 0;
+    runtime.main_executor = (SWIFTCC CMPSerialExecutorRef (*)(void))main_executor;
+    runtime.global = global;
+    runtime.main = main;
+    runtime.delay = delay;
+    runtime.deadline = deadline;
+    runtime.job_run = (SWIFTCC void (*)(SwiftJob *, CMPSerialExecutorRef))job_run; // last: marks resolved
+    return 1;
+}
 
 // ----------------------------------------------------------------- queues --
 
@@ -114,7 +142,7 @@ static void *worker_main(void *arg) {
     bool is_main = (q == &main_queue);
     on_main_thread = is_main;
     CMPSerialExecutorRef executor = {0, 0};
-    if (is_main) executor = swift_task_getMainExecutor();
+    if (is_main) executor = runtime.main_executor();
     for (;;) {
         pthread_mutex_lock(&q->lock);
         while (!q->head) {
@@ -128,7 +156,7 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&q->lock);
         SwiftJob *job = node->job;
         free(node);
-        swift_job_run(job, executor);
+        runtime.job_run(job, executor);
     }
     return NULL;
 }
@@ -235,10 +263,11 @@ void cmp_child_executor_set_swift_setup(void (*function)(void)) { swift_setup = 
 
 void cmp_child_executor_install(void) {
     setup_once = (pthread_once_t)PTHREAD_ONCE_INIT; // a grandchild sets up anew
-    swift_task_enqueueGlobal_hook = hook_enqueue_global;
-    swift_task_enqueueMainExecutor_hook = hook_enqueue_main;
-    swift_task_enqueueGlobalWithDelay_hook = hook_enqueue_delay;
-    swift_task_enqueueGlobalWithDeadline_hook = hook_enqueue_deadline;
+    if (!runtime.job_run) return; // not resolved: the parent was told
+    *runtime.global = hook_enqueue_global;
+    *runtime.main = hook_enqueue_main;
+    *runtime.delay = hook_enqueue_delay;
+    *runtime.deadline = hook_enqueue_deadline;
 }
 
 

@@ -1,7 +1,8 @@
 // Raw C floors for mp-bench: what the library's operations cost with nothing
 // on top, measured in the benchmark process itself.
 #define _GNU_SOURCE
-#include "CMultiprocessing.h"
+#include "_CMultiprocessingBench.h"
+#include "_CMultiprocessingSync.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -121,4 +122,20 @@ done:;
     int status;
     waitpid(pid, &status, 0);
     return total == messages * size ? (double)total / 1e6 / elapsed : -1;
+}
+
+double cmp_bench_raw_fork_exit_wait_us(int iterations) {
+    if (iterations <= 0) return 0;
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int i = 0; i < iterations; i++) {
+        pid_t pid = fork();
+        if (pid == 0) _exit(0);
+        if (pid < 0) return -1;
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0) {}
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    double ns = (double)(end.tv_sec - start.tv_sec) * 1e9 + (double)(end.tv_nsec - start.tv_nsec);
+    return ns / 1000.0 / iterations;
 }

@@ -1,11 +1,12 @@
 #define _GNU_SOURCE
-#include "CMultiprocessing.h"
+#include "_CMultiprocessingShims.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -42,22 +43,6 @@ int cmp_get_child_subreaper(void) {
 pid_t cmp_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
 
-double cmp_bench_raw_fork_exit_wait_us(int iterations) {
-    if (iterations <= 0) return 0;
-    struct timespec start, end;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (int i = 0; i < iterations; i++) {
-        pid_t pid = fork();
-        if (pid == 0) _exit(0);
-        if (pid < 0) return -1;
-        int status = 0;
-        while (waitpid(pid, &status, 0) < 0) {}
-    }
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    double ns = (double)(end.tv_sec - start.tv_sec) * 1e9 + (double)(end.tv_nsec - start.tv_nsec);
-    return ns / 1000.0 / iterations;
-}
-
 int cmp_dispatch_is_multithreaded(void) {
     bool_fn forked = (bool_fn)dlsym(RTLD_DEFAULT, "_dispatch_is_fork_of_multithreaded_parent");
     bool_fn threaded = (bool_fn)dlsym(RTLD_DEFAULT, "_dispatch_is_multithreaded");
@@ -83,7 +68,7 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 
 int cmp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
-void cmp_stdout_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+void cmp_stdout_set_buffering(int mode) { setvbuf(stdout, NULL, mode, 0); }
 
 // The child path calls libc through pointers the dynamic linker fills in at
 // load time. A direct call goes through a lazily bound PLT entry, and a
@@ -97,13 +82,12 @@ static int (*const volatile kill_fn)(pid_t, int) = kill;
 static int (*const volatile sigmask_fn)(int, const sigset_t *, sigset_t *) = pthread_sigmask;
 static int (*const volatile on_exit_fn)(void (*)(int, void *), void *) = on_exit;
 static int (*const volatile fflush_fn)(FILE *) = fflush;
+static void (*const volatile fpurge_fn)(FILE *) = __fpurge;
 static void (*const volatile exit_fn)(int) = _exit;
 // Children send (results, queue items) where their parent often only receives.
 static ssize_t (*const volatile sendmsg_fn)(int, const struct msghdr *, int) = sendmsg;
 
 ssize_t cmp_sendmsg(int fd, const struct msghdr *message, int flags) { return sendmsg_fn(fd, message, flags); }
-
-void cmp_reset_tid_cache(void);
 
 static int exit_guard_installed; // inherited: a grandchild already has the guard
 
@@ -115,8 +99,9 @@ void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int statu
     sigset_t empty;
     memset(&empty, 0, sizeof empty);
     sigmask_fn(SIG_SETMASK, &empty, NULL);
+    fpurge_fn(stdout);
+    fpurge_fn(stderr);
     cmp_child_executor_install();
-    cmp_reset_tid_cache();
     if (!exit_guard_installed && exit_guard) {
         exit_guard_installed = 1;
         on_exit_fn(exit_guard, NULL);

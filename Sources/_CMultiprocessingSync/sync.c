@@ -1,5 +1,7 @@
 #define _GNU_SOURCE
-#include "CMPSync.h"
+#include "_CMultiprocessingSync.h"
+
+#include <pthread.h>
 
 #include <errno.h>
 #include <limits.h>
@@ -124,12 +126,20 @@ int cmp_atomic_cas_i32(int32_t *a, int32_t *e, int32_t d) {
     return __atomic_compare_exchange_n(a, e, d, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
 
+// The forking thread is the child's only thread, under a new kernel id: the
+// cache is cleared in every forked child (an atfork handler, registered on
+// the first miss, so a program that never asks pays nothing).
 static __thread int32_t cached_tid;
+static void reset_tid_cache(void) { cached_tid = 0; }
+static void register_tid_reset(void) { pthread_atfork(NULL, NULL, reset_tid_cache); }
+static pthread_once_t tid_reset_once = PTHREAD_ONCE_INIT;
 int32_t cmp_current_tid(void) {
-    if (!cached_tid) cached_tid = (int32_t)syscall(SYS_gettid);
+    if (!cached_tid) {
+        pthread_once(&tid_reset_once, register_tid_reset);
+        cached_tid = (int32_t)syscall(SYS_gettid);
+    }
     return cached_tid;
 }
-void cmp_reset_tid_cache(void) { cached_tid = 0; }
 
 // ------------------------------------------------------------------- ring --
 

@@ -1,15 +1,40 @@
-#ifndef C_MULTIPROCESSING_H
-#define C_MULTIPROCESSING_H
+#ifndef CMP_SHIMS_H
+#define CMP_SHIMS_H
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
-#include "CMPSync.h"
+// The thin C shim of the Multiprocessing module: the Linux calls Swift's
+// Glibc module cannot reach (prctl, raw syscalls, variadic calls), the
+// after-fork registry and the child-side executor. Only the Multiprocessing
+// module imports it; the Swift side wraps each call once (Platform/).
+// Each call returns what the kernel returns: -1 with errno set on failure.
 
 // ---------------------------------------------------------------------------
-// Linux calls Swift's Glibc module does not expose (prctl, raw syscalls).
-// Each returns what the kernel returns: -1 with errno set on failure.
+// The after-fork registry (fork_registry.c).
+// ---------------------------------------------------------------------------
+
+/// A mutex and condition variable that every forked child re-initialises.
+typedef struct cmp_fork_safe_mutex {
+    pthread_mutex_t mutex;
+    pthread_cond_t condition; // CLOCK_MONOTONIC
+    struct cmp_fork_safe_mutex *previous, *next;
+} cmp_fork_safe_mutex;
+
+/// Initialises `lock` and links it into the registry (installing the atfork
+/// handlers on first use).
+void cmp_fork_safe_mutex_init(cmp_fork_safe_mutex *lock);
+/// Unlinks `lock` and destroys it.
+void cmp_fork_safe_mutex_destroy(cmp_fork_safe_mutex *lock);
+/// The function a forked child runs after every registered lock is reset.
+void cmp_fork_registry_set_child_handler(void (*handler)(void));
+/// How many locks are registered (for tests).
+long cmp_fork_registry_count(void);
+
+// ---------------------------------------------------------------------------
+// Linux calls.
 // ---------------------------------------------------------------------------
 
 /// Everything a freshly forked child does at the system level, in one place
@@ -17,6 +42,9 @@
 /// - with `daemon`, `PR_SET_PDEATHSIG(SIGKILL)`, and if `parent` is already
 ///   gone, death by SIGKILL right away (the signal would never come);
 /// - an empty signal mask (the forking thread may have blocked SIGTERM);
+/// - what the parent buffered in stdout and stderr is dropped (another thread
+///   may have refilled the buffers between the parent's flush and the fork:
+///   the parent prints that, the child must not print it again);
 /// - the child executor's hooks (see below);
 /// - once per line of descent, `on_exit(exit_guard)`, so that `exit(n)` in the
 ///   child runs the library's exit handling, not the parent's atexit handlers.
@@ -36,8 +64,8 @@ int cmp_get_child_subreaper(void);
 /// The calling thread's kernel id.
 pid_t cmp_gettid(void);
 
-/// Makes stdout line-buffered (Python's `-u` spirit: lines appear as printed, even into a pipe).
-void cmp_stdout_line_buffered(void);
+/// `setvbuf(stdout, NULL, mode, 0)`: `_IOLBF` makes lines appear as printed, even into a pipe.
+void cmp_stdout_set_buffering(int mode);
 /// Closes every descriptor from 3 up except `keep` (for a helper process that must not hold others' pipes).
 void cmp_close_all_except(int keep);
 /// `pipe2(fds, O_CLOEXEC)`.
@@ -67,6 +95,9 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 // hook pointers are written at fork; queues, threads and the Swift executors
 // are set up on the first job.
 // ---------------------------------------------------------------------------
+/// Looks the runtime's hooks up (in the parent, once): 1 when found, 0 when
+/// this runtime lacks them (concurrency then cannot run in a forked child).
+int cmp_child_executor_resolve(void);
 void cmp_child_executor_install(void);
 /// A function run once in each child, on the first job, before it is queued:
 /// the Swift side replaces the runtime's default executors there.
@@ -84,19 +115,5 @@ int cmp_child_executor_on_main_thread(void);
 /// process (or, after fork, in the parent it was copied from: the flag is
 /// inherited). Looked up at run time, so there is no link dependency.
 int cmp_dispatch_is_multithreaded(void);
-
-// ---------------------------------------------------------------------------
-// Benchmark floors: the raw C cost of what the library wraps.
-// ---------------------------------------------------------------------------
-
-/// Mean microseconds of `fork()` + `_exit(0)` in the child + `waitpid` in the
-/// parent, over `iterations`, called from the current process.
-double cmp_bench_raw_fork_exit_wait_us(int iterations);
-/// Mean nanoseconds of lock + unlock of a robust process-shared mutex.
-double cmp_bench_robust_mutex_ns(long iterations);
-/// Framed 16-byte messages per second from a child over a raw socketpair.
-double cmp_bench_socketpair_small_msgs_per_s(long count);
-/// Megabytes per second of `size`-byte messages from a child over a raw socketpair.
-double cmp_bench_socketpair_bandwidth_MBps(long messages, long size);
 
 #endif

@@ -1,10 +1,14 @@
-#ifndef C_MULTIPROCESSING_SYNC_H
-#define C_MULTIPROCESSING_SYNC_H
+#ifndef CMP_SYNC_H
+#define CMP_SYNC_H
 
 #include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
 
+// The synchronisation algorithms of the library, in C because they need
+// robust process-shared mutexes, futexes and atomics on shared memory.
+// Only the Multiprocessing module imports this target.
+//
 // Building blocks for synchronization across processes. All state lives in
 // shared memory (an anonymous MAP_SHARED mapping inherited across fork, or a
 // named segment). Mutexes are robust: when their owner dies, the next locker
@@ -68,7 +72,7 @@ int cmp_atomic_cas_i32(int32_t *address, int32_t *expected, int32_t desired);
 uint8_t cmp_atomic_load_u8(const uint8_t *address);
 void cmp_atomic_store_u8(uint8_t *address, uint8_t value);
 
-/// The calling thread's kernel id, cached per thread (reset after fork).
+/// The calling thread's kernel id, cached per thread (cleared in a forked child).
 int32_t cmp_current_tid(void);
 
 /// Shared state of a lock-like primitive (lock, semaphore, event, condition, barrier).

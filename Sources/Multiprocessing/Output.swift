@@ -1,0 +1,17 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension MP {
+    /// Flushes every C stdio stream. Swift's `print` writes through stdout's
+    /// buffer, which is line-buffered on a terminal and block-buffered into a
+    /// pipe or a file: a child's output may sit in its buffer until it exits
+    /// (the library flushes at a child's exit and before every fork).
+    /// Python's `sys.stdout.flush()`.
+    public static func flushOutput() { Sys.flushStdio() }
+
+    /// Makes stdout line-buffered even into a pipe or a file, so each line
+    /// appears as it is printed (Python's `python -u`, for lines). Call it
+    /// first in `main`, before anything is printed.
+    public static func setLineBufferedOutput() { Sys.setStdoutBuffering(_IOLBF) }
+}

@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import Multiprocessing
+import Testing
+
+/// A thread that takes `locks`, reports that it holds them, and keeps them
+/// until `release()`: what another thread of a busy program does at the moment
+/// of a fork.
+private final class LockHolder: @unchecked Sendable {
+    private let held = OneShotEvent()
+    private let done = OneShotEvent()
+    private let finished = OneShotEvent()
+
+    init(_ locks: [ForkSafeLock]) {
+        startThread { [held, done, finished] in
+            for lock in locks { lock.lock() }
+            held.set()
+            done.wait()
+            for lock in locks.reversed() { lock.unlock() }
+            finished.set()
+        }
+        held.wait()
+    }
+
+    func release() {
+        done.set()
+        finished.wait()
+    }
+}
+
+private struct Fresh: Codable, Equatable { var name: String; var values: [Int] }
+
+@Suite("Fork safety: nothing of ours can deadlock a forked child")
+struct ForkSafetyTests {
+    @Test("every kind of library lock, held by a parent thread at the fork, is free in the child")
+    func heldLocksAreResetInTheChild() throws {
+        let (a, b) = try MP.Pipe()
+        // The locks the issue found held in hung children, and the rest of the
+        // library's kinds: the type-tag cache, a connection's send and receive
+        // locks (the runtime's is held in the raw-fork test below: starting a
+        // process takes it in the parent).
+        let holder = LockHolder([WireFormat.tagLock, a.sendLock, a.recvLock])
+        defer { holder.release() }
+        #expect(cmp_registered_lock_count() > 4)
+
+        let child = MP.Process {
+            // Encoding a type never seen before takes the type-tag lock.
+            try a.send(Fresh(name: "from the child", values: [1, 2, 3]))
+            guard try b.recv(Fresh.self) == Fresh(name: "from the child", values: [1, 2, 3]) else { MP.exit(2) }
+            let queue = try MP.Queue<String>()
+            try queue.put("queued")
+            guard try queue.get(timeout: 5) == "queued" else { MP.exit(3) }
+            // A pool of the child's own: its threads, its locks, its forks.
+            let squares = try MP.Pool.with(processes: 2) { pool in try pool.map(0..<100) { $0 * $0 } }
+            guard squares == (0..<100).map({ $0 * $0 }) else { MP.exit(4) }
+            guard MP.parentProcess() != nil, MP.currentProcess().name == "locks-held" else { MP.exit(5) }
+        }
+        child.name = "locks-held"
+        try child.start()
+        try joinOrKill(child, within: 20)
+        #expect(child.exitCode == 0)
+    }
+
+    @Test("a raw MP.fork() child also finds every lock free")
+    func rawForkChildFindsLocksFree() throws {
+        let (a, b) = try MP.Pipe()
+        let holder = LockHolder([WireFormat.tagLock, a.sendLock, b.recvLock, Runtime.shared.lock])
+        let forked = Result { try MP.fork() }
+        if case .success(.child) = forked {} else { holder.release() } // the parent's waitpid takes the runtime's lock
+        switch try forked.get() {
+        case .child:
+            MP.runAndExit {
+                try a.send(Fresh(name: "raw", values: []))
+                guard try b.recv(Fresh.self).name == "raw" else { MP.exit(2) }
+                _ = MP.activeChildren()
+            }
+        case .parent(let pid):
+            let status = try waitOrKill(pid, within: 20)
+            #expect(status.exitCode == 0)
+        }
+    }
+
+    @Test("a child never prints what its parent buffered, even while another parent thread prints")
+    func noOutputPrintedTwice() throws {
+        let output = TestPipe()
+        // The scenario runs in a child of its own, whose stdout is the pipe.
+        let scenario = MP.Process {
+            output.closeRead()
+            guard dup2(output.writeEnd, STDOUT_FILENO) >= 0 else { MP.exit(10) }
+            output.closeWrite()
+            Sys.setStdoutBuffering(_IOFBF) // block-buffered, as into any pipe
+            let stop = OneShotEvent()
+            let stopped = OneShotEvent()
+            let flag = CancellationFlag()
+            startThread {
+                var line = 0
+                while !flag.isSet {
+                    print("line \(line)")
+                    line += 1
+                }
+                stopped.set()
+            }
+            for _ in 0..<200 {
+                let empty = MP.Process {}
+                try empty.start()
+                try empty.join()
+            }
+            flag.set()
+            stopped.wait()
+            _ = stop
+        }
+        try scenario.start()
+        let text = output.readAll(within: 60)
+        try joinOrKill(scenario, within: 60)
+        #expect(scenario.exitCode == 0)
+        var seen = Set<Substring>()
+        var repeated = 0
+        var garbled = 0
+        for line in text.split(separator: "\n") {
+            if !line.hasPrefix("line ") || Int(line.dropFirst(5)) == nil { garbled += 1; continue }
+            if !seen.insert(line).inserted { repeated += 1 }
+        }
+        #expect(seen.count > 0, "the printing thread printed")
+        #expect(repeated == 0, "lines printed twice: \(repeated)")
+        #expect(garbled == 0, "garbled lines: \(garbled)")
+    }
+}
+
+/// How many locks the after-fork registry holds.
+private func cmp_registered_lock_count() -> Int { AfterFork.registeredLockCount }
