@@ -52,6 +52,8 @@ extension MP {
         case corruptStream(String)
         /// A frame arrived whole but did not decode as the requested type; it was consumed.
         case decoding(WireError)
+        /// The value could not be encoded; nothing was sent.
+        case encoding(WireError)
         /// The message was sent as another type; it was consumed.
         case typeMismatch(expected: String)
         /// The message was sent with another method (`send`, `sendBytes` or `sendBitwise`).
@@ -71,7 +73,7 @@ extension MP {
             case .messageTooLarge(let size, let limit): return "message of \(size) bytes exceeds the limit of \(limit) bytes"
             case .truncatedFrame(let expected, let received): return "stream ended inside a frame: \(received) of \(expected) bytes"
             case .corruptStream(let why): return "corrupt stream: \(why)"
-            case .decoding(let error): return error.description
+            case .decoding(let error), .encoding(let error): return error.description
             case .typeMismatch(let expected): return "message was sent as another type than \(expected)"
             case .kindMismatch(let sent, let expected): return "message was sent with \(sent); receive it with \(expected)"
             case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
@@ -154,7 +156,7 @@ extension MP {
         public func send<T: Encodable>(_ value: T) throws(ConnectionError) {
             var writer = ByteWriter()
             writer.bytes.append(contentsOf: repeatElement(0, count: Self.headerSize))
-            do { try WireFormat.encode(value, into: &writer) } catch { throw .decoding(error) }
+            do { try WireFormat.encode(value, into: &writer) } catch { throw .encoding(error) }
             try sendFrame(&writer.bytes, kind: .codable, type: WireFormat.typeTag(T.self))
         }
 

@@ -21,11 +21,14 @@ extension MP {
         case encoding(WireError)
         case decoding(WireError)
         case negativeTimeout(Double)
+        /// An argument was out of range (a negative `maxsize`, an absurd `capacityBytes`).
+        case invalidArgument(String)
         case cancelled
         case system(OSError)
 
         public var description: String {
             switch self {
+            case .invalidArgument(let what): return what
             case .empty: return "the queue is empty"
             case .full: return "the queue is full"
             case .closed: return "the queue is closed"
@@ -67,13 +70,19 @@ extension MP {
         ///   - maxsize: Python's `maxsize`: the most items at once; 0 for no limit.
         ///   - capacityBytes: the shared buffer (pages are only used as filled).
         public init(maxsize: Int = 0, capacityBytes: Int = 8 << 20) throws(QueueError) {
-            guard maxsize >= 0 else { throw .system(OSError("Queue(maxsize:)", errno: .invalidArgument)) }
+            guard maxsize >= 0 else { throw .invalidArgument("maxsize must be >= 0 (got \(maxsize))") }
+            // A message's length is 32 bits in the ring.
+            guard capacityBytes >= 0, capacityBytes <= Int(UInt32.max) else {
+                throw .invalidArgument("capacityBytes must be between 0 and \(UInt32.max) (got \(capacityBytes))")
+            }
             let capacity = max(64, (capacityBytes + 7) / 8 * 8)
             do {
                 block = try SharedBlock(bytes: MemoryLayout<cmp_ring>.stride + capacity)
             } catch {
-                if case .system(let os) = error { throw .system(os) }
-                throw .system(OSError("mmap", errno: .noMemory))
+                switch error {
+                case .system(let os): throw .system(os)
+                default: throw .invalidArgument(error.description)
+                }
             }
             ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
             let error = cmp_ring_init(ring, UInt64(capacity), UInt64(maxsize))
@@ -99,6 +108,8 @@ extension MP {
         }
 
         private func putEncoded(_ raw: UnsafeRawBufferPointer, _ nanoseconds: Int64) -> Int32 {
+            // Never cut a length to 32 bits: what cannot fit is refused whole.
+            guard raw.count <= capacityBytes else { return Int32(CMP_RING_TOO_LARGE) }
             var ownerDied: Int32 = 0
             return cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied)
         }

@@ -111,7 +111,7 @@ extension MP {
         }
 
         static func isValid(_ name: String) -> Bool {
-            !name.isEmpty && name.utf8.count <= 200 && !name.contains("/") && name != "." && name != ".."
+            !name.isEmpty && name.utf8.count <= 200 && !name.contains("/") && !name.utf8.contains(0) && name != "." && name != ".."
         }
 
         private static func uniqueName() -> String {

@@ -14,6 +14,9 @@ final class SharedBlock: @unchecked Sendable {
     @usableFromInline
     init(bytes: Int) throws(MP.SyncError) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard bytes >= 0, bytes <= Int.max - page else {
+            throw .invalidArgument("cannot map \(bytes) bytes of shared memory")
+        }
         size = max(page, (bytes + page - 1) / page * page)
         guard let raw = cmp_shared_map(size) else {
             throw .system(MP.OSError("mmap", errno: Errno(rawValue: errno)))
@@ -58,9 +61,32 @@ extension MP {
         }
 
         /// Python's `value`: read or written under the lock.
+        ///
+        /// The lock is a robust recursive mutex in memory this object owns: it
+        /// cannot fail to lock (a holder that died hands it over). Should it
+        /// ever fail, this stops the program with the reason rather than read
+        /// or write without it; ``get()`` and ``set(_:)`` throw instead.
         public var value: T {
-            get { (try? lock.withLock { pointer.pointee }) ?? pointer.pointee }
-            set { _ = try? lock.withLock { pointer.pointee = newValue } }
+            get {
+                do { return try get() } catch { preconditionFailure("MP.Value could not take its lock to read: \(error)") }
+            }
+            set {
+                do { try set(newValue) } catch { preconditionFailure("MP.Value could not take its lock to write: \(error)") }
+            }
+        }
+
+        /// Reads the value under the lock.
+        public func get() throws(SyncError) -> T {
+            try lock.acquire()
+            defer { try? lock.release() }
+            return pointer.pointee
+        }
+
+        /// Writes the value under the lock.
+        public func set(_ newValue: T) throws(SyncError) {
+            try lock.acquire()
+            defer { try? lock.release() }
+            pointer.pointee = newValue
         }
 
         /// Runs `body` on the value, holding the lock.
@@ -85,7 +111,9 @@ extension MP {
         /// Shared memory for `count` elements, filled by the caller.
         private init(count: Int) throws(SyncError) {
             guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
-            block = try SharedBlock(bytes: count * MemoryLayout<Element>.stride)
+            let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
+            guard !overflow else { throw .invalidArgument("an array of \(count) \(Element.self) elements does not fit in memory") }
+            block = try SharedBlock(bytes: bytes)
             elements = block.base.bindMemory(to: Element.self, capacity: count)
             self.count = count
             lock = try RLock()

@@ -17,7 +17,10 @@ enum WireFormat {
     }
 
     static func encode<T: Encodable>(_ value: T, into writer: inout ByteWriter) throws(MP.WireError) {
-        if writer.writeFast(value) { return }
+        if writer.writeFast(value) {
+            try writer.checkLengths(T.self)
+            return
+        }
         let encoder = BinaryEncoder(writer: writer)
         do {
             try encoder.encodeValue(value)
@@ -27,7 +30,13 @@ enum WireFormat {
             throw .encodingFailed(type: "\(T.self)", reason: "\(error)")
         }
         writer = encoder.writer
+        try writer.checkLengths(T.self)
     }
+
+    /// How deeply values may nest (containers within containers), on both
+    /// sides: deeper input would overflow the stack of a recursive decoder.
+    /// JSONDecoder stops near 512 as well.
+    static let maximumDepth = 512
 
     static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(MP.WireError) -> T {
         var reader = ByteReader(bytes)
@@ -117,6 +126,11 @@ extension UInt32: WirePrimitive {}
 extension UInt64: WirePrimitive {}
 extension Float: WirePrimitive {}
 extension Double: WirePrimitive {}
+// Their Codable conformances call encode(_: Int128) on a container, which the
+// standard library's default implementation refuses: as primitives they never
+// reach a container.
+extension Int128: WirePrimitive {}
+extension UInt128: WirePrimitive {}
 
 extension WirePrimitive {
     /// Opens an existential: writes `self` as its concrete type.
@@ -132,6 +146,7 @@ protocol WireFastArray {
 extension Array: WireFastArray where Element: WirePrimitive {
     func writeBlock(into writer: inout ByteWriter) {
         writer.writeLength(count)
+        if writer.overlong != nil { return } // refused: copy nothing
         withUnsafeBytes { writer.writeRaw($0) }
     }
 
@@ -171,8 +186,9 @@ extension Dictionary: WireDictionary where Key: Codable, Value: Codable {
         guard count <= decoder.reader.remaining else {
             throw MP.WireError.malformed(type: "[\(Key.self): \(Value.self)]", reason: "\(count) entries announced, \(decoder.reader.remaining) bytes left")
         }
+        // Grows with what is actually decoded: a claimed count reserves
+        // nothing (a 60 MiB input could otherwise reserve gigabytes).
         var result: [Key: Value] = [:]
-        result.reserveCapacity(count)
         for _ in 0..<count {
             let key = try decoder.decodeValue(Key.self)
             result[key] = try decoder.decodeValue(Value.self)
@@ -196,6 +212,9 @@ extension Optional: WireOptional {
 
 struct ByteWriter {
     var bytes: [UInt8] = []
+    /// The first length too large for the format's 32-bit lengths: the
+    /// encoding fails (``checkLengths(_:)``) instead of writing a cut length.
+    var overlong: Int?
 
     init() { bytes.reserveCapacity(64) }
 
@@ -207,13 +226,23 @@ struct ByteWriter {
         withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) }
     }
 
-    mutating func writeLength(_ length: Int) { write(UInt32(truncatingIfNeeded: length)) }
+    mutating func writeLength(_ length: Int) {
+        if length > Int(UInt32.max), overlong == nil { overlong = length }
+        write(UInt32(truncatingIfNeeded: length))
+    }
+
+    /// Throws if a length did not fit the format.
+    func checkLengths<T>(_ type: T.Type) throws(MP.WireError) {
+        if let overlong {
+            throw .encodingFailed(type: "\(T.self)", reason: "a length of \(overlong) does not fit the wire format's 32-bit lengths (at most \(UInt32.max))")
+        }
+    }
 
     mutating func write(_ string: String) {
         var string = string
         string.withUTF8 { utf8 in
             writeLength(utf8.count)
-            bytes.append(contentsOf: utf8)
+            if overlong == nil { bytes.append(contentsOf: utf8) }
         }
     }
 
@@ -233,6 +262,7 @@ struct ByteWriter {
 
     /// Overwrites a length written earlier at `offset`.
     mutating func patchLength(_ length: Int, at offset: Int) {
+        if length > Int(UInt32.max), overlong == nil { overlong = length }
         withUnsafeBytes(of: UInt32(truncatingIfNeeded: length)) { raw in
             for index in 0..<4 { bytes[offset + index] = raw[index] }
         }
@@ -343,8 +373,15 @@ final class BinaryEncoder: Encoder {
 
     init(writer: ByteWriter) { self.writer = writer }
 
+    var depth = 0
+
     /// Any nested value: optionals get a presence byte, fast types skip containers.
     func encodeValue<T: Encodable>(_ value: T) throws {
+        depth += 1
+        defer { depth -= 1 }
+        if depth > WireFormat.maximumDepth {
+            throw MP.WireError.encodingFailed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
+        }
         if let optional = value as? WireOptional {
             guard let wrapped = optional.wrappedValue else {
                 writer.bytes.append(0)
@@ -380,6 +417,18 @@ struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol {
     }
 
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
+        Tag.write(key, present: true, into: &encoder.writer)
+        try encoder.encodeValue(value)
+    }
+
+    // The standard library's defaults for these refuse ("not implemented"):
+    // 128-bit integers are primitives here, like the other integers.
+    mutating func encode(_ value: Int128, forKey key: Key) throws {
+        Tag.write(key, present: true, into: &encoder.writer)
+        try encoder.encodeValue(value)
+    }
+
+    mutating func encode(_ value: UInt128, forKey key: Key) throws {
         Tag.write(key, present: true, into: &encoder.writer)
         try encoder.encodeValue(value)
     }
@@ -435,6 +484,15 @@ struct UnkeyedWriter: UnkeyedEncodingContainer {
         appended()
     }
 
+    mutating func encode(_ value: Int128) throws { try encodeElement(value) }
+    mutating func encode(_ value: UInt128) throws { try encodeElement(value) }
+
+    private mutating func encodeElement<T: Encodable>(_ value: T) throws {
+        encoder.writer.bytes.append(Tag.present)
+        try encoder.encodeValue(value)
+        appended()
+    }
+
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
         encoder.writer.bytes.append(Tag.present)
         appended()
@@ -460,6 +518,8 @@ struct SingleWriter: SingleValueEncodingContainer {
 
     mutating func encodeNil() throws { encoder.writer.bytes.append(0) }
     mutating func encode<T: Encodable>(_ value: T) throws { try encoder.encodeValue(value) }
+    mutating func encode(_ value: Int128) throws { try encoder.encodeValue(value) }
+    mutating func encode(_ value: UInt128) throws { try encoder.encodeValue(value) }
 }
 
 // MARK: - decoder
@@ -479,7 +539,14 @@ final class BinaryDecoder: Decoder {
         return value
     }
 
+    var depth = 0
+
     func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
+        depth += 1
+        defer { depth -= 1 }
+        if depth > WireFormat.maximumDepth {
+            throw MP.WireError.malformed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
+        }
         if let optional = T.self as? WireOptional.Type {
             switch try reader.readByte() {
             case 0: return optional.make(nil) as! T
@@ -562,6 +629,24 @@ struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return try decoder.decodeValue(T.self)
     }
 
+    func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { try decodeRequired(type, forKey: key) }
+    func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try decodeRequired(type, forKey: key) }
+    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? {
+        guard try readTag(key) else { return nil }
+        return try decoder.decodeValue(type)
+    }
+    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? {
+        guard try readTag(key) else { return nil }
+        return try decoder.decodeValue(type)
+    }
+
+    private func decodeRequired<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
+        guard try readTag(key) else {
+            throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "absent (nil) but \(T.self) is required")
+        }
+        return try decoder.decodeValue(T.self)
+    }
+
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
         _ = try readTag(key)
         return try decoder.container(keyedBy: type)
@@ -622,6 +707,16 @@ struct UnkeyedReader: UnkeyedDecodingContainer {
         return try decoder.decodeValue(T.self)
     }
 
+    mutating func decode(_ type: Int128.Type) throws -> Int128 { try decodeElement(type) }
+    mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try decodeElement(type) }
+
+    private mutating func decodeElement<T: Decodable>(_ type: T.Type) throws -> T {
+        guard try next() else {
+            throw MP.WireError.malformed(type: "\(T.self)", reason: "element \(currentIndex - 1) is nil")
+        }
+        return try decoder.decodeValue(T.self)
+    }
+
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
         _ = try next()
         return try decoder.container(keyedBy: type)
@@ -649,4 +744,6 @@ struct SingleReader: SingleValueDecodingContainer {
     }
 
     func decode<T: Decodable>(_ type: T.Type) throws -> T { try decoder.decodeValue(T.self) }
+    func decode(_ type: Int128.Type) throws -> Int128 { try decoder.decodeValue(type) }
+    func decode(_ type: UInt128.Type) throws -> UInt128 { try decoder.decodeValue(type) }
 }
