@@ -89,6 +89,25 @@ enum Sys {
         try !pollReadable([fd], until: deadline).isEmpty
     }
 
+    /// `poll` until one of `fds` has an event or `deadline` passes; returns the
+    /// count ready (0 at the deadline). A signal resumes the wait.
+    @discardableResult
+    static func poll(_ fds: inout [pollfd], until deadline: Deadline?) throws(MP.OSError) -> Int {
+        while true {
+            let ready = Glibc.poll(&fds, nfds_t(fds.count), deadline?.remainingMilliseconds ?? -1)
+            if ready >= 0 { return Int(ready) }
+            let code = errno
+            if code != EINTR { throw MP.OSError("poll", errno: Errno(rawValue: code)) }
+        }
+    }
+
+    /// Reads and drops what is waiting on a non-blocking-enough descriptor
+    /// (a wake-up pipe): one `read` of up to 256 bytes.
+    static func drain(_ fd: Int32) {
+        var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        _ = withUnsafeMutableBytes(of: &scratch) { Glibc.read(fd, $0.baseAddress, $0.count) }
+    }
+
     static func pipe() throws(MP.OSError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
         _ = try check("pipe2") { cmp_pipe_cloexec(&fds) }

@@ -18,6 +18,8 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     @usableFromInline var nextToDeliver = 0
     @usableFromInline var arrivedCount = 0
     @usableFromInline var failed = false
+    /// `imap`: the earliest failed chunk, thrown once every chunk before it is delivered.
+    @usableFromInline var pendingFailure: (index: Int, error: MP.PoolError)?
     /// Results written by the workers into shared memory (fixed-width types).
     @usableFromInline var sharedResults: UnsafeMutableRawPointer?
     @usableFromInline var releaseShared: (@Sendable () -> Void)?
@@ -73,6 +75,23 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
         }
     }
 
+    /// `imap`: delivers the chunks that are next in order; at a failed
+    /// chunk, ends the stream with its error.
+    @inlinable
+    func deliverInOrder() {
+        while nextToDeliver < chunks.count {
+            if let failure = pendingFailure, failure.index == nextToDeliver {
+                failed = true
+                done(.failure(failure.error))
+                return
+            }
+            guard let chunk = chunks[nextToDeliver] else { return }
+            deliver?(chunk)
+            chunks[nextToDeliver] = []
+            nextToDeliver += 1
+        }
+    }
+
     /// Called on the pool's thread only. Inlinable, as the whole map path is:
     /// specialized, it costs no generic metadata lookups per chunk.
     @inlinable
@@ -80,6 +99,12 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
         guard !failed else { return }
         switch outcome {
         case .failure(let error):
+            if deliver != nil && ordered {
+                // imap: the results before the failed chunk come first.
+                if pendingFailure.map({ index < $0.index }) ?? true { pendingFailure = (index, error) }
+                deliverInOrder()
+                return
+            }
             failed = true
             done(.failure(error))
         case .success(var values):
@@ -96,12 +121,9 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
                 deliver(values)
             } else {
                 chunks[index] = values
-                if let deliver {
-                    while nextToDeliver < chunks.count, let chunk = chunks[nextToDeliver] {
-                        deliver(chunk)
-                        chunks[nextToDeliver] = []
-                        nextToDeliver += 1
-                    }
+                if deliver != nil {
+                    deliverInOrder()
+                    if failed { return }
                 }
             }
             if arrivedCount == chunks.count {

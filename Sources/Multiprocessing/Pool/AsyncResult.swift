@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import _CMultiprocessingShims
+import _CMultiprocessingSync
+
+extension MP {
+    /// Python's `AsyncResult`: the future of one `applyAsync` or `mapAsync`.
+    public final class AsyncResult<Value: Sendable>: @unchecked Sendable {
+        private let lock = ForkSafeLock()
+        private var outcome: Result<Value, PoolError>?
+        private var continuations: [CheckedContinuation<Result<Value, PoolError>, Never>] = []
+        private var resolving = false
+        private let onSuccess: (@Sendable (Value) -> Void)?
+        private let onFailure: (@Sendable (PoolError) -> Void)?
+
+        @usableFromInline
+        init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (PoolError) -> Void)?) {
+            onSuccess = callback
+            onFailure = errorCallback
+        }
+
+        /// Python's `ready()`.
+        public var ready: Bool { lock.withLock { outcome != nil } }
+
+        /// Python's `successful()`: throws ``MP/PoolError/notReady`` before the result is ready.
+        public var successful: Bool {
+            get throws(PoolError) {
+                guard let outcome = lock.withLock({ outcome }) else { throw .notReady }
+                if case .success = outcome { return true }
+                return false
+            }
+        }
+
+        /// Python's `wait(timeout)`: whether the result is ready. A negative
+        /// timeout waits not at all, as in Python; `nil` or `.infinity`, without limit.
+        @discardableResult
+        public func wait(timeout: Double? = nil) -> Bool {
+            wait(until: timeout.flatMap { Deadline.after(validSeconds: $0 >= 0 ? $0 : 0) })
+        }
+
+        private func wait(until: Deadline?) -> Bool {
+            lock.withLock {
+                while outcome == nil {
+                    if let until, until.hasPassed { return false }
+                    lock.wait(until: until)
+                }
+                return true
+            }
+        }
+
+        /// Python's `get(timeout)`: the value, or the task's error; ``MP/PoolError/timeout`` on timeout.
+        public func get(timeout: Double? = nil) throws(PoolError) -> Value {
+            let until = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
+            guard wait(until: until) else { throw .timeout }
+            return try lock.withLock { outcome! }.get()
+        }
+
+        /// `get()` for a result only its caller can see (a blocking `map`
+        /// creates it and returns its value): the value is handed over, not
+        /// kept, so the array is freed as soon as the caller drops it, even
+        /// while the pool's thread still holds this object. The next map can
+        /// then reuse its pages, which are writable (see `ForkExcludedArray`).
+        @usableFromInline
+        func take() throws(PoolError) -> Value {
+            wait()
+            let result = lock.withLock { () -> Result<Value, PoolError> in
+                defer { outcome = .failure(.notReady) } // handed over
+                return outcome!
+            }
+            return try result.get()
+        }
+
+        /// `try await result.value`: suspends until the result is ready.
+        public var value: Value {
+            get async throws(PoolError) {
+                let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, PoolError>, Never>) in
+                    let ready: Result<Value, PoolError>? = lock.withLock {
+                        if let outcome { return outcome }
+                        continuations.append(continuation)
+                        return nil
+                    }
+                    if let ready { continuation.resume(returning: ready) }
+                }
+                return try result.get()
+            }
+        }
+
+        /// Settles the result once; later calls are ignored. As in CPython, the
+        /// callback runs first, then the result becomes ready: a `get()` that
+        /// returns has seen its callback run.
+        ///
+        /// `result` is consumed: once a waiter wakes, the only references to
+        /// the value are this object's and the waiter's (the resolving thread
+        /// keeps none), so a map's array freed by the caller goes back to the
+        /// allocator right away, and the next map can reuse its pages.
+        @usableFromInline
+        func resolve(_ result: consuming Result<Value, PoolError>) {
+            let first = lock.withLock { () -> Bool in
+                guard outcome == nil, !resolving else { return false }
+                resolving = true
+                return true
+            }
+            guard first else { return }
+            switch copy result {
+            case .success(let value): onSuccess?(value)
+            case .failure(let error): onFailure?(error)
+            }
+            lock.lock()
+            outcome = consume result
+            lock.broadcast()
+            let waiting = continuations
+            continuations = []
+            let resumeWith = waiting.isEmpty ? nil : outcome
+            lock.unlock()
+            if let resumeWith { for continuation in waiting { continuation.resume(returning: resumeWith) } }
+        }
+    }
+}
+
+// MARK: - tasks and generations

@@ -1,0 +1,64 @@
+
+/// What a task sends back: its encoded result, or its error's type and text.
+@usableFromInline
+enum TaskOutcome {
+    case success([UInt8])
+    case failure(PoolErrorKind, String, String)
+
+    @usableFromInline
+    enum PoolErrorKind: UInt8 { case task = 1, initializer = 2, result = 3 }
+
+    /// Frame: [Int64 index][UInt8 kind (0 success)] then the bytes, or type 0 text.
+    func frame(index: Int) -> [UInt8] {
+        var bytes = [UInt8]()
+        withUnsafeBytes(of: Int64(index).littleEndian) { bytes.append(contentsOf: $0) }
+        switch self {
+        case .success(let payload):
+            bytes.append(0)
+            bytes.append(contentsOf: payload)
+        case .failure(let kind, let type, let text):
+            bytes.append(kind.rawValue)
+            bytes.append(contentsOf: type.utf8)
+            bytes.append(0)
+            bytes.append(contentsOf: text.utf8)
+        }
+        return bytes
+    }
+
+    static func parse(_ frame: [UInt8]) -> (Int, TaskOutcome)? {
+        guard frame.count >= 9 else { return nil }
+        let index = Int(frame.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }.littleEndian)
+        let body = frame[9...]
+        guard frame[8] != 0, let kind = PoolErrorKind(rawValue: frame[8]) else { return (index, .success(Array(body))) }
+        let zero = body.firstIndex(of: 0) ?? body.endIndex
+        let type = String(decoding: body[..<zero], as: UTF8.self)
+        let text = zero < body.endIndex ? String(decoding: body[body.index(after: zero)...], as: UTF8.self) : ""
+        return (index, .failure(kind, type, text))
+    }
+
+    @usableFromInline
+    static func encode<R: Encodable>(_ value: R) -> TaskOutcome {
+        do { return .success(try WireFormat.encode(value)) } catch { return .failure(.result, "\(R.self)", "\(error)") }
+    }
+
+    @usableFromInline
+    static func decode<R: Decodable>(_ type: R.Type, _ bytes: [UInt8]) -> Result<R, MP.PoolError> {
+        Result { () throws(MP.WireError) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
+    }
+
+    var poolError: MP.PoolError? {
+        guard case .failure(let kind, let type, let text) = self else { return nil }
+        switch kind {
+        case .task: return .taskFailed(type: type, description: text)
+        case .initializer: return .initializerFailed(type: type, description: text)
+        case .result: return .result(.encodingFailed(type: type, reason: text))
+        }
+    }
+}
+
+
+/// What a task that returns nothing sends back: no bytes at all.
+@usableFromInline
+struct NoResult: Codable, Sendable {
+    @usableFromInline init() {}
+}
