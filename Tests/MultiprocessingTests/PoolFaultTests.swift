@@ -62,16 +62,17 @@ struct PoolFaultTests {
                 }
             }
             let pool = try MP.Pool(processes: 2)
-            let results = (0..<6).map { i in pool.applyAsync { i } }
-            for (i, result) in results.enumerated() {
-                if i == 2 && afterRecording {
-                    #expect(performing: { _ = try result.get(timeout: 20) }, throws: diedOf("was killed by SIGKILL"))
-                } else {
-                    // Killed before the claim was recorded: the task was never
-                    // claimed, and a replacement worker runs it.
-                    #expect(try result.get(timeout: 20) == i, "task \(i), killed \(afterRecording ? "after" : "before") recording")
-                }
+            // One batch: task indices are the chunks' (0..<6).
+            let mapped = pool.mapAsync(0..<6, chunksize: 1) { $0 * 10 }
+            if afterRecording {
+                // The dead worker had claimed task 2: it fails with it.
+                #expect(performing: { _ = try mapped.get(timeout: 20) }, throws: diedOf("was killed by SIGKILL"))
+            } else {
+                // Killed before its claim took effect: the task was never
+                // claimed, and another worker runs it.
+                #expect(try mapped.get(timeout: 20) == [0, 10, 20, 30, 40, 50])
             }
+            #expect(once.load() == 1, "the hook killed a worker")
             pool.close()
             try pool.join()
         }

@@ -104,42 +104,58 @@ final class Generation: @unchecked Sendable {
     var exhausted: Bool { cmp_atomic_load_i64(next) >= tasks.count }
 
     /// Runs `body` holding the claims' robust mutex. A worker killed inside
-    /// leaves it to the next locker (EOWNERDEAD), with its slot written and
-    /// the next index either not yet moved (the task was not claimed) or
-    /// moved (it was): never a claimed task that no slot names.
+    /// leaves the mutex to the next locker (EOWNERDEAD), which first repairs
+    /// what the dead worker left half-done (``repairClaims()``).
     private func withClaims<T>(_ body: () -> T) -> T {
-        _ = cmp_mutex_lock(mutex, -1)
+        if cmp_mutex_lock(mutex, -1) == EOWNERDEAD { repairClaims() }
         defer { _ = cmp_mutex_unlock(mutex) }
         return body()
     }
 
+    /// A slot's value while its worker is recording a claim of `task`.
+    private static func pending(_ task: Int64) -> Int64 { -(task + 16) }
+
+    /// With the mutex held, after its holder died: a claim the dead worker
+    /// was recording took effect if the next index had moved past it (the
+    /// task is its, and fails with it); otherwise it never happened. Decided
+    /// before anyone can claim again, so never confused with a later claim.
+    private func repairClaims() {
+        for index in 0..<slots {
+            let held = slot(index).pointee
+            guard held <= Self.pending(0) else { continue }
+            let task = -held - 16
+            slot(index).pointee = next.pointee > task ? task : Self.idle
+        }
+    }
+
     /// Tests only: called in a worker inside `claim`, holding the claims'
-    /// mutex, before (false) and after (true) the claim is recorded, to kill
+    /// mutex, before (false) and after (true) the next index moves, to kill
     /// the worker at the worst moments.
     nonisolated(unsafe) static var claimHook: ((Int, Bool) -> Void)?
 
-    /// In a worker: claims the next task for `slot` (recording it in the slot
-    /// first), or nil when every task is claimed.
+    /// In a worker: claims the next task for `slot`, or nil when every task
+    /// is claimed. The slot says "claiming" while the next index moves, then
+    /// names the task.
     func claim(slot index: Int) -> Int? {
-        withClaims {
+        withClaims { () -> Int? in
             let task = next.pointee
             guard task < tasks.count else { return nil }
-            cmp_atomic_store_i64(slot(index), task)
+            cmp_atomic_store_i64(slot(index), Self.pending(task))
             Generation.claimHook?(Int(task), false)
             cmp_atomic_store_i64(next, task + 1)
             Generation.claimHook?(Int(task), true)
+            cmp_atomic_store_i64(slot(index), task)
             return Int(task)
         }
     }
 
     /// In the parent, once the worker of `index` has exited: what its slot
     /// held (a task it claimed and did not finish, ``initializing``, or
-    /// nothing), and the slot is cleared.
+    /// ``idle``); the slot is cleared.
     func vacate(slot index: Int) -> Int64 {
         withClaims {
             let held = slot(index).pointee
             slot(index).pointee = Self.idle
-            if held >= 0 && held >= next.pointee { return Self.idle } // written, never claimed
             return held
         }
     }
