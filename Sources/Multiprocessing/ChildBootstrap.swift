@@ -11,6 +11,8 @@ enum ChildBootstrap {
         // signal mask, concurrency hooks and the exit guard are reset here too.
         cmp_child_after_fork(daemon ? 1 : 0, parentPid, Runtime.exitGuard)
         Runtime.shared.afterForkInChild(process: process, parentPid: parentPid)
+        // A crash (fatalError, an index out of range) says which process it was.
+        process.name.withCString { cmp_child_name_crashes($0) }
         var code: Int32 = 0
         do {
             try process.run()

@@ -46,6 +46,9 @@ extension MP {
     /// A raw fork child that falls off its branch goes on running the rest of
     /// the program, as in Python; end it with ``MP/exit(_:)`` or
     /// ``MP/runAndExit(_:)``, which never run the parent's `atexit` handlers.
+    /// An error thrown out of top-level code in the child is Swift's fatal
+    /// error (SIGILL), not Python's exit status 1: prefer ``MP/fork(_:)``,
+    /// whose child body may throw.
     public static func fork() throws(OSError) -> ForkResult {
         let parent = Sys.getpid
         let pid = try Runtime.forkFlushingStdio()
@@ -55,6 +58,23 @@ extension MP {
             return .child
         }
         return .parent(child: pid)
+    }
+
+    /// `os.fork()` with the child's code as a closure: the child runs `child`
+    /// and exits as a Python child does (0 when it returns; `n` after
+    /// ``MP/exit(_:)`` or a thrown ``MP/ExitRequest``; an uncaught error is
+    /// printed to stderr and exits 1, status 256 to ``MP/wait()``). It never
+    /// returns into the parent's code. Returns the child's pid, in the parent.
+    ///
+    /// ```swift
+    /// let pid = try MP.fork { try work() }     // the child may throw
+    /// print(try MP.waitpid(pid)!.status)
+    /// ```
+    public static func fork(_ child: () throws -> Void) throws(OSError) -> Int32 {
+        switch try fork() {
+        case .child: runAndExit(child)
+        case .parent(let pid): return pid
+        }
     }
 
     /// Python's `os.wait()`: blocks until any child ends, reaps it and returns

@@ -82,6 +82,7 @@ static int (*const volatile kill_fn)(pid_t, int) = kill;
 static int (*const volatile sigmask_fn)(int, const sigset_t *, sigset_t *) = pthread_sigmask;
 static int (*const volatile on_exit_fn)(void (*)(int, void *), void *) = on_exit;
 static int (*const volatile fflush_fn)(FILE *) = fflush;
+static int (*const volatile sigaction_fn)(int, const struct sigaction *, struct sigaction *) = sigaction;
 static void (*const volatile fpurge_fn)(FILE *) = __fpurge;
 static void (*const volatile exit_fn)(int) = _exit;
 // Children send (results, queue items) where their parent often only receives.
@@ -106,6 +107,64 @@ void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int statu
         exit_guard_installed = 1;
         on_exit_fn(exit_guard, NULL);
     }
+}
+
+// ------------------------------------------------------- naming a crash --
+
+static char crash_name[160];
+static size_t crash_name_length;
+static const int crash_signals[] = {SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT};
+#define CRASH_SIGNALS (sizeof crash_signals / sizeof crash_signals[0])
+static struct sigaction previous_actions[CRASH_SIGNALS];
+static int crash_handlers_installed; // inherited: a grandchild only renames
+
+static size_t append(char *out, size_t at, size_t capacity, const char *text, size_t length) {
+    for (size_t i = 0; i < length && at < capacity; i++) out[at++] = text[i];
+    return at;
+}
+
+static size_t append_number(char *out, size_t at, size_t capacity, long value) {
+    char digits[24];
+    size_t count = 0;
+    do { digits[count++] = (char)('0' + value % 10); value /= 10; } while (value > 0 && count < sizeof digits);
+    while (count > 0 && at < capacity) out[at++] = digits[--count];
+    return at;
+}
+
+// Async-signal-safe: formats into a stack buffer and writes it once, then
+// hands the signal to whoever handled it before (the Swift runtime's
+// backtracer, or the default action), so the crash goes on as it would have.
+static void name_the_crash(int signal) {
+    char line[320];
+    size_t at = append(line, 0, sizeof line, "Process ", 8);
+    at = append(line, at, sizeof line, crash_name, crash_name_length);
+    at = append(line, at, sizeof line, " (pid ", 6);
+    at = append_number(line, at, sizeof line, (long)getpid_fn());
+    at = append(line, at, sizeof line, ") crashed with signal ", 22);
+    at = append_number(line, at, sizeof line, signal);
+    at = append(line, at, sizeof line, "\n", 1);
+    ssize_t ignored = write(STDERR_FILENO, line, at);
+    (void)ignored;
+    for (size_t i = 0; i < CRASH_SIGNALS; i++) {
+        if (crash_signals[i] == signal) sigaction(signal, &previous_actions[i], NULL);
+    }
+    // A synchronous fault happens again on return, now under the previous
+    // action; abort() and raise() need the signal sent again.
+    if (signal == SIGABRT || signal == SIGTRAP) raise(signal);
+}
+
+void cmp_child_name_crashes(const char *name) {
+    size_t length = strlen(name);
+    if (length > sizeof crash_name) length = sizeof crash_name;
+    memcpy(crash_name, name, length);
+    crash_name_length = length;
+    if (crash_handlers_installed) return;
+    crash_handlers_installed = 1;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = name_the_crash;
+    action.sa_flags = SA_RESETHAND | SA_NODEFER;
+    for (size_t i = 0; i < CRASH_SIGNALS; i++) sigaction_fn(crash_signals[i], &action, &previous_actions[i]);
 }
 
 void cmp_child_exit(int code) {

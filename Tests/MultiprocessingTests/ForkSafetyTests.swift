@@ -129,3 +129,55 @@ struct ForkSafetyTests {
 
 /// How many locks the after-fork registry holds.
 private func cmp_registered_lock_count() -> Int { AfterFork.registeredLockCount }
+
+private struct ChildFailure: Error {}
+
+@Suite("A child's failures say which process it was")
+struct ChildFailureTests {
+    @Test("MP.fork { } with a throwing body exits 1 with the error printed, as Python's child does")
+    func forkClosureThrows() throws {
+        let pid = try MP.fork { throw ChildFailure() }
+        let status = try waitOrKill(pid)
+        #expect(status.exitCode == 1)
+        #expect(status.rawValue == 256)
+        let quiet = try MP.fork {}
+        #expect(try waitOrKill(quiet).exitCode == 0)
+        let coded = try MP.fork { MP.exit(5) }
+        #expect(try waitOrKill(coded).exitCode == 5)
+    }
+
+    @Test("a crashing child names itself on stderr; a crashed pool worker's error carries the crash message")
+    func crashIsNamed() throws {
+        let errors = TestPipe()
+        let scenario = MP.Process(name: "crash-scenario") {
+            errors.closeRead()
+            try Sys.dup2(errors.writeEnd, STDERR_FILENO)
+            let crasher = MP.Process(name: "the-crasher") {
+                let values = [1, 2, 3]
+                let index = Int(MP.getpid()) > 0 ? 7 : 0
+                print(values[index])
+            }
+            try crasher.start()
+            try crasher.join()
+            guard crasher.exitCode == -Int32(SIGILL) || crasher.exitCode == -Int32(SIGTRAP) else { MP.exit(2) }
+            try MP.Pool.with(processes: 1) { pool in
+                let result = pool.applyAsync { () -> Int in fatalError("the worker gave up") }
+                do {
+                    _ = try result.get(timeout: 20)
+                    MP.exit(3)
+                } catch let error as MP.PoolError {
+                    guard case .workerDied(let how) = error, how.contains("Fatal error: the worker gave up") else {
+                        Sys.writeAll(STDERR_FILENO, "unexpected: \(error)\n")
+                        MP.exit(4)
+                    }
+                }
+            }
+        }
+        try scenario.start()
+        let text = errors.readAll(within: 60)
+        try joinOrKill(scenario, within: 60)
+        #expect(scenario.exitCode == 0, "\(text.suffix(2000))")
+        #expect(text.contains("Process the-crasher (pid "), "\(text.prefix(2000))")
+        #expect(text.contains("Fatal error: Index out of range"))
+    }
+}

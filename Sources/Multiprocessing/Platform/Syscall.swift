@@ -114,18 +114,37 @@ enum Sys {
         return (fds[0], fds[1])
     }
 
+    /// `dup2(from, to)`.
+    static func dup2(_ from: Int32, _ to: Int32) throws(MP.OSError) {
+        _ = try check("dup2") { Glibc.dup2(from, to) }
+    }
+
+    /// One `read` into `buffer`: the count read, 0 at end of file or on a
+    /// failure other than `EINTR` (for pass-through pipes whose errors end
+    /// the stream).
+    static func readSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        while true {
+            let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if count >= 0 { return count }
+            if errno != EINTR { return 0 }
+        }
+    }
+
+    /// Writes all of `bytes` to `fd`, ignoring failures (diagnostics on stderr).
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if written < 0 && errno == EINTR { continue }
+            if written <= 0 { return }
+            offset += written
+        }
+    }
+
     /// Writes all of `text` to `fd`, ignoring failures (for diagnostics on stderr).
     static func writeAll(_ fd: Int32, _ text: String) {
         var text = text
-        text.withUTF8 { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 && errno == EINTR { continue }
-                if written <= 0 { return }
-                offset += written
-            }
-        }
+        text.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
     }
 
     /// `setvbuf(stdout, NULL, mode, 0)`: `_IOLBF`, `_IOFBF` or `_IONBF`.

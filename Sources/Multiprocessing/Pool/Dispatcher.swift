@@ -121,12 +121,14 @@ final class PoolDispatcher: @unchecked Sendable {
             for (worker, _) in watched {
                 fds.append(pollfd(fd: worker.results.fileno, events: Int16(POLLIN), revents: 0))
                 fds.append(pollfd(fd: worker.pidfd, events: Int16(POLLIN), revents: 0))
+                fds.append(pollfd(fd: worker.stderr.fd, events: Int16(POLLIN), revents: 0))
             }
             if (try? Sys.poll(&fds, until: nil)) == nil { continue }
             if fds[0].revents != 0 { Sys.drain(wakeRead) }
             for (position, (worker, generation)) in watched.enumerated() {
-                let resultReady = fds[1 + 2 * position].revents != 0
-                let exited = fds[2 + 2 * position].revents != 0
+                let resultReady = fds[1 + 3 * position].revents != 0
+                let exited = fds[2 + 3 * position].revents != 0
+                if fds[3 + 3 * position].revents != 0 || exited { worker.stderr.pump() }
                 if resultReady || exited { drain(worker, into: generation) }
                 if exited {
                     reap(worker)
@@ -174,6 +176,9 @@ final class PoolDispatcher: @unchecked Sendable {
 
     private func fork(slot: Int, for generation: Generation) throws -> PoolWorker {
         let (parentEnd, childEnd) = try MP.Pipe(duplex: false)
+        let (errorsRead, errorsWrite) = try Sys.pipe()
+        let errors = WorkerStderr(fd: errorsRead)
+        defer { Sys.close(errorsWrite) }
         let initializer = self.initializer
         let limit = maxTasksPerChild ?? Int.max
         let wakeRead = self.wakeRead, wakeWrite = self.wakeWrite
@@ -181,6 +186,9 @@ final class PoolDispatcher: @unchecked Sendable {
             parentEnd.close()
             Sys.close(wakeRead)
             Sys.close(wakeWrite)
+            Sys.close(errorsRead)
+            try Sys.dup2(errorsWrite, STDERR_FILENO)
+            Sys.close(errorsWrite)
             if let initializer {
                 // A worker that dies before clearing this mark crashed in the initializer.
                 cmp_atomic_store_i64(generation.slot(slot), Generation.initializing)
@@ -214,7 +222,7 @@ final class PoolDispatcher: @unchecked Sendable {
         }
         try process.start(forkOnCurrentThread: true) // this thread outlives its workers
         childEnd.close()
-        return PoolWorker(process: process, results: parentEnd, pidfd: try process.sentinel, slot: slot)
+        return PoolWorker(process: process, results: parentEnd, pidfd: try process.sentinel, slot: slot, stderr: errors)
     }
 
     /// In a worker: sends a task's outcome. One the connection refuses (a
@@ -260,7 +268,9 @@ final class PoolDispatcher: @unchecked Sendable {
         generation.workers.removeAll { $0.pidfd == worker.pidfd }
         let held = generation.vacate(slot: worker.slot)
         guard held >= 0 || held == Generation.initializing else { return }
-        let how = Self.describeDeath(of: worker.process)
+        worker.stderr.pump()
+        var how = Self.describeDeath(of: worker.process)
+        if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
         if held == Generation.initializing {
             if generation.initializerFailure == nil {
                 generation.initializerFailure = .initializerFailed(type: "workerDied", description: "the worker died in the initializer: \(how)")

@@ -50,6 +50,12 @@ long cmp_fork_registry_count(void);
 ///   child runs the library's exit handling, not the parent's atexit handlers.
 void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int status, void *arg));
 
+/// In a child: a crash (SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT)
+/// first writes `Process NAME (pid N) crashed with signal S` to stderr, then
+/// goes on under the handler that was there before (the Swift runtime's
+/// backtracer, or the default action).
+void cmp_child_name_crashes(const char *name);
+
 /// The last step of a forked child: flush stdio, `_exit(code)`.
 __attribute__((noreturn)) void cmp_child_exit(int code);
 
