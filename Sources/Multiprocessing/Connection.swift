@@ -348,11 +348,12 @@ extension MP {
                 }
                 guard fd >= 0 else { throw .closed }
                 do {
-                    try await FDWatcher.current().waitReadable(fd)
-                } catch let error as OSError {
-                    throw .system(error)
+                    try await FDWatcher.readable(fd)
                 } catch {
-                    throw .cancelled
+                    switch error {
+                    case .cancelled: throw .cancelled
+                    case .system(let os): throw .system(os)
+                    }
                 }
             }
         }

@@ -291,11 +291,12 @@ extension MP {
             guard let pidfd = try joinableDescriptor() else { return }
             if pidfd >= 0 {
                 do {
-                    try await FDWatcher.current().waitReadable(pidfd)
-                } catch let error as OSError {
-                    throw .system(error)
+                    try await FDWatcher.readable(pidfd)
                 } catch {
-                    throw .cancelled
+                    switch error {
+                    case .cancelled: throw .cancelled
+                    case .system(let os): throw .system(os)
+                    }
                 }
             }
             reap(blocking: true)

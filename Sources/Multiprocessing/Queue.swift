@@ -55,6 +55,8 @@ extension MP {
     public class Queue<Element: Codable>: @unchecked Sendable {
         let block: SharedBlock
         let ring: UnsafeMutablePointer<cmp_ring>
+        /// Wakes tasks awaiting an item (see `get() async`); inherited by forked children.
+        let eventFD: Int32
 
         /// Takes the ring's lock and keeps it (tests: a holder that dies inside the critical section).
         func lockRingForTesting() { _ = cmp_mutex_lock(&ring.pointee.mutex, -1) }
@@ -87,6 +89,8 @@ extension MP {
             ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
             let error = cmp_ring_init(ring, UInt64(capacity), UInt64(maxsize))
             if error != 0 { throw .system(OSError("pthread_mutex_init", errno: Errno(rawValue: error))) }
+            do { eventFD = try Sys.eventSemaphore() } catch { throw .system(error) }
+            ring.pointee.event_fd = eventFD
             self.capacityBytes = capacity
         }
 
@@ -135,8 +139,7 @@ extension MP {
             // one is fetched again into a buffer of its size. No generic wrapper
             // (Optional, Result) is built per item: unspecialized, each would
             // cost a metadata lookup.
-            var storage = StackBuffer()
-            return try withUnsafeMutableBytes(of: &storage) { (buffer) throws(QueueError) -> Element in
+            return try withUnsafeTemporaryAllocation(byteCount: 512, alignment: 16) { (buffer) throws(QueueError) -> Element in
                 var length: UInt32 = 0
                 var ownerDied: Int32 = 0
                 let result = cmp_ring_get_into(ring, buffer.baseAddress, UInt32(buffer.count), &length, nanoseconds, &ownerDied)
@@ -184,6 +187,8 @@ extension MP {
 
         /// Python's `close()`: this handle puts and gets no more (others are unaffected).
         public func close() { isClosed = true }
+
+        deinit { Sys.close(eventFD) }
     }
 
     /// Python's `multiprocessing.SimpleQueue`: an unbounded ``MP/Queue`` with `put`, `get`, `empty`.
@@ -212,55 +217,27 @@ extension MP {
 }
 
 extension MP.Queue where Element: Sendable {
-        /// `try await queue.get()`: suspends until an item arrives. The wait runs
-        /// on a dedicated thread, not on the concurrency pool; cancellation is
-        /// noticed within 50 ms.
+        /// `try await queue.get()`: suspends, blocking no thread, until an item
+        /// arrives. A put wakes it directly: while tasks await, each put counts
+        /// up the queue's eventfd, which the process's epoll thread watches.
+        /// Cancellation ends the wait with ``MP/QueueError/cancelled``.
         public func get() async throws(MP.QueueError) -> Element {
-            if let item = try? getNowait() { return item }
-            let cancelled = CancellationFlag()
-            let result: Result<Element, MP.QueueError> = await withTaskCancellationHandler {
-                await withCheckedContinuation { continuation in
-                    let started = startThread {
-                        while true {
-                            do throws(MP.QueueError) {
-                                continuation.resume(returning: .success(try self.get(timeout: 0.05)))
-                                return
-                            } catch .empty {
-                                if cancelled.isSet { continuation.resume(returning: .failure(.cancelled)); return }
-                            } catch {
-                                continuation.resume(returning: .failure(error))
-                                return
-                            }
-                        }
+            while true {
+                do { return try getNowait() } catch .empty {} catch { throw error }
+                // Counted as a waiter before looking again, so a put that
+                // finds no waiter has left its item for this look.
+                _ = cmp_atomic_add_u32(&ring.pointee.async_waiters, 1)
+                defer { _ = cmp_atomic_add_u32(&ring.pointee.async_waiters, UInt32.max) }
+                do { return try getNowait() } catch .empty {} catch { throw error }
+                do {
+                    try await FDWatcher.readable(eventFD)
+                } catch {
+                    switch error {
+                    case .cancelled: throw .cancelled
+                    case .system(let os): throw .system(os)
                     }
-                    if case .failure(let error) = started { continuation.resume(returning: .failure(.system(error))) }
                 }
-            } onCancel: {
-                cancelled.set()
+                _ = Sys.takeEvent(eventFD) // one put's count; another waiter may have taken it
             }
-            return try result.get()
         }
-
-}
-
-/// 512 bytes on the stack for receiving small items.
-struct StackBuffer {
-    var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
-        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-}
-
-/// A flag set from a cancellation handler, read by a waiting thread.
-final class CancellationFlag: @unchecked Sendable {
-    private let lock = ForkSafeLock()
-    private var value = false
-    var isSet: Bool { lock.withLock { value } }
-    func set() { lock.withLock { value = true } }
 }

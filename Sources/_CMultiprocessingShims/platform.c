@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -67,6 +68,8 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 }
 
 int cmp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int cmp_eventfd_semaphore(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE); }
 
 void cmp_stdout_set_buffering(int mode) { setvbuf(stdout, NULL, mode, 0); }
 

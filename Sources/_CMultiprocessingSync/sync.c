@@ -211,6 +211,7 @@ int cmp_ring_init(cmp_ring *ring, uint64_t capacity, uint64_t max_items) {
     memset(ring, 0, sizeof *ring);
     ring->capacity = capacity;
     ring->max_items = max_items;
+    ring->event_fd = -1;
     return cmp_mutex_init(&ring->mutex, 0);
 }
 
@@ -272,8 +273,16 @@ int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t tim
     ring->unfinished++;
     __atomic_add_fetch(&ring->items_seq, 1, __ATOMIC_SEQ_CST);
     int wake = __atomic_load_n(&ring->get_waiters, __ATOMIC_SEQ_CST) > 0;
+    int notify = __atomic_load_n(&ring->async_waiters, __ATOMIC_SEQ_CST) > 0;
     cmp_mutex_unlock(&ring->mutex);
     if (wake) cmp_futex_wake(&ring->items_seq, INT_MAX);
+    if (notify && ring->event_fd >= 0) {
+        // Tasks awaiting an item watch the eventfd from an epoll thread: one
+        // count per item; a waiter takes one and tries to get.
+        uint64_t one = 1;
+        ssize_t ignored = write(ring->event_fd, &one, sizeof one);
+        (void)ignored;
+    }
     return CMP_RING_OK;
 }
 

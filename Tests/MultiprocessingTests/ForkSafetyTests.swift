@@ -92,10 +92,10 @@ struct ForkSafetyTests {
             Sys.setStdoutBuffering(_IOFBF) // block-buffered, as into any pipe
             let stop = OneShotEvent()
             let stopped = OneShotEvent()
-            let flag = CancellationFlag()
+            let flag = try MP.Value(Int32(0))
             startThread {
                 var line = 0
-                while !flag.isSet {
+                while flag.load() == 0 {
                     print("line \(line)")
                     line += 1
                 }
@@ -106,7 +106,7 @@ struct ForkSafetyTests {
                 try empty.start()
                 try empty.join()
             }
-            flag.set()
+            flag.store(1)
             stopped.wait()
             _ = stop
         }

@@ -183,6 +183,35 @@ struct QueueTests {
         waiter.cancel()
         await #expect(throws: MP.QueueError.cancelled) { _ = try await waiter.value }
     }
+
+    @Test("30 tasks awaiting get use no thread each and are woken by puts from another process")
+    func manyAsyncWaiters() async throws {
+        func threads() -> Int {
+            let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").first { $0.hasPrefix("Threads:") }.flatMap { Int($0.dropFirst(8).filter(\.isNumber)) } ?? -1
+        }
+        let queue = try MP.Queue<Int>()
+        let gate = try MP.Event()
+        let before = threads()
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<30 { group.addTask { try await queue.get() } }
+            // Every waiter has looked at the empty queue once it counts as one.
+            let deadline = Deadline.after(validSeconds: 20)!
+            while queue.ring.pointee.async_waiters < 30 && !deadline.hasPassed { await Task.yield() }
+            #expect(queue.ring.pointee.async_waiters == 30)
+            #expect(threads() <= before + 2, "no thread per waiter (at most the epoll thread)")
+            let producer = MP.Process {
+                try gate.wait(timeout: 20)
+                for i in 0..<30 { try queue.put(i) }
+            }
+            try producer.start()
+            try gate.set()
+            var got: [Int] = []
+            for try await value in group { got.append(value) }
+            #expect(got.sorted() == Swift.Array(0..<30))
+            try joinOrKill(producer)
+        }
+    }
 }
 
 @Suite("No leaks")

@@ -59,6 +59,24 @@ final class FDWatcher: @unchecked Sendable {
         }
     }
 
+    /// Why an await for readiness ended without it.
+    enum WaitError: Error {
+        case cancelled
+        case system(MP.OSError)
+    }
+
+    /// The one way the library awaits a descriptor: suspends until `fd` is
+    /// readable, on this process's epoll thread.
+    static func readable(_ fd: Int32) async throws(WaitError) {
+        do {
+            try await current().waitReadable(fd)
+        } catch let error as MP.OSError {
+            throw .system(error)
+        } catch {
+            throw .cancelled
+        }
+    }
+
     /// Suspends until `fd` is readable. Throws `CancellationError` when the task
     /// is cancelled, `MP.OSError` when the descriptor cannot be watched.
     func waitReadable(_ fd: Int32) async throws {

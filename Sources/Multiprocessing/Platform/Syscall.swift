@@ -108,6 +108,21 @@ enum Sys {
         _ = withUnsafeMutableBytes(of: &scratch) { Glibc.read(fd, $0.baseAddress, $0.count) }
     }
 
+    /// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE)`: each `read`
+    /// takes one count.
+    static func eventSemaphore() throws(MP.OSError) -> Int32 {
+        try check("eventfd") { cmp_eventfd_semaphore() }
+    }
+
+    /// Takes one count from an eventfd semaphore; false when it has none (`EAGAIN`).
+    static func takeEvent(_ fd: Int32) -> Bool {
+        var value: UInt64 = 0
+        while true {
+            if Glibc.read(fd, &value, 8) == 8 { return true }
+            if errno != EINTR { return false }
+        }
+    }
+
     static func pipe() throws(MP.OSError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
         _ = try check("pipe2") { cmp_pipe_cloexec(&fds) }

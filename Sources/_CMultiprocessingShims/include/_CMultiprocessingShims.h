@@ -74,6 +74,8 @@ pid_t cmp_gettid(void);
 void cmp_stdout_set_buffering(int mode);
 /// Closes every descriptor from 3 up except `keep` (for a helper process that must not hold others' pipes).
 void cmp_close_all_except(int keep);
+/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE)`.
+int cmp_eventfd_semaphore(void);
 /// `pipe2(fds, O_CLOEXEC)`.
 int cmp_pipe_cloexec(int fds[2]);
 /// `sendmsg` through a pointer bound when the library is loaded: a child that

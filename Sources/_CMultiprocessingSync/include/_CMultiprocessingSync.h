@@ -105,6 +105,8 @@ typedef struct {
     uint64_t max_items;   // 0: unbounded
     int64_t unfinished;   // JoinableQueue: puts minus task_done
     uint32_t unfinished_seq;
+    uint32_t async_waiters; // tasks awaiting an item through `event_fd`
+    int32_t event_fd;       // an eventfd (semaphore mode) written per put while async_waiters > 0; -1: none
     uint32_t pad;
 } cmp_ring;
 
