@@ -21,7 +21,7 @@ extension MP {
         throws(ConnectionError) -> (Connection, Connection) {
         var fds: [Int32] = [-1, -1]
         do {
-            _ = try Sys.check("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+            (fds[0], fds[1]) = try Sys.socketPair()
         } catch {
             throw .system(error)
         }
@@ -241,18 +241,19 @@ extension MP {
                            iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count))
             var remaining = first.count + second.count
             while remaining > 0 {
-                let sent = withUnsafeMutableBytes(of: &vectors) { raw -> Int in
+                let outcome = withUnsafeMutableBytes(of: &vectors) { raw -> Result<Int, OSError> in
                     let pair = raw.baseAddress!.assumingMemoryBound(to: iovec.self)
                     let skip = pair[0].iov_len == 0 ? 1 : 0 // the first part is done
                     var message = msghdr()
                     message.msg_iov = pair + skip
                     message.msg_iovlen = 2 - skip
-                    return cmp_sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                    return Result { () throws(OSError) -> Int in try Sys.send(fd, &message) }
                 }
-                if sent < 0 {
-                    if errno == EINTR { continue }
-                    if errno == EPIPE || errno == ECONNRESET { throw .brokenPipe }
-                    throw .system(OSError("sendmsg", errno: .init(rawValue: errno)))
+                let sent: Int
+                switch outcome {
+                case .success(let count): sent = count
+                case .failure(let error) where error.errno == .brokenPipe || error.errno == .connectionReset: throw .brokenPipe
+                case .failure(let error): throw .system(error)
                 }
                 remaining -= sent
                 let fromFirst = min(sent, vectors.0.iov_len)
@@ -303,11 +304,16 @@ extension MP {
                 }
                 var got = fromBuffer
                 while got < size {
-                    let received = Glibc.recv(fd, destination.baseAddress! + got, size - got, 0)
-                    if received > 0 { got += received; continue }
-                    if received < 0 && errno == EINTR { continue }
-                    sawEOF = true
-                    failure = .truncatedFrame(expected: size + Self.headerSize, received: got + Self.headerSize)
+                    switch Result(catching: { () throws(OSError) in try Sys.receive(fd, into: destination.baseAddress! + got, count: size - got) }) {
+                    case .success(.bytes(let received)):
+                        got += received
+                        continue
+                    case .failure(let error):
+                        failure = .system(error)
+                    default:
+                        sawEOF = true
+                        failure = .truncatedFrame(expected: size + Self.headerSize, received: got + Self.headerSize)
+                    }
                     break
                 }
                 initialized = failure == nil ? size : 0
@@ -456,20 +462,15 @@ extension MP {
                 if sawEOF { return try endOfStream(expecting: minimum) }
                 let wanted = lastFrameWasLarge ? minimum - buffered : Int.max
                 let received = buffer.withUnsafeMutableBytes { raw in
-                    Glibc.recv(fd, raw.baseAddress! + end, min(raw.count - end, wanted), blocking ? 0 : Int32(MSG_DONTWAIT))
+                    Result { () throws(OSError) in
+                        try Sys.receive(fd, into: raw.baseAddress! + end, count: min(raw.count - end, wanted), blocking: blocking)
+                    }
                 }
-                if received > 0 {
-                    end += received
-                } else if received == 0 {
-                    sawEOF = true
-                } else if errno == EINTR {
-                    continue
-                } else if errno == EAGAIN || errno == EWOULDBLOCK {
-                    return false
-                } else if errno == ECONNRESET {
-                    sawEOF = true
-                } else {
-                    throw .system(OSError("recv", errno: .init(rawValue: errno)))
+                switch received {
+                case .success(.bytes(let count)): end += count
+                case .success(.endOfFile): sawEOF = true
+                case .success(.wouldBlock): return false
+                case .failure(let error): throw .system(error)
                 }
             }
             return true
@@ -491,9 +492,11 @@ extension MP {
             left -= fromBuffer
             var scratch = [UInt8](repeating: 0, count: 64 << 10)
             while left > 0 {
-                let received = scratch.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress!, min($0.count, left), 0) }
-                if received > 0 { left -= received; continue }
-                if received < 0 && errno == EINTR { continue }
+                let received = scratch.withUnsafeMutableBytes { raw in
+                    Result { () throws(OSError) in try Sys.receive(fd, into: raw.baseAddress!, count: min(raw.count, left)) }
+                }
+                if case .success(.bytes(let count)) = received { left -= count; continue }
+                if case .failure(let error) = received { throw .system(error) }
                 sawEOF = true
                 throw .truncatedFrame(expected: count + Self.headerSize, received: count - left + Self.headerSize)
             }

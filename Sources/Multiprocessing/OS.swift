@@ -106,7 +106,7 @@ extension MP {
     }
 
     /// Python's `os.cpu_count()` / `multiprocessing.cpu_count()`: processors online.
-    public static func cpuCount() -> Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+    public static func cpuCount() -> Int { max(1, Sys.onlineCPUs) }
 
     /// Linux's `PR_SET_CHILD_SUBREAPER`: orphaned descendants are re-parented
     /// to this process instead of to init, so it can reap them.

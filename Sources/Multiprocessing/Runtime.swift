@@ -88,9 +88,18 @@ final class Runtime: @unchecked Sendable {
         if install {
             atexit {
                 Runtime.shared.finishChildren()
-                ResourceTracker.finish()
+                for handler in Runtime.shared.lock.withLock({ Runtime.shared.exitHandlers }) { handler() }
             }
         }
+    }
+
+    private var exitHandlers: [@Sendable () -> Void] = []
+
+    /// Runs `handler` at the normal exit of this (main) process, after its
+    /// children were ended (the resource tracker's clean-up registers here).
+    func atExit(_ handler: @escaping @Sendable () -> Void) {
+        lock.withLock { exitHandlers.append(handler) }
+        installExitHandling()
     }
 
     func unregister(_ process: MP.Process) {
@@ -173,7 +182,7 @@ final class Runtime: @unchecked Sendable {
             if lock.withLock({ !children.isEmpty }) { finishChildren() }
             cmp_child_exit(code)
         }
-        Glibc.exit(code)
+        Sys.exitNormally(code)
     }
 
     /// Prints an uncaught error to stderr, Python-style.

@@ -5,36 +5,6 @@ import _CMultiprocessingShims
 import _CMultiprocessingSync
 import SystemPackage
 
-/// A block of anonymous shared memory, inherited by children forked after its creation.
-@usableFromInline
-final class SharedBlock: @unchecked Sendable {
-    @usableFromInline let base: UnsafeMutableRawPointer
-    let size: Int
-
-    @usableFromInline
-    init(bytes: Int) throws(MP.SyncError) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        guard bytes >= 0, bytes <= Int.max - page else {
-            throw .invalidArgument("cannot map \(bytes) bytes of shared memory")
-        }
-        size = max(page, (bytes + page - 1) / page * page)
-        guard let raw = cmp_shared_map(size) else {
-            throw .system(MP.OSError("mmap", errno: Errno(rawValue: errno)))
-        }
-        base = raw
-    }
-
-    /// Maps `bytes` bytes from `offset` into this process's page table before
-    /// they are written: cheaper than a write fault per page (see `cmp_shared_prefault`).
-    @usableFromInline
-    func prefault(offset: Int, bytes: Int) {
-        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= size, "prefault range outside the block")
-        cmp_shared_prefault(base + offset, bytes)
-    }
-
-    deinit { cmp_shared_unmap(base, size) }
-}
-
 extension MP {
     /// Python's `multiprocessing.Value`: one `BitwiseCopyable` value in shared
     /// memory, with a robust ``MP/RLock``.

@@ -53,22 +53,16 @@ extension MP {
 /// Shared state of one primitive: a page of anonymous shared memory, inherited
 /// by every child forked after creation.
 final class SharedSyncState: @unchecked Sendable {
+    private let block: SharedBlock
     let state: UnsafeMutablePointer<cmp_sync_state>
-    private let size = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     init(recursive: Bool = false) throws(MP.SyncError) {
-        guard let raw = cmp_shared_map(size) else {
-            throw .system(MP.OSError("mmap", errno: Errno(rawValue: errno)))
-        }
-        state = raw.bindMemory(to: cmp_sync_state.self, capacity: 1)
-        let error = cmp_mutex_init(&state.pointee.mutex, recursive ? 1 : 0)
-        if error != 0 {
-            cmp_shared_unmap(raw, size)
-            throw .system(MP.OSError("pthread_mutex_init", errno: Errno(rawValue: error)))
+        block = try SharedBlock(bytes: MemoryLayout<cmp_sync_state>.size)
+        state = block.base.bindMemory(to: cmp_sync_state.self, capacity: 1)
+        if let error = Sys.failure("pthread_mutex_init", result: cmp_mutex_init(&state.pointee.mutex, recursive ? 1 : 0)) {
+            throw .system(error)
         }
     }
-
-    deinit { cmp_shared_unmap(state, size) }
 
     /// Locks the internal mutex. Every critical section below ends in single
     /// stores, so a holder that died leaves consistent state: carry on.

@@ -7,9 +7,18 @@ import _CMultiprocessingShims
 import _CMultiprocessingSync
 import SystemPackage
 
-/// The one thin layer over raw system calls: every call in the library goes
-/// through ``Sys/check(_:retryOnInterrupt:_:)``, the single place where a `-1`
-/// return becomes a thrown ``MP/OSError`` carrying `errno`.
+/// The one thin layer over raw system calls, grouped by family in the
+/// `Sys+*.swift` files beside this one (processes, descriptors and polling,
+/// sockets, memory and shared memory, signals). Nothing outside `Platform/`
+/// calls libc directly.
+///
+/// One rule for `errno`, here:
+/// - `EINTR` is retried (a timed wait resumes with the time left);
+/// - `EAGAIN`/`EWOULDBLOCK` is a value, not an error, where a call can
+///   legitimately find nothing to do (``checkAgain(_:_:)``);
+/// - `EBADF` and `EFAULT` are programming errors (a descriptor or pointer
+///   the library got wrong): they stop the program with the call's name;
+/// - anything else throws ``MP/OSError`` with the call's name and its errno.
 enum Sys {
     /// Runs `body`; a `-1` result throws `MP.OSError(operation, errno)`.
     /// `EINTR` is retried unless `retryOnInterrupt` is false.
@@ -22,8 +31,34 @@ enum Sys {
             if result != -1 { return result }
             let code = errno
             if code == EINTR && retryOnInterrupt { continue }
-            throw MP.OSError(operation, errno: Errno(rawValue: code))
+            throw failure(operation, code)
         }
+    }
+
+    /// Like ``check(_:retryOnInterrupt:_:)``, but `EAGAIN`/`EWOULDBLOCK` is nil.
+    @inline(__always)
+    static func checkAgain<T: FixedWidthInteger>(_ operation: String, _ body: () -> T) throws(MP.OSError) -> T? {
+        while true {
+            let result = body()
+            if result != -1 { return result }
+            let code = errno
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return nil }
+            throw failure(operation, code)
+        }
+    }
+
+    /// The error for a failed call: `EBADF`/`EFAULT` stop the program (a bug
+    /// in the library, not a condition to handle).
+    static func failure(_ operation: String, _ code: Int32) -> MP.OSError {
+        precondition(code != EBADF && code != EFAULT,
+                     "\(operation) failed with \(Errno(rawValue: code)): a bad descriptor or address is a bug in swift-multiprocessing")
+        return MP.OSError(operation, errno: Errno(rawValue: code))
+    }
+
+    /// A result code (pthreads return the error instead of setting errno) as an error; nil for 0.
+    static func failure(_ operation: String, result: Int32) -> MP.OSError? {
+        result == 0 ? nil : failure(operation, result)
     }
 
     // MARK: processes
@@ -127,6 +162,20 @@ enum Sys {
         var fds: [Int32] = [-1, -1]
         _ = try check("pipe2") { cmp_pipe_cloexec(&fds) }
         return (fds[0], fds[1])
+    }
+
+    /// Clears `FD_CLOEXEC` on `fd`: children that exec keep it too.
+    static func setInheritable(_ fd: Int32) {
+        _ = try? check("fcntl(F_SETFD)") { fcntl(fd, F_SETFD, 0) }
+    }
+
+    /// Closes every descriptor from 3 up except `keep` (`close_range`).
+    static func closeAll(except keep: Int32) { cmp_close_all_except(keep) }
+
+    /// Writes one byte to a wake-up pipe; a full pipe already wakes its reader.
+    static func poke(_ fd: Int32) {
+        var byte: UInt8 = 1
+        _ = try? checkAgain("write") { Glibc.write(fd, &byte, 1) }
     }
 
     /// `dup2(from, to)`.

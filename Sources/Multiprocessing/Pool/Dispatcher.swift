@@ -64,10 +64,7 @@ final class PoolDispatcher: @unchecked Sendable {
         wake()
     }
 
-    private func wake() {
-        var byte: UInt8 = 1
-        _ = Glibc.write(wakeWrite, &byte, 1)
-    }
+    private func wake() { Sys.poke(wakeWrite) }
 
     /// The pool's thread: forks workers for each batch (batches overlap,
     /// sharing the `processes` worker slots, oldest first), collects

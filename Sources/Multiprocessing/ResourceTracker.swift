@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// CPython's resource tracker: a helper process that unlinks the named
+/// segments this program created and did not unlink, once every process of
+/// the program has exited (it sees end-of-file on its pipe, whose write end
+/// every process holds).
+enum ResourceTracker {
+    private static let lock = ForkSafeLock()
+    nonisolated(unsafe) private static var writeEnd: Int32 = -1
+    nonisolated(unsafe) private static var trackerPid: pid_t = 0
+    nonisolated(unsafe) private static var startedBy: pid_t = 0
+
+    static var isActive: Bool { writeEnd >= 0 }
+
+    static func register(_ path: String) { send("REGISTER \(path)\n") }
+    static func unregister(_ path: String) { send("UNREGISTER \(path)\n") }
+
+    private static func send(_ line: String) {
+        lock.withLock {
+            if writeEnd < 0 { start() }
+            if writeEnd >= 0 { Sys.writeAll(writeEnd, line) } // lines are short: one atomic pipe write
+        }
+    }
+
+    /// The tracker's pid (0 before one was started), for tests.
+    static var pid: pid_t { lock.withLock { trackerPid } }
+
+    /// Forgets the inherited tracker so the next registration starts this
+    /// process's own (a test that plays a separate program).
+    static func detachForTesting() {
+        lock.withLock {
+            if writeEnd >= 0 { Sys.close(writeEnd) }
+            writeEnd = -1
+            trackerPid = 0
+        }
+    }
+
+    private static func start() {
+        guard let (readEnd, write) = try? Sys.pipe() else { return }
+        guard let pid = try? Sys.fork() else {
+            Sys.close(readEnd)
+            Sys.close(write)
+            return
+        }
+        if pid == 0 { serve(readEnd) }
+        Sys.close(readEnd)
+        writeEnd = write
+        trackerPid = pid
+        startedBy = Sys.getpid
+        Sys.setInheritable(write) // children inherit it: their exit is part of "every process gone"
+        Runtime.shared.atExit { ResourceTracker.finish() }
+    }
+
+    /// At the starting process's exit, after its children were ended: close
+    /// our end and reap the tracker if it is done (it unlinks what is left).
+    static func finish() {
+        let (fd, pid, owner) = lock.withLock { (writeEnd, trackerPid, startedBy) }
+        guard fd >= 0, owner == Sys.getpid else { return }
+        Sys.close(fd)
+        lock.withLock { writeEnd = -1 }
+        if let pidfd = try? Sys.pidfdOpen(pid) {
+            _ = try? Sys.pollReadable(pidfd, until: Deadline.after(validSeconds: 2))
+            Sys.close(pidfd)
+        }
+        var status: Int32 = 0
+        _ = try? Sys.waitpid(pid, &status, WNOHANG)
+    }
+
+    /// The tracker's life: read registrations until end-of-file, then unlink the rest.
+    private static func serve(_ readEnd: Int32) -> Never {
+        Sys.closeAll(except: readEnd)
+        Sys.ignore(.interrupt)
+        Sys.ignore(.terminate)
+        var registered: [String: Int] = [:]
+        var pending: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Sys.readSome(readEnd, into: $0) }
+            if count <= 0 { break }
+            pending += buffer[0..<count]
+            while let newline = pending.firstIndex(of: 10) {
+                let line = String(decoding: pending[..<newline], as: UTF8.self)
+                pending.removeSubrange(...newline)
+                if line.hasPrefix("REGISTER ") {
+                    registered[String(line.dropFirst(9)), default: 0] += 1
+                } else if line.hasPrefix("UNREGISTER ") {
+                    registered[String(line.dropFirst(11))] = nil
+                }
+            }
+        }
+        if !registered.isEmpty {
+            Sys.writeAll(STDERR_FILENO, "resource tracker: \(registered.count) leaked shared memory segment(s) to clean up at shutdown\n")
+            for path in registered.keys { try? Sys.sharedMemoryUnlink(path) }
+        }
+        Sys.exitImmediately(0)
+    }
+}
