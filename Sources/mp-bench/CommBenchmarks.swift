@@ -126,13 +126,13 @@ enum CommBenchmarks {
             elapsed = time.perf_counter() - start; p.join()
             return \(queueItems) / elapsed
         def pipe_rate():
-            r, w = ctx.Pipe(duplex=False); start = time.perf_counter()
+            r, w = ctx.Pipe(); start = time.perf_counter()
             p = ctx.Process(target=sender, args=(w, \(pipeItems))); p.start(); w.close()
             for _ in range(\(pipeItems)): r.recv()
             elapsed = time.perf_counter() - start; p.join()
             return \(pipeItems) / elapsed
         def pipe_bw():
-            r, w = ctx.Pipe(duplex=False); payload = b'7' * (1 << 20); start = time.perf_counter()
+            r, w = ctx.Pipe(); payload = b'7' * (1 << 20); start = time.perf_counter()
             p = ctx.Process(target=bulk, args=(w, \(bandwidthMessages), payload)); p.start(); w.close()
             total = 0
             for _ in range(\(bandwidthMessages)): total += len(r.recv_bytes())

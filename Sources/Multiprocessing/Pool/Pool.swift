@@ -38,7 +38,7 @@ extension MP {
     /// The initializer runs once in each worker before its first task, and a
     /// worker exits after `maxTasksPerChild` tasks (a fresh one takes over).
     /// A pool belongs to the process that created it. Close or terminate it
-    /// (or use ``with(processes:initializer:maxTasksPerChild:_:)``); a pool
+    /// (or use `MP.Pool.with { pool in ... }`); a pool
     /// the program drops is closed: its workers finish what was submitted,
     /// then its thread and descriptors go away.
     public final class Pool: @unchecked Sendable {

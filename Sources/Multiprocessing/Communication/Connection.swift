@@ -15,7 +15,9 @@ extension MP {
     /// try p.start()
     /// print(try parentEnd.recv([String].self))
     /// ```
-    /// - Parameter maxMessageSize: frames larger than this are refused on both
+    /// - Parameters:
+    ///   - duplex: both ends send and receive (a socketpair either way).
+    ///   - maxMessageSize: frames larger than this are refused on both
     ///   sides with ``MP/ConnectionError/messageTooLarge(size:limit:)``.
     public static func Pipe(duplex: Bool = true, maxMessageSize: Int = Connection.defaultMaxMessageSize)
         throws(ConnectionError) -> (Connection, Connection) {

@@ -29,7 +29,7 @@ extension MP {
     /// Dispatch does not work in a child forked from a process that had used it
     /// (see ``MP/isDispatchUsable``).
     ///
-    /// Every started child is reaped, by ``join()``, ``isAlive``,
+    /// Every started child is reaped, by `join()`, ``isAlive``,
     /// ``MP/activeChildren()`` or the exit handling: when the main process
     /// exits normally it terminates its daemonic children and joins the others,
     /// as CPython does. Daemonic children also die when their parent dies
@@ -64,6 +64,7 @@ extension MP {
         /// - Parameters:
         ///   - name: Python's `name`; default `Process-N` (`ClassName-N` for subclasses, `-N:M` in a child).
         ///   - daemon: Python's `daemon`; default false.
+        ///   - target: what the child runs (captures replace Python's `args` and `kwargs`).
         public init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
             self.explicitName = name
             self.isDaemon = daemon
