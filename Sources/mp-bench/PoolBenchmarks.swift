@@ -7,9 +7,9 @@ enum PoolBenchmarks {
         // both sides: a pool's first map also pays for its shared result
         // region and for the heap growing to hold the results, once.
         let rounds = quick ? 3 : 7
-        let costlyRounds = quick ? 3 : 5 // cpu_speedup: seconds per round in CPython
-        let mapRounds = quick ? 5 : 15 // a map takes milliseconds here: more rounds steady the median
-        let tiny = quick ? 200_000 : 1_000_000
+        let costlyRounds = 5 // cpu_speedup: seconds per round in CPython; fewer read 1.76 once
+        let mapRounds = quick ? 11 : 15 // a map takes milliseconds here: more rounds steady the median (5 quick rounds ranged 28x-49x)
+        let tiny = 1_000_000 // the same map in both modes: a smaller one is dominated by the forks
         let chunk1 = quick ? 5_000 : 20_000
         let asyncTasks = quick ? 2_000 : 10_000
         let blockingCalls = quick ? 50 : 200
