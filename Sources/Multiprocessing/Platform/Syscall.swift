@@ -96,9 +96,10 @@ enum Sys {
 
     // MARK: descriptors
 
+    /// `close(fd)` through swift-system's `FileDescriptor`, which never
+    /// retries (Linux closes the descriptor even when close reports EINTR).
     static func close(_ fd: Int32) {
-        // Linux closes the descriptor even when close reports EINTR: never retry.
-        _ = Glibc.close(fd)
+        try? FileDescriptor(rawValue: fd).close()
     }
 
     /// Waits until at least one of `fds` is readable (or at end-of-file) or
@@ -187,22 +188,12 @@ enum Sys {
     /// failure other than `EINTR` (for pass-through pipes whose errors end
     /// the stream).
     static func readSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        while true {
-            let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
-            if count >= 0 { return count }
-            if errno != EINTR { return 0 }
-        }
+        (try? FileDescriptor(rawValue: fd).read(into: buffer, retryOnInterrupt: true)) ?? 0
     }
 
     /// Writes all of `bytes` to `fd`, ignoring failures (diagnostics on stderr).
     static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
-        var offset = 0
-        while offset < bytes.count {
-            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            if written < 0 && errno == EINTR { continue }
-            if written <= 0 { return }
-            offset += written
-        }
+        _ = try? FileDescriptor(rawValue: fd).writeAll(bytes)
     }
 
     /// Writes all of `text` to `fd`, ignoring failures (for diagnostics on stderr).
