@@ -114,8 +114,9 @@ void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int statu
 
 // ------------------------------------------------------- naming a crash --
 
-static char crash_name[160];
-static size_t crash_name_length;
+// The parent prepared the name before the fork: the child only keeps its
+// address (every page a child writes is a page fault).
+static const char *crash_name = "";
 static const int crash_signals[] = {SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT};
 #define CRASH_SIGNALS (sizeof crash_signals / sizeof crash_signals[0])
 static struct sigaction previous_actions[CRASH_SIGNALS];
@@ -140,7 +141,7 @@ static size_t append_number(char *out, size_t at, size_t capacity, long value) {
 static void name_the_crash(int signal) {
     char line[320];
     size_t at = append(line, 0, sizeof line, "Process ", 8);
-    at = append(line, at, sizeof line, crash_name, crash_name_length);
+    at = append(line, at, sizeof line, crash_name, strlen(crash_name));
     at = append(line, at, sizeof line, " (pid ", 6);
     at = append_number(line, at, sizeof line, (long)getpid_fn());
     at = append(line, at, sizeof line, ") crashed with signal ", 22);
@@ -157,10 +158,7 @@ static void name_the_crash(int signal) {
 }
 
 void cmp_child_name_crashes(const char *name) {
-    size_t length = strlen(name);
-    if (length > sizeof crash_name) length = sizeof crash_name;
-    memcpy(crash_name, name, length);
-    crash_name_length = length;
+    crash_name = name;
     if (crash_handlers_installed) return;
     crash_handlers_installed = 1;
     struct sigaction action;

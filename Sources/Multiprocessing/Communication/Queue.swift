@@ -139,7 +139,8 @@ extension MP {
             // one is fetched again into a buffer of its size. No generic wrapper
             // (Optional, Result) is built per item: unspecialized, each would
             // cost a metadata lookup.
-            return try withUnsafeTemporaryAllocation(byteCount: 512, alignment: 16) { (buffer) throws(QueueError) -> Element in
+            var storage = StackBuffer()
+            return try withUnsafeMutableBytes(of: &storage) { (buffer) throws(QueueError) -> Element in
                 var length: UInt32 = 0
                 var ownerDied: Int32 = 0
                 let result = cmp_ring_get_into(ring, buffer.baseAddress, UInt32(buffer.count), &length, nanoseconds, &ownerDied)

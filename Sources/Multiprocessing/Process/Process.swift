@@ -239,7 +239,8 @@ extension MP {
             }
             runtime.reapFinishedChildren()
             let parentPid = Sys.getpid
-            let child: () -> Never = { ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon) }
+            let crashLabel = Swift.Array(name.utf8CString)
+            let child: () -> Never = { ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon, crashLabel: crashLabel) }
             let pid: Int32
             do {
                 // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon

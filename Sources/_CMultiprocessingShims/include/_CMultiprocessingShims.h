@@ -53,7 +53,8 @@ void cmp_child_after_fork(int daemon, pid_t parent, void (*exit_guard)(int statu
 /// In a child: a crash (SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT)
 /// first writes `Process NAME (pid N) crashed with signal S` to stderr, then
 /// goes on under the handler that was there before (the Swift runtime's
-/// backtracer, or the default action).
+/// backtracer, or the default action). `name` must stay valid for the
+/// child's life (the parent prepares it before the fork; it is not copied).
 void cmp_child_name_crashes(const char *name);
 
 /// The last step of a forked child: flush stdio, `_exit(code)`.
