@@ -355,14 +355,7 @@ extension MP {
                     return value
                 }
                 guard fd >= 0 else { throw .closed }
-                do {
-                    try await FDWatcher.readable(fd)
-                } catch {
-                    switch error {
-                    case .cancelled: throw .cancelled
-                    case .system(let os): throw .system(os)
-                    }
-                }
+                try await FDWatcher.readable(fd, cancelled: ConnectionError.cancelled, system: { .system($0) })
             }
         }
 

@@ -230,14 +230,7 @@ extension MP.Queue where Element: Sendable {
                 _ = cmp_atomic_add_u32(&ring.pointee.async_waiters, 1)
                 defer { _ = cmp_atomic_add_u32(&ring.pointee.async_waiters, UInt32.max) }
                 do { return try getNowait() } catch .empty {} catch { throw error }
-                do {
-                    try await FDWatcher.readable(eventFD)
-                } catch {
-                    switch error {
-                    case .cancelled: throw .cancelled
-                    case .system(let os): throw .system(os)
-                    }
-                }
+                try await FDWatcher.readable(eventFD, cancelled: MP.QueueError.cancelled, system: { .system($0) })
                 _ = Sys.takeEvent(eventFD) // one put's count; another waiter may have taken it
             }
         }

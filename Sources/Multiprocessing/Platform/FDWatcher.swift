@@ -77,6 +77,18 @@ final class FDWatcher: @unchecked Sendable {
         }
     }
 
+    /// ``readable(_:)`` with its two failures in the caller's error type.
+    static func readable<E: Error>(_ fd: Int32, cancelled: E, system: (MP.OSError) -> E) async throws(E) {
+        do {
+            try await readable(fd)
+        } catch {
+            switch error {
+            case .cancelled: throw cancelled
+            case .system(let os): throw system(os)
+            }
+        }
+    }
+
     /// Suspends until `fd` is readable. Throws `CancellationError` when the task
     /// is cancelled, `MP.OSError` when the descriptor cannot be watched.
     func waitReadable(_ fd: Int32) async throws {

@@ -292,14 +292,7 @@ extension MP {
         public func join() async throws(ProcessError) {
             guard let pidfd = try joinableDescriptor() else { return }
             if pidfd >= 0 {
-                do {
-                    try await FDWatcher.readable(pidfd)
-                } catch {
-                    switch error {
-                    case .cancelled: throw .cancelled
-                    case .system(let os): throw .system(os)
-                    }
-                }
+                try await FDWatcher.readable(pidfd, cancelled: ProcessError.cancelled, system: { .system($0) })
             }
             reap(blocking: true)
         }
