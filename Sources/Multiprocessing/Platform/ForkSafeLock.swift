@@ -85,15 +85,32 @@ enum AfterFork {
     }
 }
 
-/// A one-shot flag a thread can block on (Dispatch-free: usable in a forked child).
+/// A one-shot flag a thread can block on, or a task await (Dispatch-free:
+/// usable in a forked child).
 final class OneShotEvent: @unchecked Sendable {
     private let lock = ForkSafeLock()
     private var isSet = false
+    private var continuations: [CheckedContinuation<Void, Never>] = []
 
     func set() {
-        lock.withLock {
+        let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
             isSet = true
             lock.broadcast()
+            defer { continuations = [] }
+            return continuations
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+
+    /// Suspends until the flag is set, blocking no thread.
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = lock.withLock { () -> Bool in
+                if isSet { return true }
+                continuations.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
         }
     }
 

@@ -10,6 +10,12 @@ extension Sys {
     /// `_exit(code)`: no atexit handlers, no stdio flush (a helper process).
     static func exitImmediately(_ code: Int32) -> Never { Glibc._exit(code) }
 
+    /// `atexit(handler)`: runs at the normal exit of this process.
+    static func atExit(_ handler: @escaping @convention(c) () -> Void) { _ = Glibc.atexit(handler) }
+
+    /// `usleep`: only for the fallback poll where a kernel has no pidfds.
+    static func sleep(microseconds: UInt32) { _ = Glibc.usleep(microseconds) }
+
     /// Ignores `signal` in this process (`signal(sig, SIG_IGN)`).
     static func ignore(_ signal: MP.Signal) { _ = Glibc.signal(signal.rawValue, SIG_IGN) }
 

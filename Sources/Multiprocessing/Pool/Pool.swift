@@ -408,24 +408,21 @@ extension MP {
         public func terminate() { dispatcher.terminate() }
 
         /// Python's `join()`: waits for the workers to exit, after `close()` or `terminate()`.
-        /// `try await pool.join()`: waits for the workers to exit, after
-        /// `close()` or `terminate()`, without blocking the caller's thread.
-        public func join() async throws(PoolError) {
-            guard Sys.getpid == owner else { throw .notOwner }
-            guard dispatcher.lock.withLock({ dispatcher.state != .running }) else { throw .invalidArgument("join() needs close() or terminate() first") }
-            let finished = dispatcher.finished
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                if case .failure = startThread({ finished.wait(); continuation.resume() }) {
-                    finished.wait() // no thread to spare: wait here
-                    continuation.resume()
-                }
-            }
+        public func join() throws(PoolError) {
+            try checkJoinable()
+            dispatcher.finished.wait()
         }
 
-        public func join() throws(PoolError) {
+        /// `try await pool.join()`: waits for the workers to exit, after
+        /// `close()` or `terminate()`, blocking no thread.
+        public func join() async throws(PoolError) {
+            try checkJoinable()
+            await dispatcher.finished.wait()
+        }
+
+        private func checkJoinable() throws(PoolError) {
             guard Sys.getpid == owner else { throw .notOwner }
             guard dispatcher.lock.withLock({ dispatcher.state != .running }) else { throw .invalidArgument("join() needs close() or terminate() first") }
-            dispatcher.finished.wait()
         }
 
     }

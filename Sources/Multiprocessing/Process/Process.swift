@@ -284,7 +284,7 @@ extension MP {
                 reap(blocking: deadline == nil)
                 if !pollAlive() { return true }
                 if let deadline, deadline.hasPassed { return false }
-                usleep(1000)
+                Sys.sleep(microseconds: 1000)
             }
         }
 

@@ -86,7 +86,7 @@ final class Runtime: @unchecked Sendable {
             return !atexitInstalled && !isForkedChild
         }
         if install {
-            atexit {
+            Sys.atExit {
                 Runtime.shared.finishChildren()
                 for handler in Runtime.shared.lock.withLock({ Runtime.shared.exitHandlers }) { handler() }
             }
