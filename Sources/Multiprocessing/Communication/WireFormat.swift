@@ -416,19 +416,14 @@ struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol {
         Tag.write(key, present: false, into: &encoder.writer)
     }
 
-    mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        Tag.write(key, present: true, into: &encoder.writer)
-        try encoder.encodeValue(value)
-    }
+    mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws { try encodeField(value, key) }
 
     // The standard library's defaults for these refuse ("not implemented"):
     // 128-bit integers are primitives here, like the other integers.
-    mutating func encode(_ value: Int128, forKey key: Key) throws {
-        Tag.write(key, present: true, into: &encoder.writer)
-        try encoder.encodeValue(value)
-    }
+    mutating func encode(_ value: Int128, forKey key: Key) throws { try encodeField(value, key) }
+    mutating func encode(_ value: UInt128, forKey key: Key) throws { try encodeField(value, key) }
 
-    mutating func encode(_ value: UInt128, forKey key: Key) throws {
+    private func encodeField<T: Encodable>(_ value: T, _ key: Key) throws {
         Tag.write(key, present: true, into: &encoder.writer)
         try encoder.encodeValue(value)
     }
@@ -478,11 +473,7 @@ struct UnkeyedWriter: UnkeyedEncodingContainer {
         appended()
     }
 
-    mutating func encode<T: Encodable>(_ value: T) throws {
-        encoder.writer.bytes.append(Tag.present)
-        try encoder.encodeValue(value)
-        appended()
-    }
+    mutating func encode<T: Encodable>(_ value: T) throws { try encodeElement(value) }
 
     mutating func encode(_ value: Int128) throws { try encodeElement(value) }
     mutating func encode(_ value: UInt128) throws { try encodeElement(value) }
@@ -617,27 +608,18 @@ struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return true
     }
 
-    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        guard try readTag(key) else {
-            throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "absent (nil) but \(T.self) is required")
-        }
-        return try decoder.decodeValue(T.self)
-    }
+    func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T { try decodeRequired(type, forKey: key) }
 
-    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
-        guard try readTag(key) else { return nil }
-        return try decoder.decodeValue(T.self)
-    }
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? { try decodeOptional(type, forKey: key) }
 
     func decode(_ type: Int128.Type, forKey key: Key) throws -> Int128 { try decodeRequired(type, forKey: key) }
     func decode(_ type: UInt128.Type, forKey key: Key) throws -> UInt128 { try decodeRequired(type, forKey: key) }
-    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? {
+    func decodeIfPresent(_ type: Int128.Type, forKey key: Key) throws -> Int128? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? { try decodeOptional(type, forKey: key) }
+
+    private func decodeOptional<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
         guard try readTag(key) else { return nil }
-        return try decoder.decodeValue(type)
-    }
-    func decodeIfPresent(_ type: UInt128.Type, forKey key: Key) throws -> UInt128? {
-        guard try readTag(key) else { return nil }
-        return try decoder.decodeValue(type)
+        return try decoder.decodeValue(T.self)
     }
 
     private func decodeRequired<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
@@ -700,12 +682,7 @@ struct UnkeyedReader: UnkeyedDecodingContainer {
         return true
     }
 
-    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        guard try next() else {
-            throw MP.WireError.malformed(type: "\(T.self)", reason: "element \(currentIndex - 1) is nil")
-        }
-        return try decoder.decodeValue(T.self)
-    }
+    mutating func decode<T: Decodable>(_ type: T.Type) throws -> T { try decodeElement(type) }
 
     mutating func decode(_ type: Int128.Type) throws -> Int128 { try decodeElement(type) }
     mutating func decode(_ type: UInt128.Type) throws -> UInt128 { try decodeElement(type) }
