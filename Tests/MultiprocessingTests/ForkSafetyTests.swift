@@ -90,7 +90,6 @@ struct ForkSafetyTests {
             guard dup2(output.writeEnd, STDOUT_FILENO) >= 0 else { MP.exit(10) }
             output.closeWrite()
             Sys.setStdoutBuffering(_IOFBF) // block-buffered, as into any pipe
-            let stop = OneShotEvent()
             let stopped = OneShotEvent()
             let flag = try MP.Value(Int32(0))
             startThread {
@@ -108,7 +107,6 @@ struct ForkSafetyTests {
             }
             flag.store(1)
             stopped.wait()
-            _ = stop
         }
         try scenario.start()
         let text = output.readAll(within: 60)

@@ -36,10 +36,11 @@ struct PoolFaultTests {
         }
     }
 
-    @Test("a worker killed between claiming a task and running it: the task fails, close + join return")
+    @Test("a worker killed at the start of its task: that task fails, the next one runs, close + join return")
     func killedRightAfterClaim() throws {
-        // The worker claims task 0 and dies at once; the record in its slot
-        // must tell the parent which task died with it.
+        // The worker claims task 0 and dies as it starts it; the record in its
+        // slot must tell the parent which task died with it. (Deaths inside
+        // the claim itself are the next test's.)
         let pool = try MP.Pool(processes: 1)
         let lost = pool.applyAsync { () -> Int in kill(getpid(), SIGKILL); return 0 }
         let after = pool.applyAsync { 5 }

@@ -108,14 +108,8 @@ enum Sys {
     static func pollReadable(_ fds: [Int32], until deadline: Deadline?) throws(MP.OSError) -> [Int32] {
         var entries = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         while true {
-            let millis: Int32 = deadline?.remainingMilliseconds ?? -1
-            let ready = Glibc.poll(&entries, nfds_t(entries.count), millis)
-            if ready < 0 {
-                if errno == EINTR { continue } // the deadline is recomputed above
-                throw MP.OSError("poll", errno: Errno(rawValue: errno))
-            }
-            if ready > 0 { return entries.filter { $0.revents != 0 }.map(\.fd) }
-            if let deadline, deadline.hasPassed { return [] }
+            if try poll(&entries, until: deadline) > 0 { return entries.filter { $0.revents != 0 }.map(\.fd) }
+            if let deadline, deadline.hasPassed { return [] } // else woken early by rounding: wait on
         }
     }
 
@@ -126,14 +120,14 @@ enum Sys {
     }
 
     /// `poll` until one of `fds` has an event or `deadline` passes; returns the
-    /// count ready (0 at the deadline). A signal resumes the wait.
+    /// count ready (0 at the deadline). A signal resumes the wait with the time left.
     @discardableResult
     static func poll(_ fds: inout [pollfd], until deadline: Deadline?) throws(MP.OSError) -> Int {
         while true {
             let ready = Glibc.poll(&fds, nfds_t(fds.count), deadline?.remainingMilliseconds ?? -1)
             if ready >= 0 { return Int(ready) }
             let code = errno
-            if code != EINTR { throw MP.OSError("poll", errno: Errno(rawValue: code)) }
+            if code != EINTR { throw failure("poll", code) }
         }
     }
 
