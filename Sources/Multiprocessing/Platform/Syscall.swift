@@ -144,6 +144,12 @@ enum Sys {
         try check("eventfd") { cmp_eventfd_semaphore() }
     }
 
+    /// Adds one count to an eventfd (an 8-byte write).
+    static func giveEvent(_ fd: Int32) {
+        var one: UInt64 = 1
+        while Glibc.write(fd, &one, 8) < 0 && errno == EINTR {}
+    }
+
     /// Takes one count from an eventfd semaphore; false when it has none (`EAGAIN`).
     static func takeEvent(_ fd: Int32) -> Bool {
         var value: UInt64 = 0

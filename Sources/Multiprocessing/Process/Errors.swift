@@ -46,11 +46,14 @@ extension MP {
         /// An `async` target cannot run in a forked child: this Swift runtime
         /// lacks the executor hooks the child's executors need (see the README).
         case concurrencyUnavailable(name: String)
+        /// A named task could not be sent or started (or a closure under a method other than fork).
+        case task(TaskError)
         /// An operating-system call failed.
         case system(OSError)
 
         public var description: String {
             switch self {
+            case .task(let error): return error.description
             case .alreadyStarted(let name): return "cannot start a process twice: '\(name)' was already started"
             case .notStarted(let name): return "can only join a started process: '\(name)' was not started"
             case .joinSelf(let name): return "a process cannot join itself ('\(name)')"

@@ -37,19 +37,15 @@ final class ForkerThread: @unchecked Sendable {
         }
     }
 
-    /// Forks on this thread; the child runs `child`. Returns the child's pid.
-    func fork(_ child: @escaping () -> Never) throws(MP.OSError) -> pid_t {
-        var outcome: Result<pid_t, MP.OSError> = .failure(MP.OSError("fork", errno: .resourceTemporarilyUnavailable))
-        let box = UnsafeMutablePointer<Result<pid_t, MP.OSError>>.allocate(capacity: 1)
-        box.initialize(to: outcome)
+    /// Runs `body` on this thread and returns what it returned.
+    func perform<T>(_ body: @escaping () throws(MP.OSError) -> T) throws(MP.OSError) -> T {
+        let box = UnsafeMutablePointer<Result<T, MP.OSError>?>.allocate(capacity: 1)
+        box.initialize(to: nil)
         defer { box.deinitialize(count: 1); box.deallocate() }
         let ticket = lock.withLock { () -> Int in
             while request != nil || completed != submitted { lock.wait() }
             submitted += 1
-            request = {
-                box.pointee = Result { () throws(MP.OSError) -> pid_t in try Runtime.forkFlushingStdio() }
-                if case .success(0) = box.pointee { child() }
-            }
+            request = { box.pointee = Result { () throws(MP.OSError) -> T in try body() } }
             lock.broadcast()
             return submitted
         }
@@ -57,7 +53,15 @@ final class ForkerThread: @unchecked Sendable {
             while completed < ticket { lock.wait() }
             lock.broadcast()
         }
-        outcome = box.pointee
-        return try outcome.get()
+        return try box.pointee!.get()
+    }
+
+    /// Forks on this thread; the child runs `child`. Returns the child's pid.
+    func fork(_ child: @escaping () -> Never) throws(MP.OSError) -> pid_t {
+        try perform { () throws(MP.OSError) -> pid_t in
+            let pid = try Runtime.forkFlushingStdio()
+            if pid == 0 { child() }
+            return pid
+        }
     }
 }

@@ -54,6 +54,10 @@ extension MP {
         // child would redo (demangling, allocating) on every start.
         private let syncTarget: (() throws -> Void)?
         private let asyncTarget: (() async throws -> Void)?
+        /// A named task: runs under any start method.
+        private let namedTask: NamedTaskTarget?
+        /// The method asked for by a context; nil: the program's.
+        private let requestedMethod: StartMethod?
         private let isMain: Bool
         /// Python's `_identity`: `[1]` for `Process-1`, `[1, 2]` for `Process-1:2`.
         let identity: [Int]
@@ -65,33 +69,68 @@ extension MP {
         ///   - name: Python's `name`; default `Process-N` (`ClassName-N` for subclasses, `-N:M` in a child).
         ///   - daemon: Python's `daemon`; default false.
         ///   - target: what the child runs (captures replace Python's `args` and `kwargs`).
-        public init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
+        public convenience init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
+            self.init(name: name, daemon: daemon, target: target, startMethod: nil)
+        }
+
+        init(name: String?, daemon: Bool, target: @escaping () throws -> Void, startMethod: StartMethod?) {
             self.explicitName = name
             self.isDaemon = daemon
             self.syncTarget = target
             self.asyncTarget = nil
+            self.namedTask = nil
+            self.requestedMethod = startMethod
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
         }
 
         /// A process that runs an async `target` (Swift concurrency works in the child).
-        public init(name: String? = nil, daemon: Bool = false, target: @escaping () async throws -> Void) {
+        public convenience init(name: String? = nil, daemon: Bool = false, target: @escaping () async throws -> Void) {
+            self.init(name: name, daemon: daemon, target: target, startMethod: nil)
+        }
+
+        init(name: String?, daemon: Bool, target: @escaping () async throws -> Void, startMethod: StartMethod?) {
             self.explicitName = name
             self.isDaemon = daemon
             self.syncTarget = nil
             self.asyncTarget = target
+            self.namedTask = nil
+            self.requestedMethod = startMethod
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
         }
 
-        /// A process whose work is its ``run()`` method: for subclasses.
+        /// A process that runs the named task `target` (Python's `target` with
+        /// its `args`: the task's stored properties), under the program's
+        /// start method (``MP/getStartMethod()``; by default
+        /// ``MP/StartMethod/forkserver``), or a context's
+        /// (``MP/Context/Process(name:daemon:target:)-(_,_,T)``).
+        public convenience init<T: NamedTask>(name: String? = nil, daemon: Bool = false, target: T) {
+            self.init(name: name, daemon: daemon, target: target, startMethod: nil)
+        }
+
+        init<T: NamedTask>(name: String?, daemon: Bool, target: T, startMethod: StartMethod?) {
+            self.explicitName = name
+            self.isDaemon = daemon
+            self.syncTarget = nil
+            self.asyncTarget = nil
+            self.namedTask = NamedTaskTarget(target)
+            self.requestedMethod = startMethod
+            self.isMain = false
+            self.identity = Runtime.shared.nextIdentity()
+            self.creatorPid = Sys.getpid
+        }
+
+        /// A process whose work is its ``run()`` method: for subclasses (fork only).
         public init(name: String? = nil, daemon: Bool = false) {
             self.explicitName = name
             self.isDaemon = daemon
             self.syncTarget = nil
             self.asyncTarget = nil
+            self.namedTask = nil
+            self.requestedMethod = nil
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
@@ -103,8 +142,24 @@ extension MP {
             self.isDaemon = false
             self.syncTarget = nil
             self.asyncTarget = nil
+            self.namedTask = nil
+            self.requestedMethod = nil
             self.isMain = true
             self.identity = []
+            self.creatorPid = 0
+        }
+
+        /// The current process in a spawned or forkserver child (or, in one,
+        /// its parent's description).
+        init(launchedAs name: String, identity: [Int], daemon: Bool) {
+            self.explicitName = name
+            self.isDaemon = daemon
+            self.syncTarget = nil
+            self.asyncTarget = nil
+            self.namedTask = nil
+            self.requestedMethod = nil
+            self.isMain = false
+            self.identity = identity
             self.creatorPid = 0
         }
 
@@ -122,7 +177,18 @@ extension MP {
                 try syncTarget()
             } else if let asyncTarget {
                 try ChildConcurrency.runBlocking(asyncTarget)
+            } else if let namedTask {
+                try ChildConcurrency.runBlocking(namedTask.runHere)
             }
+        }
+
+        /// The start method this process starts with: a context's, else the
+        /// program's; a closure or a subclass forks unless a non-fork method
+        /// was asked for (then `start()` refuses it).
+        public var startMethod: StartMethod {
+            if let requestedMethod { return requestedMethod }
+            if namedTask != nil { return MP.getStartMethod() }
+            return StartMethodSetting.shared.explicit ?? .fork
         }
 
         // MARK: properties
@@ -225,7 +291,12 @@ extension MP {
         func start(forkOnCurrentThread: Bool) throws(ProcessError) {
             let runtime = Runtime.shared
             try runtime.checkMayStartChildren()
-            if asyncTarget != nil && !ChildExecutors.isAvailable { throw .concurrencyUnavailable(name: name) }
+            let method = startMethod
+            if namedTask == nil && method != .fork { throw .task(.needsFork(process: name, method: method)) }
+            if method == .fork && (asyncTarget != nil || namedTask != nil) && !ChildExecutors.isAvailable {
+                throw .concurrencyUnavailable(name: name)
+            }
+            if let namedTask { do { try namedTask.check() } catch { throw .task(error) } }
             let daemon = try lock.withLock { () throws(ProcessError) -> Bool in
                 switch state {
                 case .initial:
@@ -238,6 +309,19 @@ extension MP {
                 }
             }
             runtime.reapFinishedChildren()
+            if method != .fork, let namedTask {
+                let pid: pid_t
+                do {
+                    pid = try launch(namedTask, method: method, daemon: daemon)
+                } catch {
+                    lock.withLock { state = .initial }
+                    throw .task(error)
+                }
+                let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
+                lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
+                runtime.register(self)
+                return
+            }
             let parentPid = Sys.getpid
             let crashLabel = Swift.Array(name.utf8CString)
             let child: () -> Never = { ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon, crashLabel: crashLabel) }
@@ -259,6 +343,24 @@ extension MP {
             let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
             lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
             runtime.register(self)
+        }
+
+        /// Encodes the task with its objects' descriptors and starts it with `method`.
+        private func launch(_ task: NamedTaskTarget, method: StartMethod, daemon: Bool) throws(TaskError) -> pid_t {
+            let table = DescriptorTable()
+            let arguments: [UInt8]
+            do {
+                arguments = try task.encode(table)
+            } catch let error as TaskError {
+                throw error
+            } catch {
+                throw .cannotCross("the arguments of named task '\(task.name)' do not encode: \(error)")
+            }
+            let info = LaunchInfo(
+                build: BuildIdentity.current, task: task.name, arguments: arguments,
+                processName: name, identity: identity, daemon: daemon,
+                parentPid: Sys.getpid, parentName: Runtime.shared.current.name)
+            return try Launcher.launch(info, objects: table.descriptors, method: method, daemon: daemon)
         }
 
         /// Python's `join()`: blocks until the child ends, then reaps it.

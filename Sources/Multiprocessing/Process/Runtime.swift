@@ -163,6 +163,19 @@ final class Runtime: @unchecked Sendable {
         }
     }
 
+    /// Makes this fresh process (spawned, or forked by the forkserver) the
+    /// child `process` of `parentPid`. Unlike a fork, nothing of the parent
+    /// is here: the runtime is new, and exits as a main process does (its
+    /// exit handling ends its own children).
+    func becomeLaunchedChild(process: MP.Process, parentPid: Int32, parentName: String) {
+        lock.withLock {
+            parentObject = MP.Process(launchedAs: parentName, identity: [], daemon: false)
+            self.parentPid = parentPid
+            currentProcess = process
+            counter = 0
+        }
+    }
+
     /// `exit(n)` in a forked child lands here (see `cmp_child_after_fork`).
     static let exitGuard: @convention(c) (Int32, UnsafeMutableRawPointer?) -> Void = { status, _ in
         Runtime.shared.exitProcess(status)

@@ -125,4 +125,63 @@ int cmp_child_executor_on_main_thread(void);
 /// inherited). Looked up at run time, so there is no link dependency.
 int cmp_dispatch_is_multithreaded(void);
 
+
+// ---------------------------------------------------------------------------
+// Start methods: spawn, the forkserver, descriptors that cross.
+// ---------------------------------------------------------------------------
+
+/// The most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
+#define CMP_MAX_PASSED_DESCRIPTORS 253
+
+/// `posix_spawn(path, argv, environ)` with `fds[i]` at descriptor `3 + i` in
+/// the child and every other descriptor from 3 up closed; an empty signal
+/// mask, and with `reset_signals` every disposition back to its default.
+/// Every `fds[i]` must be at least `3 + count`. Returns 0 or an errno.
+int cmp_spawn(pid_t *pid, const char *path, char *const argv[], const int *fds, int count, int reset_signals);
+
+/// `memfd_create(name, MFD_CLOEXEC)`.
+int cmp_memfd(const char *name);
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, minimum)`.
+int cmp_dup_above(int fd, int minimum);
+
+/// `sendmsg` of `bytes` with `fds` attached (SCM_RIGHTS), EINTR retried, no SIGPIPE.
+ssize_t cmp_send_with_descriptors(int socket, const void *bytes, size_t length, const int *fds, int count);
+
+/// `recvmsg` into `bytes`; passed descriptors (close-on-exec) land in `fds`
+/// and their number in `count`. Descriptors beyond `capacity` are closed.
+ssize_t cmp_receive_with_descriptors(int socket, void *bytes, size_t length, int *fds, int capacity, int *count);
+
+/// In the forkserver, before its first child: finds where glibc keeps the
+/// thread id and the robust-mutex list, and checks with one trial child that a
+/// raw `clone3` child can be repaired. Returns 0 or an errno (ENOTSUP).
+int cmp_forkserver_prepare(void);
+
+/// `clone3(CLONE_PARENT)`: a child of the server's parent (the client), with
+/// glibc's thread id and robust list repaired. Returns like `fork`.
+pid_t cmp_forkserver_clone(void);
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`; 1 when the parent is still `parent`
+/// (0: it died before the call, and the signal will never come).
+int cmp_die_with_parent(pid_t parent);
+
+/// In a launched child's main thread: serves libdispatch's main queue
+/// (MainActor work) until `done_fd` is readable.
+void cmp_serve_main_queue_until(int done_fd);
+
+// ---------------------------------------------------------------------------
+// Named tasks and build identity.
+// ---------------------------------------------------------------------------
+
+/// Calls `found` with the type metadata of every non-generic type, in every
+/// loaded image, that conforms to `Multiprocessing.MP.NamedTask`, and
+/// `skipped` with the name of every generic one. Returns -1 when the Swift
+/// runtime cannot enumerate its metadata sections.
+int cmp_discover_named_tasks(void (*found)(const void *metadata, void *context),
+                             void (*skipped)(const char *type_name, void *context), void *context);
+
+/// The executable's GNU build id (its `NT_GNU_BUILD_ID` note), up to
+/// `capacity` bytes; 0 when it has none.
+size_t cmp_executable_build_id(uint8_t *out, size_t capacity);
+
 #endif

@@ -1,0 +1,79 @@
+import _CMultiprocessingShims
+
+/// The named tasks of this program, by name: every non-generic type that
+/// conforms to ``MP/NamedTask``, found in the Swift runtime's conformance
+/// records of every loaded image (`cmp_discover_named_tasks`).
+///
+/// Built once per process, on first use (a forkserver builds it before its
+/// first fork, so its children inherit it).
+struct TaskRegistry: Sendable {
+    private(set) var byName: [String: any MP.NamedTask.Type] = [:]
+    private(set) var duplicates: [String: [String]] = [:]
+    private(set) var generic: Set<String> = []
+    private(set) var isAvailable = true
+
+    static let shared = TaskRegistry.discover()
+
+    private final class Collector {
+        var registry = TaskRegistry()
+    }
+
+    private static func discover() -> TaskRegistry {
+        let collector = Collector()
+        let context = Unmanaged.passRetained(collector)
+        defer { context.release() }
+        let status = cmp_discover_named_tasks({ metadata, context in
+            let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
+            let type = unsafeBitCast(metadata, to: Any.Type.self)
+            guard let task = type as? any MP.NamedTask.Type else { return }
+            collector.registry.add(task)
+        }, { name, context in
+            let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
+            if let name { collector.registry.generic.insert(String(cString: name)) }
+        }, context.toOpaque())
+        if status != 0 { collector.registry.isAvailable = false }
+        return collector.registry
+    }
+
+    private mutating func add(_ task: any MP.NamedTask.Type) {
+        let name = task.name
+        let typeName = String(reflecting: task)
+        if let existing = byName[name], existing != task {
+            duplicates[name, default: [String(reflecting: existing)]].append(typeName)
+        } else if duplicates[name] != nil {
+            duplicates[name]!.append(typeName)
+        } else {
+            byName[name] = task
+        }
+    }
+
+    /// The type a child runs for `name`.
+    func task(named name: String) throws(MP.TaskError) -> any MP.NamedTask.Type {
+        if let types = duplicates[name] { throw .duplicateName(name, types: types) }
+        guard let task = byName[name] else {
+            if !isAvailable { throw .notDiscoverable(type: name, reason: Self.unavailable) }
+            throw .unknownTask(name)
+        }
+        return task
+    }
+
+    /// The parent's check before sending `T`: another process of this build
+    /// will find exactly `T` under `T.name`.
+    func checkSendable<T: MP.NamedTask>(_ type: T.Type) throws(MP.TaskError) {
+        let found: any MP.NamedTask.Type
+        do {
+            found = try task(named: T.name)
+        } catch .unknownTask {
+            let typeName = String(reflecting: T.self)
+            let reason = typeName.contains("<")
+                ? "a generic type cannot be found by name in another process; declare a non-generic type"
+                : "its conformance was not found in the program's metadata"
+            throw .notDiscoverable(type: typeName, reason: reason)
+        }
+        if found != T.self {
+            throw .duplicateName(T.name, types: [String(reflecting: found), String(reflecting: T.self)])
+        }
+    }
+
+    static let unavailable = "this Swift runtime cannot enumerate its metadata sections (swift_enumerateAllMetadataSections is missing)"
+}

@@ -1,0 +1,118 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import _CMultiprocessingShims
+import SystemPackage
+
+/// Starting programs and moving descriptors: what the spawn and forkserver
+/// start methods need.
+extension Sys {
+    /// `posix_spawn(path, argv, environ)` with `descriptors[i]` at `3 + i` in
+    /// the child and every other descriptor from 3 up closed (`cmp_spawn`).
+    static func spawn(_ path: String, arguments: [String], descriptors: [Int32], resetSignals: Bool = true) throws(MP.OSError) -> pid_t {
+        // Every source above the target range first, so no dup2 overwrites a later source.
+        let floor = Int32(3 + descriptors.count)
+        var lifted: [Int32] = []
+        defer { for fd in lifted { close(fd) } }
+        for fd in descriptors {
+            let copy = cmp_dup_above(fd, floor)
+            if copy < 0 { throw failure("fcntl(F_DUPFD_CLOEXEC)", errno) }
+            lifted.append(copy)
+        }
+        var cArguments = arguments.map { strdup($0) }
+        cArguments.append(nil)
+        defer { for argument in cArguments { free(argument) } }
+        var pid: pid_t = 0
+        let error = cmp_spawn(&pid, path, cArguments, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
+        if error != 0 { throw failure("posix_spawn", error) }
+        return pid
+    }
+
+    /// `memfd_create(name, MFD_CLOEXEC)`.
+    static func memoryFile(_ name: String) throws(MP.OSError) -> Int32 {
+        try check("memfd_create") { cmp_memfd(name) }
+    }
+
+    /// `open(path, O_RDONLY | O_CLOEXEC)`.
+    static func openReadOnly(_ path: String) throws(MP.OSError) -> Int32 {
+        try check("open") { open(path, O_RDONLY | O_CLOEXEC) }
+    }
+
+    /// `dup(fd)` with close-on-exec (`F_DUPFD_CLOEXEC`).
+    static func duplicate(_ fd: Int32) throws(MP.OSError) -> Int32 {
+        try check("fcntl(F_DUPFD_CLOEXEC)") { cmp_dup_above(fd, 0) }
+    }
+
+    /// Writes all of `bytes` to `fd` at `offset` onwards (`pwrite`, EINTR retried).
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: Int) throws(MP.OSError) {
+        var written = 0
+        while written < bytes.count {
+            let done = written
+            let result = bytes.withUnsafeBytes { raw in
+                pwrite(fd, raw.baseAddress! + done, raw.count - done, off_t(offset + done))
+            }
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw failure("pwrite", errno)
+            }
+            written += result
+        }
+    }
+
+    /// All bytes of the file behind `fd`, from offset 0 (`pread`, EINTR retried).
+    static func readWholeFile(_ fd: Int32) throws(MP.OSError) -> [UInt8] {
+        let size = try fileSize(fd)
+        var bytes = [UInt8](repeating: 0, count: size)
+        var done = 0
+        while done < size {
+            let start = done
+            let count = bytes.withUnsafeMutableBytes { raw in
+                pread(fd, raw.baseAddress! + start, raw.count - start, off_t(start))
+            }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw failure("pread", errno)
+            }
+            if count == 0 { break }
+            done += count
+        }
+        return Swift.Array(bytes[..<done])
+    }
+
+    /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: message boundaries kept.
+    static func packetSocketPair() throws(MP.OSError) -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        _ = try check("socketpair") { socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        return (fds[0], fds[1])
+    }
+
+    /// One message with `descriptors` attached (`sendmsg` with SCM_RIGHTS).
+    static func send(_ socket: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(MP.OSError) {
+        let sent = bytes.withUnsafeBytes { raw in
+            cmp_send_with_descriptors(socket, raw.baseAddress, raw.count, descriptors, Int32(descriptors.count))
+        }
+        if sent < 0 { throw failure("sendmsg", errno) }
+    }
+
+    /// One message of at most `capacity` bytes, with the descriptors attached
+    /// to it (close-on-exec). Empty bytes: the peer closed its end.
+    static func receive(_ socket: Int32, capacity: Int, maxDescriptors: Int) throws(MP.OSError) -> (bytes: [UInt8], descriptors: [Int32]) {
+        var bytes = [UInt8](repeating: 0, count: capacity)
+        var fds = [Int32](repeating: -1, count: max(1, maxDescriptors))
+        var count: Int32 = 0
+        let received = bytes.withUnsafeMutableBytes { raw in
+            cmp_receive_with_descriptors(socket, raw.baseAddress, raw.count, &fds, Int32(maxDescriptors), &count)
+        }
+        if received < 0 {
+            let code = errno
+            if code == ECONNRESET { return ([], []) }
+            throw failure("recvmsg", code)
+        }
+        return (Swift.Array(bytes[..<received]), Swift.Array(fds[..<Int(count)]))
+    }
+
+    /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`; true when the parent is still `parent`.
+    static func dieWithParent(_ parent: pid_t) -> Bool {
+        cmp_die_with_parent(parent) == 1
+    }
+}

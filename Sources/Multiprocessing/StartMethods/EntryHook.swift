@@ -1,0 +1,40 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The library's hook before `main`: a function pointer in `.init_array`,
+/// which the dynamic loader calls with `argc` and `argv` in every process of
+/// the program, before `main` and while the process has one thread.
+///
+/// In an ordinary run it compares one argument and returns. In a process the
+/// library started with a flag, it never returns:
+/// - `PROGRAM --swift-multiprocessing-spawn N`: a spawned child; descriptors
+///   3..<3+N are its launch message and its objects (``LaunchedChild``);
+/// - `PROGRAM --swift-multiprocessing-forkserver PID`: the forkserver, on
+///   descriptor 3 (``ForkServer``).
+///
+/// So a user's program needs no line in `main` for either start method, and
+/// a program that never uses them pays one string comparison at startup.
+enum EntryHook {
+    typealias Arguments = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+
+    static func run(_ argc: Int32, _ argv: Arguments) {
+        guard argc >= 3, let argv, let flag = argv[1], let value = argv[2] else { return }
+        guard strncmp(flag, "--swift-multiprocessing-", 24) == 0 else { return }
+        let name = String(cString: flag)
+        let number = Int32(String(cString: value)) ?? -1
+        switch name {
+        case Spawner.flag where number >= 1 && number <= 253:
+            LaunchedChild.run(descriptors: (0..<number).map { 3 + $0 })
+        case ForkServer.flag where number > 0:
+            ForkServer.serve(socket: 3, parent: number)
+        default:
+            return
+        }
+    }
+}
+
+@section(".init_array") @used
+let multiprocessingEntryHook: @convention(c) (Int32, EntryHook.Arguments, EntryHook.Arguments) -> Void = { argc, argv, _ in
+    EntryHook.run(argc, argv)
+}

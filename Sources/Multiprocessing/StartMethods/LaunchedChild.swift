@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import _CMultiprocessingShims
+
+/// A spawned or forkserver child, from its first instruction to its exit:
+/// reads its launch message, becomes the process it was told to be, runs the
+/// named task, and exits with Python's codes (0; 1 after an uncaught error;
+/// the code of ``MP/ExitRequest``).
+enum LaunchedChild {
+    /// `descriptors[0]`: the launch message; the rest: the task's objects.
+    static func run(descriptors: [Int32]) -> Never {
+        guard let launchFile = descriptors.first else { fail("no launch message was passed") }
+        let info: LaunchInfo
+        do {
+            info = try WireFormat.decode(LaunchInfo.self, from: try Sys.readWholeFile(launchFile))
+        } catch {
+            fail("the launch message is unreadable: \(error)")
+        }
+        Sys.close(launchFile)
+        if info.daemon && !Sys.dieWithParent(info.parentPid) { Sys.exitImmediately(1) }
+        let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon)
+        Runtime.shared.becomeLaunchedChild(process: process, parentPid: info.parentPid, parentName: info.parentName)
+        crashLabel = strdup(info.processName)
+        cmp_child_name_crashes(crashLabel)
+        let objects = ReceivedDescriptors(Swift.Array(descriptors.dropFirst()))
+        let task: any MP.NamedTask
+        do {
+            task = try decode(info, objects)
+        } catch {
+            objects.closeAll()
+            Runtime.reportUncaught(error, processName: info.processName)
+            Runtime.shared.exitProcess(1)
+        }
+        objects.closeAll()
+        // The task runs on the Swift concurrency runtime as in any fresh
+        // program; the main thread serves the main queue (MainActor work)
+        // until it ends, then exits as a program's main thread does.
+        let outcome = Outcome(task: task)
+        let done: Int32
+        do { done = try Sys.eventSemaphore() } catch { fail("no eventfd: \(error)") }
+        Task.detached {
+            do {
+                _ = try await outcome.task.run()
+            } catch let request as MP.ExitRequest {
+                outcome.code = request.code
+            } catch {
+                Runtime.reportUncaught(error, processName: info.processName)
+                outcome.code = 1
+            }
+            Sys.giveEvent(done)
+        }
+        cmp_serve_main_queue_until(done)
+        Runtime.shared.exitProcess(outcome.code)
+    }
+
+    private final class Outcome: @unchecked Sendable {
+        let task: any MP.NamedTask
+        var code: Int32 = 0
+        init(task: any MP.NamedTask) { self.task = task }
+    }
+
+    nonisolated(unsafe) private static var crashLabel: UnsafeMutablePointer<CChar>?
+
+    private static func decode(_ info: LaunchInfo, _ objects: ReceivedDescriptors) throws -> any MP.NamedTask {
+        guard info.build == BuildIdentity.current else {
+            throw MP.TaskError.buildMismatch(expected: BuildIdentity.current, found: info.build)
+        }
+        let type = try TaskRegistry.shared.task(named: info.task)
+        return try decodeTask(type, info, objects)
+    }
+
+    private static func decodeTask<T: MP.NamedTask>(_ type: T.Type, _ info: LaunchInfo, _ objects: ReceivedDescriptors) throws -> any MP.NamedTask {
+        do {
+            return try WireFormat.decode(T.self, from: info.arguments, descriptors: objects)
+        } catch let error as MP.TaskError {
+            throw error
+        } catch {
+            throw MP.TaskError.badArguments(task: info.task, reason: "\(error)")
+        }
+    }
+
+    private static func fail(_ reason: String) -> Never {
+        Sys.writeAll(STDERR_FILENO, "swift-multiprocessing child \(Sys.getpid): \(reason)\n")
+        Sys.exitImmediately(1)
+    }
+}
