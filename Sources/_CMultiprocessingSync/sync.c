@@ -211,7 +211,6 @@ int cmp_ring_init(cmp_ring *ring, uint64_t capacity, uint64_t max_items) {
     memset(ring, 0, sizeof *ring);
     ring->capacity = capacity;
     ring->max_items = max_items;
-    ring->event_fd = -1;
     return cmp_mutex_init(&ring->mutex, 0);
 }
 
@@ -252,7 +251,7 @@ static inline int ring_has_no_room(cmp_ring *ring, uint64_t size) {
     return ring->capacity - (ring->tail - ring->head) < size || (ring->max_items && ring->count >= ring->max_items);
 }
 
-int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t timeout_ns, int *owner_died) {
+int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t timeout_ns, int *owner_died, int event_fd) {
     uint64_t size = record_size(length);
     if (size > ring->capacity) return CMP_RING_TOO_LARGE;
     struct timespec deadline;
@@ -276,11 +275,11 @@ int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t tim
     int notify = __atomic_load_n(&ring->async_waiters, __ATOMIC_SEQ_CST) > 0;
     cmp_mutex_unlock(&ring->mutex);
     if (wake) cmp_futex_wake(&ring->items_seq, INT_MAX);
-    if (notify && ring->event_fd >= 0) {
+    if (notify && event_fd >= 0) {
         // Tasks awaiting an item watch the eventfd from an epoll thread: one
         // count per item; a waiter takes one and tries to get.
         uint64_t one = 1;
-        ssize_t ignored = write(ring->event_fd, &one, sizeof one);
+        ssize_t ignored = write(event_fd, &one, sizeof one);
         (void)ignored;
     }
     return CMP_RING_OK;

@@ -4,18 +4,192 @@ import Testing
 import Glibc
 #endif
 
+// Named tasks used by these tests: found by name in the test binary's
+// conformance records by every spawned or forkserver child.
+
 struct ExitWith: MP.NamedTask {
     var code: Int32
     func run() throws { throw MP.ExitRequest(code) }
 }
 
-@Suite("Start methods")
+struct Fails: MP.NamedTask {
+    struct Boom: Error, CustomStringConvertible { var description: String { "boom" } }
+    func run() throws { throw Boom() }
+}
+
+/// Reports what the child sees of itself, and whether threads and Dispatch-backed concurrency work.
+struct Describe: MP.NamedTask {
+    struct Report: Codable, Equatable {
+        var name: String
+        var pid: Int32
+        var parentPid: Int32?
+        var parentName: String?
+        var daemon: Bool
+        var concurrentSum: Int
+    }
+    var report: MP.Connection
+    func run() async throws {
+        let sum = await withTaskGroup(of: Int.self) { group in
+            for i in 1...10 { group.addTask { i } }
+            return await group.reduce(0, +)
+        }
+        let me = MP.currentProcess()
+        try report.send(Report(name: me.name, pid: MP.getpid(), parentPid: MP.parentProcess()?.pid,
+                               parentName: MP.parentProcess()?.name, daemon: me.daemon, concurrentSum: sum))
+    }
+}
+
+/// Waits on `gate` until the test says so (or the gate closes).
+struct WaitForGate: MP.NamedTask {
+    var started: MP.Event
+    var gate: MP.Event
+    func run() throws {
+        try started.set()
+        _ = try gate.wait(timeout: 60)
+    }
+}
+
+/// Starts a daemon under `method`, reports its pid, then dies by SIGKILL.
+struct StartDaemonThenDie: MP.NamedTask {
+    var method: MP.StartMethod
+    var report: MP.Connection
+    var started: MP.Event
+    var gate: MP.Event
+    func run() throws {
+        let daemon = MP.getContext(method).Process(daemon: true, target: WaitForGate(started: started, gate: gate))
+        try daemon.start()
+        try report.send(daemon.pid!)
+        try MP.kill(MP.getpid(), .kill)
+    }
+}
+
+/// Starts a non-daemonic and a daemonic grandchild and returns: its exit must
+/// join the first and terminate the second.
+struct StartGrandchildrenThenReturn: MP.NamedTask {
+    var method: MP.StartMethod
+    var report: MP.Connection
+    var started: MP.Event
+    var gate: MP.Event
+    func run() throws {
+        let ctx = MP.getContext(method)
+        let worker = ctx.Process(target: ExitWith(code: 5))
+        let daemon = ctx.Process(daemon: true, target: WaitForGate(started: started, gate: gate))
+        try worker.start()
+        try daemon.start()
+        try report.send([worker.pid!, daemon.pid!])
+    }
+}
+
+let launchedMethods: [MP.StartMethod] = [.spawn, .forkserver]
+
+@Suite("Start methods: named tasks under fork, spawn and forkserver")
 struct StartMethodTests {
     @Test("a named task's exit code comes back under every method", arguments: MP.StartMethod.allCases)
     func exitCode(method: MP.StartMethod) throws {
         let p = MP.getContext(method).Process(target: ExitWith(code: 7))
+        #expect(p.startMethod == method)
         try p.start()
         try joinOrKill(p)
         #expect(p.exitCode == 7)
     }
+
+    @Test("a task that throws exits with 1", arguments: MP.StartMethod.allCases)
+    func throwingTask(method: MP.StartMethod) throws {
+        let p = MP.getContext(method).Process(target: Fails())
+        try p.start()
+        try joinOrKill(p)
+        #expect(p.exitCode == 1)
+    }
+
+    @Test("the child knows its name, its parent, its daemon flag; concurrency works", arguments: MP.StartMethod.allCases)
+    func childIdentity(method: MP.StartMethod) throws {
+        let (mine, theirs) = try MP.Pipe()
+        let p = MP.getContext(method).Process(name: "describer", daemon: true, target: Describe(report: theirs))
+        try p.start()
+        let report = try mine.recv(Describe.Report.self)
+        try joinOrKill(p)
+        #expect(p.exitCode == 0)
+        #expect(report == Describe.Report(name: "describer", pid: p.pid!, parentPid: MP.getpid(),
+                                          parentName: MP.currentProcess().name, daemon: true, concurrentSum: 55))
+    }
+
+    @Test("default names are Process-N under every method", arguments: MP.StartMethod.allCases)
+    func defaultNames(method: MP.StartMethod) throws {
+        let (mine, theirs) = try MP.Pipe()
+        let p = MP.getContext(method).Process(target: Describe(report: theirs))
+        try p.start()
+        let report = try mine.recv(Describe.Report.self)
+        try joinOrKill(p)
+        #expect(report.name == p.name)
+        #expect(p.name.hasPrefix("Process-"))
+    }
+
+    @Test("terminate and kill give -15 and -9; the sentinel and async join see the end", arguments: MP.StartMethod.allCases)
+    func signals(method: MP.StartMethod) async throws {
+        for signal in [MP.Signal.terminate, .kill] {
+            let started = try MP.Event(), gate = try MP.Event()
+            let p = MP.getContext(method).Process(target: WaitForGate(started: started, gate: gate))
+            try p.start()
+            #expect(try started.wait(timeout: 20))
+            #expect(p.isAlive)
+            #expect(try MP.wait(for: [p.sentinel], timeout: 0).isEmpty)
+            try p.send(signal)
+            try await p.join()
+            #expect(p.exitCode == -signal.rawValue)
+        }
+    }
+
+    @Test("a daemon dies when its parent is SIGKILLed", .serialized, arguments: launchedMethods)
+    func daemonDiesWithParent(method: MP.StartMethod) throws {
+        try asSubreaper {
+            let (mine, theirs) = try MP.Pipe()
+            let started = try MP.Event(), gate = try MP.Event()
+            let middle = MP.getContext(method).Process(target: StartDaemonThenDie(method: method, report: theirs, started: started, gate: gate))
+            try middle.start()
+            let daemonPid = try mine.recv(Int32.self)
+            try joinOrKill(middle)
+            #expect(middle.exitCode == -9)
+            let status = try waitOrKill(daemonPid, within: 10)
+            #expect(status == .signaled(.kill, coreDumped: false))
+        }
+    }
+
+    @Test("at its exit a launched child joins its children and terminates its daemons", .serialized, arguments: launchedMethods)
+    func exitHandling(method: MP.StartMethod) throws {
+        try asSubreaper {
+            let (mine, theirs) = try MP.Pipe()
+            let started = try MP.Event(), gate = try MP.Event()
+            let middle = MP.getContext(method).Process(target: StartGrandchildrenThenReturn(method: method, report: theirs, started: started, gate: gate))
+            try middle.start()
+            let pids = try mine.recv([Int32].self)
+            try joinOrKill(middle, within: 30)
+            #expect(middle.exitCode == 0)
+            // Both were reaped by the middle process before it exited.
+            for pid in pids { #expect(processState(pid) == nil, "grandchild \(pid) outlived its parent") }
+        }
+    }
+
+    @Test("100 starts under each launched method leave no zombie and no extra descriptor", arguments: launchedMethods)
+    func noLeaks(method: MP.StartMethod) throws {
+        // The first start creates the forkserver (and its socket): count after it.
+        let warm = MP.getContext(method).Process(target: ExitWith(code: 0))
+        try warm.start()
+        try joinOrKill(warm)
+        let before = openDescriptorCount()
+        for _ in 0..<100 {
+            let q = try MP.Queue<Int>()
+            let p = MP.getContext(method).Process(target: PutOne(queue: q))
+            try p.start()
+            #expect(try q.get(timeout: 20) == 1)
+            try joinOrKill(p)
+            #expect(p.exitCode == 0)
+        }
+        #expect(openDescriptorCount() == before)
+        #expect(MP.activeChildren().isEmpty)
+    }
+}
+
+struct PutOne: MP.NamedTask {
+    var queue: MP.Queue<Int>
+    func run() throws { try queue.put(1) }
 }

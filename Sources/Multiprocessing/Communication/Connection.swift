@@ -136,6 +136,9 @@ extension MP {
 
         deinit { if fd >= 0 { Sys.close(fd) } }
 
+        var isReadable: Bool { readable }
+        var isWritable: Bool { writable }
+
         /// Python's `fileno()`; -1 once closed.
         public var fileno: Int32 { fd }
 

@@ -52,7 +52,7 @@ extension MP {
     /// becomes visible, and leaves, by a single store under a robust lock: a
     /// producer or consumer SIGKILLed mid-operation leaves no half item, loses
     /// or duplicates nothing, and does not block the others.
-    public class Queue<Element: Codable>: @unchecked Sendable {
+    public class Queue<Element: Codable>: Codable, @unchecked Sendable {
         let block: SharedBlock
         let ring: UnsafeMutablePointer<cmp_ring>
         /// Wakes tasks awaiting an item (see `get() async`); inherited by forked children.
@@ -90,8 +90,35 @@ extension MP {
             let error = cmp_ring_init(ring, UInt64(capacity), UInt64(maxsize))
             if error != 0 { throw .system(OSError("pthread_mutex_init", errno: Errno(rawValue: error))) }
             do { eventFD = try Sys.eventSemaphore() } catch { throw .system(error) }
-            ring.pointee.event_fd = eventFD
             self.capacityBytes = capacity
+        }
+
+        private enum CodingKeys: String, CodingKey { case ring, event, capacity }
+
+        /// Decodes a queue passed to a spawned or forkserver child (see ``MP/StartMethod``).
+        public required init(from decoder: any Decoder) throws {
+            let what = "\(type(of: self))"
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let reference = try container.decode(SharedBlock.Reference.self, forKey: .ring)
+            let received = try Crossing.received(decoder, for: what)
+            let event = try container.decode(Int.self, forKey: .event)
+            let capacity = try container.decode(Int.self, forKey: .capacity)
+            guard capacity > 0, reference.size >= MemoryLayout<cmp_ring>.stride + capacity else {
+                throw MP.TaskError.cannotCross("\(what) arrived with a ring of \(capacity) bytes in a block of \(reference.size)")
+            }
+            block = try SharedBlock(reference, from: decoder, for: what)
+            ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
+            eventFD = try received.adopt(event, for: what)
+            capacityBytes = capacity
+        }
+
+        /// Encodes the queue as a named task's argument (see ``MP/StartMethod``).
+        public func encode(to encoder: any Encoder) throws {
+            let what = "\(type(of: self))"
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(try block.reference(in: encoder, for: what), forKey: .ring)
+            try container.encode(try Crossing.table(encoder, for: what).add(eventFD, for: what), forKey: .event)
+            try container.encode(capacityBytes, forKey: .capacity)
         }
 
         /// Python's `put(item, block, timeout)`: waits for room unless `blocking` is false.
@@ -115,7 +142,7 @@ extension MP {
             // Never cut a length to 32 bits: what cannot fit is refused whole.
             guard raw.count <= capacityBytes else { return Int32(CMP_RING_TOO_LARGE) }
             var ownerDied: Int32 = 0
-            return cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied)
+            return cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied, eventFD)
         }
 
         private func check(_ result: Int32, size: Int) throws(QueueError) {
@@ -196,6 +223,10 @@ extension MP {
     public final class SimpleQueue<Element: Codable>: Queue<Element>, @unchecked Sendable {
         public init(capacityBytes: Int = 8 << 20) throws(QueueError) {
             try super.init(maxsize: 0, capacityBytes: capacityBytes)
+        }
+
+        public required init(from decoder: any Decoder) throws {
+            try super.init(from: decoder)
         }
     }
 

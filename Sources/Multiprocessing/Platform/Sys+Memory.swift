@@ -48,4 +48,12 @@ extension Sys {
         guard let address, address != MAP_FAILED else { throw failure("mmap", errno) }
         return address
     }
+
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit (`setrlimit`); failures are ignored.
+    static func raiseDescriptorLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
 }

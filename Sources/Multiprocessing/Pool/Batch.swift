@@ -87,7 +87,7 @@ final class Generation: @unchecked Sendable {
         self.tasks = tasks
         self.slots = slots
         hasQuietTasks = tasks.contains { $0.quiet }
-        shared = try SharedBlock(bytes: Self.mutexBytes + 8 * (1 + slots) + tasks.count)
+        shared = try SharedBlock(bytes: Self.mutexBytes + 8 * (1 + slots) + tasks.count, shareable: false)
         settled = [Bool](repeating: false, count: tasks.count)
         let error = cmp_mutex_init(mutex, 0)
         if error != 0 { throw .system(MP.OSError("pthread_mutex_init", errno: .init(rawValue: error))) }

@@ -382,7 +382,7 @@ extension MP {
             if let reused { return (reused, giveBack) }
             let block: SharedBlock
             do {
-                block = try SharedBlock(bytes: bytes)
+                block = try SharedBlock(bytes: bytes, shareable: false)
             } catch {
                 switch error {
                 case .system(let os): throw .system(os)

@@ -30,6 +30,15 @@ extension MP {
             lock = try RLock()
         }
 
+        init(block: SharedBlock, lock: RLock) throws {
+            guard block.size >= MemoryLayout<T>.size else {
+                throw MP.TaskError.cannotCross("an MP.Value<\(T.self)> arrived in a block of \(block.size) bytes")
+            }
+            self.block = block
+            pointer = block.base.bindMemory(to: T.self, capacity: 1)
+            self.lock = lock
+        }
+
         /// Python's `value`: read or written under the lock.
         ///
         /// The lock is a robust recursive mutex in memory this object owns: it
@@ -87,6 +96,16 @@ extension MP {
             elements = block.base.bindMemory(to: Element.self, capacity: count)
             self.count = count
             lock = try RLock()
+        }
+
+        init(block: SharedBlock, count: Int, lock: RLock) throws {
+            guard count >= 0, block.size / Swift.max(1, MemoryLayout<Element>.stride) >= count else {
+                throw MP.TaskError.cannotCross("an MP.Array of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
+            }
+            self.block = block
+            elements = block.base.bindMemory(to: Element.self, capacity: count)
+            self.count = count
+            self.lock = lock
         }
 
         /// An array of `count` copies of `repeating`.

@@ -56,6 +56,29 @@ final class SharedSyncState: @unchecked Sendable {
     private let block: SharedBlock
     let state: UnsafeMutablePointer<cmp_sync_state>
 
+    /// The state of a primitive received by a spawned child (already initialised by its creator).
+    init(adopting block: SharedBlock) throws {
+        guard block.size >= MemoryLayout<cmp_sync_state>.size else {
+            throw MP.TaskError.cannotCross("a synchronization primitive arrived in a block of \(block.size) bytes")
+        }
+        self.block = block
+        state = block.base.bindMemory(to: cmp_sync_state.self, capacity: 1)
+    }
+
+    func reference(in encoder: any Encoder, for what: String) throws -> SharedBlock.Reference {
+        try block.reference(in: encoder, for: what)
+    }
+
+    func encode(to encoder: any Encoder, for what: String) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(try block.reference(in: encoder, for: what))
+    }
+
+    convenience init(from decoder: any Decoder, for what: String) throws {
+        let reference = try decoder.singleValueContainer().decode(SharedBlock.Reference.self)
+        try self.init(adopting: try SharedBlock(reference, from: decoder, for: what))
+    }
+
     init(recursive: Bool = false) throws(MP.SyncError) {
         block = try SharedBlock(bytes: MemoryLayout<cmp_sync_state>.size)
         state = block.base.bindMemory(to: cmp_sync_state.self, capacity: 1)
@@ -134,6 +157,7 @@ extension MP {
         let shared: SharedSyncState
 
         public init() throws(SyncError) { shared = try SharedSyncState() }
+        init(shared: SharedSyncState) { self.shared = shared }
 
         /// Python's `acquire(block, timeout)`.
         @discardableResult
@@ -159,6 +183,7 @@ extension MP {
         let shared: SharedSyncState
 
         public init() throws(SyncError) { shared = try SharedSyncState(recursive: true) }
+        init(shared: SharedSyncState) { self.shared = shared }
 
         /// Python's `acquire(block, timeout)`.
         @discardableResult
@@ -210,6 +235,11 @@ extension MP {
             shared.state.pointee.limit = Int64.max
         }
 
+        /// Decodes a semaphore passed to a spawned or forkserver child (see ``MP/StartMethod``).
+        public required init(from decoder: any Decoder) throws {
+            shared = try SharedSyncState(from: decoder, for: "MP.Semaphore")
+        }
+
         /// Python's `acquire(block, timeout)`.
         @discardableResult
         public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(SyncError) -> Acquisition {
@@ -253,6 +283,10 @@ extension MP {
             try super.init(value: value)
             shared.state.pointee.limit = Int64(value)
         }
+
+        public required init(from decoder: any Decoder) throws {
+            try super.init(from: decoder)
+        }
     }
 
     /// Python's `multiprocessing.Event`.
@@ -260,6 +294,7 @@ extension MP {
         let shared: SharedSyncState
 
         public init() throws(SyncError) { shared = try SharedSyncState() }
+        init(shared: SharedSyncState) { self.shared = shared }
 
         /// Python's `is_set()`.
         public var isSet: Bool { cmp_atomic_load_i64(&shared.state.pointee.value) != 0 }
@@ -311,6 +346,11 @@ extension MP {
         public init(lock: Lock) throws(SyncError) {
             underlying = .lock(lock)
             shared = try SharedSyncState()
+        }
+
+        init(underlying: Underlying, shared: SharedSyncState) {
+            self.underlying = underlying
+            self.shared = shared
         }
 
         @discardableResult
@@ -423,6 +463,12 @@ extension MP {
             shared.state.pointee.limit = Int64(parties)
             shared.state.pointee.reset_generation = -1
             self.action = action
+            defaultTimeout = timeout
+        }
+
+        init(shared: SharedSyncState, timeout: Double?) {
+            self.shared = shared
+            self.action = nil
             defaultTimeout = timeout
         }
 

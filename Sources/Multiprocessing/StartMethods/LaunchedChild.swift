@@ -18,7 +18,8 @@ enum LaunchedChild {
             fail("the launch message is unreadable: \(error)")
         }
         Sys.close(launchFile)
-        if info.daemon && !Sys.dieWithParent(info.parentPid) { Sys.exitImmediately(1) }
+        // A daemon dies with its parent; if the parent is already gone, now.
+        if info.daemon && !Sys.dieWithParent(info.parentPid) { try? Sys.kill(Sys.getpid, SIGKILL) }
         let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon)
         Runtime.shared.becomeLaunchedChild(process: process, parentPid: info.parentPid, parentName: info.parentName)
         crashLabel = strdup(info.processName)

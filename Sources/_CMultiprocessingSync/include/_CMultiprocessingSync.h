@@ -105,9 +105,8 @@ typedef struct {
     uint64_t max_items;   // 0: unbounded
     int64_t unfinished;   // JoinableQueue: puts minus task_done
     uint32_t unfinished_seq;
-    uint32_t async_waiters; // tasks awaiting an item through `event_fd`
-    int32_t event_fd;       // an eventfd (semaphore mode) written per put while async_waiters > 0; -1: none
-    uint32_t pad;
+    uint32_t async_waiters; // tasks awaiting an item through the queue's eventfd
+    uint32_t pad[2];
 } cmp_ring;
 
 enum { CMP_RING_OK = 0, CMP_RING_FULL = 1, CMP_RING_EMPTY = 2, CMP_RING_TOO_LARGE = 3, CMP_RING_TIMEOUT = 4 };
@@ -118,7 +117,10 @@ int cmp_ring_init(cmp_ring *ring, uint64_t capacity, uint64_t max_items);
 /// Returns CMP_RING_OK, CMP_RING_FULL (timed out or not blocking),
 /// CMP_RING_TOO_LARGE (can never fit), or a negated error number.
 /// `*owner_died` is set when a previous holder died and the ring was repaired.
-int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t timeout_ns, int *owner_died);
+/// `event_fd` is this process's descriptor of the queue's eventfd (semaphore
+/// mode), written once per put while tasks await an item; -1 for none. (The
+/// number differs per process: a spawned child received its own.)
+int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t timeout_ns, int *owner_died, int event_fd);
 /// Takes the oldest message. On CMP_RING_OK, `*out` is a malloc'd copy
 /// (free it) of `*length` bytes. Returns CMP_RING_OK, CMP_RING_EMPTY (timed
 /// out or not blocking), or a negated error number.

@@ -1,0 +1,150 @@
+/// The library's objects as named-task arguments: each encodes the
+/// descriptors behind it into the start's table and is rebuilt around them
+/// in the child (see ``DescriptorTable``). Outside a start they refuse to
+/// encode with ``MP/TaskError/cannotCross(_:)``.
+
+extension MP.Lock: Codable {
+    public func encode(to encoder: any Encoder) throws { try shared.encode(to: encoder, for: "MP.Lock") }
+    public convenience init(from decoder: any Decoder) throws {
+        self.init(shared: try SharedSyncState(from: decoder, for: "MP.Lock"))
+    }
+}
+
+extension MP.RLock: Codable {
+    public func encode(to encoder: any Encoder) throws { try shared.encode(to: encoder, for: "MP.RLock") }
+    public convenience init(from decoder: any Decoder) throws {
+        self.init(shared: try SharedSyncState(from: decoder, for: "MP.RLock"))
+    }
+}
+
+extension MP.Semaphore: Codable {
+    public func encode(to encoder: any Encoder) throws { try shared.encode(to: encoder, for: "\(type(of: self))") }
+}
+
+extension MP.Event: Codable {
+    public func encode(to encoder: any Encoder) throws { try shared.encode(to: encoder, for: "MP.Event") }
+    public convenience init(from decoder: any Decoder) throws {
+        self.init(shared: try SharedSyncState(from: decoder, for: "MP.Event"))
+    }
+}
+
+extension MP.Condition: Codable {
+    private enum CodingKeys: String, CodingKey { case lock, rlock, state }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        switch underlying {
+        case .lock(let lock): try container.encode(lock, forKey: .lock)
+        case .rlock(let lock): try container.encode(lock, forKey: .rlock)
+        }
+        try container.encode(try shared.reference(in: encoder, for: "MP.Condition"), forKey: .state)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let underlying: Underlying
+        if container.contains(.lock) {
+            underlying = .lock(try container.decode(MP.Lock.self, forKey: .lock))
+        } else {
+            underlying = .rlock(try container.decode(MP.RLock.self, forKey: .rlock))
+        }
+        let reference = try container.decode(SharedBlock.Reference.self, forKey: .state)
+        let state = try SharedSyncState(adopting: try SharedBlock(reference, from: decoder, for: "MP.Condition"))
+        self.init(underlying: underlying, shared: state)
+    }
+}
+
+extension MP.Barrier: Codable {
+    private enum CodingKeys: String, CodingKey { case state, timeout }
+
+    public func encode(to encoder: any Encoder) throws {
+        if action != nil {
+            throw MP.TaskError.cannotCross("an MP.Barrier with an action cannot cross into a spawned process (a closure cannot cross exec); create it without an action, or use fork")
+        }
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(try shared.reference(in: encoder, for: "MP.Barrier"), forKey: .state)
+        try container.encodeIfPresent(defaultTimeout, forKey: .timeout)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let reference = try container.decode(SharedBlock.Reference.self, forKey: .state)
+        let state = try SharedSyncState(adopting: try SharedBlock(reference, from: decoder, for: "MP.Barrier"))
+        self.init(shared: state, timeout: try container.decodeIfPresent(Double.self, forKey: .timeout))
+    }
+}
+
+extension MP.Value: Codable {
+    private enum CodingKeys: String, CodingKey { case block, lock }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(try block.reference(in: encoder, for: "MP.Value<\(T.self)>"), forKey: .block)
+        try container.encode(lock, forKey: .lock)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
+        let block = try SharedBlock(reference, from: decoder, for: "MP.Value<\(T.self)>")
+        try self.init(block: block, lock: try container.decode(MP.RLock.self, forKey: .lock))
+    }
+}
+
+extension MP.Array: Codable {
+    private enum CodingKeys: String, CodingKey { case block, count, lock }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(try block.reference(in: encoder, for: "MP.Array<\(Element.self)>"), forKey: .block)
+        try container.encode(count, forKey: .count)
+        try container.encode(lock, forKey: .lock)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
+        let block = try SharedBlock(reference, from: decoder, for: "MP.Array<\(Element.self)>")
+        let count = try container.decode(Int.self, forKey: .count)
+        try self.init(block: block, count: count, lock: try container.decode(MP.RLock.self, forKey: .lock))
+    }
+}
+
+extension MP.SharedMemory: Codable {
+    /// Crosses by name, as in CPython (so it may also travel through a queue):
+    /// the receiver attaches the segment.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(name)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let name = try decoder.singleValueContainer().decode(String.self)
+        try self.init(name: name)
+    }
+}
+
+extension MP.Connection: Codable {
+    private enum CodingKeys: String, CodingKey { case descriptor, readable, writable, maxMessageSize }
+
+    /// Encodes this end as a named task's argument: the child gets its own
+    /// descriptor of the same socket. Data this end already read ahead stays here.
+    public func encode(to encoder: any Encoder) throws {
+        let table = try Crossing.table(encoder, for: "MP.Connection")
+        guard fileno >= 0 else { throw MP.TaskError.cannotCross("a closed MP.Connection cannot cross into a process") }
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(try table.add(fileno, for: "MP.Connection"), forKey: .descriptor)
+        try container.encode(isReadable, forKey: .readable)
+        try container.encode(isWritable, forKey: .writable)
+        try container.encode(maxMessageSize, forKey: .maxMessageSize)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let received = try Crossing.received(decoder, for: "MP.Connection")
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let fd = try received.adopt(try container.decode(Int.self, forKey: .descriptor), for: "MP.Connection")
+        self.init(fd: fd, readable: try container.decode(Bool.self, forKey: .readable),
+                  writable: try container.decode(Bool.self, forKey: .writable),
+                  maxMessageSize: try container.decode(Int.self, forKey: .maxMessageSize))
+    }
+}
