@@ -188,7 +188,7 @@ struct PoolFaultTests {
     }
 }
 
-private extension String {
+extension String {
     init(contentsOfProcFile path: String) throws {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw TestFailure("cannot open \(path)") }

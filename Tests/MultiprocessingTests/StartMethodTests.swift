@@ -151,6 +151,8 @@ struct StartMethodTests {
             #expect(middle.exitCode == -9)
             let status = try waitOrKill(daemonPid, within: 10)
             #expect(status == .signaled(.kill, coreDumped: false))
+            // The middle process's own forkserver died with it (PR_SET_PDEATHSIG) and was re-parented here.
+            try reapAdoptedOrphans()
         }
     }
 

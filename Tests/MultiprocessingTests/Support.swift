@@ -122,10 +122,48 @@ func processState(_ pid: Int32) -> Character? {
     return line[line.index(close, offsetBy: 2)]
 }
 
-/// Whether this process has any child at all, reaped or not (`waitpid` with `WNOWAIT`).
-func hasAnyChild() -> Bool {
-    var info = siginfo_t()
-    return waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | WSTOPPED) == 0
+/// Whether this process has any child, running or a zombie, other than the
+/// library's helpers (which live as long as the program, by design): every
+/// thread's `/proc/self/task/TID/children`.
+func hasAnyChild(sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
+    let others = childPids().subtracting(persistentHelpers())
+    for pid in others {
+        let command = ((try? String(contentsOfProcFile: "/proc/\(pid)/cmdline")) ?? "?").map { $0 == "\0" ? " " : $0 }.reduce(into: "") { $0.append($1) }
+        Issue.record("child \(pid) (\(command), state \(processState(pid).map(String.init) ?? "gone")) is still here", sourceLocation: sourceLocation)
+    }
+    return !others.isEmpty
+}
+
+
+/// As a subreaper: waits for (and reaps) every child this process did not
+/// start itself, killing any that is still running after `seconds`.
+func reapAdoptedOrphans(within seconds: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let ours = Set(MP.activeChildren().compactMap(\.pid)).union(persistentHelpers())
+    for pid in childPids().subtracting(ours) {
+        _ = try waitOrKill(pid, within: seconds, sourceLocation: sourceLocation)
+    }
+}
+
+/// The library's helpers that live as long as the program: the forkserver and the resource tracker.
+func persistentHelpers() -> Set<Int32> {
+    Set([ForkServerClient.serverPid, ResourceTracker.pid == 0 ? nil : ResourceTracker.pid].compactMap { $0 })
+}
+
+func childPids() -> Set<Int32> {
+    var pids = Set<Int32>()
+    guard let dir = opendir("/proc/self/task") else { return pids }
+    defer { closedir(dir) }
+    while let entry = readdir(dir) {
+        let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard Int(tid) != nil, let file = fopen("/proc/self/task/\(tid)/children", "r") else { continue }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 65536)
+        while fgets(&buffer, Int32(buffer.count), file) != nil {
+            let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            for field in line.split(whereSeparator: { $0 == " " || $0 == "\n" }) { if let pid = Int32(field) { pids.insert(pid) } }
+        }
+    }
+    return pids
 }
 
 struct TestFailure: Error, CustomStringConvertible {

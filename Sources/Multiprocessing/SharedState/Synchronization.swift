@@ -56,6 +56,15 @@ final class SharedSyncState: @unchecked Sendable {
     private let block: SharedBlock
     let state: UnsafeMutablePointer<cmp_sync_state>
 
+    /// A lock dropped while this thread holds it is released first: a held
+    /// robust mutex is linked into its holder's robust list (glibc walks it
+    /// on every robust lock and unlock, the kernel at thread exit), and
+    /// unmapping it would leave the list pointing at unmapped memory. (A
+    /// recursive lock is released as many times as it is held.)
+    deinit {
+        while cmp_mutex_unlock(&state.pointee.mutex) == 0 {} // EPERM once this thread no longer holds it
+    }
+
     /// The state of a primitive received by a spawned child (already initialised by its creator).
     init(adopting block: SharedBlock) throws {
         guard block.size >= MemoryLayout<cmp_sync_state>.size else {

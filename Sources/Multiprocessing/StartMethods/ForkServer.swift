@@ -84,6 +84,7 @@ final class ForkServerClient: @unchecked Sendable {
     /// Starts a child from `descriptors` (the launch message first); returns its pid.
     static func launch(_ descriptors: [Int32]) throws(MP.TaskError) -> pid_t {
         _ = forgetInChild
+        _ = shutDownAtExit
         return try lock.withLock { () throws(MP.TaskError) -> pid_t in
             for attempt in 0..<2 {
                 let server: ForkServerClient
@@ -102,6 +103,20 @@ final class ForkServerClient: @unchecked Sendable {
             }
             throw .startFailed(method: .forkserver, reason: "the forkserver died twice in a row")
         }
+    }
+
+    /// At this process's normal exit (after its children were ended): the
+    /// server sees end-of-file, exits, and is reaped here, so it never
+    /// outlives its client as an orphan.
+    private static let shutDownAtExit: Void = Runtime.shared.atExit {
+        let server = lock.withLock { () -> ForkServerClient? in
+            defer { current = nil }
+            return current
+        }
+        guard let server else { return }
+        Sys.close(server.socket)
+        var status: Int32 = 0
+        _ = try? Sys.waitpid(server.pid, &status, 0)
     }
 
     /// The server's pid, for tests (nil before the first forkserver start).

@@ -27,7 +27,7 @@ enum LaunchedChild {
         let objects = ReceivedDescriptors(Swift.Array(descriptors.dropFirst()))
         let task: any MP.NamedTask
         do {
-            task = try decode(info, objects)
+            task = try resolve(info, objects)
         } catch {
             objects.closeAll()
             Runtime.reportUncaught(error, processName: info.processName)
@@ -63,7 +63,8 @@ enum LaunchedChild {
 
     nonisolated(unsafe) private static var crashLabel: UnsafeMutablePointer<CChar>?
 
-    private static func decode(_ info: LaunchInfo, _ objects: ReceivedDescriptors) throws -> any MP.NamedTask {
+    /// The task `info` names, with its arguments: what a child checks before running anything.
+    static func resolve(_ info: LaunchInfo, _ objects: ReceivedDescriptors) throws -> any MP.NamedTask {
         guard info.build == BuildIdentity.current else {
             throw MP.TaskError.buildMismatch(expected: BuildIdentity.current, found: info.build)
         }
