@@ -21,7 +21,7 @@ extern char **environ;
 
 // ------------------------------------------------------------------ spawn --
 
-int cmp_spawn(pid_t *pid, const char *path, char *const argv[], const int *fds, int count, int reset_signals) {
+int cmp_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], const int *fds, int count, int reset_signals) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
     int error = posix_spawn_file_actions_init(&actions);
@@ -44,7 +44,7 @@ int cmp_spawn(pid_t *pid, const char *path, char *const argv[], const int *fds, 
         error = posix_spawnattr_setsigdefault(&attributes, &all);
     }
     if (!error) error = posix_spawnattr_setflags(&attributes, flags);
-    if (!error) error = posix_spawn(pid, path, &actions, &attributes, argv, environ);
+    if (!error) error = posix_spawn(pid, path, &actions, &attributes, argv, envp ? envp : environ);
     posix_spawnattr_destroy(&attributes);
     posix_spawn_file_actions_destroy(&actions);
     return error;
@@ -216,5 +216,28 @@ void cmp_serve_main_queue_until(int done_fd) {
             (void)ignored;
             drain(NULL);
         }
+    }
+}
+
+// ------------------------------------------------ the constructors after ours --
+//
+// A launched child (or the forkserver) takes over from the library's
+// .init_array hook and never returns to the C library, so the constructors
+// placed after the hook in the same image would never run. In a program
+// linked with -static-stdlib those are the runtime's, Dispatch's and
+// Foundation's own (static archives are linked after the program's objects).
+// Running them here gives the child what `main` would have found.
+
+typedef void (*cmp_constructor)(int, char **, char **);
+extern cmp_constructor __init_array_start[] __attribute__((weak, visibility("hidden")));
+extern cmp_constructor __init_array_end[] __attribute__((weak, visibility("hidden")));
+
+void cmp_run_constructors_after(const void *hook, int argc, char **argv, char **envp) {
+    if (!__init_array_start || !__init_array_end) return;
+    cmp_constructor *entry = __init_array_start;
+    while (entry < __init_array_end && (const void *)*entry != hook) entry++;
+    if (entry == __init_array_end) return; // not in this image's array: nothing is known to follow
+    for (entry++; entry < __init_array_end; entry++) {
+        if (*entry && (uintptr_t)*entry != (uintptr_t)-1) (*entry)(argc, argv, envp);
     }
 }

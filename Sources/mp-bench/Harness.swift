@@ -40,9 +40,18 @@ func interleavedMedians(_ rounds: Int, _ bodies: [() throws -> Double]) throws -
     return values.map { $0.sorted()[$0.count / 2] }
 }
 
-/// Runs `python3 -c script` and returns its standard output, or nil when
-/// python3 is missing or fails.
+/// Runs `script` with `python3` and returns its standard output, or nil when
+/// python3 is missing or fails. The script is a file, not `-c`: CPython's
+/// spawn and forkserver children import the main module by its path.
 func runPython(_ script: String) -> String? {
+    var template = Array("/tmp/mp-bench-XXXXXX.py".utf8CString)
+    let file = mkstemps(&template, 3)
+    guard file >= 0 else { return nil }
+    let path = String(cString: template)
+    defer { unlink(path) }
+    let bytes = Array(script.utf8)
+    guard write(file, bytes, bytes.count) == bytes.count else { close(file); return nil }
+    close(file)
     var fds: [Int32] = [-1, -1]
     guard pipe(&fds) == 0 else { return nil }
     var actions = posix_spawn_file_actions_t()
@@ -50,7 +59,7 @@ func runPython(_ script: String) -> String? {
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
     posix_spawn_file_actions_addclose(&actions, fds[0])
-    let arguments = ["python3", "-c", script]
+    let arguments = ["python3", path]
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0

@@ -1,7 +1,14 @@
 import _CMultiprocessingBench
 import Multiprocessing
 
-/// `proc_start_join_us`: start and join a process with an empty target, per process.
+/// An empty named task: what the spawn and forkserver figures start.
+struct EmptyTask: MP.NamedTask {
+    func run() {}
+}
+
+/// `proc_start_join_us`: start and join a process with an empty target, per
+/// process; `_spawn_us` and `_forkserver_us`: the same with an empty named
+/// task under those start methods (CPython's forkserver started before timing).
 enum ProcessBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
         let iterations = quick ? 200 : 1_000
@@ -19,10 +26,30 @@ enum ProcessBenchmarks {
             Metric(name: "proc_start_join_us", value: swift, higherIsBetter: false),
             Metric(name: "proc_start_join_us_c", value: c, higherIsBetter: false),
         ]
-        if let output = runPython(pythonScript(iterations: iterations, rounds: rounds)) {
+        // Spawn and forkserver, alternating rounds; the server's start is warm-up.
+        let launched = quick ? 40 : 200
+        for method in [MP.StartMethod.spawn, .forkserver] { for _ in 0..<5 { try startJoin(method) } }
+        let methodFigures = try interleavedMedians(rounds, [MP.StartMethod.spawn, .forkserver].map { method in {
+            let count = method == .spawn ? launched : launched * 4
+            let start = now()
+            for _ in 0..<count { try startJoin(method) }
+            return (now() - start) / Double(count) * 1e6
+        } })
+        metrics += [
+            Metric(name: "proc_start_join_spawn_us", value: methodFigures[0], higherIsBetter: false),
+            Metric(name: "proc_start_join_forkserver_us", value: methodFigures[1], higherIsBetter: false),
+        ]
+        if let output = runPython(pythonScript(iterations: iterations, rounds: rounds, launched: quick ? 10 : 30)) {
             metrics += parseMetrics(output, suffix: "_python", higherIsBetter: [:])
         }
         return metrics
+    }
+
+    private static func startJoin(_ method: MP.StartMethod) throws {
+        let p = MP.getContext(method).Process(target: EmptyTask())
+        try p.start()
+        try p.join()
+        guard p.exitCode == 0 else { throw BenchError("\(method) child exited with \(String(describing: p.exitCode))") }
     }
 
     private static func startJoin() throws {
@@ -32,7 +59,7 @@ enum ProcessBenchmarks {
         guard p.exitCode == 0 else { throw BenchError("child exited with \(String(describing: p.exitCode))") }
     }
 
-    private static func pythonScript(iterations: Int, rounds: Int) -> String {
+    private static func pythonScript(iterations: Int, rounds: Int, launched: Int) -> String {
         """
         import multiprocessing as mp, statistics, time
         def empty():
@@ -48,6 +75,17 @@ enum ProcessBenchmarks {
                     p = ctx.Process(target=empty); p.start(); p.join()
                 results.append((time.perf_counter() - start) / \(iterations) * 1e6)
             print('proc_start_join_us', statistics.median(results))
+            for method, count in (('spawn', \(launched)), ('forkserver', \(launched) * 2)):
+                ctx = mp.get_context(method)
+                for _ in range(3):  # starts the forkserver, imports in the children
+                    p = ctx.Process(target=empty); p.start(); p.join()
+                results = []
+                for _ in range(\(rounds)):
+                    start = time.perf_counter()
+                    for _ in range(count):
+                        p = ctx.Process(target=empty); p.start(); p.join()
+                    results.append((time.perf_counter() - start) / count * 1e6)
+                print('proc_start_join_%s_us' % method, statistics.median(results))
         """
     }
 }

@@ -63,6 +63,21 @@ enum WireFormat {
 }
 
 extension WireFormat {
+    /// Answers, once, the runtime's conformance questions the coder asks about
+    /// `T` at its top level. A fresh process answers each by scanning every
+    /// conformance record of the program (milliseconds in a program linking
+    /// Foundation); the forkserver asks before its first fork, so its
+    /// children inherit the answers.
+    static func warmCaches<T>(for type: T.Type) {
+        _ = T.self is WireFastArray.Type
+        _ = T.self is any WirePrimitive.Type
+        _ = T.self is WireOptional.Type
+        _ = T.self is WireDictionary.Type
+        _ = T.self is any Encodable.Type
+    }
+}
+
+extension WireFormat {
     static let tagLock = ForkSafeLock()
     /// A forked child starts with an empty cache: a thread of the parent may
     /// have been inserting at the fork, and the dictionary be mid-update.

@@ -55,7 +55,7 @@ extension MP {
 }
 
 extension MP.NamedTask {
-    public static var name: String { String(reflecting: Self.self) }
+    public static var name: String { _typeName(Self.self, qualified: true) }
 }
 
 extension MP.NamedTask where Result: Codable {

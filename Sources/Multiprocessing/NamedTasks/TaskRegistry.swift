@@ -37,9 +37,9 @@ struct TaskRegistry: Sendable {
 
     private mutating func add(_ task: any MP.NamedTask.Type) {
         let name = task.name
-        let typeName = String(reflecting: task)
+        let typeName = _typeName(task, qualified: true)
         if let existing = byName[name], existing != task {
-            duplicates[name, default: [String(reflecting: existing)]].append(typeName)
+            duplicates[name, default: [_typeName(existing, qualified: true)]].append(typeName)
         } else if duplicates[name] != nil {
             duplicates[name]!.append(typeName)
         } else {
@@ -64,14 +64,14 @@ struct TaskRegistry: Sendable {
         do {
             found = try task(named: T.name)
         } catch .unknownTask {
-            let typeName = String(reflecting: T.self)
+            let typeName = _typeName(T.self, qualified: true)
             let reason = typeName.contains("<")
                 ? "a generic type cannot be found by name in another process; declare a non-generic type"
                 : "its conformance was not found in the program's metadata"
             throw .notDiscoverable(type: typeName, reason: reason)
         }
         if found != T.self {
-            throw .duplicateName(T.name, types: [String(reflecting: found), String(reflecting: T.self)])
+            throw .duplicateName(T.name, types: [_typeName(found, qualified: true), _typeName(T.self, qualified: true)])
         }
     }
 

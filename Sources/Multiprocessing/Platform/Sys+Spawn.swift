@@ -7,9 +7,10 @@ import SystemPackage
 /// Starting programs and moving descriptors: what the spawn and forkserver
 /// start methods need.
 extension Sys {
-    /// `posix_spawn(path, argv, environ)` with `descriptors[i]` at `3 + i` in
-    /// the child and every other descriptor from 3 up closed (`cmp_spawn`).
-    static func spawn(_ path: String, arguments: [String], descriptors: [Int32], resetSignals: Bool = true) throws(MP.OSError) -> pid_t {
+    /// `posix_spawn(path, argv, envp)` with `descriptors[i]` at `3 + i` in
+    /// the child and every other descriptor from 3 up closed (`cmp_spawn`);
+    /// the environment is this process's plus `addedEnvironment` (`NAME=value`).
+    static func spawn(_ path: String, arguments: [String], descriptors: [Int32], addedEnvironment: [String] = [], resetSignals: Bool = true) throws(MP.OSError) -> pid_t {
         // Every source above the target range first, so no dup2 overwrites a later source.
         let floor = Int32(3 + descriptors.count)
         var lifted: [Int32] = []
@@ -22,8 +23,18 @@ extension Sys {
         var cArguments = arguments.map { strdup($0) }
         cArguments.append(nil)
         defer { for argument in cArguments { free(argument) } }
+        var cEnvironment: [UnsafeMutablePointer<CChar>?] = []
+        if !addedEnvironment.isEmpty {
+            var entry = environ
+            while let variable = entry.pointee { cEnvironment.append(strdup(variable)); entry += 1 }
+            cEnvironment += addedEnvironment.map { strdup($0) }
+            cEnvironment.append(nil)
+        }
+        defer { for variable in cEnvironment { free(variable) } }
         var pid: pid_t = 0
-        let error = cmp_spawn(&pid, path, cArguments, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
+        let error = cEnvironment.isEmpty
+            ? cmp_spawn(&pid, path, cArguments, nil, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
+            : cmp_spawn(&pid, path, cArguments, cEnvironment, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
         if error != 0 { throw failure("posix_spawn", error) }
         return pid
     }

@@ -25,6 +25,9 @@ final class Runtime: @unchecked Sendable {
     private var children: [MP.Process] = []
     private var atexitInstalled = false
     private(set) var isForkedChild = false
+    /// A spawned or forkserver child: ends like a forked one (`_exit` after
+    /// its own exit handling), not through the C library's `exit`.
+    private(set) var isLaunchedChild = false
     /// Started on first use, per process; a child starts its own.
     private var watcher: FDWatcher?
     private var forker: ForkerThread?
@@ -169,6 +172,7 @@ final class Runtime: @unchecked Sendable {
     /// exit handling ends its own children).
     func becomeLaunchedChild(process: MP.Process, parentPid: Int32, parentName: String) {
         lock.withLock {
+            isLaunchedChild = true
             parentObject = MP.Process(launchedAs: parentName, identity: [], daemon: false)
             self.parentPid = parentPid
             currentProcess = process
@@ -191,6 +195,14 @@ final class Runtime: @unchecked Sendable {
 
     /// Ends this process with `code` (see ``MP/exit(_:)``).
     func exitProcess(_ code: Int32) -> Never {
+        if isLaunchedChild {
+            // What `exit` would run of ours (children, then the exit handlers),
+            // without the C library's destructors and the runtime's teardown:
+            // a child that ran one task has nothing else to finish.
+            finishChildren()
+            for handler in lock.withLock({ exitHandlers }) { handler() }
+            cmp_child_exit(code)
+        }
         if isForkedChild {
             if lock.withLock({ !children.isEmpty }) { finishChildren() }
             cmp_child_exit(code)

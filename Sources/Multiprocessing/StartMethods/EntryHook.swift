@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _CMultiprocessingShims
 
 /// The library's hook before `main`: a function pointer in `.init_array`,
 /// which the dynamic loader calls with `argc` and `argv` in every process of
@@ -10,24 +11,29 @@ import Glibc
 /// library started with a flag, it never returns:
 /// - `PROGRAM --swift-multiprocessing-spawn N`: a spawned child; descriptors
 ///   3..<3+N are its launch message and its objects (``LaunchedChild``);
-/// - `PROGRAM --swift-multiprocessing-forkserver PID`: the forkserver, on
-///   descriptor 3 (``ForkServer``).
+/// - `PROGRAM --swift-multiprocessing-forkserver PID bound|inherited`: the
+///   forkserver, on descriptor 3 (``ForkServer``).
 ///
 /// So a user's program needs no line in `main` for either start method, and
 /// a program that never uses them pays one string comparison at startup.
 enum EntryHook {
     typealias Arguments = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
 
-    static func run(_ argc: Int32, _ argv: Arguments) {
+    static func run(_ argc: Int32, _ argv: Arguments, _ envp: Arguments) {
         guard argc >= 3, let argv, let flag = argv[1], let value = argv[2] else { return }
         guard strncmp(flag, "--swift-multiprocessing-", 24) == 0 else { return }
+        // This process never returns to the C library: first the constructors
+        // that would have run after this hook (with -static-stdlib, those of
+        // the runtime, Dispatch and Foundation).
+        cmp_run_constructors_after(unsafeBitCast(multiprocessingEntryHook, to: UnsafeRawPointer.self), argc, argv, envp)
         let name = String(cString: flag)
         let number = Int32(String(cString: value)) ?? -1
         switch name {
         case Spawner.flag where number >= 1 && number <= 253:
             LaunchedChild.run(descriptors: (0..<number).map { 3 + $0 })
         case ForkServer.flag where number > 0:
-            ForkServer.serve(socket: 3, parent: number)
+            let boundNow = argc >= 4 && argv[3].map { strcmp($0, "bound") == 0 } == true
+            ForkServer.serve(socket: 3, parent: number, boundNow: boundNow)
         default:
             return
         }
@@ -35,6 +41,6 @@ enum EntryHook {
 }
 
 @section(".init_array") @used
-let multiprocessingEntryHook: @convention(c) (Int32, EntryHook.Arguments, EntryHook.Arguments) -> Void = { argc, argv, _ in
-    EntryHook.run(argc, argv)
+let multiprocessingEntryHook: @convention(c) (Int32, EntryHook.Arguments, EntryHook.Arguments) -> Void = { argc, argv, envp in
+    EntryHook.run(argc, argv, envp)
 }

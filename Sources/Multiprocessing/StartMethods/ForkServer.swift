@@ -20,12 +20,15 @@ enum ForkServer {
     static let request: [UInt8] = Swift.Array("MPFS".utf8)
 
     /// The server's loop, on the descriptor `socket`. Never returns.
-    static func serve(socket: Int32, parent: pid_t) -> Never {
+    static func serve(socket: Int32, parent: pid_t, boundNow: Bool) -> Never {
         if !Sys.dieWithParent(parent) { Sys.exitImmediately(0) }
+        // The loader bound every symbol at start (LD_BIND_NOW): a child's
+        // first call of a function the server never called would otherwise
+        // search every library, in every child. Not passed on to what the
+        // children start.
+        if boundNow { unsetenv("LD_BIND_NOW") }
         let prepared = cmp_forkserver_prepare()
-        // Built once here, inherited by every child.
-        _ = TaskRegistry.shared
-        _ = BuildIdentity.current
+        warmUp()
         reply(socket, prepared == 0 ? Sys.getpid : -prepared)
         if prepared != 0 { Sys.exitImmediately(0) }
         while true {
@@ -51,6 +54,23 @@ enum ForkServer {
             reply(socket, pid > 0 ? pid : -error)
         }
     }
+
+    /// Done once here, inherited by every child instead of redone in each:
+    /// the task registry, the build id, the child executors' lookups, the
+    /// runtime's answers for decoding a launch message and each task type.
+    private static func warmUp() {
+        let registry = TaskRegistry.shared
+        _ = BuildIdentity.current
+        _ = ChildExecutors.isAvailable
+        ChildExecutors.prepare
+        _ = Runtime.shared
+        let sample = LaunchInfo(build: "", task: "", arguments: [0], processName: "", identity: [1],
+                                daemon: false, parentPid: 0, parentName: "")
+        _ = try? WireFormat.decode(LaunchInfo.self, from: WireFormat.encode(sample))
+        for task in registry.byName.values { warm(task) }
+    }
+
+    private static func warm<T: MP.NamedTask>(_ task: T.Type) { WireFormat.warmCaches(for: task) }
 
     private static func reply(_ socket: Int32, _ value: Int32) {
         var value = value
@@ -126,14 +146,16 @@ final class ForkServerClient: @unchecked Sendable {
         let ours: Int32, theirs: Int32
         do { (ours, theirs) = try Sys.packetSocketPair() } catch { throw .startFailed(method: .forkserver, reason: error.description) }
         defer { Sys.close(theirs) }
-        let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid)]
+        let bindNow = getenv("LD_BIND_NOW") == nil
+        let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid), bindNow ? "bound" : "inherited"]
         let pid: pid_t
         do {
             // Spawned by the thread that lives as long as the process: its
             // children (ours, by CLONE_PARENT) take it as their parent thread,
             // which is what PR_SET_PDEATHSIG follows.
             pid = try ForkerThread.shared().perform { () throws(MP.OSError) -> pid_t in
-                try Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: [theirs])
+                try Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: [theirs],
+                              addedEnvironment: bindNow ? ["LD_BIND_NOW=1"] : [])
             }
         } catch {
             Sys.close(ours)

@@ -133,11 +133,11 @@ int cmp_dispatch_is_multithreaded(void);
 /// The most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
 #define CMP_MAX_PASSED_DESCRIPTORS 253
 
-/// `posix_spawn(path, argv, environ)` with `fds[i]` at descriptor `3 + i` in
+/// `posix_spawn(path, argv, envp)` (NULL `envp`: this process's `environ`) with `fds[i]` at descriptor `3 + i` in
 /// the child and every other descriptor from 3 up closed; an empty signal
 /// mask, and with `reset_signals` every disposition back to its default.
 /// Every `fds[i]` must be at least `3 + count`. Returns 0 or an errno.
-int cmp_spawn(pid_t *pid, const char *path, char *const argv[], const int *fds, int count, int reset_signals);
+int cmp_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], const int *fds, int count, int reset_signals);
 
 /// `memfd_create(name, MFD_CLOEXEC)`.
 int cmp_memfd(const char *name);
@@ -164,6 +164,10 @@ pid_t cmp_forkserver_clone(void);
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`; 1 when the parent is still `parent`
 /// (0: it died before the call, and the signal will never come).
 int cmp_die_with_parent(pid_t parent);
+
+/// Runs the constructors that follow `hook` in this image's `.init_array`
+/// (they would never run: the caller never returns to the C library).
+void cmp_run_constructors_after(const void *hook, int argc, char **argv, char **envp);
 
 /// In a launched child's main thread: serves libdispatch's main queue
 /// (MainActor work) until `done_fd` is readable.
