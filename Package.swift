@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
         .executable(name: "mp-examples", targets: ["mp-examples"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
+        .executable(name: "mp-forksafety", targets: ["mp-forksafety"]),
     ],
     dependencies: [
         // Errno and FileDescriptor: the typed errno and descriptor vocabulary of the platform layer.
@@ -45,6 +46,16 @@ let package = Package(
             dependencies: [
                 "Multiprocessing",
                 "_CMultiprocessingBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // Counts hung children per start method in a program whose threads
+        // are busy in Foundation, Dispatch, Swift concurrency, malloc, stdio.
+        .executableTarget(
+            name: "mp-forksafety",
+            dependencies: [
+                "Multiprocessing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
