@@ -241,3 +241,9 @@ void cmp_run_constructors_after(const void *hook, int argc, char **argv, char **
         if (*entry && (uintptr_t)*entry != (uintptr_t)-1) (*entry)(argc, argv, envp);
     }
 }
+
+void cmp_name_after_program(const char *argv0) {
+    if (!argv0) return;
+    const char *slash = strrchr(argv0, '/');
+    prctl(PR_SET_NAME, slash ? slash + 1 : argv0, 0, 0, 0); // the kernel keeps 15 bytes
+}

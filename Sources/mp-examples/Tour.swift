@@ -433,4 +433,6 @@ let examples: [Example] = [
     Example(name: "pool-apply-async", title: "apply_async of 10 tasks on a pool of 4, close, join (003)", run: poolApplyAsync),
     Example(name: "pool-apply", title: "blocking apply: strictly one after another (003)", run: poolApply),
     Example(name: "pool-map", title: "map over a pool, scoped, and parallelMap", run: poolMap),
+    Example(name: "start-methods", title: "dance and sing under spawn and forkserver, with named tasks and get_context (001 §2.1)", run: danceAndSingUnderEachMethod),
+    Example(name: "queue-forkserver", title: "producer and consumer under set_start_method('forkserver'): the queue crosses", run: producerConsumerForkserver),
 ]

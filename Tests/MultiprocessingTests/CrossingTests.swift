@@ -169,7 +169,7 @@ struct CrossingTests {
     @Test("a child refuses an unknown name, another build's task, and arguments of the wrong type", arguments: launchedMethods)
     func childRefusals(method: MP.StartMethod) throws {
         let good = LaunchInfo(build: BuildIdentity.current, task: ExitWith.name, arguments: try WireFormat.encode(ExitWith(code: 3)),
-                              processName: "refusal", identity: [99], daemon: false, parentPid: MP.getpid(), parentName: "MainProcess")
+                              processName: "refusal", identity: [99], daemon: false, parentPid: MP.getpid(), parentName: "MainProcess", lineBuffered: false)
         var unknown = good; unknown.task = "no.such.task"
         var otherBuild = good; otherBuild.build = "0123abcd"
         var wrongArguments = good; wrongArguments.arguments = try WireFormat.encode("not an ExitWith")

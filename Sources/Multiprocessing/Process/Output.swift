@@ -12,6 +12,21 @@ extension MP {
 
     /// Makes stdout line-buffered even into a pipe or a file, so each line
     /// appears as it is printed (Python's `python -u`, for lines). Call it
-    /// first in `main`, before anything is printed.
-    public static func setLineBufferedOutput() { Sys.setStdoutBuffering(_IOLBF) }
+    /// first in `main`, before anything is printed. Forked children inherit
+    /// it; spawned and forkserver children are told to do the same.
+    public static func setLineBufferedOutput() {
+        OutputMode.lineBuffered = true
+        Sys.setStdoutBuffering(_IOLBF)
+    }
+}
+
+/// Whether this program asked for line-buffered stdout (passed to launched children).
+enum OutputMode {
+    private static let lock = ForkSafeLock()
+    nonisolated(unsafe) private static var isLineBuffered = false
+
+    static var lineBuffered: Bool {
+        get { lock.withLock { isLineBuffered } }
+        set { lock.withLock { isLineBuffered = newValue } }
+    }
 }

@@ -151,7 +151,7 @@ extension MP {
 
         /// The current process in a spawned or forkserver child (or, in one,
         /// its parent's description).
-        init(launchedAs name: String, identity: [Int], daemon: Bool) {
+        init(launchedAs name: String, identity: [Int], daemon: Bool, parentPid: Int32) {
             self.explicitName = name
             self.isDaemon = daemon
             self.syncTarget = nil
@@ -160,7 +160,7 @@ extension MP {
             self.requestedMethod = nil
             self.isMain = false
             self.identity = identity
-            self.creatorPid = 0
+            self.creatorPid = parentPid
         }
 
         deinit {
@@ -359,7 +359,8 @@ extension MP {
             let info = LaunchInfo(
                 build: BuildIdentity.current, task: task.name, arguments: arguments,
                 processName: name, identity: identity, daemon: daemon,
-                parentPid: Sys.getpid, parentName: Runtime.shared.current.name)
+                parentPid: Sys.getpid, parentName: Runtime.shared.current.name,
+                lineBuffered: OutputMode.lineBuffered)
             return try Launcher.launch(info, objects: table.descriptors, method: method, daemon: daemon)
         }
 

@@ -173,7 +173,7 @@ final class Runtime: @unchecked Sendable {
     func becomeLaunchedChild(process: MP.Process, parentPid: Int32, parentName: String) {
         lock.withLock {
             isLaunchedChild = true
-            parentObject = MP.Process(launchedAs: parentName, identity: [], daemon: false)
+            parentObject = MP.Process(launchedAs: parentName, identity: [], daemon: false, parentPid: 0)
             self.parentPid = parentPid
             currentProcess = process
             counter = 0

@@ -26,6 +26,7 @@ enum EntryHook {
         // that would have run after this hook (with -static-stdlib, those of
         // the runtime, Dispatch and Foundation).
         cmp_run_constructors_after(unsafeBitCast(multiprocessingEntryHook, to: UnsafeRawPointer.self), argc, argv, envp)
+        cmp_name_after_program(argv[0])
         let name = String(cString: flag)
         let number = Int32(String(cString: value)) ?? -1
         switch name {

@@ -14,6 +14,8 @@ struct LaunchInfo: Codable {
     var daemon: Bool
     var parentPid: Int32
     var parentName: String
+    /// The parent asked for line-buffered stdout (``MP/setLineBufferedOutput()``).
+    var lineBuffered: Bool
 }
 
 /// A named task as a process target: its name, its checks, its encoding, and

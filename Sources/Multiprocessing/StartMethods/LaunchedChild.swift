@@ -20,7 +20,8 @@ enum LaunchedChild {
         Sys.close(launchFile)
         // A daemon dies with its parent; if the parent is already gone, now.
         if info.daemon && !Sys.dieWithParent(info.parentPid) { try? Sys.kill(Sys.getpid, SIGKILL) }
-        let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon)
+        if info.lineBuffered { MP.setLineBufferedOutput() }
+        let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon, parentPid: info.parentPid)
         Runtime.shared.becomeLaunchedChild(process: process, parentPid: info.parentPid, parentName: info.parentName)
         crashLabel = strdup(info.processName)
         cmp_child_name_crashes(crashLabel)

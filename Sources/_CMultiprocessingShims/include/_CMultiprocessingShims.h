@@ -165,6 +165,10 @@ pid_t cmp_forkserver_clone(void);
 /// (0: it died before the call, and the signal will never come).
 int cmp_die_with_parent(pid_t parent);
 
+/// Names the process (its `comm`, as `ps` and `top` show it) after `argv0`'s
+/// last path component: a process executed from `/proc/self/exe` is named "exe".
+void cmp_name_after_program(const char *argv0);
+
 /// Runs the constructors that follow `hook` in this image's `.init_array`
 /// (they would never run: the caller never returns to the C library).
 void cmp_run_constructors_after(const void *hook, int argc, char **argv, char **envp);
