@@ -280,3 +280,51 @@ void cmp_child_executor_enqueue_main_after(void *job, uint64_t delay_ns) {
     schedule(job, now_ns(CLOCK_MONOTONIC) + delay_ns, true);
 }
 int cmp_child_executor_on_main_thread(void) { return on_main_thread ? 1 : 0; }
+
+// ------------------------------------------------- the waiting thread helps --
+//
+// The thread that starts a child's async work and waits for it (the child's
+// main thread) runs the global queue's jobs itself while it waits, as one
+// more worker: a child whose task never blocks runs it without starting a
+// thread (a thread's start and exit were a third of a short child's life).
+// It counts as idle from `help_begin`, so the task's first job wakes it
+// instead of starting a worker.
+
+void cmp_child_executor_help_begin(void) {
+    ensure_setup();
+    pthread_mutex_lock(&global_queue.lock);
+    global_queue.idle++;
+    pthread_mutex_unlock(&global_queue.lock);
+}
+
+void cmp_child_executor_help_until(int *done) {
+    JobQueue *q = &global_queue;
+    CMPSerialExecutorRef executor = {0, 0};
+    pthread_mutex_lock(&q->lock);
+    for (;;) {
+        if (__atomic_load_n(done, __ATOMIC_ACQUIRE)) break;
+        if (q->head) {
+            Node *node = q->head;
+            q->head = node->next;
+            if (!q->head) q->tail = NULL;
+            q->idle--;
+            pthread_mutex_unlock(&q->lock);
+            SwiftJob *job = node->job;
+            free(node);
+            runtime.job_run(job, executor);
+            pthread_mutex_lock(&q->lock);
+            q->idle++;
+            continue;
+        }
+        pthread_cond_wait(&q->ready, &q->lock);
+    }
+    q->idle--;
+    pthread_mutex_unlock(&q->lock);
+}
+
+void cmp_child_executor_help_end(int *done) {
+    pthread_mutex_lock(&global_queue.lock);
+    __atomic_store_n(done, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&global_queue.ready);
+    pthread_mutex_unlock(&global_queue.lock);
+}

@@ -13,6 +13,11 @@ enum ProcessBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
         let iterations = quick ? 200 : 1_000
         let rounds = quick ? 3 : 5
+        // Finding the named tasks: once per process, on first use.
+        let discoveryStart = now()
+        let known = MP.namedTaskNames()
+        let discovery = (now() - discoveryStart) * 1e6
+        guard known.contains(EmptyTask.name) else { throw BenchError("EmptyTask was not found by name") }
         // Warm up: page in the fork path, create the runtime state.
         for _ in 0..<50 { try startJoin() }
         _ = cmp_bench_raw_fork_exit_wait_us(50)
@@ -23,6 +28,7 @@ enum ProcessBenchmarks {
         }, { cmp_bench_raw_fork_exit_wait_us(Int32(iterations)) }])
         let (swift, c) = (figures[0], figures[1])
         var metrics = [
+            Metric(name: "named_task_discovery_us", value: discovery, higherIsBetter: false),
             Metric(name: "proc_start_join_us", value: swift, higherIsBetter: false),
             Metric(name: "proc_start_join_us_c", value: c, higherIsBetter: false),
         ]

@@ -77,3 +77,12 @@ struct TaskRegistry: Sendable {
 
     static let unavailable = "this Swift runtime cannot enumerate its metadata sections (swift_enumerateAllMetadataSections is missing)"
 }
+
+extension MP {
+    /// The names of the named tasks this build knows, sorted: what a spawned
+    /// or forkserver child (or another machine's worker) can run. Found once
+    /// per process, on first use, in the Swift runtime's conformance records.
+    public static func namedTaskNames() -> [String] {
+        TaskRegistry.shared.byName.keys.sorted()
+    }
+}

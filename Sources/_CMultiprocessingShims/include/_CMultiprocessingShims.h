@@ -108,6 +108,13 @@ int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_
 /// this runtime lacks them (concurrency then cannot run in a forked child).
 int cmp_child_executor_resolve(void);
 void cmp_child_executor_install(void);
+
+/// The waiting thread runs global jobs while it waits: `help_begin` before
+/// the work is enqueued, `help_until(done)` to run jobs until `*done`, and
+/// `help_end(done)` (from the work's end) to set it and wake the helper.
+void cmp_child_executor_help_begin(void);
+void cmp_child_executor_help_until(int *done);
+void cmp_child_executor_help_end(int *done);
 /// A function run once in each child, on the first job, before it is queued:
 /// the Swift side replaces the runtime's default executors there.
 void cmp_child_executor_set_swift_setup(void (*function)(void));
