@@ -191,6 +191,67 @@ struct StartMethodTests {
     }
 }
 
+@Suite("Start method setting and the forkserver's life", .serialized)
+struct StartMethodSettingTests {
+    @Test("set once, get, all, contexts; a closure under an explicitly set spawn is refused")
+    func setting() throws {
+        StartMethodSetting.shared.resetForTesting()
+        defer { StartMethodSetting.shared.resetForTesting() }
+        #expect(MP.getStartMethod(allowNone: true) == nil)
+        #expect(MP.getStartMethod() == .forkserver)
+        #expect(MP.allStartMethods() == [.forkserver, .fork, .spawn])
+        #expect(MP.getContext().startMethod == .forkserver)
+        #expect(MP.Process {}.startMethod == .fork, "closures fork while no method is set")
+        try MP.setStartMethod(.spawn)
+        #expect(throws: MP.StartMethodError.alreadySet(.spawn)) { try MP.setStartMethod(.fork) }
+        #expect(MP.getStartMethod() == .spawn)
+        #expect(MP.Process(target: ExitWith(code: 0)).startMethod == .spawn)
+        let closure = MP.Process {}
+        #expect(throws: MP.ProcessError.task(.needsFork(process: closure.name, method: .spawn))) { try closure.start() }
+        try MP.setStartMethod(.fork, force: true)
+        let p = MP.Process(target: ExitWith(code: 4))
+        try p.start()
+        try joinOrKill(p)
+        #expect(p.exitCode == 4)
+    }
+
+    @Test("a forkserver that died is restarted on the next start; nothing hangs")
+    func serverRestarts() throws {
+        let first = MP.getContext(.forkserver).Process(target: ExitWith(code: 1))
+        try first.start()
+        try joinOrKill(first)
+        let server = try #require(ForkServerClient.serverPid)
+        try MP.kill(server, .kill)
+        let p = MP.getContext(.forkserver).Process(target: ExitWith(code: 6))
+        try p.start()
+        try joinOrKill(p)
+        #expect(p.exitCode == 6)
+        let replacement = try #require(ForkServerClient.serverPid)
+        #expect(replacement != server)
+        #expect(processState(server) == nil, "the dead server was reaped")
+    }
+
+    @Test("a forked child starts its own forkserver, whose children are its own")
+    func forkedChildHasItsOwnServer() throws {
+        let warm = MP.getContext(.forkserver).Process(target: ExitWith(code: 0))
+        try warm.start()
+        try joinOrKill(warm)
+        let (mine, theirs) = try MP.Pipe()
+        let middle = MP.Process {
+            let child = MP.getContext(.forkserver).Process(target: ExitWith(code: 9))
+            try child.start()
+            try child.join()
+            try theirs.send([child.exitCode ?? -1, ForkServerClient.serverPid ?? -1])
+        }
+        try middle.start()
+        let report = try mine.recv([Int32].self)
+        try joinOrKill(middle)
+        #expect(middle.exitCode == 0)
+        #expect(report[0] == 9)
+        #expect(report[1] != ForkServerClient.serverPid)
+    }
+}
+
 struct PutOne: MP.NamedTask {
     var queue: MP.Queue<Int>
     func run() throws { try queue.put(1) }

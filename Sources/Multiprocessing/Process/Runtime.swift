@@ -201,10 +201,12 @@ final class Runtime: @unchecked Sendable {
             // a child that ran one task has nothing else to finish.
             finishChildren()
             for handler in lock.withLock({ exitHandlers }) { handler() }
+            ForkServerClient.shutDown()
             cmp_child_exit(code)
         }
         if isForkedChild {
             if lock.withLock({ !children.isEmpty }) { finishChildren() }
+            ForkServerClient.shutDown()
             cmp_child_exit(code)
         }
         Sys.exitNormally(code)

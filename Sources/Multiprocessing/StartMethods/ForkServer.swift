@@ -127,8 +127,17 @@ final class ForkServerClient: @unchecked Sendable {
 
     /// At this process's normal exit (after its children were ended): the
     /// server sees end-of-file, exits, and is reaped here, so it never
-    /// outlives its client as an orphan.
-    private static let shutDownAtExit: Void = Runtime.shared.atExit {
+    /// outlives its client as an orphan. (A child's exit calls ``shutDown()``
+    /// itself: `Runtime.exitProcess`.)
+    private static let shutDownAtExit: Void = Runtime.shared.atExit { ForkServerClient.shutDown() }
+
+    /// Whether this process ever started a server: a constant-initialised
+    /// flag, so a forked child that never did touches nothing else at exit.
+    nonisolated(unsafe) private static var everStarted = false
+
+    /// Closes this process's channel to its server, if it started one, and reaps it.
+    static func shutDown() {
+        guard everStarted else { return }
         let server = lock.withLock { () -> ForkServerClient? in
             defer { current = nil }
             return current
@@ -161,6 +170,7 @@ final class ForkServerClient: @unchecked Sendable {
             Sys.close(ours)
             throw .startFailed(method: .forkserver, reason: error.description)
         }
+        everStarted = true
         let server = ForkServerClient(socket: ours, pid: pid)
         let ready: Bool
         do { ready = try Sys.pollReadable(ours, until: .after(validSeconds: startTimeout)) } catch { ready = false }

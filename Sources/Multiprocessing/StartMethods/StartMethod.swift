@@ -119,4 +119,7 @@ final class StartMethodSetting: @unchecked Sendable {
             method = new
         }
     }
+
+    /// Forgets the setting (tests only: a program sets it once).
+    func resetForTesting() { lock.withLock { method = nil } }
 }
