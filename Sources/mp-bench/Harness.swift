@@ -47,7 +47,7 @@ func runPython(_ script: String) -> String? {
     var template = Array("/tmp/mp-bench-XXXXXX.py".utf8CString)
     let file = mkstemps(&template, 3)
     guard file >= 0 else { return nil }
-    let path = String(cString: template)
+    let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     defer { unlink(path) }
     let bytes = Array(script.utf8)
     guard write(file, bytes, bytes.count) == bytes.count else { close(file); return nil }
