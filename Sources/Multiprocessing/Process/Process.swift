@@ -73,16 +73,8 @@ extension MP {
             self.init(name: name, daemon: daemon, target: target, startMethod: nil)
         }
 
-        init(name: String?, daemon: Bool, target: @escaping () throws -> Void, startMethod: StartMethod?) {
-            self.explicitName = name
-            self.isDaemon = daemon
-            self.syncTarget = target
-            self.asyncTarget = nil
-            self.namedTask = nil
-            self.requestedMethod = startMethod
-            self.isMain = false
-            self.identity = Runtime.shared.nextIdentity()
-            self.creatorPid = Sys.getpid
+        convenience init(name: String?, daemon: Bool, target: @escaping () throws -> Void, startMethod: StartMethod?) {
+            self.init(explicitName: name, daemon: daemon, sync: target, async: nil, task: nil, method: startMethod)
         }
 
         /// A process that runs an async `target` (Swift concurrency works in the child).
@@ -90,16 +82,8 @@ extension MP {
             self.init(name: name, daemon: daemon, target: target, startMethod: nil)
         }
 
-        init(name: String?, daemon: Bool, target: @escaping () async throws -> Void, startMethod: StartMethod?) {
-            self.explicitName = name
-            self.isDaemon = daemon
-            self.syncTarget = nil
-            self.asyncTarget = target
-            self.namedTask = nil
-            self.requestedMethod = startMethod
-            self.isMain = false
-            self.identity = Runtime.shared.nextIdentity()
-            self.creatorPid = Sys.getpid
+        convenience init(name: String?, daemon: Bool, target: @escaping () async throws -> Void, startMethod: StartMethod?) {
+            self.init(explicitName: name, daemon: daemon, sync: nil, async: target, task: nil, method: startMethod)
         }
 
         /// A process that runs the named task `target` (Python's `target` with
@@ -111,16 +95,8 @@ extension MP {
             self.init(name: name, daemon: daemon, target: target, startMethod: nil)
         }
 
-        init<T: NamedTask>(name: String?, daemon: Bool, target: T, startMethod: StartMethod?) {
-            self.explicitName = name
-            self.isDaemon = daemon
-            self.syncTarget = nil
-            self.asyncTarget = nil
-            self.namedTask = NamedTaskTarget(target)
-            self.requestedMethod = startMethod
-            self.isMain = false
-            self.identity = Runtime.shared.nextIdentity()
-            self.creatorPid = Sys.getpid
+        convenience init<T: NamedTask>(name: String?, daemon: Bool, target: T, startMethod: StartMethod?) {
+            self.init(explicitName: name, daemon: daemon, sync: nil, async: nil, task: NamedTaskTarget(target), method: startMethod)
         }
 
         /// A process whose work is its ``run()`` method: for subclasses (fork only).
@@ -136,31 +112,32 @@ extension MP {
             self.creatorPid = Sys.getpid
         }
 
+        /// Every other initializer ends here. `identity` nil: the next one of this process.
+        private init(explicitName: String?, daemon: Bool, sync: (() throws -> Void)?, async: (() async throws -> Void)?,
+                     task: NamedTaskTarget?, method: StartMethod?, isMain: Bool = false, identity: [Int]? = nil,
+                     creatorPid: Int32 = Sys.getpid) {
+            self.explicitName = explicitName
+            self.isDaemon = daemon
+            self.syncTarget = sync
+            self.asyncTarget = async
+            self.namedTask = task
+            self.requestedMethod = method
+            self.isMain = isMain
+            self.identity = identity ?? Runtime.shared.nextIdentity()
+            self.creatorPid = creatorPid
+        }
+
         /// The main process object.
-        init(mainProcess: ()) {
-            self.explicitName = "MainProcess"
-            self.isDaemon = false
-            self.syncTarget = nil
-            self.asyncTarget = nil
-            self.namedTask = nil
-            self.requestedMethod = nil
-            self.isMain = true
-            self.identity = []
-            self.creatorPid = 0
+        convenience init(mainProcess: ()) {
+            self.init(explicitName: "MainProcess", daemon: false, sync: nil, async: nil, task: nil, method: nil,
+                      isMain: true, identity: [], creatorPid: 0)
         }
 
         /// The current process in a spawned or forkserver child (or, in one,
         /// its parent's description).
-        init(launchedAs name: String, identity: [Int], daemon: Bool, parentPid: Int32) {
-            self.explicitName = name
-            self.isDaemon = daemon
-            self.syncTarget = nil
-            self.asyncTarget = nil
-            self.namedTask = nil
-            self.requestedMethod = nil
-            self.isMain = false
-            self.identity = identity
-            self.creatorPid = parentPid
+        convenience init(launchedAs name: String, identity: [Int], daemon: Bool, parentPid: Int32) {
+            self.init(explicitName: name, daemon: daemon, sync: nil, async: nil, task: nil, method: nil,
+                      identity: identity, creatorPid: parentPid)
         }
 
         deinit {
