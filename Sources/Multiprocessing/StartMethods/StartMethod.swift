@@ -3,9 +3,9 @@ extension MP {
     ///
     /// | Method | What the child is | A start costs (this repository's machine) | What crosses |
     /// |---|---|---|---|
-    /// | ``fork`` | a copy of the calling process | ~0.4 ms | everything: closures, globals, objects |
-    /// | ``spawn`` | a fresh copy of the program running only the task | ~5 ms (2–3 ms with `-static-stdlib`) | a ``NamedTask`` and the library objects it holds |
-    /// | ``forkserver`` | a fork of a fresh, single-threaded copy of the program | ~0.5 ms after a one-time ~5 ms | the same as spawn |
+    /// | ``fork`` | a copy of the calling process | ~0.5 ms | everything: closures, globals, objects |
+    /// | ``spawn`` | a fresh copy of the program running only the task | ~9 ms with Foundation loaded (~5 ms with `-static-stdlib`) | a ``MP/NamedTask`` and the library objects it holds |
+    /// | ``forkserver`` | a fork of a fresh, single-threaded copy of the program | ~1 ms after a one-time spawn | the same as spawn |
     ///
     /// A fork copies every lock of the calling process in whatever state
     /// another thread left it; the library resets its own, but no library can
