@@ -9,6 +9,7 @@
 /// with associated values decode. Unkeyed elements carry a presence byte.
 /// Every length is checked against the bytes that remain before anything is
 /// allocated.
+@usableFromInline
 enum WireFormat {
     static func encode<T: Encodable>(_ value: T) throws(MP.WireError) -> [UInt8] {
         var writer = ByteWriter()
@@ -68,6 +69,7 @@ extension WireFormat {
     /// conformance record of the program (milliseconds in a program linking
     /// Foundation); the forkserver asks before its first fork, so its
     /// children inherit the answers.
+    @usableFromInline
     static func warmCaches<T>(for type: T.Type) {
         _ = T.self is WireFastArray.Type
         _ = T.self is any WirePrimitive.Type

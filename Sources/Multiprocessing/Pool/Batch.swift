@@ -41,9 +41,14 @@ struct TaskRecord: @unchecked Sendable {
 
     /// Runs `body` and encodes its result (in a worker).
     static func encoding<R: Encodable>(_ body: @escaping () throws -> R, complete: @escaping (Int, Result<[UInt8], MP.PoolError>) -> Void) -> TaskRecord {
-        TaskRecord(run: { _ in
+        // Asked here, in the parent, the runtime's conformance questions about
+        // R are answered before the workers' fork: a worker that asked them
+        // first would take the runtime's conformance lock, which another
+        // thread of the parent may have held at the fork (seen: a worker hung).
+        WireFormat.warmCaches(for: R.self)
+        return TaskRecord(run: { _ in
             let value: R
-            do { value = try body() } catch { return .failure(.task, "\(type(of: error))", "\(error)") }
+            do { value = try body() } catch { return .failure(.task, _typeName(type(of: error), qualified: false), "\(error)") }
             do { return .success(try WireFormat.encode(value)) } catch { return .failure(.result, "\(R.self)", "\(error)") }
         }, complete: complete)
     }

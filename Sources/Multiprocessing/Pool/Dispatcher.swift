@@ -30,6 +30,7 @@ final class PoolDispatcher: @unchecked Sendable {
         self.initializer = initializer
         self.maxTasksPerChild = maxTasksPerChild
         (wakeRead, wakeWrite) = try Sys.pipe()
+        TaskOutcome.warmUp
     }
 
     func start() throws(MP.OSError) {

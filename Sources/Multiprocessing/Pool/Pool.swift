@@ -316,6 +316,9 @@ extension MP {
             } else {
                 shared = nil
             }
+            // The runtime's answers about the results' type, asked before the
+            // workers' fork (see `TaskRecord.encoding`).
+            WireFormat.warmCaches(for: [R].self)
             // One closure pair for all the chunks (a record holds its chunk's
             // index): building 20,000 one-item chunks used to take longer than
             // running them, with two closure contexts allocated per chunk.
@@ -343,7 +346,7 @@ extension MP {
                         items.formIndex(after: &index)
                     }
                 } catch {
-                    return .failure(.task, "\(type(of: error))", "\(error)")
+                    return .failure(.task, _typeName(type(of: error), qualified: false), "\(error)")
                 }
                 return TaskOutcome.encode(results)
             }

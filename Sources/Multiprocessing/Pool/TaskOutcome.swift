@@ -25,6 +25,26 @@ enum TaskOutcome {
         return bytes
     }
 
+    /// Frames one outcome of each kind, once per process, in the parent: the
+    /// first `append(contentsOf:)` of a buffer asks the runtime for an
+    /// associated type, under its conformance lock. A worker asking first
+    /// could find that lock held forever, copied at the fork from another
+    /// parent thread (a worker of the fault tests hung so).
+    /// A worker's send goes through the same kind of first-time runtime
+    /// work (generic metadata for `sendBytes`): one frame is sent and read
+    /// back through a pipe of this process too.
+    static let warmUp: Void = {
+        let frames = [TaskOutcome.success([1]).frame(index: 0), TaskOutcome.failure(.task, "T", "e").frame(index: 0)]
+        guard let (reader, writer) = try? MP.Pipe(duplex: false) else { return }
+        for frame in frames {
+            try? writer.sendBytes(frame)
+            _ = try? reader.poll(timeout: 0)
+            _ = try? reader.recvBytes()
+        }
+        writer.close()
+        reader.close()
+    }()
+
     static func parse(_ frame: [UInt8]) -> (Int, TaskOutcome)? {
         guard frame.count >= 9 else { return nil }
         let index = Int(frame.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }.littleEndian)

@@ -6,7 +6,13 @@ import Glibc
 /// segments this program created and did not unlink, once every process of
 /// the program has exited (it sees end-of-file on its pipe, whose write end
 /// every process holds).
+///
+/// Like CPython's, it is a fresh copy of the program (spawned, run from the
+/// library's `.init_array` hook, see ``EntryHook``), not a fork: the first
+/// segment may be created while other threads hold locks a fork would copy.
 enum ResourceTracker {
+    static let flag = "--swift-multiprocessing-resource-tracker"
+
     private static let lock = ForkSafeLock()
     nonisolated(unsafe) private static var writeEnd: Int32 = -1
     nonisolated(unsafe) private static var trackerPid: pid_t = 0
@@ -39,12 +45,12 @@ enum ResourceTracker {
 
     private static func start() {
         guard let (readEnd, write) = try? Sys.pipe() else { return }
-        guard let pid = try? Sys.fork() else {
+        let arguments = [Spawner.programName, flag, "3"]
+        guard let pid = try? Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: [readEnd]) else {
             Sys.close(readEnd)
             Sys.close(write)
             return
         }
-        if pid == 0 { serve(readEnd) }
         Sys.close(readEnd)
         writeEnd = write
         trackerPid = pid
@@ -69,7 +75,7 @@ enum ResourceTracker {
     }
 
     /// The tracker's life: read registrations until end-of-file, then unlink the rest.
-    private static func serve(_ readEnd: Int32) -> Never {
+    static func serve(_ readEnd: Int32) -> Never {
         Sys.closeAll(except: readEnd)
         Sys.ignore(.interrupt)
         Sys.ignore(.terminate)

@@ -12,7 +12,9 @@ import _CMultiprocessingShims
 /// - `PROGRAM --swift-multiprocessing-spawn N`: a spawned child; descriptors
 ///   3..<3+N are its launch message and its objects (``LaunchedChild``);
 /// - `PROGRAM --swift-multiprocessing-forkserver PID bound|inherited`: the
-///   forkserver, on descriptor 3 (``ForkServer``).
+///   forkserver, on descriptor 3 (``ForkServer``);
+/// - `PROGRAM --swift-multiprocessing-resource-tracker 3`: the resource
+///   tracker, reading descriptor 3 (``ResourceTracker``).
 ///
 /// So a user's program needs no line in `main` for either start method, and
 /// a program that never uses them pays one string comparison at startup.
@@ -32,6 +34,8 @@ enum EntryHook {
         switch name {
         case Spawner.flag where number >= 1 && number <= 253:
             LaunchedChild.run(descriptors: (0..<number).map { 3 + $0 })
+        case ResourceTracker.flag where number == 3:
+            ResourceTracker.serve(3)
         case ForkServer.flag where number > 0:
             let boundNow = argc >= 4 && argv[3].map { strcmp($0, "bound") == 0 } == true
             ForkServer.serve(socket: 3, parent: number, boundNow: boundNow)
