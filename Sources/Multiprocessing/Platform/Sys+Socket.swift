@@ -6,10 +6,11 @@ import SystemPackage
 
 /// Sockets: the connected pairs behind ``MP/Pipe(duplex:maxMessageSize:)``.
 extension Sys {
-    /// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`.
-    static func socketPair() throws(MP.OSError) -> (Int32, Int32) {
+    /// `socketpair(AF_UNIX, type | SOCK_CLOEXEC)`: a byte stream by default;
+    /// `SOCK_SEQPACKET` keeps message boundaries (the forkserver's channel).
+    static func socketPair(_ type: __socket_type = SOCK_STREAM) throws(MP.OSError) -> (Int32, Int32) {
         var fds: [Int32] = [-1, -1]
-        _ = try check("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        _ = try check("socketpair") { socketpair(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
         return (fds[0], fds[1])
     }
 

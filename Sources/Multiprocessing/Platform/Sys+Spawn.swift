@@ -90,13 +90,6 @@ extension Sys {
         return Swift.Array(bytes[..<done])
     }
 
-    /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: message boundaries kept.
-    static func packetSocketPair() throws(MP.OSError) -> (Int32, Int32) {
-        var fds: [Int32] = [-1, -1]
-        _ = try check("socketpair") { socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
-        return (fds[0], fds[1])
-    }
-
     /// One message with `descriptors` attached (`sendmsg` with SCM_RIGHTS).
     static func send(_ socket: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(MP.OSError) {
         let sent = bytes.withUnsafeBytes { raw in

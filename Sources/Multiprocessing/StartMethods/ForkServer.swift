@@ -153,7 +153,7 @@ final class ForkServerClient: @unchecked Sendable {
 
     private static func start() throws(MP.TaskError) -> ForkServerClient {
         let ours: Int32, theirs: Int32
-        do { (ours, theirs) = try Sys.packetSocketPair() } catch { throw .startFailed(method: .forkserver, reason: error.description) }
+        do { (ours, theirs) = try Sys.socketPair(SOCK_SEQPACKET) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
         defer { Sys.close(theirs) }
         let bindNow = getenv("LD_BIND_NOW") == nil
         let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid), bindNow ? "bound" : "inherited"]
