@@ -2,6 +2,7 @@
 #include "_CMultiprocessingShims.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -177,4 +178,59 @@ void cmp_child_exit(int code) {
 void cmp_close_all_except(int keep) {
     if (keep > 3) syscall(SYS_close_range, 3, keep - 1, 0);
     syscall(SYS_close_range, keep + 1, ~0U, 0);
+}
+
+#include <sched.h>
+
+int cmp_affinity_cpu_count(void) {
+    for (int cpus = 1024; cpus <= (1 << 20); cpus *= 2) {
+        cpu_set_t *set = CPU_ALLOC((size_t)cpus);
+        if (!set) return -1;
+        size_t size = CPU_ALLOC_SIZE((size_t)cpus);
+        CPU_ZERO_S(size, set);
+        if (sched_getaffinity(0, size, set) == 0) {
+            int count = CPU_COUNT_S(size, set);
+            CPU_FREE(set);
+            return count;
+        }
+        CPU_FREE(set);
+        if (errno != EINVAL) return -1; // EINVAL: the kernel's mask is larger
+    }
+    return -1;
+}
+
+int cmp_set_affinity(pid_t pid, const int *cpus, int count) {
+    int highest = 0;
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0) { errno = EINVAL; return -1; }
+        if (cpus[i] > highest) highest = cpus[i];
+    }
+    cpu_set_t *set = CPU_ALLOC((size_t)highest + 1);
+    if (!set) return -1;
+    size_t size = CPU_ALLOC_SIZE((size_t)highest + 1);
+    CPU_ZERO_S(size, set);
+    for (int i = 0; i < count; i++) CPU_SET_S((size_t)cpus[i], size, set);
+    int result = sched_setaffinity(pid, size, set);
+    CPU_FREE(set);
+    return result;
+}
+
+int cmp_get_affinity(pid_t pid, int *cpus, int capacity) {
+    for (int max = 1024; max <= (1 << 20); max *= 2) {
+        cpu_set_t *set = CPU_ALLOC((size_t)max);
+        if (!set) return -1;
+        size_t size = CPU_ALLOC_SIZE((size_t)max);
+        CPU_ZERO_S(size, set);
+        if (sched_getaffinity(pid, size, set) == 0) {
+            int count = 0;
+            for (int cpu = 0; cpu < max && count < capacity; cpu++) {
+                if (CPU_ISSET_S((size_t)cpu, size, set)) cpus[count++] = cpu;
+            }
+            CPU_FREE(set);
+            return count;
+        }
+        CPU_FREE(set);
+        if (errno != EINVAL) return -1;
+    }
+    return -1;
 }

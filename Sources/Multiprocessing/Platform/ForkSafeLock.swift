@@ -119,4 +119,15 @@ final class OneShotEvent: @unchecked Sendable {
             while !isSet { lock.wait() }
         }
     }
+
+    /// Blocks until the flag is set or `deadline` passes (nil: no limit); whether it is set.
+    func wait(until deadline: Deadline?) -> Bool {
+        lock.withLock {
+            while !isSet {
+                if let deadline, deadline.hasPassed { return false }
+                lock.wait(until: deadline)
+            }
+            return true
+        }
+    }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _CMultiprocessingShims
 
 /// Processes and signals beyond `fork`/`waitpid`/`kill` (in `Syscall.swift`).
 extension Sys {
@@ -21,4 +22,58 @@ extension Sys {
 
     /// The online CPUs (`sysconf(_SC_NPROCESSORS_ONLN)`).
     static var onlineCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// `sched_setaffinity(pid, cpus)`.
+    static func setAffinity(_ pid: pid_t, _ cpus: [Int32]) throws(MP.OSError) {
+        _ = try check("sched_setaffinity") { cmp_set_affinity(pid, cpus, Int32(cpus.count)) }
+    }
+
+    /// `sched_getaffinity(pid)`: the CPU numbers, ascending.
+    static func affinity(_ pid: pid_t) throws(MP.OSError) -> [Int32] {
+        var cpus = [Int32](repeating: 0, count: 1 << 16)
+        let count = try check("sched_getaffinity") { cmp_get_affinity(pid, &cpus, Int32(cpus.count)) }
+        return Swift.Array(cpus[..<Int(count)])
+    }
+
+    /// The CPUs this thread may run on (`sched_getaffinity`); nil on failure.
+    static var affinityCPUs: Int? {
+        let count = Int(cmp_affinity_cpu_count())
+        return count > 0 ? count : nil
+    }
+
+    /// The CPU quota of this process's cgroup (v2 `cpu.max`, the tightest
+    /// along its path), rounded up to whole CPUs; nil without a limit.
+    static var cgroupCPUQuota: Int? {
+        guard let membership = readSmallFile("/proc/self/cgroup"),
+              let line = membership.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { return nil }
+        var path = String(line.dropFirst(3))
+        var tightest: Int?
+        while true {
+            let file = "/sys/fs/cgroup" + (path == "/" ? "" : path) + "/cpu.max"
+            if let text = readSmallFile(file) {
+                let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+                if fields.count == 2, let quota = Double(fields[0]), let period = Double(fields[1]), period > 0 {
+                    let cpus = max(1, Int((quota / period).rounded(.up)))
+                    tightest = min(tightest ?? cpus, cpus)
+                }
+            }
+            guard path != "/", let slash = path.lastIndex(of: "/") else { break }
+            path = slash == path.startIndex ? "/" : String(path[..<slash])
+        }
+        return tightest
+    }
+
+    /// A small text file's contents (a /proc or /sys file); nil if unreadable.
+    static func readSmallFile(_ path: String) -> String? {
+        guard let fd = try? openReadOnly(path) else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 20 {
+            let count = chunk.withUnsafeMutableBytes { readSome(fd, into: $0) }
+            if count <= 0 { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
 }

@@ -416,6 +416,16 @@ extension MP {
             dispatcher.finished.wait()
         }
 
+        /// `join(timeout:)`, which CPython's pool lacks: waits at most `timeout`
+        /// seconds for the workers to exit, after `close()` or `terminate()`.
+        /// - Returns: whether they have (a negative timeout waits not at all,
+        ///   as ``MP/AsyncResult/wait(timeout:)``; nil or `.infinity`, without limit).
+        @discardableResult
+        public func join(timeout: Double?) throws(PoolError) -> Bool {
+            try checkJoinable()
+            return dispatcher.finished.wait(until: timeout.flatMap { Deadline.after(validSeconds: $0 >= 0 ? $0 : 0) })
+        }
+
         /// `try await pool.join()`: waits for the workers to exit, after
         /// `close()` or `terminate()`, blocking no thread.
         public func join() async throws(PoolError) {

@@ -108,6 +108,33 @@ extension MP {
     /// Python's `os.cpu_count()` / `multiprocessing.cpu_count()`: processors online.
     public static func cpuCount() -> Int { max(1, Sys.onlineCPUs) }
 
+    /// Python's `os.sched_setaffinity(pid, cpus)`: the CPUs `pid` (0: the
+    /// calling thread) may run on. An empty set or a CPU that is not online
+    /// throws (`EINVAL`).
+    public static func schedSetAffinity(_ pid: Int32, _ cpus: Set<Int>) throws(OSError) {
+        guard !cpus.isEmpty, cpus.allSatisfy({ $0 >= 0 && $0 <= Int(Int32.max) }) else {
+            throw OSError("sched_setaffinity", errno: .invalidArgument)
+        }
+        try Sys.setAffinity(pid, cpus.sorted().map { Int32($0) })
+    }
+
+    /// Python's `os.sched_getaffinity(pid)`: the CPUs `pid` (0: the calling thread) may run on.
+    public static func schedGetAffinity(_ pid: Int32 = 0) throws(OSError) -> Set<Int> {
+        Set(try Sys.affinity(pid).map(Int.init))
+    }
+
+    /// Python 3.13's `process_cpu_count()`: the CPUs this process may use,
+    /// which is what to size a pool by. The smaller of its affinity mask
+    /// (`taskset`, `sched_setaffinity`) and its cgroup's CPU quota (a
+    /// container's `--cpus`, cgroup v2 `cpu.max`, rounded up), and never more
+    /// than ``cpuCount()``. (CPython counts the affinity mask only.)
+    public static func processCpuCount() -> Int {
+        var count = cpuCount()
+        if let affinity = Sys.affinityCPUs { count = min(count, affinity) }
+        if let quota = Sys.cgroupCPUQuota { count = min(count, quota) }
+        return max(1, count)
+    }
+
     /// Linux's `PR_SET_CHILD_SUBREAPER`: orphaned descendants are re-parented
     /// to this process instead of to init, so it can reap them.
     public static func setChildSubreaper(_ on: Bool) throws(OSError) { try Sys.setChildSubreaper(on) }

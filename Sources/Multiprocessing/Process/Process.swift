@@ -394,6 +394,10 @@ extension MP {
         /// Python's `terminate()`: sends SIGTERM. A no-op once the child has ended.
         public func terminate() throws(ProcessError) { try send(.terminate) }
 
+        /// Python 3.14's `interrupt()`: sends SIGINT (a Swift child ends with
+        /// `-2` unless it handles the signal). A no-op once the child has ended.
+        public func interrupt() throws(ProcessError) { try send(.interrupt) }
+
         /// Python's `kill()`: sends SIGKILL. A no-op once the child has ended.
         public func kill() throws(ProcessError) { try send(.kill) }
 

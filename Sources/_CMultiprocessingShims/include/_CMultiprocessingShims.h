@@ -146,6 +146,15 @@ int cmp_dispatch_is_multithreaded(void);
 /// Every `fds[i]` must be at least `3 + count`. Returns 0 or an errno.
 int cmp_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], const int *fds, int count, int reset_signals);
 
+/// The CPUs in this thread's affinity mask (`sched_getaffinity`, `CPU_COUNT_S`); -1 on failure.
+int cmp_affinity_cpu_count(void);
+
+/// `sched_setaffinity(pid)` to the `count` CPUs listed; 0 or -1 with errno.
+int cmp_set_affinity(pid_t pid, const int *cpus, int count);
+
+/// `sched_getaffinity(pid)`: up to `capacity` CPU numbers into `cpus`; their count, or -1 with errno.
+int cmp_get_affinity(pid_t pid, int *cpus, int capacity);
+
 /// `memfd_create(name, MFD_CLOEXEC)`.
 int cmp_memfd(const char *name);
 
