@@ -56,7 +56,7 @@ int cmp_dup_above(int fd, int minimum) { return fcntl(fd, F_DUPFD_CLOEXEC, minim
 
 // --------------------------------------------------- descriptors over a socket --
 
-ssize_t cmp_send_with_descriptors(int socket, const void *bytes, size_t length, const int *fds, int count) {
+ssize_t cmp_send_with_descriptors(int socket, const void *bytes, size_t length, const int *fds, int count, int flags) {
     if (count < 0 || count > CMP_MAX_PASSED_DESCRIPTORS) { errno = EINVAL; return -1; }
     struct iovec part = {.iov_base = (void *)bytes, .iov_len = length};
     union {
@@ -74,11 +74,11 @@ ssize_t cmp_send_with_descriptors(int socket, const void *bytes, size_t length, 
         memcpy(CMSG_DATA(header), fds, sizeof(int) * (size_t)count);
     }
     ssize_t sent;
-    do { sent = sendmsg(socket, &message, MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+    do { sent = sendmsg(socket, &message, MSG_NOSIGNAL | flags); } while (sent < 0 && errno == EINTR);
     return sent;
 }
 
-ssize_t cmp_receive_with_descriptors(int socket, void *bytes, size_t length, int *fds, int capacity, int *count) {
+ssize_t cmp_receive_with_descriptors(int socket, void *bytes, size_t length, int *fds, int capacity, int *count, int flags) {
     struct iovec part = {.iov_base = bytes, .iov_len = length};
     union {
         char buffer[CMSG_SPACE(sizeof(int) * CMP_MAX_PASSED_DESCRIPTORS)];
@@ -86,7 +86,7 @@ ssize_t cmp_receive_with_descriptors(int socket, void *bytes, size_t length, int
     } control;
     struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof control.buffer};
     ssize_t received;
-    do { received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC); } while (received < 0 && errno == EINTR);
+    do { received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC | flags); } while (received < 0 && errno == EINTR);
     *count = 0;
     if (received < 0) return received;
     for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {

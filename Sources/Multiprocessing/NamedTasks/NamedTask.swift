@@ -51,11 +51,34 @@ extension MP {
         static func _encodeResult(_ result: Result) throws(MP.WireError) -> [UInt8]
         /// The result's wire decoding (provided: for a `Codable` result, or `Void`).
         static func _decodeResult(_ bytes: [UInt8]) throws(MP.WireError) -> Result
+
+        /// A pool worker's loop over a chunk of fixed-width tasks (provided):
+        /// runs the `count` tasks stored bitwise at `tasks` and stores each
+        /// result bitwise at `results`, counting them in `completed`.
+        static func _runFixedWidth(_ tasks: UnsafeRawPointer, _ results: UnsafeMutableRawPointer, _ count: Int,
+                                   _ completed: UnsafeMutablePointer<Int>) async throws
     }
 }
 
 extension MP.NamedTask {
     public static var name: String { _typeName(Self.self, qualified: true) }
+
+    /// Inlinable, so each task type's witness is this loop specialized for
+    /// it: a chunk of a million `x * x` tasks runs at native speed in the
+    /// worker, with no per-item decoding, witness call or allocation.
+    @inlinable
+    public static func _runFixedWidth(_ tasks: UnsafeRawPointer, _ results: UnsafeMutableRawPointer, _ count: Int,
+                                      _ completed: UnsafeMutablePointer<Int>) async throws {
+        let taskStride = MemoryLayout<Self>.stride
+        let resultStride = MemoryLayout<Result>.stride
+        while completed.pointee < count {
+            let index = completed.pointee
+            let task = tasks.load(fromByteOffset: index * taskStride, as: Self.self)
+            let result = try await task.run()
+            (results + index * resultStride).initializeMemory(as: Result.self, repeating: result, count: 1)
+            completed.pointee = index + 1
+        }
+    }
 }
 
 extension MP.NamedTask where Result: Codable {

@@ -41,3 +41,61 @@ extension Sys {
         }
     }
 }
+
+/// A pool's worker channel: a stream socket whose messages may carry
+/// descriptors, written without blocking on the parent's side.
+extension Sys {
+    /// `sendmsg(fd, bytes, MSG_NOSIGNAL | MSG_DONTWAIT)` with `descriptors`
+    /// attached (SCM_RIGHTS): the count sent, nil when the socket is full
+    /// (`EAGAIN`). A closed peer throws (`EPIPE`, `ECONNRESET`).
+    static func sendSome(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, descriptors: [Int32] = []) throws(MP.OSError) -> Int? {
+        try checkAgain("sendmsg") {
+            cmp_send_with_descriptors(fd, bytes.baseAddress, bytes.count, descriptors, Int32(descriptors.count), Int32(MSG_DONTWAIT))
+        }
+    }
+
+    /// Sends all of `bytes`, blocking while the socket is full (a worker's reports).
+    static func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(MP.OSError) {
+        var offset = 0
+        while offset < bytes.count {
+            let part = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+            offset += try check("sendmsg") { cmp_send_with_descriptors(fd, part.baseAddress, part.count, nil, 0, 0) }
+        }
+    }
+
+    /// `recvmsg(fd, buffer)`, blocking or not: the bytes read, with the
+    /// descriptors that came with them (close-on-exec) appended to `descriptors`.
+    static func receiveSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32],
+                            blocking: Bool) throws(MP.OSError) -> Received {
+        var passed: (Int32, Int32, Int32, Int32) = (-1, -1, -1, -1)
+        var count: Int32 = 0
+        let flags = blocking ? 0 : Int32(MSG_DONTWAIT)
+        let received: Int?
+        do {
+            received = try withUnsafeMutableBytes(of: &passed) { (fds) throws(MP.OSError) -> Int? in
+                try checkAgain("recvmsg") {
+                    cmp_receive_with_descriptors(fd, buffer.baseAddress, buffer.count, fds.baseAddress!.assumingMemoryBound(to: Int32.self), 4, &count, flags)
+                }
+            }
+        } catch where error.errno == .connectionReset {
+            return .endOfFile
+        }
+        withUnsafeBytes(of: passed) { fds in
+            for index in 0..<Int(count) { descriptors.append(fds.load(fromByteOffset: index * 4, as: Int32.self)) }
+        }
+        guard let received else { return .wouldBlock }
+        return received == 0 ? .endOfFile : .bytes(received)
+    }
+
+    /// `fcntl(fd, F_SETFL, O_NONBLOCK)`: this end's reads and writes never block.
+    static func setNonBlocking(_ fd: Int32) throws(MP.OSError) {
+        let flags = try check("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
+        _ = try check("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+    }
+
+    /// `shutdown(fd, SHUT_WR)`: the peer reads end-of-file once it has read
+    /// what was sent, whoever else holds the socket.
+    static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+}

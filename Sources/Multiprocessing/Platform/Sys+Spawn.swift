@@ -93,7 +93,7 @@ extension Sys {
     /// One message with `descriptors` attached (`sendmsg` with SCM_RIGHTS).
     static func send(_ socket: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(MP.OSError) {
         let sent = bytes.withUnsafeBytes { raw in
-            cmp_send_with_descriptors(socket, raw.baseAddress, raw.count, descriptors, Int32(descriptors.count))
+            cmp_send_with_descriptors(socket, raw.baseAddress, raw.count, descriptors, Int32(descriptors.count), 0)
         }
         if sent < 0 { throw failure("sendmsg", errno) }
     }
@@ -105,7 +105,7 @@ extension Sys {
         var fds = [Int32](repeating: -1, count: max(1, maxDescriptors))
         var count: Int32 = 0
         let received = bytes.withUnsafeMutableBytes { raw in
-            cmp_receive_with_descriptors(socket, raw.baseAddress, raw.count, &fds, Int32(maxDescriptors), &count)
+            cmp_receive_with_descriptors(socket, raw.baseAddress, raw.count, &fds, Int32(maxDescriptors), &count, 0)
         }
         if received < 0 {
             let code = errno

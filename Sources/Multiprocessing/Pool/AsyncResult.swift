@@ -13,11 +13,31 @@ extension MP {
         private var resolving = false
         private let onSuccess: (@Sendable (Value) -> Void)?
         private let onFailure: (@Sendable (PoolError) -> Void)?
+        private var canceller: (@Sendable () -> Void)?
 
         @usableFromInline
         init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (PoolError) -> Void)?) {
             onSuccess = callback
             onFailure = errorCallback
+        }
+
+        /// How ``cancel()`` stops the work (a ``MP/TaskPool`` removes or kills its tasks).
+        func setCanceller(_ cancel: @escaping @Sendable () -> Void) {
+            lock.withLock { canceller = cancel }
+        }
+
+        /// Cancels the task (Python's futures have `cancel()`; its `AsyncResult`
+        /// has none): the result fails with ``MP/PoolError/cancelled``.
+        ///
+        /// In a ``MP/TaskPool``, a task still queued never runs, and a running
+        /// one is stopped: its worker is killed and replaced. In a closure
+        /// ``MP/Pool`` the result is cancelled but the closure still runs (its
+        /// batch's workers cannot stop one task). Nothing happens once the
+        /// result is ready. Cancelling the Swift task that awaits ``value``
+        /// cancels the result too.
+        public func cancel() {
+            let cancel = lock.withLock { outcome == nil && !resolving ? canceller : nil }
+            if let cancel { cancel() } else { resolve(.failure(.cancelled)) }
         }
 
         /// Python's `ready()`.
@@ -74,13 +94,17 @@ extension MP {
         /// `try await result.value`: suspends until the result is ready.
         public var value: Value {
             get async throws(PoolError) {
-                let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, PoolError>, Never>) in
-                    let ready: Result<Value, PoolError>? = lock.withLock {
-                        if let outcome { return outcome }
-                        continuations.append(continuation)
-                        return nil
+                let result = await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, PoolError>, Never>) in
+                        let ready: Result<Value, PoolError>? = lock.withLock {
+                            if let outcome { return outcome }
+                            continuations.append(continuation)
+                            return nil
+                        }
+                        if let ready { continuation.resume(returning: ready) }
                     }
-                    if let ready { continuation.resume(returning: ready) }
+                } onCancel: {
+                    cancel()
                 }
                 return try result.get()
             }

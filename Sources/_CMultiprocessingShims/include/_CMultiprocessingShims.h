@@ -161,12 +161,14 @@ int cmp_memfd(const char *name);
 /// `fcntl(fd, F_DUPFD_CLOEXEC, minimum)`.
 int cmp_dup_above(int fd, int minimum);
 
-/// `sendmsg` of `bytes` with `fds` attached (SCM_RIGHTS), EINTR retried, no SIGPIPE.
-ssize_t cmp_send_with_descriptors(int socket, const void *bytes, size_t length, const int *fds, int count);
+/// `sendmsg` of `bytes` with `fds` attached (SCM_RIGHTS), EINTR retried, no
+/// SIGPIPE; `flags` adds to `MSG_NOSIGNAL` (`MSG_DONTWAIT`).
+ssize_t cmp_send_with_descriptors(int socket, const void *bytes, size_t length, const int *fds, int count, int flags);
 
 /// `recvmsg` into `bytes`; passed descriptors (close-on-exec) land in `fds`
 /// and their number in `count`. Descriptors beyond `capacity` are closed.
-ssize_t cmp_receive_with_descriptors(int socket, void *bytes, size_t length, int *fds, int capacity, int *count);
+/// `flags` adds to `MSG_CMSG_CLOEXEC` (`MSG_DONTWAIT`).
+ssize_t cmp_receive_with_descriptors(int socket, void *bytes, size_t length, int *fds, int capacity, int *count, int flags);
 
 /// In the forkserver, before its first child: finds where glibc keeps the
 /// thread id and the robust-mutex list, and checks with one trial child that a

@@ -1,0 +1,88 @@
+/// One order of a ``MP/TaskPool``: a task, a chunk of a map, or a chunk of
+/// fixed-width tasks in shared memory; queued in the parent, then held by
+/// one worker until it reports.
+@usableFromInline
+final class PoolJob: @unchecked Sendable {
+    enum Body {
+        /// One task's encoded arguments.
+        case task([UInt8])
+        /// `count` tasks, each `[u32 length][arguments]`.
+        case chunk(count: Int, [UInt8])
+        /// `count` tasks stored bitwise in `arena` at `tasks`; results go to `results`.
+        case fixed(arena: PoolArena, tasks: Int, results: Int, count: Int)
+    }
+
+    /// What became of the job. `before`: the results of a chunk's items that
+    /// completed before the failed one (encoded; fixed-width ones are in shared memory).
+    @usableFromInline
+    enum Outcome {
+        case done([UInt8])
+        case failed(index: Int, MP.PoolError, before: [UInt8])
+    }
+
+    let type: UInt32
+    let body: Body
+    let timeout: Double?
+    private let completion: (Outcome) -> Void
+
+    // Guarded by the pool's lock.
+    var worker: PoolWorkerHandle?
+    var seq: UInt64 = 0
+    var finished = false
+
+    init(type: UInt32, body: Body, timeout: Double?, completion: @escaping (Outcome) -> Void) {
+        self.type = type
+        self.body = body
+        self.timeout = timeout
+        self.completion = completion
+    }
+
+    /// Runs the completion (outside the pool's lock).
+    func complete(_ outcome: Outcome) { completion(outcome) }
+}
+
+/// Shared memory that carries a fixed-width map's tasks and results.
+final class PoolArena: @unchecked Sendable {
+    let id: UInt64
+    let block: SharedBlock
+    var inUse = false
+
+    init(id: UInt64, bytes: Int) throws(MP.SyncError) {
+        self.id = id
+        block = try SharedBlock(bytes: bytes)
+    }
+}
+
+/// A FIFO of jobs with cheap removal at the front.
+struct JobQueue {
+    private var items: [PoolJob] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var first: PoolJob? { isEmpty ? nil : items[head] }
+    var all: ArraySlice<PoolJob> { items[head...] }
+
+    mutating func append(_ job: PoolJob) { items.append(job) }
+
+    mutating func removeFirst() -> PoolJob {
+        let job = items[head]
+        head += 1
+        if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return job
+    }
+
+    /// Puts jobs back at the front, in their order (a dead worker's unstarted orders).
+    mutating func prepend(_ jobs: [PoolJob]) {
+        guard !jobs.isEmpty else { return }
+        items = jobs + items[head...]
+        head = 0
+    }
+
+    mutating func removeAll() -> [PoolJob] {
+        defer { items = []; head = 0 }
+        return Swift.Array(items[head...])
+    }
+}

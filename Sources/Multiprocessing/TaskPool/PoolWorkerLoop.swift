@@ -1,0 +1,417 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import _CMultiprocessingSync
+
+/// Shared memory between a pool and one worker (64-bit slots): which order
+/// runs, and which orders were cancelled before they started.
+///
+/// Cancelling an order the worker already holds is a Dekker handshake: the
+/// worker stores the order it starts in ``running`` and then looks at its
+/// cancel slot; the parent stores the order in the cancel slot and then looks
+/// at ``running``. Both are sequentially consistent, so at least one of them
+/// sees the other: the worker skips the order, or the parent sees it running
+/// and kills the worker (or both, and the kill only costs a replacement).
+enum WorkerControl {
+    /// Orders one worker holds at most (the parent's window): cancel slots
+    /// are per order number modulo this, so they never collide.
+    static let window = 64
+    /// Slot 0: the order running, ``idle``, or ``initializing``.
+    static let running = 0
+    static let idle: Int64 = 0
+    static let initializing: Int64 = -1
+    static func cancelSlot(_ seq: UInt64) -> Int { 1 + Int(seq % UInt64(window)) }
+    static let bytes = (1 + window) * 8
+}
+
+/// Any named task, with its name: a pool's initializer, which may hold
+/// library objects (a queue, a lock) that cross into the worker as it starts.
+struct AnyNamedTask: Codable, @unchecked Sendable {
+    let task: any MP.NamedTask
+
+    init(_ task: any MP.NamedTask) { self.task = task }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.unkeyedContainer()
+        try container.encode(type(of: task).name)
+        try container.encode(task)
+    }
+
+    init(from decoder: any Decoder) throws {
+        var container = try decoder.unkeyedContainer()
+        let name = try container.decode(String.self)
+        let type = try TaskRegistry.shared.task(named: name)
+        func open<T: MP.NamedTask>(_ type: T.Type) throws -> any MP.NamedTask { try container.decode(T.self) }
+        task = try open(type)
+    }
+}
+
+/// A ``MP/TaskPool`` worker: a named task of the library that a worker
+/// process runs for its whole life (started by any start method). It takes
+/// orders from its channel, runs them in order, and reports each result.
+struct PoolWorkerLoop: MP.NamedTask {
+    static var name: String { "swift-multiprocessing.pool-worker" }
+
+    var channel: MP.Connection
+    var initializer: AnyNamedTask?
+    /// Python's `maxtasksperchild`: the worker exits after this many orders.
+    var maxTasks: Int?
+
+    func run() async throws {
+        var worker = PoolWorkerRuntime(fd: channel.fileno, maxTasks: maxTasks ?? .max)
+        await worker.serve(initializer: initializer?.task)
+    }
+}
+
+/// The worker's side of the channel.
+struct PoolWorkerRuntime {
+    let fd: Int32
+    let maxTasks: Int
+    private var input = InputBuffer(capacity: 64 << 10)
+    private var output = ByteWriter()
+    private var passed: [Int32] = []
+    private var control: SharedBlock?
+    private var types: [Int: Result<any MP.NamedTask.Type, MP.TaskError>] = [:]
+    private var blocks: [UInt64: SharedBlock] = [:]
+    private var handled = 0
+    private var lastFlush: Int64 = Deadline.now
+
+    /// Flush the reports at least this often while orders keep coming.
+    private static let flushInterval: Int64 = 1_000_000
+    private static let flushBytes = 256 << 10
+
+    init(fd: Int32, maxTasks: Int) {
+        self.fd = fd
+        self.maxTasks = maxTasks
+    }
+
+    enum Order {
+        case define(Int, String)
+        case task(seq: UInt64, type: Int, arguments: [UInt8])
+        case chunk(seq: UInt64, type: Int, count: Int, items: [UInt8])
+        case block(id: UInt64, size: Int)
+        case fixedChunk(seq: UInt64, type: Int, block: UInt64, tasks: Int, results: Int, count: Int)
+        case release(UInt64)
+        case hello(controlSize: Int)
+    }
+
+    mutating func serve(initializer: (any MP.NamedTask)?) async {
+        // The first order is the hello: the control block and the stderr pipe.
+        guard case .hello(let size)? = nextOrders(blocking: true)?.first, passed.count >= 2 else {
+            Runtime.reportUncaught(MP.PoolError.invalidArgument("the pool worker got no hello"), processName: nil)
+            return
+        }
+        let controlFd = passed.removeFirst(), stderrFd = passed.removeFirst()
+        do { control = try SharedBlock(adopting: controlFd, size: size) } catch { return }
+        try? Sys.dup2(stderrFd, STDERR_FILENO)
+        Sys.close(stderrFd)
+        if let initializer {
+            store(WorkerControl.running, WorkerControl.initializing)
+            do {
+                _ = try await initializer.run()
+            } catch {
+                var writer = output
+                let start = WorkerFrames.begin(&writer, WorkerFrames.ReportKind.initializerFailed.rawValue)
+                writer.write("\(type(of: error))")
+                writer.write("\(error)")
+                WorkerFrames.finish(&writer, at: start)
+                output = writer
+                flush()
+                return
+            }
+        }
+        store(WorkerControl.running, WorkerControl.idle)
+        report(.ready) { _ in }
+        flush()
+        var pending: [Order] = []
+        while handled < maxTasks {
+            if pending.isEmpty {
+                // Nothing parsed: take what has arrived; block only after the
+                // reports so far are sent.
+                if let orders = nextOrders(blocking: false), !orders.isEmpty {
+                    pending = orders
+                } else {
+                    flush()
+                    guard let orders = nextOrders(blocking: true) else { break } // the pool closed the channel
+                    pending = orders
+                }
+            }
+            let order = pending.removeFirst()
+            await handle(order)
+            if output.bytes.count >= Self.flushBytes || Deadline.now - lastFlush >= Self.flushInterval { flush() }
+        }
+        flush()
+        for fd in passed { Sys.close(fd) }
+    }
+
+    /// Reads once and parses the complete orders; nil at end-of-file (or a broken stream).
+    private mutating func nextOrders(blocking: Bool) -> [Order]? {
+        while true {
+            var orders: [Order] = []
+            do {
+                try input.frames { body in orders.append(try Self.parse(body)) }
+            } catch {
+                Runtime.reportUncaught(error, processName: nil)
+                return nil
+            }
+            if !orders.isEmpty { return orders }
+            var received = Sys.Received.wouldBlock
+            let fd = self.fd
+            var passed = self.passed
+            do {
+                _ = try input.fill { buffer in
+                    received = try Sys.receiveSome(fd, into: buffer, descriptors: &passed, blocking: blocking)
+                    if case .bytes(let count) = received { return count }
+                    return 0
+                }
+            } catch {
+                return nil
+            }
+            self.passed = passed
+            switch received {
+            case .bytes: continue
+            case .endOfFile: return nil
+            case .wouldBlock: return []
+            }
+        }
+    }
+
+    private static func parse(_ body: UnsafeRawBufferPointer) throws -> Order {
+        var reader = ByteReader(body)
+        let kind = try reader.readByte()
+        switch WorkerFrames.OrderKind(rawValue: kind) {
+        case .define:
+            let index = Int(try reader.read(UInt32.self))
+            return .define(index, String(decoding: try reader.readRaw(reader.remaining), as: UTF8.self))
+        case .task:
+            let seq = try reader.read(UInt64.self)
+            let type = Int(try reader.read(UInt32.self))
+            return .task(seq: seq, type: type, arguments: [UInt8](try reader.readRaw(reader.remaining)))
+        case .chunk:
+            let seq = try reader.read(UInt64.self)
+            let type = Int(try reader.read(UInt32.self))
+            let count = Int(try reader.read(UInt32.self))
+            return .chunk(seq: seq, type: type, count: count, items: [UInt8](try reader.readRaw(reader.remaining)))
+        case .block:
+            return .block(id: try reader.read(UInt64.self), size: Int(try reader.read(UInt64.self)))
+        case .fixedChunk:
+            return .fixedChunk(seq: try reader.read(UInt64.self), type: Int(try reader.read(UInt32.self)),
+                               block: try reader.read(UInt64.self), tasks: Int(try reader.read(UInt64.self)),
+                               results: Int(try reader.read(UInt64.self)), count: Int(try reader.read(UInt32.self)))
+        case .release:
+            return .release(try reader.read(UInt64.self))
+        case .hello:
+            return .hello(controlSize: Int(try reader.read(UInt64.self)))
+        case nil:
+            throw MP.WireError.malformed(type: "pool order", reason: "unknown kind \(kind)")
+        }
+    }
+
+    private mutating func handle(_ order: Order) async {
+        switch order {
+        case .define(let index, let name):
+            types[index] = Result { () throws(MP.TaskError) in try TaskRegistry.shared.task(named: name) }
+        case .hello:
+            break
+        case .block(let id, let size):
+            guard !passed.isEmpty else { return }
+            let fd = passed.removeFirst()
+            blocks[id] = try? SharedBlock(adopting: fd, size: size)
+        case .release(let id):
+            blocks[id] = nil
+        case .task(let seq, let type, let arguments):
+            handled += 1
+            guard begin(seq) else { return }
+            let start = Deadline.now
+            let outcome = await runOne(type, arguments)
+            store(WorkerControl.running, WorkerControl.idle)
+            report(seq, start, outcome)
+        case .chunk(let seq, let type, let count, let items):
+            handled += 1
+            guard begin(seq) else { return }
+            let start = Deadline.now
+            let outcome = await runChunk(type, count, items)
+            store(WorkerControl.running, WorkerControl.idle)
+            report(seq, start, outcome)
+        case .fixedChunk(let seq, let type, let block, let tasks, let results, let count):
+            handled += 1
+            guard begin(seq) else { return }
+            let start = Deadline.now
+            let outcome = await runFixed(type, block, tasks, results, count)
+            store(WorkerControl.running, WorkerControl.idle)
+            report(seq, start, outcome)
+        }
+    }
+
+    /// What an order came to: the payload of a `done`, or a failure at an item.
+    enum Outcome {
+        case done([UInt8])
+        case failed(index: Int, why: WorkerFrames.Failure, type: String, description: String, before: [UInt8])
+    }
+
+    private func resolve(_ type: Int) -> Result<any MP.NamedTask.Type, MP.TaskError> {
+        types[type] ?? .failure(.unknownTask("#\(type) (never defined)"))
+    }
+
+    private func runOne(_ type: Int, _ arguments: [UInt8]) async -> Outcome {
+        switch resolve(type) {
+        case .failure(let error): return .failed(index: 0, why: .task, type: "TaskError", description: error.description, before: [])
+        case .success(let type):
+            let items = ChunkItems(single: arguments)
+            return await Self.run(type, items)
+        }
+    }
+
+    private func runChunk(_ type: Int, _ count: Int, _ bytes: [UInt8]) async -> Outcome {
+        switch resolve(type) {
+        case .failure(let error): return .failed(index: 0, why: .task, type: "TaskError", description: error.description, before: [])
+        case .success(let type):
+            guard let items = ChunkItems(count: count, bytes) else {
+                return .failed(index: 0, why: .task, type: "TaskError", description: "a malformed chunk", before: [])
+            }
+            return await Self.run(type, items)
+        }
+    }
+
+    /// The items of a task or a chunk: each one task's encoded arguments.
+    struct ChunkItems {
+        let single: Bool
+        let items: [ArraySlice<UInt8>]
+
+        init(single arguments: [UInt8]) {
+            self.single = true
+            items = [arguments[...]]
+        }
+
+        init?(count: Int, _ bytes: [UInt8]) {
+            single = false
+            var items: [ArraySlice<UInt8>] = []
+            items.reserveCapacity(count)
+            var offset = 0
+            for _ in 0..<count {
+                guard bytes.count - offset >= 4 else { return nil }
+                let length = bytes.withUnsafeBytes { Int($0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
+                offset += 4
+                guard bytes.count - offset >= length else { return nil }
+                items.append(bytes[offset..<offset + length])
+                offset += length
+            }
+            self.items = items
+        }
+    }
+
+    /// Runs the items in order; a chunk's results are each `[u32 length][result]`, a single task's is bare.
+    private static func run<T: MP.NamedTask>(_ type: T.Type, _ chunk: ChunkItems) async -> Outcome {
+        var results = ByteWriter()
+        for (index, item) in chunk.items.enumerated() {
+            let task: T
+            do {
+                task = try item.withUnsafeBytes { raw in try WireFormat.decode(T.self, from: raw) }
+            } catch {
+                return .failed(index: index, why: .task, type: "TaskError",
+                               description: MP.TaskError.badArguments(task: T.name, reason: "\(error)").description, before: results.bytes)
+            }
+            let value: T.Result
+            do {
+                value = try await task.run()
+            } catch {
+                return .failed(index: index, why: .threw, type: "\(Swift.type(of: error))", description: "\(error)", before: results.bytes)
+            }
+            do {
+                let encoded = try T._encodeResult(value)
+                if chunk.single { return .done(encoded) }
+                results.writeLength(encoded.count)
+                results.writeRaw(encoded.withUnsafeBytes { $0 })
+            } catch {
+                return .failed(index: index, why: .result, type: "WireError", description: error.description, before: results.bytes)
+            }
+        }
+        return .done(results.bytes)
+    }
+
+    private func runFixed(_ type: Int, _ block: UInt64, _ tasks: Int, _ results: Int, _ count: Int) async -> Outcome {
+        guard case .success(let type) = resolve(type) else {
+            return .failed(index: 0, why: .task, type: "TaskError", description: "unknown task type #\(type)", before: [])
+        }
+        guard let shared = blocks[block] else {
+            return .failed(index: 0, why: .task, type: "TaskError", description: "shared block \(block) never arrived", before: [])
+        }
+        var completed = 0
+        do {
+            try await type._runFixedWidth(UnsafeRawPointer(shared.base + tasks), shared.base + results, count, &completed)
+            return .done([])
+        } catch {
+            return .failed(index: completed, why: .threw, type: "\(Swift.type(of: error))", description: "\(error)", before: [])
+        }
+    }
+
+    // MARK: control block
+
+    private func store(_ slot: Int, _ value: Int64) {
+        guard let control else { return }
+        cmp_atomic_store_i64(control.base.assumingMemoryBound(to: Int64.self) + slot, value)
+    }
+
+    private func load(_ slot: Int) -> Int64 {
+        guard let control else { return 0 }
+        return cmp_atomic_load_i64(control.base.assumingMemoryBound(to: Int64.self) + slot)
+    }
+
+    /// Marks `seq` running unless it was cancelled; a cancelled one is reported skipped.
+    private mutating func begin(_ seq: UInt64) -> Bool {
+        store(WorkerControl.running, Int64(bitPattern: seq))
+        if load(WorkerControl.cancelSlot(seq)) == Int64(bitPattern: seq) {
+            store(WorkerControl.running, WorkerControl.idle)
+            report(.skipped) { $0.write(seq) }
+            return false
+        }
+        return true
+    }
+
+    // MARK: reports
+
+    private mutating func report(_ kind: WorkerFrames.ReportKind, _ body: (inout ByteWriter) -> Void) {
+        let start = WorkerFrames.begin(&output, kind.rawValue)
+        body(&output)
+        WorkerFrames.finish(&output, at: start)
+    }
+
+    private mutating func report(_ seq: UInt64, _ start: Int64, _ outcome: Outcome) {
+        let mark = output.bytes.count
+        let elapsed = UInt64(max(0, Deadline.now - start))
+        switch outcome {
+        case .done(let payload):
+            report(.done) { writer in
+                writer.write(seq)
+                writer.write(elapsed)
+                writer.writeRaw(payload.withUnsafeBytes { $0 })
+            }
+        case .failed(let index, let why, let type, let description, let before):
+            report(.failed) { writer in
+                writer.write(seq)
+                writer.write(elapsed)
+                writer.write(UInt32(index))
+                writer.write(why.rawValue)
+                writer.write(type)
+                writer.write(description)
+                writer.writeRaw(before.withUnsafeBytes { $0 })
+            }
+        }
+        if output.bytes.count > WorkerFrames.maxBody {
+            // A result too large for one frame: fail that order instead.
+            output.bytes.removeSubrange(mark...)
+            report(.failed) { writer in
+                writer.write(seq); writer.write(elapsed); writer.write(UInt32(0)); writer.write(WorkerFrames.Failure.result.rawValue)
+                writer.write("WireError"); writer.write("the encoded results are over the pool's frame limit of \(WorkerFrames.maxBody) bytes")
+            }
+        }
+    }
+
+    private mutating func flush() {
+        lastFlush = Deadline.now
+        guard !output.bytes.isEmpty else { return }
+        let fd = self.fd
+        _ = output.bytes.withUnsafeBytes { raw in try? Sys.sendAll(fd, raw) }
+        output.bytes.removeAll(keepingCapacity: true)
+    }
+}

@@ -1,0 +1,419 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension MP {
+    /// Python's `multiprocessing.Pool` for named tasks: persistent workers,
+    /// started by any start method.
+    ///
+    /// ```swift
+    /// struct Square: MP.NamedTask {
+    ///     var x: Int
+    ///     func run() -> Int { x * x }
+    /// }
+    ///
+    /// try MP.TaskPool.with(processes: 4) { pool in                  // with Pool(4) as pool:
+    ///     let r = pool.applyAsync(Square(x: 7))                      //   r = pool.apply_async(square, (7,))
+    ///     print(try r.get(timeout: 10))                              //   print(r.get(timeout=10))
+    ///     print(try pool.map((0..<10).map { Square(x: $0) }))        //   print(pool.map(square, range(10)))
+    /// }
+    /// ```
+    ///
+    /// **Workers** start once, by ``startMethod`` (spawn, forkserver or fork;
+    /// by default ``MP/getStartMethod()``), and stay until ``close()`` or
+    /// ``terminate()``: the initializer (a named task) runs once in each
+    /// worker before its first task; what a task leaves in a worker's globals
+    /// is there for the next task on that worker; after `maxTasksPerChild`
+    /// tasks a worker exits and a fresh one takes its place. Tasks travel by
+    /// name with `Codable` arguments (``MP/NamedTask``); many small tasks
+    /// travel in batches. Maps of fixed-width tasks and results (bitwise-
+    /// copyable types: no strings, arrays or classes) travel through shared
+    /// memory, not through `Codable`.
+    ///
+    /// **Beyond CPython.** A task given a `timeout:` that runs longer fails
+    /// with ``MP/PoolError/taskTimeout(seconds:)``: its worker is killed and
+    /// replaced, and the other tasks go on. ``MP/AsyncResult/cancel()`` (or
+    /// cancelling the Swift task that awaits a result) removes a queued task
+    /// or stops a running one the same way. A worker that dies mid-task fails
+    /// that task with ``MP/PoolError/workerDied(_:)`` (the signal or exit
+    /// code, and the crash message when there is one); its unstarted tasks
+    /// go to other workers and the pool stays usable. ``imap(_:chunksize:bufferSize:timeout:)``
+    /// reads its input lazily, so it works over an endless sequence.
+    ///
+    /// Compared with the closure ``MP/Pool``: that one forks workers per batch
+    /// of closures, which see everything the parent had when they were forked
+    /// and send nothing but results; it is the fastest way to map a closure
+    /// over a big collection under fork. This one runs named tasks under any
+    /// start method, keeps its workers (and their state) between tasks, and
+    /// answers a lone `apply` in one round trip to a warm worker. The README
+    /// compares the two with measured figures.
+    ///
+    /// A pool belongs to the process that created it. Workers are daemonic:
+    /// they die with the pool's process, even a SIGKILLed one. A pool the
+    /// program drops is closed: its workers finish what was submitted.
+    public final class TaskPool: @unchecked Sendable {
+        /// The number of worker processes.
+        public let processes: Int
+        /// How the workers start.
+        public let startMethod: StartMethod
+        let core: TaskPoolCore
+        private let owner = Sys.getpid
+        private let typeLock = ForkSafeLock()
+        private var types: [ObjectIdentifier: UInt32] = [:]
+
+        /// Python's `Pool(processes, initializer, initargs, maxtasksperchild)`.
+        ///
+        /// - Parameters:
+        ///   - processes: the number of workers (default: ``MP/cpuCount()``).
+        ///   - startMethod: how workers start (default: ``MP/getStartMethod()``).
+        ///   - initializer: a named task run once in each worker before its
+        ///     first task (its stored properties are Python's `initargs`; it
+        ///     may hold a queue, a lock or a value, which cross into each
+        ///     worker). If it throws (or its worker dies in it), every task
+        ///     not yet running fails with ``MP/PoolError/initializerFailed(type:description:)``.
+        ///   - maxTasksPerChild: a worker exits after this many tasks (a map's
+        ///     chunk counts as one, as in Python) and a fresh one replaces it.
+        /// - Throws: ``MP/PoolError/invalidArgument(_:)``, ``MP/PoolError/task(_:)``
+        ///   (an initializer that cannot be sent), ``MP/PoolError/cannotStartWorker(_:)``.
+        public init(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
+                    maxTasksPerChild: Int? = nil) throws(PoolError) {
+            let count = processes ?? MP.cpuCount()
+            guard count >= 1 else { throw .invalidArgument("processes must be at least 1 (got \(count))") }
+            if let maxTasksPerChild, maxTasksPerChild < 1 {
+                throw .invalidArgument("maxTasksPerChild must be at least 1 (got \(maxTasksPerChild))")
+            }
+            let method = startMethod ?? MP.getStartMethod()
+            if let initializer, method != .fork {
+                func check<T: NamedTask>(_ task: T) throws(TaskError) { try TaskRegistry.shared.checkSendable(T.self) }
+                do { try check(initializer) } catch { throw .task(error) }
+            }
+            self.processes = count
+            self.startMethod = method
+            do {
+                core = try TaskPoolCore(processes: count, method: method, initializer: initializer.map(AnyNamedTask.init),
+                                        maxTasksPerChild: maxTasksPerChild)
+            } catch {
+                throw .system(error)
+            }
+            try core.start()
+        }
+
+        /// Dropped: no more tasks; the submitted ones finish, then the workers exit.
+        deinit {
+            if Sys.getpid == owner { core.close() }
+        }
+
+        /// `try MP.TaskPool.with(processes: 4) { pool in ... }`: Python's
+        /// `with Pool(4) as pool:`. The pool is terminated and joined
+        /// afterwards, also when `body` throws.
+        public static func with<T>(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
+                                   maxTasksPerChild: Int? = nil, _ body: (TaskPool) throws -> T) throws -> T {
+            let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+            defer {
+                pool.terminate()
+                try? pool.join()
+            }
+            return try body(pool)
+        }
+
+        /// The scoped pool for async code: terminated and joined afterwards,
+        /// also when `body` throws or its task is cancelled. The join blocks no thread.
+        nonisolated(nonsending)
+        public static func with<T>(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
+                                   maxTasksPerChild: Int? = nil, _ body: (TaskPool) async throws -> T) async throws -> T {
+            let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+            do {
+                let value = try await body(pool)
+                pool.terminate()
+                try await pool.join()
+                return value
+            } catch {
+                pool.terminate()
+                try? await pool.join()
+                throw error
+            }
+        }
+
+        /// The process ids of the current workers (Python's `[p.pid for p in pool._pool]`).
+        public var workerPids: [Int32] { core.workerPids }
+
+        // MARK: submitting
+
+        /// The number the workers know `T` by; checks once that another process finds `T` by name.
+        private func typeNumber<T: NamedTask>(_ type: T.Type) throws(PoolError) -> UInt32 {
+            guard Sys.getpid == owner else { throw .notOwner }
+            if let known = typeLock.withLock({ types[ObjectIdentifier(T.self)] }) { return known }
+            do { try TaskRegistry.shared.checkSendable(T.self) } catch { throw .task(error) }
+            let number = core.typeNumber(T.name)
+            typeLock.withLock { types[ObjectIdentifier(T.self)] = number }
+            return number
+        }
+
+        static func encode<T: NamedTask>(_ task: T) throws(PoolError) -> [UInt8] {
+            do {
+                return try WireFormat.encode(task)
+            } catch {
+                if case .encodingFailed(_, let reason) = error, reason.contains("can only cross") {
+                    throw .task(.cannotCross(reason))
+                }
+                throw .task(.badArguments(task: T.name, reason: error.description))
+            }
+        }
+
+        private static func validate(_ timeout: Double?) throws(PoolError) {
+            if let timeout, !(timeout > 0) { throw .invalidArgument("timeout must be positive (got \(timeout))") }
+        }
+
+        /// Python's `apply_async(f, args, callback=, error_callback=)`: runs
+        /// `task` in a worker. The callbacks run on the pool's thread, as
+        /// Python's run on its result thread: they must return quickly and
+        /// must not wait on this pool.
+        ///
+        /// - Parameter timeout: seconds the task may run; a task that runs
+        ///   longer fails with ``MP/PoolError/taskTimeout(seconds:)`` and its
+        ///   worker is killed and replaced. The clock starts when a worker
+        ///   starts the task, not while it waits in the queue.
+        @discardableResult
+        public func applyAsync<T: NamedTask>(_ task: T, timeout: Double? = nil,
+                                             callback: (@Sendable (T.Result) -> Void)? = nil,
+                                             errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<T.Result> {
+            let result = AsyncResult<T.Result>(callback: callback, errorCallback: errorCallback)
+            do throws(PoolError) {
+                try Self.validate(timeout)
+                let type = try typeNumber(T.self)
+                let job = PoolJob(type: type, body: .task(try Self.encode(task)), timeout: timeout) { outcome in
+                    switch outcome {
+                    case .done(let bytes):
+                        result.resolve(Result { () throws(WireError) -> T.Result in try T._decodeResult(bytes) }.mapError { .result($0) })
+                    case .failed(_, let error, _):
+                        result.resolve(.failure(error))
+                    }
+                }
+                result.setCanceller { [core] in core.cancel(job) }
+                core.submit([job])
+            } catch {
+                result.resolve(.failure(error))
+            }
+            return result
+        }
+
+        /// Python's `apply(f, args)`: runs `task` in a worker and waits for its result.
+        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) throws(PoolError) -> T.Result {
+            try applyAsync(task, timeout: timeout).get()
+        }
+
+        /// `try await pool.apply(task)`: blocks no thread; cancelling the
+        /// awaiting task cancels the pool's task (see ``MP/AsyncResult/cancel()``).
+        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) async throws(PoolError) -> T.Result {
+            try await applyAsync(task, timeout: timeout).value
+        }
+
+        // MARK: maps
+
+        /// Python's `map_async(f, iterable, chunksize)`: every task's result,
+        /// in order, as one future. The first failed chunk fails it.
+        ///
+        /// - Parameters:
+        ///   - chunksize: tasks per message to a worker (default as Python's:
+        ///     the count over four times the workers, rounded up).
+        ///   - timeout: seconds each chunk may run (with `chunksize: 1`, each task).
+        public func mapAsync<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil,
+                                          callback: (@Sendable ([S.Element.Result]) -> Void)? = nil,
+                                          errorCallback: (@Sendable (PoolError) -> Void)? = nil)
+            -> AsyncResult<[S.Element.Result]> where S.Element: NamedTask {
+            let result = AsyncResult<[S.Element.Result]>(callback: callback, errorCallback: errorCallback)
+            do throws(PoolError) {
+                try Self.validate(timeout)
+                if let chunksize, chunksize < 1 { throw PoolError.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+                let type = try typeNumber(S.Element.self)
+                let all = tasks as? [S.Element] ?? Swift.Array(tasks)
+                let size = chunksize ?? defaultChunksize(all.count)
+                let map = try MapSubmission(all, type: type, chunksize: size, timeout: timeout, pool: self, into: result)
+                result.setCanceller { [core] in for job in map.jobs { core.cancel(job) } }
+                core.submit(map.jobs)
+            } catch {
+                result.resolve(.failure(error))
+            }
+            return result
+        }
+
+        /// Python's `map(f, iterable, chunksize)`: every task's result, in
+        /// order. Throws the first failed chunk's error.
+        public func map<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil) throws(PoolError) -> [S.Element.Result]
+            where S.Element: NamedTask {
+            try mapAsync(tasks, chunksize: chunksize, timeout: timeout).get()
+        }
+
+        /// `try await pool.map(tasks)`.
+        public func map<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil) async throws(PoolError) -> [S.Element.Result]
+            where S.Element: NamedTask {
+            try await mapAsync(tasks, chunksize: chunksize, timeout: timeout).value
+        }
+
+        /// Python's `map(f, iterable)` spelled with the task's initializer:
+        /// `pool.map(0..<100) { Square(x: $0) }`.
+        @inlinable
+        public func map<S: Sequence, T: NamedTask>(_ items: S, chunksize: Int? = nil, timeout: Double? = nil,
+                                                   _ task: (S.Element) throws -> T) throws(PoolError) -> [T.Result] {
+            try map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
+        }
+
+        /// `try await pool.map(0..<100) { Square(x: $0) }`.
+        @inlinable
+        nonisolated(nonsending)
+        public func map<S: Sequence, T: NamedTask>(_ items: S, chunksize: Int? = nil, timeout: Double? = nil,
+                                                   _ task: (S.Element) throws -> T) async throws(PoolError) -> [T.Result] {
+            try await map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
+        }
+
+        /// Python's `starmap(f, [(a, b), ...])`: each tuple's elements are the
+        /// task's arguments. `pool.starmap([(1, 2), (3, 4)], Add.init)`.
+        @inlinable
+        public func starmap<each A, T: NamedTask>(_ items: some Sequence<(repeat each A)>, chunksize: Int? = nil, timeout: Double? = nil,
+                                                  _ task: (repeat each A) throws -> T) throws(PoolError) -> [T.Result] {
+            try map(Self.starTasks(items, task), chunksize: chunksize, timeout: timeout)
+        }
+
+        /// Python's `starmap_async`.
+        @inlinable
+        public func starmapAsync<each A, T: NamedTask>(_ items: some Sequence<(repeat each A)>, chunksize: Int? = nil, timeout: Double? = nil,
+                                                       callback: (@Sendable ([T.Result]) -> Void)? = nil,
+                                                       errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                       _ task: (repeat each A) throws -> T) -> AsyncResult<[T.Result]> {
+            do throws(PoolError) {
+                return mapAsync(try Self.starTasks(items, task), chunksize: chunksize,
+                                timeout: timeout, callback: callback, errorCallback: errorCallback)
+            } catch {
+                let result = AsyncResult<[T.Result]>(callback: callback, errorCallback: errorCallback)
+                result.resolve(.failure(error))
+                return result
+            }
+        }
+
+        /// `try await pool.starmap(pairs, Add.init)`.
+        @inlinable
+        nonisolated(nonsending)
+        public func starmap<each A, T: NamedTask>(_ items: some Sequence<(repeat each A)>, chunksize: Int? = nil, timeout: Double? = nil,
+                                                  _ task: (repeat each A) throws -> T) async throws(PoolError) -> [T.Result] {
+            try await map(Self.starTasks(items, task), chunksize: chunksize, timeout: timeout)
+        }
+
+        /// The tasks for `items`; an error thrown while making them fails the map.
+        @inlinable
+        static func tasks<S: Sequence, T>(_ items: S, _ task: (S.Element) throws -> T) throws(PoolError) -> [T] {
+            do {
+                return try items.map(task)
+            } catch {
+                throw .invalidArgument("making the map's tasks failed: \(type(of: error)): \(error)")
+            }
+        }
+
+        /// The tasks for tuples of arguments.
+        @inlinable
+        static func starTasks<each A, T>(_ items: some Sequence<(repeat each A)>, _ task: (repeat each A) throws -> T) throws(PoolError) -> [T] {
+            var tasks: [T] = []
+            tasks.reserveCapacity(items.underestimatedCount)
+            do {
+                for arguments in items { tasks.append(try task(repeat each arguments)) }
+            } catch {
+                throw .invalidArgument("making the map's tasks failed: \(type(of: error)): \(error)")
+            }
+            return tasks
+        }
+
+        func defaultChunksize(_ count: Int) -> Int {
+            let (size, extra) = count.quotientAndRemainder(dividingBy: processes * 4)
+            return max(1, size + (extra > 0 ? 1 : 0))
+        }
+
+        /// Python's `imap(f, iterable, chunksize)`: results in order, as they
+        /// become available; read from `tasks` lazily.
+        ///
+        /// - Parameters:
+        ///   - bufferSize: chunks submitted and not yet consumed, at most
+        ///     (CPython 3.14's `buffersize`); the input is read only as results
+        ///     are consumed, so `tasks` may be endless. Default: 32 per worker.
+        ///   - timeout: seconds each chunk may run.
+        public func imap<S: Sequence>(_ tasks: S, chunksize: Int = 1, bufferSize: Int? = nil, timeout: Double? = nil)
+            -> TaskResults<S.Element.Result> where S.Element: NamedTask {
+            stream(tasks, ordered: true, chunksize: chunksize, bufferSize: bufferSize, timeout: timeout)
+        }
+
+        /// Python's `imap_unordered(f, iterable, chunksize)`: results as they complete; read from `tasks` lazily.
+        public func imapUnordered<S: Sequence>(_ tasks: S, chunksize: Int = 1, bufferSize: Int? = nil, timeout: Double? = nil)
+            -> TaskResults<S.Element.Result> where S.Element: NamedTask {
+            stream(tasks, ordered: false, chunksize: chunksize, bufferSize: bufferSize, timeout: timeout)
+        }
+
+        private func stream<S: Sequence>(_ tasks: S, ordered: Bool, chunksize: Int, bufferSize: Int?, timeout: Double?)
+            -> TaskResults<S.Element.Result> where S.Element: NamedTask {
+            typealias T = S.Element
+            let results = TaskResults<T.Result>(ordered: ordered, bufferSize: bufferSize ?? processes * 32, core: core)
+            do throws(PoolError) {
+                try Self.validate(timeout)
+                guard chunksize >= 1 else { throw PoolError.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+                if let bufferSize, bufferSize < 1 { throw PoolError.invalidArgument("bufferSize must be at least 1 (got \(bufferSize))") }
+                let type = try typeNumber(T.self)
+                var iterator = tasks.makeIterator()
+                results.start(next: { () throws(PoolError) -> PoolJob.Body? in
+                    var items = ByteWriter()
+                    var count = 0
+                    while count < chunksize, let task = iterator.next() {
+                        let encoded = try Self.encode(task)
+                        items.writeLength(encoded.count)
+                        items.writeRaw(encoded.withUnsafeBytes { $0 })
+                        count += 1
+                    }
+                    return count == 0 ? nil : .chunk(count: count, items.bytes)
+                }, type: type, timeout: timeout, decode: MapSubmission<T>.decodeChunk)
+            } catch {
+                results.fail(error)
+            }
+            return results
+        }
+
+        // MARK: lifecycle
+
+        /// Python's `close()`: no more tasks; the workers finish the submitted ones, then exit.
+        public func close() { core.close() }
+
+        /// Python's `terminate()`: kills the workers now; unfinished tasks fail with ``MP/PoolError/terminated``.
+        public func terminate() { core.terminate() }
+
+        /// Python's `join()`: waits for the workers to exit, after `close()` or
+        /// `terminate()` (before either, throws ``MP/PoolError/invalidArgument(_:)``, as Python raises).
+        public func join() throws(PoolError) {
+            try checkJoinable()
+            core.finished.wait()
+        }
+
+        /// `join(timeout:)`, which CPython's pool lacks: whether the workers
+        /// exited within `timeout` seconds (nil: no limit).
+        public func join(timeout: Double?) throws(PoolError) -> Bool {
+            try checkJoinable()
+            let deadline = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
+            return core.finished.wait(until: deadline)
+        }
+
+        /// `try await pool.join()`: blocks no thread.
+        public func join() async throws(PoolError) {
+            try checkJoinable()
+            await core.finished.wait()
+        }
+
+        private func checkJoinable() throws(PoolError) {
+            guard Sys.getpid == owner else { throw .notOwner }
+            if core.lock.withLock({ core.state == .running }) {
+                throw .invalidArgument("join() needs close() or terminate() first (the pool is still running)")
+            }
+        }
+    }
+}
+
+extension MP.Context {
+    /// Python's `ctx.Pool(processes)`: a ``MP/TaskPool`` whose workers start by this context's method.
+    public func TaskPool(processes: Int? = nil, initializer: (any MP.NamedTask)? = nil,
+                         maxTasksPerChild: Int? = nil) throws(MP.PoolError) -> MP.TaskPool {
+        try MP.TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+    }
+}
