@@ -103,14 +103,41 @@ struct HoldsQueue: MP.NamedTask {
     func run() {}
 }
 
-/// Marks a shared value when it starts, then sleeps.
+/// Writes a byte into a FIFO when it starts (a task's arguments cannot hold
+/// library objects: those cross only when a worker starts), then sleeps.
 struct MarkThenNap: MP.NamedTask {
-    var started: MP.Event
+    var fifo: String
     var seconds: Double
     func run() throws -> Int {
-        try started.set()
+        let fd = open(fifo, O_WRONLY)
+        var byte: UInt8 = 1
+        _ = write(fd, &byte, 1)
+        close(fd)
         usleep(UInt32(seconds * 1_000_000))
         return 1
+    }
+}
+
+/// A FIFO the test waits on for a task to start.
+final class StartSignal {
+    let path: String
+    private let fd: Int32
+
+    init() {
+        path = "/tmp/mp-taskpool-\(getpid())-\(UInt64.random(in: 0 ... .max))"
+        mkfifo(path, 0o600)
+        fd = open(path, O_RDONLY | O_NONBLOCK)
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Whether the task wrote its byte within `seconds`.
+    func wait(_ seconds: Double = 20) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, Int32(seconds * 1000)) == 1
     }
 }
 
@@ -153,6 +180,322 @@ struct TaskPoolTests {
             var seen: [Int] = []
             for try await value in pool.imap((0..<20).map { Square(x: $0) }) { seen.append(value) }
             #expect(seen == (0..<20).map { $0 * $0 })
+        }
+    }
+}
+
+@Suite("Task pool: Python's worker semantics", .serialized)
+struct TaskPoolWorkerTests {
+    @Test("the initializer runs exactly once per worker, before its tasks", arguments: [MP.StartMethod.spawn, .forkserver, .fork])
+    func initializerOncePerWorker(method: MP.StartMethod) throws {
+        let started = try MP.Queue<Int32>()
+        let pool = try MP.TaskPool(processes: 2, startMethod: method, initializer: ReportStart(started: started))
+        defer { try? finish(pool) }
+        let seen = try pool.map((0..<200).map { _ in CountHere() }, chunksize: 1)
+        let workers = Set(seen.map(\.pid))
+        #expect(workers.isSubset(of: Set(pool.workerPids)))
+        // The initializer set the counter to 1000 in each worker before its first task.
+        #expect(seen.allSatisfy { $0.count > 1000 })
+        pool.close()
+        #expect(try pool.join(timeout: 20))
+        var initialized: [Int32] = []
+        while let pid = try? started.get(timeout: 0.2) { initialized.append(pid) }
+        #expect(initialized.sorted() == Set(initialized).sorted(), "a worker ran the initializer twice")
+        #expect(initialized.count == 2)
+    }
+
+    @Test("what a task leaves in a worker's globals is there for the next task")
+    func statePersists() throws {
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        let counts = try (0..<5).map { _ in try pool.apply(CountHere()) }
+        #expect(counts.map(\.count) == [1, 2, 3, 4, 5])
+        #expect(Set(counts.map(\.pid)).count == 1)
+    }
+
+    @Test("maxTasksPerChild replaces a worker after that many tasks", arguments: [MP.StartMethod.forkserver, .fork])
+    func maxTasksPerChild(method: MP.StartMethod) throws {
+        let pool = try MP.TaskPool(processes: 1, startMethod: method, maxTasksPerChild: 3)
+        defer { try? finish(pool) }
+        let seen = try (0..<9).map { _ in try pool.apply(CountHere()) }
+        #expect(seen.map(\.count) == [1, 2, 3, 1, 2, 3, 1, 2, 3])
+        let pids = seen.map(\.pid)
+        #expect(Set(pids).count == 3)
+        #expect(pids[0] == pids[2] && pids[3] == pids[5] && pids[6] == pids[8])
+    }
+
+    @Test("a task's error comes back with its type and description; the pool goes on")
+    func taskThrows() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        #expect(throws: MP.PoolError.taskFailed(type: "Failure", description: "boom at 13")) { try pool.apply(Boom(value: 13)) }
+        #expect(throws: MP.PoolError.taskFailed(type: "Failure", description: "boom at 13")) {
+            try pool.map((0..<40).map { Boom(value: $0) }, chunksize: 4)
+        }
+        let errors = ErrorBox()
+        let r = pool.applyAsync(Boom(value: 13), errorCallback: { errors.add($0) })
+        #expect(r.wait(timeout: 20))
+        #expect(try r.successful == false)
+        #expect(errors.all == [.taskFailed(type: "Failure", description: "boom at 13")])
+        #expect(try pool.apply(Boom(value: 1)) == 1)
+    }
+
+    @Test("imap delivers in order, imapUnordered as completed; a failed chunk throws in its place and reading goes on")
+    func imapOrders() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        let ordered = pool.imap((0..<100).map { Square(x: $0) }, chunksize: 7)
+        #expect(try ordered.collect() == (0..<100).map { $0 * $0 })
+        let unordered = pool.imapUnordered((0..<100).map { Square(x: $0) })
+        #expect(try unordered.collect().sorted() == (0..<100).map { $0 * $0 })
+        let failing = pool.imap((10..<16).map { Boom(value: $0) })
+        var got: [Int] = []
+        var failures = 0
+        while true {
+            do {
+                guard let value = try failing.next() else { break }
+                got.append(value)
+            } catch {
+                #expect(error == .taskFailed(type: "Failure", description: "boom at 13"))
+                failures += 1
+            }
+        }
+        #expect(got == [10, 11, 12, 14, 15])
+        #expect(failures == 1)
+    }
+
+    @Test("imap over an endless sequence keeps at most bufferSize chunks in flight")
+    func lazyImapOverEndlessInput() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        let made = Counter()
+        let endless = (0...).lazy.map { (x: Int) -> Square in made.increment(); return Square(x: x) }
+        let results = pool.imap(endless, chunksize: 2, bufferSize: 3)
+        var squares: [Int] = []
+        for _ in 0..<10 { squares.append(try results.next(timeout: 20)!) }
+        #expect(squares == (0..<10).map { $0 * $0 })
+        // 10 consumed (5 chunks) + at most 3 chunks of 2 in flight.
+        #expect(made.value <= 10 + 3 * 2)
+        results.cancel()
+        #expect(throws: MP.PoolError.cancelled) { try results.next() }
+    }
+}
+
+final class ErrorBox: @unchecked Sendable {
+    private let lock = NSLockish()
+    private var errors: [MP.PoolError] = []
+    func add(_ error: MP.PoolError) { lock.with { errors.append(error) } }
+    var all: [MP.PoolError] { lock.with { errors } }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLockish()
+    private var count = 0
+    func increment() { lock.with { count += 1 } }
+    var value: Int { lock.with { count } }
+}
+
+/// A pthread mutex for test bookkeeping.
+final class NSLockish: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func with<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}
+
+@Suite("Task pool: beyond CPython", .serialized)
+struct TaskPoolFaultTests {
+    @Test("a task over its timeout fails alone; its worker is killed and replaced; the rest completes")
+    func perTaskTimeout() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        let before = Set(pool.workerPids)
+        let slow = pool.applyAsync(Nap(seconds: 30), timeout: 0.3)
+        let others = (0..<20).map { pool.applyAsync(Square(x: $0)) }
+        #expect(throws: MP.PoolError.taskTimeout(seconds: 0.3)) { try slow.get(timeout: 20) }
+        #expect(try others.map { try $0.get(timeout: 20) } == (0..<20).map { $0 * $0 })
+        let after = Set(pool.workerPids)
+        #expect(after.count == 2)
+        #expect(before.subtracting(after).count == 1, "the timed-out worker was not replaced")
+        #expect(try pool.apply(Nap(seconds: 0.01), timeout: 10) > 0)
+    }
+
+    @Test("cancel() removes a queued task and stops a running one")
+    func cancellation() throws {
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        let started = StartSignal()
+        let running = pool.applyAsync(MarkThenNap(fifo: started.path, seconds: 30))
+        let queued = pool.applyAsync(CountHere())
+        #expect(started.wait())
+        let victim = pool.workerPids
+        queued.cancel()
+        #expect(throws: MP.PoolError.cancelled) { try queued.get(timeout: 1) }
+        running.cancel()
+        #expect(throws: MP.PoolError.cancelled) { try running.get(timeout: 1) }
+        // The running task's worker was killed and replaced; the queued task never ran.
+        let next = try pool.apply(CountHere())
+        #expect(next.count == 1)
+        #expect(!victim.contains(next.pid))
+    }
+
+    @Test("cancelling the Swift task that awaits a result stops the pool's task")
+    func swiftCancellation() async throws {
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        let started = StartSignal()
+        let path = started.path
+        let waiter = Task { try await pool.apply(MarkThenNap(fifo: path, seconds: 30)) }
+        #expect(started.wait())
+        let victim = pool.workerPids
+        waiter.cancel()
+        await #expect(throws: MP.PoolError.cancelled) { try await waiter.value }
+        let next = try await pool.apply(WhoRuns())
+        #expect(!victim.contains(next))
+    }
+
+    @Test("a worker that dies mid-task fails that task with workerDied; the pool goes on",
+          arguments: MP.StartMethod.allCases, [DieMidTask.How.sigkill, .fatal, .exit])
+    func workerDies(method: MP.StartMethod, how: DieMidTask.How) throws {
+        let pool = try MP.TaskPool(processes: 2, startMethod: method)
+        defer { try? finish(pool) }
+        let doomed = pool.applyAsync(DieMidTask(how: how))
+        let others = (0..<50).map { pool.applyAsync(Square(x: $0)) }
+        do {
+            _ = try doomed.get(timeout: 20)
+            Issue.record("the dying task succeeded")
+        } catch {
+            guard case .workerDied(let how) = error else { Issue.record("unexpected \(error)"); return }
+            switch how.contains("SIGKILL") ? DieMidTask.How.sigkill : how.contains("exited with 3") ? .exit : .fatal {
+            case .sigkill: #expect(how.contains("killed by SIGKILL"))
+            case .exit: #expect(how.contains("exited with 3"))
+            case .fatal: #expect(how.contains("the task gave up"), "no crash message in: \(how)")
+            }
+        }
+        #expect(try others.map { try $0.get(timeout: 20) } == (0..<50).map { $0 * $0 })
+        #expect(pool.workerPids.count == 2)
+        #expect(try pool.apply(Square(x: 4)) == 16)
+    }
+
+    @Test("a result that cannot be encoded fails that task with a clear error")
+    func unencodableResult() throws {
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        do {
+            _ = try pool.apply(ReturnsUnencodable())
+            Issue.record("an unencodable result came back")
+        } catch {
+            guard case .result(let wire) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(wire.description.contains("Refused"))
+        }
+        #expect(try pool.apply(Square(x: 2)) == 4)
+    }
+
+    @Test("a library object as a task's argument is refused at submission (shared only when a worker starts)")
+    func objectArgumentRefused() throws {
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        let queue = try MP.Queue<Int>()
+        do {
+            try pool.apply(HoldsQueue(queue: queue))
+            Issue.record("a queue crossed as a task argument")
+        } catch {
+            guard case .task(.cannotCross(let why)) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(why.contains("can only cross"))
+        }
+    }
+
+    @Test("an initializer that throws fails the tasks with its error, without respawning forever")
+    func initializerFails() throws {
+        let pool = try MP.TaskPool(processes: 2, initializer: FailingInitializer())
+        defer { try? finish(pool) }
+        #expect(throws: MP.PoolError.initializerFailed(type: "Refused", description: "no database")) {
+            try pool.apply(Square(x: 1))
+        }
+        #expect(throws: MP.PoolError.initializerFailed(type: "Refused", description: "no database")) {
+            try pool.map((0..<10).map { Square(x: $0) })
+        }
+    }
+
+    @Test("bad arguments are refused with clear errors")
+    func badArguments() throws {
+        #expect(throws: MP.PoolError.invalidArgument("processes must be at least 1 (got 0)")) { try MP.TaskPool(processes: 0) }
+        #expect(throws: MP.PoolError.invalidArgument("maxTasksPerChild must be at least 1 (got 0)")) {
+            try MP.TaskPool(processes: 1, maxTasksPerChild: 0)
+        }
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        #expect(throws: MP.PoolError.invalidArgument("timeout must be positive (got -1.0)")) { try pool.apply(Square(x: 1), timeout: -1) }
+        #expect(throws: MP.PoolError.invalidArgument("chunksize must be at least 1 (got 0)")) { try pool.map([Square(x: 1)], chunksize: 0) }
+        #expect(throws: MP.PoolError.invalidArgument("join() needs close() or terminate() first (the pool is still running)")) { try pool.join() }
+        #expect(throws: MP.PoolError.invalidArgument("bufferSize must be at least 1 (got 0)")) {
+            try pool.imap([Square(x: 1)], bufferSize: 0).collect()
+        }
+        #expect(try pool.map([Square]()) == [])
+        pool.close()
+        #expect(throws: MP.PoolError.closed) { try pool.apply(Square(x: 1)) }
+        #expect(try pool.join(timeout: 20))
+    }
+
+    @Test("terminate fails what is unfinished and leaves no process behind", arguments: MP.StartMethod.allCases)
+    func terminateLeavesNothing(method: MP.StartMethod) throws {
+        let pool = try MP.TaskPool(processes: 2, startMethod: method)
+        let workers = pool.workerPids
+        let pending = (0..<4).map { _ in pool.applyAsync(Nap(seconds: 30)) }
+        pool.terminate()
+        #expect(try pool.join(timeout: 20))
+        for result in pending { #expect(throws: MP.PoolError.terminated) { try result.get(timeout: 5) } }
+        for pid in workers { #expect(kill(pid, 0) != 0, "worker \(pid) is still there") }
+        #expect(!hasAnyChild())
+    }
+
+    @Test("the scoped form and close-join leave no process behind")
+    func scopedAndClose() throws {
+        var workers: [Int32] = []
+        let value = try MP.TaskPool.with(processes: 2) { pool in
+            workers = pool.workerPids
+            return try pool.apply(Square(x: 5))
+        }
+        #expect(value == 25)
+        for pid in workers { #expect(kill(pid, 0) != 0) }
+        let pool = try MP.TaskPool(processes: 2)
+        let results = (0..<10).map { pool.applyAsync(Square(x: $0)) }
+        pool.close()
+        #expect(try pool.join(timeout: 20))
+        #expect(try results.map { try $0.get(timeout: 1) } == (0..<10).map { $0 * $0 })
+        #expect(!hasAnyChild())
+    }
+}
+
+@Suite("Task pool: lifetimes", .serialized)
+struct TaskPoolLifetimeTests {
+    @Test("the workers die with their owner: at its exit, and when it is SIGKILLed",
+          arguments: [MP.StartMethod.forkserver, .spawn], [false, true])
+    func workersDieWithOwner(method: MP.StartMethod, sigkilled: Bool) throws {
+        try asSubreaper {
+            let report = TestPipe()
+            let owner = MP.Process {
+                let pool = try MP.TaskPool(processes: 2, startMethod: method)
+                _ = try pool.apply(Square(x: 1))
+                for pid in pool.workerPids { report.write(pid) }
+                if sigkilled { try MP.kill(MP.getpid(), .kill) }
+                // Returning: the owner exits with the pool still running.
+            }
+            try owner.start()
+            let workers = [report.readInt32(), report.readInt32()].compactMap { $0 }
+            #expect(workers.count == 2)
+            try joinOrKill(owner)
+            #expect(owner.exitCode == (sigkilled ? -9 : 0))
+            // Orphaned workers come back to us (subreaper): each must be gone or die promptly.
+            for pid in workers where processState(pid) != nil {
+                _ = try waitOrKill(pid, within: 10)
+            }
+            for pid in workers { #expect(processState(pid) == nil) }
+            try reapAdoptedOrphans()
         }
     }
 }

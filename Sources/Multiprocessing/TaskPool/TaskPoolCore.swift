@@ -26,6 +26,9 @@ final class TaskPoolCore: @unchecked Sendable {
     private(set) var broken: MP.PoolError?
     private var queue = JobQueue()
     private(set) var workers: [PoolWorkerHandle] = []
+    /// Workers the pool killed (a timeout, a cancellation), until they are reaped;
+    /// their replacements are already in `workers`.
+    private var dyingWorkers: [PoolWorkerHandle] = []
     private var typeIndex: [String: UInt32] = [:]
     private var typeNames: [String] = []
     private var cachedArena: PoolArena?
@@ -246,7 +249,7 @@ final class TaskPoolCore: @unchecked Sendable {
         if !worker.knownTypes.contains(job.type) {
             let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.define.rawValue)
             writer.write(job.type)
-            writer.writeRaw(typeNames[Int(job.type)].utf8CString.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0.dropLast()) })
+            writer.bytes += Swift.Array(typeNames[Int(job.type)].utf8)
             WorkerFrames.finish(&writer, at: start)
             worker.knownTypes.insert(job.type)
         }
@@ -299,9 +302,15 @@ final class TaskPoolCore: @unchecked Sendable {
         for (job, outcome) in ready { job.complete(outcome) }
     }
 
+    /// Kills a worker and starts its replacement at once (while it dies).
     private func kill(_ worker: PoolWorkerHandle) {
+        guard !worker.dying else { return }
         worker.dying = true
         try? worker.process.kill()
+        guard let index = workers.firstIndex(where: { $0 === worker }) else { return }
+        workers.remove(at: index)
+        dyingWorkers.append(worker)
+        if state != .terminated, broken == nil, let replacement = try? startWorker() { workers.append(replacement) }
     }
 
     private func requestWake() {
@@ -326,20 +335,20 @@ final class TaskPoolCore: @unchecked Sendable {
                 return
             }
             schedule()
-            let everythingDone = queue.isEmpty && workers.allSatisfy { $0.inFlight.isEmpty }
+            let everythingDone = queue.isEmpty && dyingWorkers.isEmpty && workers.allSatisfy { $0.inFlight.isEmpty }
             if state == .closed || broken != nil, everythingDone {
                 for worker in workers where !worker.closedForWriting && !worker.hasOutbound {
                     worker.closedForWriting = true
                     Sys.shutdownWrite(worker.fd)
                 }
-                if state == .closed && workers.isEmpty {
+                if state == .closed && workers.isEmpty && dyingWorkers.isEmpty {
                     unlockAndComplete()
                     finished.set()
                     return
                 }
             }
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-            let watched = workers
+            let watched = workers + dyingWorkers
             for worker in watched {
                 let events = Int16(POLLIN) | (worker.hasOutbound ? Int16(POLLOUT) : 0)
                 fds.append(pollfd(fd: worker.fd, events: events, revents: 0))
@@ -457,7 +466,9 @@ final class TaskPoolCore: @unchecked Sendable {
         readReports(worker)
         worker.stderr.pump()
         try? worker.process.join()
+        let wasServing = workers.contains { $0 === worker }
         workers.removeAll { $0 === worker }
+        dyingWorkers.removeAll { $0 === worker }
         let running = worker.running
         if worker.ready || worker.dying {
             failedStarts = 0
@@ -494,7 +505,7 @@ final class TaskPoolCore: @unchecked Sendable {
         }
         worker.channel.close()
         try? worker.process.close()
-        guard state != .terminated, broken == nil else { return }
+        guard state != .terminated, broken == nil, wasServing else { return }
         if state == .running || !queue.isEmpty {
             do {
                 workers.append(try startWorker())
@@ -509,6 +520,8 @@ final class TaskPoolCore: @unchecked Sendable {
     }
 
     private func terminateWorkers() {
+        workers += dyingWorkers
+        dyingWorkers = []
         for worker in workers { try? worker.process.kill() }
         for worker in workers {
             try? worker.process.join()

@@ -69,6 +69,11 @@ extension MP {
             let jobs = lock.withLock { () -> [PoolJob] in
                 if failure == nil { failure = .cancelled }
                 exhausted = true
+                current = []
+                currentPosition = 0
+                currentError = nil
+                arrived = [:]
+                arrivalOrder = []
                 defer { inFlight = [:] }
                 return Swift.Array(inFlight.values)
             }
