@@ -86,9 +86,11 @@ struct DieMidTask: MP.NamedTask {
     }
 }
 
-/// A result whose encoding throws.
+/// A result whose encoding throws. It holds a string: a fixed-width
+/// (bitwise-copyable) result would cross as its bytes, without `Codable`.
 struct Unsendable: Codable, Sendable {
     struct Refused: Error {}
+    var note = "not for sending"
     init() {}
     init(from decoder: any Decoder) throws { throw Refused() }
     func encode(to encoder: any Encoder) throws { throw Refused() }
@@ -497,5 +499,68 @@ struct TaskPoolLifetimeTests {
             for pid in workers { #expect(processState(pid) == nil) }
             try reapAdoptedOrphans()
         }
+    }
+}
+
+/// A fixed-width task that throws at one value.
+struct CheckedSquare: MP.NamedTask {
+    struct Negative: Error, CustomStringConvertible {
+        var x: Int
+        var description: String { "negative: \(x)" }
+    }
+    var x: Int
+    func run() throws -> Int {
+        if x < 0 { throw Negative(x: x) }
+        return x * x
+    }
+}
+
+@Suite("Task pool: fixed-width maps", .serialized)
+struct TaskPoolFixedWidthTests {
+    @Test("fixed-width tasks and results travel through shared memory, in every form of map")
+    func fixedWidthForms() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        let expected = (0..<10_000).map { $0 * $0 }
+        #expect(try pool.map(0..<10_000) { Square(x: $0) } == expected)
+        #expect(try pool.map((0..<10_000).map { Square(x: $0) }, chunksize: 7) == expected)
+        #expect(try pool.mapAsync((0..<10_000).map { Square(x: $0) }).get(timeout: 20) == expected)
+        // A second, larger map gets a larger shared arena; the first is released.
+        #expect(try pool.map(0..<50_000) { Square(x: $0) } == (0..<50_000).map { $0 * $0 })
+        #expect(try pool.map(0..<3) { Square(x: $0) } == [0, 1, 4])
+    }
+
+    @Test("a failing fixed-width task fails the map with its error; the pool goes on")
+    func fixedWidthFailure() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        #expect(throws: MP.PoolError.taskFailed(type: "Negative", description: "negative: -5")) {
+            try pool.map(-5..<1000) { CheckedSquare(x: $0 == -5 ? -5 : abs($0)) }
+        }
+        #expect(try pool.map(0..<100) { CheckedSquare(x: $0) } == (0..<100).map { $0 * $0 })
+    }
+
+    @Test("an error while making a map's tasks fails the map, and the pool goes on")
+    func makingTasksFails() throws {
+        struct Stop: Error {}
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        #expect(throws: MP.PoolError.self) {
+            try pool.map(0..<1000, chunksize: 10) { x -> Square in
+                if x == 500 { throw Stop() }
+                return Square(x: x)
+            }
+        }
+        #expect(try pool.map(0..<1000) { Square(x: $0) } == (0..<1000).map { $0 * $0 })
+    }
+
+    @Test("cancelling a map stops its chunks")
+    func cancelMap() throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        let map = pool.mapAsync((0..<8).map { _ in Nap(seconds: 30) }, chunksize: 1)
+        map.cancel()
+        #expect(throws: MP.PoolError.cancelled) { try map.get(timeout: 5) }
+        #expect(try pool.apply(Square(x: 3), timeout: 20) == 9)
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _CMultiprocessingSync
 
 /// The jobs of one `map`, and how their results come together.
 ///
@@ -21,11 +22,69 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     private var arena: PoolArena?
     private var resultsOffset = 0
     private var count = 0
+    private var chunkCount = 0
+    /// A fixed-width map's results, written in place as chunks arrive.
+    private var destination: [T.Result] = []
+    private var destinationBytes: UnsafeMutableRawBufferPointer?
+    private var callerWaits = false
     private weak var core: TaskPoolCore?
 
     static var isFixedWidth: Bool { _isPOD(T.self) && _isPOD(T.Result.self) }
 
-    init(_ tasks: [T], type: UInt32, chunksize: Int, timeout: Double?, pool: MP.TaskPool,
+    /// A map of `count` fixed-width tasks that `fill` writes into shared memory.
+    /// `callerWaits`: the calling thread only waits for the result, so it
+    /// maps the result array's pages meanwhile (the copies into it then take
+    /// no page faults on the pool's thread).
+    ///
+    /// `fill(address, n)` writes the next `n` tasks at `address`. Each chunk
+    /// is submitted as soon as it is written, so the workers start while
+    /// the rest is being written.
+    init(fixedWidth count: Int, fill: (UnsafeMutableRawPointer, Int) throws -> Void, type: UInt32, chunksize: Int, timeout: Double?,
+         pool: MP.TaskPool, into result: MP.AsyncResult<[T.Result]>, callerWaits: Bool) throws(MP.PoolError) {
+        precondition(Self.isFixedWidth)
+        self.result = result
+        self.core = pool.core
+        self.count = count
+        guard count > 0 else {
+            result.resolve(.success([]))
+            return
+        }
+        let ranges = Self.ranges(count, chunksize)
+        remaining = ranges.count
+        chunkCount = ranges.count
+        let taskBytes = count * MemoryLayout<T>.stride
+        resultsOffset = (taskBytes + 63) / 64 * 64
+        let arena = try pool.core.acquireArena(bytes: resultsOffset + count * MemoryLayout<T.Result>.stride)
+        self.arena = arena
+        destination = [T.Result](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
+        destinationBytes = destination.withUnsafeMutableBytes { $0 }
+        self.callerWaits = callerWaits
+        for (index, range) in ranges.enumerated() {
+            do {
+                try fill(arena.block.base + range.lowerBound * MemoryLayout<T>.stride, range.count)
+            } catch {
+                // Chunks already submitted run; the map fails with the error.
+                let failure = MP.PoolError.invalidArgument("making the map's tasks failed: \(Swift.type(of: error)): \(error)")
+                let unsubmitted = ranges.count - index
+                let allSettled = lock.withLock { () -> Bool in
+                    failed = true
+                    settled += unsubmitted
+                    return settled == chunkCount
+                }
+                if allSettled { pool.core.releaseArena(arena) }
+                throw failure
+            }
+            let body = PoolJob.Body.fixed(arena: arena, tasks: range.lowerBound * MemoryLayout<T>.stride,
+                                          results: resultsOffset + range.lowerBound * MemoryLayout<T.Result>.stride,
+                                          count: range.count)
+            let job = PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrived(range, outcome) }
+            jobs.append(job)
+            pool.core.submit([job])
+        }
+    }
+
+    /// A map of encoded tasks.
+    init(encoding tasks: [T], type: UInt32, chunksize: Int, timeout: Double?, pool: MP.TaskPool,
          into result: MP.AsyncResult<[T.Result]>) throws(MP.PoolError) {
         self.result = result
         self.core = pool.core
@@ -34,83 +93,93 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
             result.resolve(.success([]))
             return
         }
-        let ranges = stride(from: 0, to: tasks.count, by: chunksize).map { $0..<min($0 + chunksize, tasks.count) }
+        let ranges = Self.ranges(count, chunksize)
         chunks = [[T.Result]?](repeating: nil, count: ranges.count)
         remaining = ranges.count
-        if Self.isFixedWidth {
-            let taskBytes = tasks.count * MemoryLayout<T>.stride
-            resultsOffset = (taskBytes + 63) / 64 * 64
-            let arena = try pool.core.acquireArena(bytes: resultsOffset + tasks.count * MemoryLayout<T.Result>.stride)
-            self.arena = arena
-            tasks.withUnsafeBytes { raw in arena.block.base.copyMemory(from: raw.baseAddress!, byteCount: taskBytes) }
-            for (index, range) in ranges.enumerated() {
-                let body = PoolJob.Body.fixed(arena: arena, tasks: range.lowerBound * MemoryLayout<T>.stride,
-                                              results: resultsOffset + range.lowerBound * MemoryLayout<T.Result>.stride,
-                                              count: range.count)
-                jobs.append(PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrived(index, range, outcome) })
+        chunkCount = ranges.count
+        for (index, range) in ranges.enumerated() {
+            var items = ByteWriter()
+            for task in tasks[range] {
+                let encoded = try MP.TaskPool.encode(task)
+                items.writeLength(encoded.count)
+                items.writeRaw(encoded.withUnsafeBytes { $0 })
             }
-        } else {
-            for (index, range) in ranges.enumerated() {
-                var items = ByteWriter()
-                for task in tasks[range] {
-                    let encoded = try MP.TaskPool.encode(task)
-                    items.writeLength(encoded.count)
-                    items.writeRaw(encoded.withUnsafeBytes { $0 })
-                }
-                let body = PoolJob.Body.chunk(count: range.count, items.bytes)
-                jobs.append(PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrived(index, range, outcome) })
-            }
+            let body = PoolJob.Body.chunk(count: range.count, items.bytes)
+            jobs.append(PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrivedEncoded(index, outcome) })
         }
     }
 
-    private func arrived(_ index: Int, _ range: Range<Int>, _ outcome: PoolJob.Outcome) {
+    private static func ranges(_ count: Int, _ chunksize: Int) -> [Range<Int>] {
+        stride(from: 0, to: count, by: chunksize).map { $0..<min($0 + chunksize, count) }
+    }
+
+    /// Submitted: a waiting caller maps the result array's pages meanwhile.
+    func submitted() {
+        if callerWaits, let destinationBytes, destinationBytes.count > 0 {
+            cmp_populate_writable(destinationBytes.baseAddress, destinationBytes.count)
+        }
+    }
+
+    /// A fixed-width chunk: its results are copied out of shared memory as it arrives.
+    private func arrived(_ range: Range<Int>, _ outcome: PoolJob.Outcome) {
         var failure: MP.PoolError?
-        var complete = false
+        var values: [T.Result]?
         var releaseArena: PoolArena?
+        if case .done = outcome, let arena, let destinationBytes {
+            let stride = MemoryLayout<T.Result>.stride
+            (destinationBytes.baseAddress! + range.lowerBound * stride)
+                .copyMemory(from: arena.block.base + resultsOffset + range.lowerBound * stride, byteCount: range.count * stride)
+        }
         lock.withLock {
             settled += 1
-            if settled == chunks.count { releaseArena = arena }
+            if settled == chunkCount { releaseArena = arena }
+            guard !failed else { return }
+            switch outcome {
+            case .failed(_, let error, _):
+                failed = true
+                failure = error
+            case .done:
+                remaining -= 1
+                if remaining == 0 {
+                    values = destination
+                    destination = []
+                    destinationBytes = nil
+                }
+            }
+        }
+        if let failure { result.resolve(.failure(failure)) }
+        if let values { result.resolve(.success(values)) }
+        // The arena is reused only once every chunk has settled: a failed
+        // map's other chunks may still be writing into it.
+        if let releaseArena { core?.releaseArena(releaseArena) }
+    }
+
+    private func arrivedEncoded(_ index: Int, _ outcome: PoolJob.Outcome) {
+        var failure: MP.PoolError?
+        var values: [T.Result]?
+        lock.withLock {
             guard !failed else { return }
             switch outcome {
             case .failed(_, let error, _):
                 failed = true
                 failure = error
             case .done(let payload):
-                if arena == nil {
-                    switch Self.decodeChunk(payload) {
-                    case .success(let values): chunks[index] = values
-                    case .failure(let error): failed = true; failure = error; return
-                    }
+                switch Self.decodeChunk(payload) {
+                case .success(let decoded): chunks[index] = decoded
+                case .failure(let error): failed = true; failure = error; return
                 }
                 remaining -= 1
-                complete = remaining == 0
+                if remaining == 0 {
+                    var all: [T.Result] = []
+                    all.reserveCapacity(count)
+                    for chunk in chunks { all += chunk! }
+                    chunks = []
+                    values = all
+                }
             }
         }
         if let failure { result.resolve(.failure(failure)) }
-        if complete {
-            if let arena {
-                let values = [T.Result](unsafeUninitializedCapacity: count) { buffer, initialized in
-                    if count > 0 {
-                        UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: arena.block.base + resultsOffset,
-                                                                                 byteCount: count * MemoryLayout<T.Result>.stride)
-                    }
-                    initialized = count
-                }
-                result.resolve(.success(values))
-            } else {
-                let values = lock.withLock { () -> [T.Result] in
-                    var values: [T.Result] = []
-                    values.reserveCapacity(count)
-                    for chunk in chunks { values += chunk! }
-                    chunks = []
-                    return values
-                }
-                result.resolve(.success(values))
-            }
-        }
-        // The arena is reused only once every chunk has settled: a failed
-        // map's other chunks may still be writing into it.
-        if let releaseArena { core?.releaseArena(releaseArena) }
+        if let values { result.resolve(.success(values)) }
     }
 
     /// A chunk's results (or those before its failed item): each `[u32 length][result]`.

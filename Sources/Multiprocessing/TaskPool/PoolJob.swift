@@ -6,6 +6,8 @@ final class PoolJob: @unchecked Sendable {
     enum Body {
         /// One task's encoded arguments.
         case task([UInt8])
+        /// One fixed-width task's bytes (its result comes back as bytes too).
+        case rawTask([UInt8])
         /// `count` tasks, each `[u32 length][arguments]`.
         case chunk(count: Int, [UInt8])
         /// `count` tasks stored bitwise in `arena` at `tasks`; results go to `results`.

@@ -88,6 +88,7 @@ struct PoolWorkerRuntime {
     enum Order {
         case define(Int, String)
         case task(seq: UInt64, type: Int, arguments: [UInt8])
+        case rawTask(seq: UInt64, type: Int, bytes: [UInt8])
         case chunk(seq: UInt64, type: Int, count: Int, items: [UInt8])
         case block(id: UInt64, size: Int)
         case fixedChunk(seq: UInt64, type: Int, block: UInt64, tasks: Int, results: Int, count: Int)
@@ -187,6 +188,10 @@ struct PoolWorkerRuntime {
             let seq = try reader.read(UInt64.self)
             let type = Int(try reader.read(UInt32.self))
             return .task(seq: seq, type: type, arguments: [UInt8](try reader.readRaw(reader.remaining)))
+        case .rawTask:
+            let seq = try reader.read(UInt64.self)
+            let type = Int(try reader.read(UInt32.self))
+            return .rawTask(seq: seq, type: type, bytes: [UInt8](try reader.readRaw(reader.remaining)))
         case .chunk:
             let seq = try reader.read(UInt64.self)
             let type = Int(try reader.read(UInt32.self))
@@ -224,6 +229,13 @@ struct PoolWorkerRuntime {
             guard begin(seq) else { return }
             let start = Deadline.now
             let outcome = await runOne(type, arguments)
+            store(WorkerControl.running, WorkerControl.idle)
+            report(seq, start, outcome)
+        case .rawTask(let seq, let type, let bytes):
+            handled += 1
+            guard begin(seq) else { return }
+            let start = Deadline.now
+            let outcome = await runRaw(type, bytes)
             store(WorkerControl.running, WorkerControl.idle)
             report(seq, start, outcome)
         case .chunk(let seq, let type, let count, let items):
@@ -327,6 +339,36 @@ struct PoolWorkerRuntime {
             }
         }
         return .done(results.bytes)
+    }
+
+    /// A fixed-width task: its bytes in, its result's bytes out, through the
+    /// task type's specialized loop (no `Codable` on either side).
+    private func runRaw(_ type: Int, _ bytes: [UInt8]) async -> Outcome {
+        switch resolve(type) {
+        case .failure(let error): return .failed(index: 0, why: .task, type: "TaskError", description: error.description, before: [])
+        case .success(let type): return await Self.runRaw(type, bytes)
+        }
+    }
+
+    private static func runRaw<T: MP.NamedTask>(_ type: T.Type, _ bytes: [UInt8]) async -> Outcome {
+        guard bytes.count == MemoryLayout<T>.size else {
+            return .failed(index: 0, why: .task, type: "TaskError",
+                           description: "\(bytes.count) bytes for a task of \(MemoryLayout<T>.size)", before: [])
+        }
+        let task = UnsafeMutableRawPointer.allocate(byteCount: max(1, MemoryLayout<T>.stride), alignment: 16)
+        let result = UnsafeMutableRawPointer.allocate(byteCount: max(1, MemoryLayout<T.Result>.stride), alignment: 16)
+        defer {
+            task.deallocate()
+            result.deallocate()
+        }
+        bytes.withUnsafeBytes { if let base = $0.baseAddress { task.copyMemory(from: base, byteCount: $0.count) } }
+        var completed = 0
+        do {
+            try await T._runFixedWidth(task, result, 1, &completed)
+        } catch {
+            return .failed(index: 0, why: .threw, type: "\(Swift.type(of: error))", description: "\(error)", before: [])
+        }
+        return .done([UInt8](UnsafeRawBufferPointer(start: result, count: MemoryLayout<T.Result>.size)))
     }
 
     private func runFixed(_ type: Int, _ block: UInt64, _ tasks: Int, _ results: Int, _ count: Int) async -> Outcome {

@@ -160,6 +160,22 @@ extension MP {
             }
         }
 
+        /// The bytes of a fixed-width value.
+        static func bytes<T>(of value: T) -> [UInt8] {
+            withUnsafeBytes(of: value) { [UInt8]($0) }
+        }
+
+        /// A fixed-width value from its bytes.
+        static func value<R>(_ type: R.Type, from bytes: [UInt8]) -> Result<R, PoolError> {
+            guard bytes.count == MemoryLayout<R>.size else {
+                return .failure(.result(.malformed(type: "\(R.self)", reason: "\(bytes.count) bytes for a value of \(MemoryLayout<R>.size)")))
+            }
+            let storage = UnsafeMutablePointer<R>.allocate(capacity: 1)
+            defer { storage.deallocate() }
+            bytes.withUnsafeBytes { if let base = $0.baseAddress { UnsafeMutableRawPointer(storage).copyMemory(from: base, byteCount: $0.count) } }
+            return .success(storage.move())
+        }
+
         private static func validate(_ timeout: Double?) throws(PoolError) {
             if let timeout, !(timeout > 0) { throw .invalidArgument("timeout must be positive (got \(timeout))") }
         }
@@ -181,8 +197,14 @@ extension MP {
             do throws(PoolError) {
                 try Self.validate(timeout)
                 let type = try typeNumber(T.self)
-                let job = PoolJob(type: type, body: .task(try Self.encode(task)), timeout: timeout) { outcome in
+                // A fixed-width task and result travel as their bytes (both
+                // ends are this build): no `Codable` on either side.
+                let raw = _isPOD(T.self) && _isPOD(T.Result.self)
+                let body: PoolJob.Body = raw ? .rawTask(Self.bytes(of: task)) : .task(try Self.encode(task))
+                let job = PoolJob(type: type, body: body, timeout: timeout) { outcome in
                     switch outcome {
+                    case .done(let bytes) where raw:
+                        result.resolve(Self.value(T.Result.self, from: bytes))
                     case .done(let bytes):
                         result.resolve(Result { () throws(WireError) -> T.Result in try T._decodeResult(bytes) }.mapError { .result($0) })
                     case .failed(_, let error, _):
@@ -228,9 +250,21 @@ extension MP {
                 let type = try typeNumber(S.Element.self)
                 let all = tasks as? [S.Element] ?? Swift.Array(tasks)
                 let size = chunksize ?? defaultChunksize(all.count)
-                let map = try MapSubmission(all, type: type, chunksize: size, timeout: timeout, pool: self, into: result)
+                let map: MapSubmission<S.Element>
+                if MapSubmission<S.Element>.isFixedWidth {
+                    var offset = 0
+                    map = try MapSubmission(fixedWidth: all.count, fill: { address, count in
+                        all.withUnsafeBytes { raw in
+                            address.copyMemory(from: raw.baseAddress! + offset * MemoryLayout<S.Element>.stride,
+                                               byteCount: count * MemoryLayout<S.Element>.stride)
+                        }
+                        offset += count
+                    }, type: type, chunksize: size, timeout: timeout, pool: self, into: result, callerWaits: false)
+                } else {
+                    map = try MapSubmission(encoding: all, type: type, chunksize: size, timeout: timeout, pool: self, into: result)
+                    core.submit(map.jobs)
+                }
                 result.setCanceller { [core] in for job in map.jobs { core.cancel(job) } }
-                core.submit(map.jobs)
             } catch {
                 result.resolve(.failure(error))
             }
@@ -252,18 +286,75 @@ extension MP {
 
         /// Python's `map(f, iterable)` spelled with the task's initializer:
         /// `pool.map(0..<100) { Square(x: $0) }`.
+        ///
+        /// Inlinable: fixed-width tasks are made straight into the shared
+        /// memory the workers read, by a loop specialized in the caller.
+        @inlinable
+        public func map<C: Collection, T: NamedTask>(_ items: C, chunksize: Int? = nil, timeout: Double? = nil,
+                                                     _ task: (C.Element) throws -> T) throws(PoolError) -> [T.Result] {
+            guard _isPOD(T.self) && _isPOD(T.Result.self) else {
+                return try map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
+            }
+            var next = items.startIndex
+            return try mapFixedWidth(count: items.count, chunksize: chunksize, timeout: timeout, callerWaits: true, T.self) { base, count in
+                let tasks = base.bindMemory(to: T.self, capacity: count)
+                for index in 0..<count {
+                    (tasks + index).initialize(to: try task(items[next]))
+                    items.formIndex(after: &next)
+                }
+            }.get()
+        }
+
+        /// `try await pool.map(0..<100) { Square(x: $0) }`.
+        @inlinable
+        nonisolated(nonsending)
+        public func map<C: Collection, T: NamedTask>(_ items: C, chunksize: Int? = nil, timeout: Double? = nil,
+                                                     _ task: (C.Element) throws -> T) async throws(PoolError) -> [T.Result] {
+            guard _isPOD(T.self) && _isPOD(T.Result.self) else {
+                return try await map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
+            }
+            var next = items.startIndex
+            return try await mapFixedWidth(count: items.count, chunksize: chunksize, timeout: timeout, callerWaits: false, T.self) { base, count in
+                let tasks = base.bindMemory(to: T.self, capacity: count)
+                for index in 0..<count {
+                    (tasks + index).initialize(to: try task(items[next]))
+                    items.formIndex(after: &next)
+                }
+            }.value
+        }
+
+        /// `map` for a sequence that is not a collection.
         @inlinable
         public func map<S: Sequence, T: NamedTask>(_ items: S, chunksize: Int? = nil, timeout: Double? = nil,
                                                    _ task: (S.Element) throws -> T) throws(PoolError) -> [T.Result] {
             try map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
         }
 
-        /// `try await pool.map(0..<100) { Square(x: $0) }`.
+        /// `try await pool.map(sequence) { ... }` for a sequence that is not a collection.
         @inlinable
         nonisolated(nonsending)
         public func map<S: Sequence, T: NamedTask>(_ items: S, chunksize: Int? = nil, timeout: Double? = nil,
                                                    _ task: (S.Element) throws -> T) async throws(PoolError) -> [T.Result] {
             try await map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
+        }
+
+        /// A map of `count` fixed-width tasks that `fill` writes into shared memory.
+        @usableFromInline
+        func mapFixedWidth<T: NamedTask>(count: Int, chunksize: Int?, timeout: Double?, callerWaits: Bool, _ taskType: T.Type,
+                                         fill: (UnsafeMutableRawPointer, Int) throws -> Void) -> AsyncResult<[T.Result]> {
+            let result = AsyncResult<[T.Result]>(callback: nil, errorCallback: nil)
+            do throws(PoolError) {
+                try Self.validate(timeout)
+                if let chunksize, chunksize < 1 { throw PoolError.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+                let type = try typeNumber(T.self)
+                let map = try MapSubmission<T>(fixedWidth: count, fill: fill, type: type, chunksize: chunksize ?? defaultChunksize(count),
+                                               timeout: timeout, pool: self, into: result, callerWaits: callerWaits)
+                result.setCanceller { [core] in for job in map.jobs { core.cancel(job) } }
+                map.submitted()
+            } catch {
+                result.resolve(.failure(error))
+            }
+            return result
         }
 
         /// Python's `starmap(f, [(a, b), ...])`: each tuple's elements are the

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 import _CMultiprocessingSync
 
 /// The state of a ``MP/TaskPool`` and its thread. The thread holds this
@@ -40,6 +41,16 @@ final class TaskPoolCore: @unchecked Sendable {
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private var wakeSignalled = false
+    /// Workers holding no order: kept by whoever holds `lock`, read without
+    /// it as a hint of whether a submission should send at once.
+    private let idleWorkers = Atomic<Int>(0)
+    /// Submissions while every worker is busy: a short lock of their own,
+    /// so submitting threads do not wait on the pool's thread, which takes
+    /// them in batches.
+    private let inboxLock = ForkSafeLock()
+    private var inbox: [PoolJob] = []
+    private var inboxRefusal: MP.PoolError?
+    private var inboxWakeSignalled = false
 
     init(processes: Int, method: MP.StartMethod, initializer: AnyNamedTask?, maxTasksPerChild: Int?) throws(MP.OSError) {
         self.processes = processes
@@ -56,9 +67,17 @@ final class TaskPoolCore: @unchecked Sendable {
 
     /// Starts the workers and the thread.
     func start() throws(MP.PoolError) {
-        try lock.withLock { () throws(MP.PoolError) in
+        lock.lock()
+        do {
             for _ in 0..<processes { workers.append(try startWorker()) }
+        } catch {
+            let started = workers
+            workers = []
+            unlockAndComplete()
+            for worker in started { try? worker.process.kill(); try? worker.process.join() }
+            throw error
         }
+        unlockAndComplete()
         if case .failure(let error) = startThread({ [self] in serve() }) {
             terminate()
             throw .system(error)
@@ -131,6 +150,32 @@ final class TaskPoolCore: @unchecked Sendable {
     /// Queues `jobs` and sends what the workers have room for. A closed,
     /// terminated or broken pool fails them.
     func submit(_ jobs: [PoolJob]) {
+        if idleWorkers.load(ordering: .relaxed) > 0 {
+            submitNow(jobs)
+            return
+        }
+        var needsWake = false
+        let refusal = inboxLock.withLock { () -> MP.PoolError? in
+            if let inboxRefusal { return inboxRefusal }
+            inbox += jobs
+            if !inboxWakeSignalled {
+                inboxWakeSignalled = true
+                needsWake = true
+            }
+            return nil
+        }
+        if let refusal {
+            for job in jobs {
+                job.finished = true
+                job.complete(.failed(index: 0, refusal, before: []))
+            }
+        }
+        if needsWake { Sys.poke(wakeWrite) }
+    }
+
+    /// An idle worker gets the order now, from this thread: a lone `apply`
+    /// costs the worker's round trip and one wake-up of the pool's thread.
+    private func submitNow(_ jobs: [PoolJob]) {
         lock.lock()
         let refusal: MP.PoolError? = switch state {
         case .running: broken
@@ -142,9 +187,23 @@ final class TaskPoolCore: @unchecked Sendable {
         } else {
             for job in jobs { queue.append(job) }
             schedule()
-            if workers.contains(where: { $0.hasOutbound || $0.deadline != nil }) || !queue.isEmpty { requestWake() }
+            if !queue.isEmpty || workers.contains(where: { $0.hasOutbound || $0.deadline != nil }) { requestWake() }
         }
         unlockAndComplete()
+    }
+
+    /// Moves the inbox into the queue (lock held).
+    private func takeInbox() {
+        let jobs = inboxLock.withLock { () -> [PoolJob] in
+            inboxWakeSignalled = false
+            defer { inbox = [] }
+            return inbox
+        }
+        for job in jobs { queue.append(job) }
+    }
+
+    private func refuseSubmissions(_ error: MP.PoolError) {
+        inboxLock.withLock { if inboxRefusal == nil || error == .terminated { inboxRefusal = error } }
     }
 
     /// Cancels a job: a queued one never runs; a held one is skipped by its
@@ -162,11 +221,13 @@ final class TaskPoolCore: @unchecked Sendable {
     }
 
     func close() {
+        refuseSubmissions(.closed)
         lock.withLock { if state == .running { state = .closed } }
         wake()
     }
 
     func terminate() {
+        refuseSubmissions(.terminated)
         lock.withLock { state = .terminated }
         wake()
     }
@@ -218,13 +279,13 @@ final class TaskPoolCore: @unchecked Sendable {
     private func schedule() {
         while let job = queue.first {
             if job.finished { _ = queue.removeFirst(); continue }
-            let candidates = workers.filter { worker in
-                !worker.dying && !worker.closedForWriting
-                    && worker.sent < (maxTasksPerChild ?? .max)
-                    && worker.inFlight.count < (job.timeout == nil ? worker.window : 1)
-                    && (job.timeout == nil || worker.inFlight.isEmpty)
+            var chosen: PoolWorkerHandle?
+            for worker in workers where !worker.dying && !worker.closedForWriting
+                && worker.sent < (maxTasksPerChild ?? .max)
+                && (job.timeout == nil ? worker.inFlight.count < worker.window : worker.inFlight.isEmpty) {
+                if chosen == nil || worker.inFlight.count < chosen!.inFlight.count { chosen = worker }
             }
-            guard let worker = candidates.min(by: { $0.inFlight.count < $1.inFlight.count }) else { break }
+            guard let worker = chosen else { break }
             guard send(job, to: worker) else { break }
             _ = queue.removeFirst()
         }
@@ -262,6 +323,12 @@ final class TaskPoolCore: @unchecked Sendable {
             writer.write(job.type)
             writer.writeRaw(arguments.withUnsafeBytes { $0 })
             WorkerFrames.finish(&writer, at: start)
+        case .rawTask(let bytes):
+            let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.rawTask.rawValue)
+            writer.write(seq)
+            writer.write(job.type)
+            writer.writeRaw(bytes.withUnsafeBytes { $0 })
+            WorkerFrames.finish(&writer, at: start)
         case .chunk(let count, let items):
             let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.chunk.rawValue)
             writer.write(seq)
@@ -298,6 +365,7 @@ final class TaskPoolCore: @unchecked Sendable {
     private func unlockAndComplete() {
         let ready = completions
         completions = []
+        idleWorkers.store(workers.reduce(0) { $0 + ($1.inFlight.isEmpty && !$1.dying ? 1 : 0) }, ordering: .relaxed)
         lock.unlock()
         for (job, outcome) in ready { job.complete(outcome) }
     }
@@ -328,14 +396,19 @@ final class TaskPoolCore: @unchecked Sendable {
         while true {
             lock.lock()
             wakeSignalled = false
+            takeInbox()
             if state == .terminated {
+                takeInbox() // submissions are refused by now: nothing arrives after this
                 terminateWorkers()
                 unlockAndComplete()
                 finished.set()
                 return
             }
             schedule()
+            // Submissions are refused before the state changes: an empty
+            // inbox now stays empty.
             let everythingDone = queue.isEmpty && dyingWorkers.isEmpty && workers.allSatisfy { $0.inFlight.isEmpty }
+                && inboxLock.withLock { inbox.isEmpty }
             if state == .closed || broken != nil, everythingDone {
                 for worker in workers where !worker.closedForWriting && !worker.hasOutbound {
                     worker.closedForWriting = true
@@ -455,6 +528,8 @@ final class TaskPoolCore: @unchecked Sendable {
     private func breakPool(_ error: MP.PoolError) {
         guard broken == nil else { return }
         broken = error
+        refuseSubmissions(error)
+        takeInbox()
         for job in queue.removeAll() { finish(job, .failed(index: 0, error, before: [])) }
     }
 

@@ -26,6 +26,8 @@ enum WorkerFrames {
         case release = 6
         /// `[u64 size]`, with the control block and the stderr pipe attached: the first order.
         case hello = 7
+        /// `[u64 seq][u32 type][the task's bytes]`: one fixed-width task, its result sent back as its bytes.
+        case rawTask = 8
     }
 
     enum ReportKind: UInt8 {
