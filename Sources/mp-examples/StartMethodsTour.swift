@@ -60,3 +60,24 @@ func producerConsumerForkserver() throws {
     try producer.join()
     try consumer.join()
 }
+
+// MARK: 003 Pool(4) with apply_async of 10 tasks, as named tasks under forkserver
+//
+// The persistent-worker pool (`MP.TaskPool`): four workers start once, by the
+// forkserver, and each runs several of the ten tasks, as CPython's pool does.
+
+struct Test: MP.NamedTask {                                             // def test(num): ...
+    var num: Int
+    func run() -> Int { test(num) }
+}
+
+func poolApplyAsyncNamed() throws {
+    let pool = try MP.getContext(.forkserver).TaskPool(processes: 4)   // pool = get_context('forkserver').Pool(4)
+    var results: [MP.AsyncResult<Int>] = []
+    for i in 0..<10 {
+        results.append(pool.applyAsync(Test(num: i)))                   // pool.apply_async(test, (i, ))
+    }
+    pool.close()                                                        // pool.close()
+    try pool.join()                                                     // pool.join()
+    print("results:", try results.map { try $0.get() })
+}

@@ -185,10 +185,14 @@ extension MP {
         /// Python's run on its result thread: they must return quickly and
         /// must not wait on this pool.
         ///
-        /// - Parameter timeout: seconds the task may run; a task that runs
-        ///   longer fails with ``MP/PoolError/taskTimeout(seconds:)`` and its
-        ///   worker is killed and replaced. The clock starts when a worker
-        ///   starts the task, not while it waits in the queue.
+        /// - Parameters:
+        ///   - task: the named task; its stored properties are the arguments.
+        ///   - timeout: seconds the task may run; a task that runs longer
+        ///     fails with ``MP/PoolError/taskTimeout(seconds:)`` and its worker
+        ///     is killed and replaced. The clock starts when a worker starts
+        ///     the task, not while it waits in the queue.
+        ///   - callback: called with the result (Python's `callback`).
+        ///   - errorCallback: called with the error (Python's `error_callback`).
         @discardableResult
         public func applyAsync<T: NamedTask>(_ task: T, timeout: Double? = nil,
                                              callback: (@Sendable (T.Result) -> Void)? = nil,
@@ -236,9 +240,12 @@ extension MP {
         /// in order, as one future. The first failed chunk fails it.
         ///
         /// - Parameters:
+        ///   - tasks: the tasks, one per item (Python's iterable of arguments).
         ///   - chunksize: tasks per message to a worker (default as Python's:
         ///     the count over four times the workers, rounded up).
         ///   - timeout: seconds each chunk may run (with `chunksize: 1`, each task).
+        ///   - callback: called with the results (Python's `callback`).
+        ///   - errorCallback: called with the error (Python's `error_callback`).
         public func mapAsync<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil,
                                           callback: (@Sendable ([S.Element.Result]) -> Void)? = nil,
                                           errorCallback: (@Sendable (PoolError) -> Void)? = nil)
@@ -421,6 +428,8 @@ extension MP {
         /// become available; read from `tasks` lazily.
         ///
         /// - Parameters:
+        ///   - tasks: the tasks, read as results are consumed (may be endless).
+        ///   - chunksize: tasks per message to a worker (default 1, as Python's).
         ///   - bufferSize: chunks submitted and not yet consumed, at most
         ///     (CPython 3.14's `buffersize`); the input is read only as results
         ///     are consumed, so `tasks` may be endless. Default: 32 per worker.
