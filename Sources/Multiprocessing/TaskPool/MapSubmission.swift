@@ -7,7 +7,7 @@ import _CMultiprocessingSync
 ///
 /// Fixed-width tasks and results (`_isPOD`: bitwise-copyable, no references)
 /// are copied into a shared arena in one `memcpy`; each worker runs its
-/// chunk in place (``MP/NamedTask/_runFixedWidth(_:_:_:_:)``, specialized
+/// chunk in place (`NamedTask._runFixedWidth`, specialized
 /// per task type) and writes the results next to them, which come back in
 /// one `memcpy`. Both ends are the same build, so the layout is the same.
 /// Other maps send each chunk's tasks encoded, and decode its results.
