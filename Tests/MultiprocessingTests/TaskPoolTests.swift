@@ -564,3 +564,67 @@ struct TaskPoolFixedWidthTests {
         #expect(try pool.apply(Square(x: 3), timeout: 20) == 9)
     }
 }
+
+@Suite("Task pool: no leaks", .serialized)
+struct TaskPoolLeakTests {
+    @Test("finished tasks, maps and imaps leave no job behind; a closed pool leaves no descriptor")
+    func nothingLeaks() throws {
+        let descriptorsBefore = openDescriptorCount()
+        do {
+            let pool = try MP.TaskPool(processes: 2)
+            let baseline = PoolJob.alive.load(ordering: .relaxed)
+            for _ in 0..<3 {
+                _ = try (0..<50).map { pool.applyAsync(Square(x: $0)) }.map { try $0.get(timeout: 20) }
+                _ = try pool.map(0..<1000) { Square(x: $0) }
+                _ = try pool.map(["a", "b"]) { Shout(text: $0) }
+                _ = try pool.imap((0..<20).map { Square(x: $0) }).collect()
+                _ = try? pool.apply(Boom(value: 13))
+                let cancelled = pool.applyAsync(Nap(seconds: 30))
+                cancelled.cancel()
+            }
+            // An imap dropped half-read cancels what it had in flight.
+            do {
+                let results = pool.imap((0..<100).map { Square(x: $0) }, bufferSize: 4)
+                _ = try results.next()
+            }
+            pool.close()
+            #expect(try pool.join(timeout: 20))
+            #expect(PoolJob.alive.load(ordering: .relaxed) == baseline)
+        }
+        #expect(openDescriptorCount() == descriptorsBefore)
+    }
+}
+
+@Suite("Task pool: async iteration", .serialized)
+struct TaskPoolAsyncIterationTests {
+    @Test("for try await over imap and imapUnordered delivers every result exactly once")
+    func asyncIterationDeliversAll() async throws {
+        let pool = try MP.TaskPool(processes: 2)
+        defer { try? finish(pool) }
+        for round in 0..<20 {
+            var ordered: [Int] = []
+            for try await value in pool.imap((0..<50).map { Square(x: $0) }, bufferSize: 1 + round % 5) { ordered.append(value) }
+            #expect(ordered == (0..<50).map { $0 * $0 })
+            var unordered: [Int] = []
+            for try await value in pool.imapUnordered((0..<50).map { Square(x: $0) }, chunksize: 3) { unordered.append(value) }
+            #expect(unordered.sorted() == (0..<50).map { $0 * $0 })
+        }
+    }
+
+    @Test("cancelling the task that iterates an imap cancels it")
+    func cancelIteration() async throws {
+        let pool = try MP.TaskPool(processes: 1)
+        defer { try? finish(pool) }
+        let started = StartSignal()
+        let path = started.path
+        let iterating = Task {
+            var count = 0
+            for try await _ in pool.imap([MarkThenNap(fifo: path, seconds: 30)]) { count += 1 }
+            return count
+        }
+        #expect(started.wait())
+        iterating.cancel()
+        await #expect(throws: MP.PoolError.cancelled) { try await iterating.value }
+        #expect(try await pool.apply(Square(x: 2)) == 4)
+    }
+}

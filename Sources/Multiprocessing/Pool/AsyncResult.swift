@@ -132,6 +132,7 @@ extension MP {
             }
             lock.lock()
             outcome = consume result
+            canceller = nil // it holds the pool's job, which holds this result
             lock.broadcast()
             let waiting = continuations
             continuations = []

@@ -13,6 +13,9 @@ import _CMultiprocessingSync
 /// Other maps send each chunk's tasks encoded, and decode its results.
 final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     private(set) var jobs: [PoolJob] = []
+
+    /// The jobs not yet settled together (empty once all have): what a cancel stops.
+    var pendingJobs: [PoolJob] { lock.withLock { jobs } }
     private let lock = ForkSafeLock()
     private var chunks: [[T.Result]?] = []
     private var remaining = 0
@@ -69,6 +72,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                 let allSettled = lock.withLock { () -> Bool in
                     failed = true
                     settled += unsubmitted
+                    if settled == chunkCount { jobs = [] }
                     return settled == chunkCount
                 }
                 if allSettled { pool.core.releaseArena(arena) }
@@ -78,7 +82,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                                           results: resultsOffset + range.lowerBound * MemoryLayout<T.Result>.stride,
                                           count: range.count)
             let job = PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrived(range, outcome) }
-            jobs.append(job)
+            lock.withLock { jobs.append(job) }
             pool.core.submit([job])
         }
     }
@@ -132,7 +136,10 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
         }
         lock.withLock {
             settled += 1
-            if settled == chunkCount { releaseArena = arena }
+            if settled == chunkCount {
+                releaseArena = arena
+                jobs = [] // each holds this map
+            }
             guard !failed else { return }
             switch outcome {
             case .failed(_, let error, _):
@@ -158,6 +165,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
         var failure: MP.PoolError?
         var values: [T.Result]?
         lock.withLock {
+            settled += 1
+            if settled == chunkCount { jobs = [] } // each holds this map
             guard !failed else { return }
             switch outcome {
             case .failed(_, let error, _):

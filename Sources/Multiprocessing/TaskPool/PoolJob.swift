@@ -1,3 +1,5 @@
+import Synchronization
+
 /// One order of a ``MP/TaskPool``: a task, a chunk of a map, or a chunk of
 /// fixed-width tasks in shared memory; queued in the parent, then held by
 /// one worker until it reports.
@@ -32,12 +34,18 @@ final class PoolJob: @unchecked Sendable {
     var seq: UInt64 = 0
     var finished = false
 
+    /// Jobs alive in this process: the tests check that none leaks.
+    static let alive = Atomic<Int>(0)
+
     init(type: UInt32, body: Body, timeout: Double?, completion: @escaping (Outcome) -> Void) {
         self.type = type
         self.body = body
         self.timeout = timeout
         self.completion = completion
+        Self.alive.add(1, ordering: .relaxed)
     }
+
+    deinit { Self.alive.subtract(1, ordering: .relaxed) }
 
     /// Runs the completion (outside the pool's lock).
     func complete(_ outcome: Outcome) { completion(outcome) }
@@ -55,21 +63,25 @@ final class PoolArena: @unchecked Sendable {
     }
 }
 
-/// A FIFO of jobs with cheap removal at the front.
+/// A FIFO of jobs with cheap removal at the front (a removed job is
+/// released at once, not when the storage is next compacted).
 struct JobQueue {
-    private var items: [PoolJob] = []
+    private var items: [PoolJob?] = []
     private var head = 0
 
     var isEmpty: Bool { head == items.count }
     var first: PoolJob? { isEmpty ? nil : items[head] }
-    var all: ArraySlice<PoolJob> { items[head...] }
 
     mutating func append(_ job: PoolJob) { items.append(job) }
 
     mutating func removeFirst() -> PoolJob {
-        let job = items[head]
+        let job = items[head]!
+        items[head] = nil
         head += 1
-        if head > 1024 && head * 2 > items.count {
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head > 1024 && head * 2 > items.count {
             items.removeFirst(head)
             head = 0
         }
@@ -79,12 +91,12 @@ struct JobQueue {
     /// Puts jobs back at the front, in their order (a dead worker's unstarted orders).
     mutating func prepend(_ jobs: [PoolJob]) {
         guard !jobs.isEmpty else { return }
-        items = jobs + items[head...]
+        items = jobs.map(Optional.some) + items[head...]
         head = 0
     }
 
     mutating func removeAll() -> [PoolJob] {
         defer { items = []; head = 0 }
-        return Swift.Array(items[head...])
+        return items[head...].map { $0! }
     }
 }

@@ -271,7 +271,7 @@ extension MP {
                     map = try MapSubmission(encoding: all, type: type, chunksize: size, timeout: timeout, pool: self, into: result)
                     core.submit(map.jobs)
                 }
-                result.setCanceller { [core] in for job in map.jobs { core.cancel(job) } }
+                result.setCanceller { [core] in for job in map.pendingJobs { core.cancel(job) } }
             } catch {
                 result.resolve(.failure(error))
             }
@@ -356,7 +356,7 @@ extension MP {
                 let type = try typeNumber(T.self)
                 let map = try MapSubmission<T>(fixedWidth: count, fill: fill, type: type, chunksize: chunksize ?? defaultChunksize(count),
                                                timeout: timeout, pool: self, into: result, callerWaits: callerWaits)
-                result.setCanceller { [core] in for job in map.jobs { core.cancel(job) } }
+                result.setCanceller { [core] in for job in map.pendingJobs { core.cancel(job) } }
                 map.submitted()
             } catch {
                 result.resolve(.failure(error))

@@ -78,10 +78,23 @@ final class TaskPoolCore: @unchecked Sendable {
             throw error
         }
         unlockAndComplete()
-        if case .failure(let error) = startThread({ [self] in serve() }) {
+        // The thread lets go of the pool before it reports the end, so a
+        // joined pool the program drops is gone (its descriptors closed).
+        let holder = Holder(self)
+        let finished = self.finished
+        if case .failure(let error) = startThread({
+            holder.core?.serve()
+            holder.core = nil
+            finished.set()
+        }) {
             terminate()
             throw .system(error)
         }
+    }
+
+    private final class Holder: @unchecked Sendable {
+        var core: TaskPoolCore?
+        init(_ core: TaskPoolCore) { self.core = core }
     }
 
     // MARK: workers
@@ -401,7 +414,6 @@ final class TaskPoolCore: @unchecked Sendable {
                 takeInbox() // submissions are refused by now: nothing arrives after this
                 terminateWorkers()
                 unlockAndComplete()
-                finished.set()
                 return
             }
             schedule()
@@ -416,7 +428,6 @@ final class TaskPoolCore: @unchecked Sendable {
                 }
                 if state == .closed && workers.isEmpty && dyingWorkers.isEmpty {
                     unlockAndComplete()
-                    finished.set()
                     return
                 }
             }
@@ -493,6 +504,7 @@ final class TaskPoolCore: @unchecked Sendable {
                 throw MP.WireError.malformed(type: "pool report", reason: "report for order \(seq) out of turn")
             }
             worker.inFlight.removeFirst()
+            job.worker = nil
             worker.deadline = nil
             worker.noteRunTime(elapsed)
             if kind == WorkerFrames.ReportKind.done.rawValue {
@@ -518,6 +530,7 @@ final class TaskPoolCore: @unchecked Sendable {
                 throw MP.WireError.malformed(type: "pool report", reason: "skip of order \(seq) out of turn")
             }
             worker.inFlight.removeFirst()
+            job.worker = nil
         case nil:
             throw MP.WireError.malformed(type: "pool report", reason: "unknown kind \(kind)")
         }

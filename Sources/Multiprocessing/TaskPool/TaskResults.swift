@@ -181,6 +181,13 @@ extension MP {
             }
         }
 
+        /// Whether ``step()`` would wait (lock held); unlike it, takes nothing.
+        private var mustWait: Bool {
+            if currentPosition < current.count || currentError != nil || failure != nil { return false }
+            if ordered ? arrived[nextIndex] != nil : !arrivalOrder.isEmpty { return false }
+            return !(exhausted && inFlight.isEmpty && arrived.isEmpty)
+        }
+
         /// Python's `next(it)`: the next result, waiting for it; nil at the end.
         public func next() throws(PoolError) -> Value? {
             while true {
@@ -236,11 +243,9 @@ extension MP {
                     await withTaskCancellationHandler {
                         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                             let ready = lock.withLock { () -> Bool in
-                                if case .wait = self.step() {
-                                    waiters.append(continuation)
-                                    return false
-                                }
-                                return true
+                                guard mustWait else { return true }
+                                waiters.append(continuation)
+                                return false
                             }
                             if ready { continuation.resume() }
                         }
