@@ -570,6 +570,7 @@ struct TaskPoolLeakTests {
     @Test("finished tasks, maps and imaps leave no job behind; a closed pool leaves no descriptor")
     func nothingLeaks() throws {
         let descriptorsBefore = openDescriptorCount()
+        let linksBefore = descriptorLinks()
         do {
             let pool = try MP.TaskPool(processes: 2)
             let baseline = PoolJob.alive.load(ordering: .relaxed)
@@ -591,8 +592,22 @@ struct TaskPoolLeakTests {
             #expect(try pool.join(timeout: 20))
             #expect(PoolJob.alive.load(ordering: .relaxed) == baseline)
         }
-        #expect(openDescriptorCount() == descriptorsBefore)
+        #expect(openDescriptorCount() == descriptorsBefore, "new: \(descriptorLinks().subtracting(linksBefore))")
     }
+}
+
+/// What this process's descriptors point to (`/proc/self/fd/N -> target`).
+func descriptorLinks() -> Set<String> {
+    guard let dir = opendir("/proc/self/fd") else { return [] }
+    defer { closedir(dir) }
+    var links = Set<String>()
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        var target = [CChar](repeating: 0, count: 256)
+        let count = readlink("/proc/self/fd/\(name)", &target, 255)
+        if count > 0 { links.insert(name + " -> " + String(decoding: target[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+    }
+    return links
 }
 
 @Suite("Task pool: async iteration", .serialized)

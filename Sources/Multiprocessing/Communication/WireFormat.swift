@@ -238,6 +238,8 @@ struct ByteWriter {
     @inline(__always)
     mutating func writeRaw(_ buffer: UnsafeRawBufferPointer) { bytes.append(contentsOf: buffer) }
 
+    mutating func writeRaw(_ bytes: [UInt8]) { self.bytes += bytes }
+
     @inline(__always)
     mutating func write<T: WirePrimitive>(_ value: T) {
         withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) }

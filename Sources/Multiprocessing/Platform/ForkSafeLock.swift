@@ -74,7 +74,15 @@ enum AfterFork {
     /// Registers `handler` to run in every child forked from now on.
     static func register(_ handler: @escaping @Sendable () -> Void) {
         installed
-        lock.withLock { handlers.append(handler) }
+        lock.withLock {
+            handlers.append(handler)
+            // Walks the array here once, as `runInChild` will: the runtime
+            // then has the witness tables that walk needs (unspecialized, in
+            // a debug build). A child that had to build them itself would
+            // take the runtime's lock, which another thread of the parent
+            // may have held at the fork: a child was seen hung exactly there.
+            for handler in handlers { _ = handler }
+        }
     }
 
     /// How many ``ForkSafeLock``s exist (each is in the registry).

@@ -60,6 +60,9 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
         let arena = try pool.core.acquireArena(bytes: resultsOffset + count * MemoryLayout<T.Result>.stride)
         self.arena = arena
         destination = [T.Result](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
+        // Its storage, kept while this object holds the only reference to
+        // the array (as `ForkExcludedArray` does): chunks are copied in
+        // through it, then the array is handed out whole.
         destinationBytes = destination.withUnsafeMutableBytes { $0 }
         self.callerWaits = callerWaits
         for (index, range) in ranges.enumerated() {
@@ -106,7 +109,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
             for task in tasks[range] {
                 let encoded = try MP.TaskPool.encode(task)
                 items.writeLength(encoded.count)
-                items.writeRaw(encoded.withUnsafeBytes { $0 })
+                items.writeRaw(encoded)
             }
             let body = PoolJob.Body.chunk(count: range.count, items.bytes)
             jobs.append(PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrivedEncoded(index, outcome) })

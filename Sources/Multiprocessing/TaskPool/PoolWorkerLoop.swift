@@ -225,34 +225,24 @@ struct PoolWorkerRuntime {
         case .release(let id):
             blocks[id] = nil
         case .task(let seq, let type, let arguments):
-            handled += 1
-            guard begin(seq) else { return }
-            let start = Deadline.now
-            let outcome = await runOne(type, arguments)
-            store(WorkerControl.running, WorkerControl.idle)
-            report(seq, start, outcome)
+            await runOrder(seq) { await $0.runOne(type, arguments) }
         case .rawTask(let seq, let type, let bytes):
-            handled += 1
-            guard begin(seq) else { return }
-            let start = Deadline.now
-            let outcome = await runRaw(type, bytes)
-            store(WorkerControl.running, WorkerControl.idle)
-            report(seq, start, outcome)
+            await runOrder(seq) { await $0.runRaw(type, bytes) }
         case .chunk(let seq, let type, let count, let items):
-            handled += 1
-            guard begin(seq) else { return }
-            let start = Deadline.now
-            let outcome = await runChunk(type, count, items)
-            store(WorkerControl.running, WorkerControl.idle)
-            report(seq, start, outcome)
+            await runOrder(seq) { await $0.runChunk(type, count, items) }
         case .fixedChunk(let seq, let type, let block, let tasks, let results, let count):
-            handled += 1
-            guard begin(seq) else { return }
-            let start = Deadline.now
-            let outcome = await runFixed(type, block, tasks, results, count)
-            store(WorkerControl.running, WorkerControl.idle)
-            report(seq, start, outcome)
+            await runOrder(seq) { await $0.runFixed(type, block, tasks, results, count) }
         }
+    }
+
+    /// Runs order `seq` unless it was cancelled, and reports what it came to.
+    private mutating func runOrder(_ seq: UInt64, _ body: (Self) async -> Outcome) async {
+        handled += 1
+        guard begin(seq) else { return }
+        let start = Deadline.now
+        let outcome = await body(self)
+        store(WorkerControl.running, WorkerControl.idle)
+        report(seq, start, outcome)
     }
 
     /// What an order came to: the payload of a `done`, or a failure at an item.
@@ -333,7 +323,7 @@ struct PoolWorkerRuntime {
                 let encoded = try T._encodeResult(value)
                 if chunk.single { return .done(encoded) }
                 results.writeLength(encoded.count)
-                results.writeRaw(encoded.withUnsafeBytes { $0 })
+                results.writeRaw(encoded)
             } catch {
                 return .failed(index: index, why: .result, type: "WireError", description: error.description, before: results.bytes)
             }
@@ -426,7 +416,7 @@ struct PoolWorkerRuntime {
             report(.done) { writer in
                 writer.write(seq)
                 writer.write(elapsed)
-                writer.writeRaw(payload.withUnsafeBytes { $0 })
+                writer.writeRaw(payload)
             }
         case .failed(let index, let why, let type, let description, let before):
             report(.failed) { writer in
@@ -436,7 +426,7 @@ struct PoolWorkerRuntime {
                 writer.write(why.rawValue)
                 writer.write(type)
                 writer.write(description)
-                writer.writeRaw(before.withUnsafeBytes { $0 })
+                writer.writeRaw(before)
             }
         }
         if output.bytes.count > WorkerFrames.maxBody {

@@ -461,7 +461,7 @@ extension MP {
                     while count < chunksize, let task = iterator.next() {
                         let encoded = try Self.encode(task)
                         items.writeLength(encoded.count)
-                        items.writeRaw(encoded.withUnsafeBytes { $0 })
+                        items.writeRaw(encoded)
                         count += 1
                     }
                     return count == 0 ? nil : .chunk(count: count, items.bytes)

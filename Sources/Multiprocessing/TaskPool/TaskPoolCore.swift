@@ -329,35 +329,31 @@ final class TaskPoolCore: @unchecked Sendable {
         }
         let seq = worker.nextSeq
         worker.nextSeq += 1
+        // Every order starts `[kind][u64 seq][u32 type]`.
+        func order(_ kind: WorkerFrames.OrderKind, _ rest: (inout ByteWriter) -> Void) {
+            let start = WorkerFrames.begin(&writer, kind.rawValue)
+            writer.write(seq)
+            writer.write(job.type)
+            rest(&writer)
+            WorkerFrames.finish(&writer, at: start)
+        }
         switch job.body {
         case .task(let arguments):
-            let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.task.rawValue)
-            writer.write(seq)
-            writer.write(job.type)
-            writer.writeRaw(arguments.withUnsafeBytes { $0 })
-            WorkerFrames.finish(&writer, at: start)
+            order(.task) { $0.writeRaw(arguments) }
         case .rawTask(let bytes):
-            let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.rawTask.rawValue)
-            writer.write(seq)
-            writer.write(job.type)
-            writer.writeRaw(bytes.withUnsafeBytes { $0 })
-            WorkerFrames.finish(&writer, at: start)
+            order(.rawTask) { $0.writeRaw(bytes) }
         case .chunk(let count, let items):
-            let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.chunk.rawValue)
-            writer.write(seq)
-            writer.write(job.type)
-            writer.write(UInt32(count))
-            writer.writeRaw(items.withUnsafeBytes { $0 })
-            WorkerFrames.finish(&writer, at: start)
+            order(.chunk) { writer in
+                writer.write(UInt32(count))
+                writer.writeRaw(items)
+            }
         case .fixed(let arena, let tasks, let results, let count):
-            let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.fixedChunk.rawValue)
-            writer.write(seq)
-            writer.write(job.type)
-            writer.write(arena.id)
-            writer.write(UInt64(tasks))
-            writer.write(UInt64(results))
-            writer.write(UInt32(count))
-            WorkerFrames.finish(&writer, at: start)
+            order(.fixedChunk) { writer in
+                writer.write(arena.id)
+                writer.write(UInt64(tasks))
+                writer.write(UInt64(results))
+                writer.write(UInt32(count))
+            }
         }
         worker.outbound = writer.bytes
         job.worker = worker
