@@ -14,11 +14,26 @@ extension MP {
         private let onSuccess: (@Sendable (Value) -> Void)?
         private let onFailure: (@Sendable (PoolError) -> Void)?
         private var canceller: (@Sendable () -> Void)?
+        private var observers: [@Sendable (Result<Value, PoolError>) -> Void] = []
 
         @usableFromInline
         init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (PoolError) -> Void)?) {
             onSuccess = callback
             onFailure = errorCallback
+        }
+
+        /// How a queued task is cancelled without stopping a running one
+        /// (``MP/ProcessPoolExecutor/shutdown(wait:cancelFutures:)``).
+        private var queuedCanceller: (@Sendable () -> Bool)?
+
+        func setQueuedCanceller(_ cancel: @escaping @Sendable () -> Bool) {
+            lock.withLock { queuedCanceller = cancel }
+        }
+
+        /// Cancels the task if no worker holds it yet; whether it did.
+        func cancelIfQueued() -> Bool {
+            let cancel = lock.withLock { outcome == nil && !resolving ? queuedCanceller : nil }
+            return cancel?() ?? false
         }
 
         /// How ``cancel()`` stops the work (a ``MP/TaskPool`` removes or kills its tasks).
@@ -38,6 +53,18 @@ extension MP {
         public func cancel() {
             let cancel = lock.withLock { outcome == nil && !resolving ? canceller : nil }
             if let cancel { cancel() } else { resolve(.failure(.cancelled)) }
+        }
+
+        /// Calls `body` with the outcome once it is ready (at once if it is):
+        /// Python's `Future.add_done_callback`. It runs on the pool's thread
+        /// (or the caller's, when already ready): keep it short.
+        public func whenReady(_ body: @escaping @Sendable (Result<Value, PoolError>) -> Void) {
+            let ready: Result<Value, PoolError>? = lock.withLock {
+                if let outcome, !resolving { return outcome }
+                observers.append(body)
+                return nil
+            }
+            if let ready { body(ready) }
         }
 
         /// Python's `ready()`.
@@ -133,12 +160,19 @@ extension MP {
             lock.lock()
             outcome = consume result
             canceller = nil // it holds the pool's job, which holds this result
+            queuedCanceller = nil
+            resolving = false
             lock.broadcast()
             let waiting = continuations
             continuations = []
-            let resumeWith = waiting.isEmpty ? nil : outcome
+            let watching = observers
+            observers = []
+            let resumeWith = waiting.isEmpty && watching.isEmpty ? nil : outcome
             lock.unlock()
-            if let resumeWith { for continuation in waiting { continuation.resume(returning: resumeWith) } }
+            if let resumeWith {
+                for continuation in waiting { continuation.resume(returning: resumeWith) }
+                for observer in watching { observer(resumeWith) }
+            }
         }
     }
 }

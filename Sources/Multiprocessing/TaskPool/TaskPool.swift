@@ -216,6 +216,7 @@ extension MP {
                     }
                 }
                 result.setCanceller { [core] in core.cancel(job) }
+                result.setQueuedCanceller { [core] in core.cancelIfQueued(job) }
                 core.submit([job])
             } catch {
                 result.resolve(.failure(error))

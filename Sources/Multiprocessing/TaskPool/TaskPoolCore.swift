@@ -233,6 +233,27 @@ final class TaskPoolCore: @unchecked Sendable {
         unlockAndComplete()
     }
 
+    /// Cancels a job only if it has not started (queued, or held by a
+    /// worker behind the order it runs); whether it did.
+    func cancelIfQueued(_ job: PoolJob) -> Bool {
+        lock.lock()
+        takeInbox()
+        var cancelled = false
+        if !job.finished {
+            if let worker = job.worker {
+                // Held: the worker skips it, unless it may have started it
+                // (then it runs on; should the worker skip it after all, its
+                // report settles it as cancelled).
+                cancelled = !worker.dying && worker.inFlight.first !== job && !worker.cancel(job.seq)
+            } else {
+                cancelled = true
+            }
+            if cancelled { finish(job, .failed(index: 0, .cancelled, before: [])) }
+        }
+        unlockAndComplete()
+        return cancelled
+    }
+
     func close() {
         refuseSubmissions(.closed)
         lock.withLock { if state == .running { state = .closed } }
@@ -527,6 +548,7 @@ final class TaskPoolCore: @unchecked Sendable {
             }
             worker.inFlight.removeFirst()
             job.worker = nil
+            finish(job, .failed(index: 0, .cancelled, before: []))
         case nil:
             throw MP.WireError.malformed(type: "pool report", reason: "unknown kind \(kind)")
         }
