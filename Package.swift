@@ -12,6 +12,9 @@ let package = Package(
     dependencies: [
         // Errno and FileDescriptor: the typed errno and descriptor vocabulary of the platform layer.
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // HMAC (SHA-256, and MD5 for CPython 3.11 peers) in the authentication
+        // handshake of MP.Listener and MP.Client: CPython's, byte for byte.
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         // Command lines of the two executables (`mp-examples [list|NAME]`, `mp-bench [--quick] [--json FILE]`).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
@@ -30,6 +33,7 @@ let package = Package(
                 "_CMultiprocessingShims",
                 "_CMultiprocessingSync",
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

@@ -65,6 +65,14 @@ extension MP {
         /// An async receive was cancelled.
         case cancelled
         case system(OSError)
+        /// The authentication handshake failed (a wrong key, a peer that
+        /// does not follow the protocol, a digest not accepted): Python's
+        /// `multiprocessing.AuthenticationError`. The connection is closed.
+        case authentication(String)
+        /// The peer did not finish the handshake in time: Python's `TimeoutError`.
+        case timeout
+        /// The address cannot be used (a name that does not resolve, a path too long).
+        case address(String)
 
         public var description: String {
             switch self {
@@ -81,6 +89,9 @@ extension MP {
             case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
             case .cancelled: return "the receive was cancelled"
             case .system(let error): return error.description
+            case .authentication(let why): return "authentication failed: \(why)"
+            case .timeout: return "timed out"
+            case .address(let why): return "bad address: \(why)"
             }
         }
     }
@@ -112,6 +123,21 @@ extension MP {
         static let headerSize = 8
         static let magic: UInt8 = 0x4d
 
+        /// How frames are delimited on the stream.
+        enum Framing: UInt8, Codable {
+            /// This library's pipes: `[u32 length][kind][magic][u16 type]`, little-endian.
+            case native = 0
+            /// CPython's `Connection` (what ``MP/Listener`` and ``MP/Client``
+            /// speak): `[i32 length]`, big-endian, or `-1` and a `u64` length;
+            /// a value sent with `send`/`sendBitwise` starts its payload with
+            /// `[magic][kind][u16 type]`, a `sendBytes` payload is bare.
+            case python = 1
+        }
+
+        let framing: Framing
+        /// The header length of the frame at `start` (12 for CPython's long form).
+        private var header = Connection.headerSize
+
         private var fd: Int32
         /// The largest frame this end sends or accepts.
         public let maxMessageSize: Int
@@ -127,11 +153,13 @@ extension MP {
         /// payload goes straight to its destination instead of through the buffer.
         private var lastFrameWasLarge = false
 
-        init(fd: Int32, readable: Bool, writable: Bool, maxMessageSize: Int) {
+        init(fd: Int32, readable: Bool, writable: Bool, maxMessageSize: Int, framing: Framing = .native) {
             self.fd = fd
             self.readable = readable
             self.writable = writable
             self.maxMessageSize = maxMessageSize
+            self.framing = framing
+            header = framing == .native ? Self.headerSize : 4
         }
 
         deinit { if fd >= 0 { Sys.close(fd) } }
@@ -162,6 +190,14 @@ extension MP {
             var writer = ByteWriter()
             writer.bytes.append(contentsOf: repeatElement(0, count: Self.headerSize))
             do { try WireFormat.encode(value, into: &writer) } catch { throw .encoding(error) }
+            if framing == .python {
+                let result = writer.bytes.withUnsafeBytes { raw in
+                    Result { () throws(ConnectionError) in
+                        try sendPayload(UnsafeRawBufferPointer(rebasing: raw[Self.headerSize...]), kind: .codable, type: WireFormat.typeTag(T.self))
+                    }
+                }
+                return try result.get()
+            }
             try sendFrame(&writer.bytes, kind: .codable, type: WireFormat.typeTag(T.self))
         }
 
@@ -171,6 +207,13 @@ extension MP {
             if let result = bytes.withContiguousStorageIfAvailable({ buffer -> Result<Void, ConnectionError> in
                 Result { () throws(ConnectionError) in try sendPayload(UnsafeRawBufferPointer(buffer), kind: .bytes, type: 0) }
             }) {
+                return try result.get()
+            }
+            if framing == .python {
+                let contiguous = [UInt8](bytes)
+                let result = contiguous.withUnsafeBytes { raw in
+                    Result { () throws(ConnectionError) in try sendPayload(raw, kind: .bytes, type: 0) }
+                }
                 return try result.get()
             }
             var frame = [UInt8](repeating: 0, count: Self.headerSize)
@@ -203,6 +246,7 @@ extension MP {
 
         /// Sends header and payload with one `sendmsg`, without copying the payload.
         private func sendPayload(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
+            if framing == .python { return try sendPythonFrame(payload, kind: kind, type: type) }
             try checkSendable(payload.count)
             var header: UInt64 = 0 // headerSize bytes, on the stack
             assert(MemoryLayout.size(ofValue: header) == Self.headerSize)
@@ -215,9 +259,48 @@ extension MP {
 
         private func checkSendable(_ payloadSize: Int) throws(ConnectionError) {
             guard writable else { throw .wrongDirection("this end of a one-way pipe only receives") }
-            guard payloadSize <= maxMessageSize, payloadSize <= Int(UInt32.max) else {
+            guard payloadSize <= maxMessageSize, framing == .python || payloadSize <= Int(UInt32.max) else {
                 throw .messageTooLarge(size: payloadSize, limit: maxMessageSize)
             }
+        }
+
+        /// CPython's `_send_bytes`: a big-endian `i32` length, or `-1` and a
+        /// `u64` length over `Int32.max`; then, for a value (not bytes), this
+        /// library's `[magic][kind][u16 type]`; then the payload. One `sendmsg`.
+        private func sendPythonFrame(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
+            let prefix = kind == .bytes ? 0 : 4
+            try checkSendable(payload.count + prefix)
+            var header: (UInt64, UInt64) = (0, 0) // at most 12 + 4 bytes, on the stack
+            let length = withUnsafeMutableBytes(of: &header) { raw in
+                Self.writePythonHeader(into: raw, payloadSize: payload.count + prefix, kind: kind, type: type)
+            }
+            let result = withUnsafeBytes(of: &header) { raw in
+                Result { () throws(ConnectionError) in
+                    try sendLock.withLock { () throws(ConnectionError) in try writeAll(UnsafeRawBufferPointer(rebasing: raw[..<length]), payload) }
+                }
+            }
+            try result.get()
+        }
+
+        /// Writes CPython's frame header (and a value's prefix) into `raw`; returns its length.
+        static func writePythonHeader(into raw: UnsafeMutableRawBufferPointer, payloadSize: Int, kind: Kind, type: UInt16) -> Int {
+            var offset: Int
+            if payloadSize > Int(Int32.max) {
+                raw.storeBytes(of: Int32(-1).bigEndian, toByteOffset: 0, as: Int32.self)
+                raw.storeBytes(of: UInt64(payloadSize).bigEndian, toByteOffset: 4, as: UInt64.self)
+                offset = 12
+            } else {
+                raw.storeBytes(of: Int32(payloadSize).bigEndian, toByteOffset: 0, as: Int32.self)
+                offset = 4
+            }
+            if kind != .bytes {
+                raw[offset] = magic
+                raw[offset + 1] = kind.rawValue
+                raw[offset + 2] = UInt8(truncatingIfNeeded: type)
+                raw[offset + 3] = UInt8(truncatingIfNeeded: type >> 8)
+                offset += 4
+            }
+            return offset
         }
 
         /// Header: UInt32 payload length, kind, magic, UInt16 type fingerprint (little-endian).
@@ -285,7 +368,7 @@ extension MP {
         public func recvBytes(maxLength: Int? = nil) throws(ConnectionError) -> [UInt8] {
             try recvLock.withLock { () throws(ConnectionError) -> [UInt8] in
                 guard let (size, kind) = try nextFrame(blocking: true, wholePayload: false) else { return [] }
-                start += Self.headerSize
+                start += header
                 guard kind == .bytes else {
                     try discard(size, blocking: true)
                     throw .kindMismatch(sent: kind.method, expected: Kind.bytes.method)
@@ -317,7 +400,7 @@ extension MP {
                         failure = .system(error)
                     default:
                         sawEOF = true
-                        failure = .truncatedFrame(expected: size + Self.headerSize, received: got + Self.headerSize)
+                        failure = .truncatedFrame(expected: size + header, received: got + header)
                     }
                     break
                 }
@@ -400,17 +483,21 @@ extension MP {
             guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
             guard fd >= 0 else { throw .closed }
             while true {
-                if buffered < Self.headerSize {
-                    guard try fill(minimum: Self.headerSize, blocking: blocking) else { return nil }
+                let minimum = framing == .native ? Self.headerSize : 4
+                if buffered < minimum {
+                    guard try fill(minimum: minimum, blocking: blocking) else { return nil }
+                }
+                if framing == .python && pythonLength() == -1 && buffered < 12 {
+                    guard try fill(minimum: 12, blocking: blocking) else { return nil }
                 }
                 let (size, kind) = try parseHeader()
                 if size > maxMessageSize {
-                    start += Self.headerSize
+                    start += header
                     try discard(size, blocking: true)
                     throw .messageTooLarge(size: size, limit: maxMessageSize)
                 }
-                if wholePayload && buffered < Self.headerSize + size {
-                    guard try fill(minimum: Self.headerSize + size, blocking: blocking) else { return nil }
+                if wholePayload && buffered < header + size {
+                    guard try fill(minimum: header + size, blocking: blocking) else { return nil }
                 }
                 return (size, kind)
             }
@@ -420,7 +507,40 @@ extension MP {
             try nextFrame(blocking: true)!
         }
 
+        /// The `i32` at the start of a CPython frame.
+        private func pythonLength() -> Int32 {
+            buffer.withUnsafeBytes { Int32(bigEndian: $0.loadUnaligned(fromByteOffset: start, as: Int32.self)) }
+        }
+
+        /// A CPython frame's payload length, and its kind: a payload that
+        /// starts with `[magic][kind][u16 type]` of a value is that value;
+        /// any other is bytes (what a CPython peer sends).
+        private func parsePythonHeader() throws(ConnectionError) -> (Int, Kind) {
+            let length = pythonLength()
+            let size: Int
+            if length == -1 {
+                let long = buffer.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: start + 4, as: UInt64.self)) }
+                guard long <= UInt64(Int.max / 2) else { throw .corruptStream("a frame claims \(long) bytes") }
+                size = Int(long)
+                header = 12
+            } else {
+                guard length >= 0 else { throw .corruptStream("a frame claims \(length) bytes") }
+                size = Int(length)
+                header = 4
+            }
+            return (size, .bytes)
+        }
+
+        /// For a CPython frame whose payload is buffered: the value's kind and type, when it carries one.
+        private func pythonValuePrefix(_ size: Int) -> (Kind, UInt16)? {
+            guard size >= 4, buffered >= header + 4 else { return nil }
+            let b = buffer, at = start + header
+            guard b[at] == Self.magic, let kind = Kind(rawValue: b[at + 1]), kind != .bytes else { return nil }
+            return (kind, UInt16(b[at + 2]) | UInt16(b[at + 3]) << 8)
+        }
+
         private func parseHeader() throws(ConnectionError) -> (Int, Kind) {
+            if framing == .python { return try parsePythonHeader() }
             let b = buffer
             let size = Int(b[start]) | Int(b[start + 1]) << 8 | Int(b[start + 2]) << 16 | Int(b[start + 3]) << 24
             guard b[start + 5] == Self.magic, let kind = Kind(rawValue: b[start + 4]), (kind == .bytes) == (frameType == 0) else {
@@ -476,7 +596,7 @@ extension MP {
 
         private func endOfStream(expecting minimum: Int) throws(ConnectionError) -> Bool {
             if buffered == 0 { throw .endOfFile }
-            let expected = buffered >= Self.headerSize ? (try parseHeader().0) + Self.headerSize : minimum
+            let expected = buffered >= (framing == .native ? Self.headerSize : 4) ? (try parseHeader().0) + header : minimum
             let received = buffered
             start = end
             throw .truncatedFrame(expected: expected, received: received)
@@ -496,34 +616,43 @@ extension MP {
                 if case .success(.bytes(let count)) = received { left -= count; continue }
                 if case .failure(let error) = received { throw .system(error) }
                 sawEOF = true
-                throw .truncatedFrame(expected: count + Self.headerSize, received: count - left + Self.headerSize)
+                throw .truncatedFrame(expected: count + header, received: count - left + header)
             }
         }
 
-        private func payload() -> UnsafeRawBufferPointer {
-            buffer.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[(start + Self.headerSize)...]) }
+        /// The kind, type and payload range of the buffered frame at `start`
+        /// (a CPython frame's value prefix is not part of its payload).
+        private func frameContents(_ size: Int, _ kind: Kind) -> (kind: Kind, type: UInt16, payload: Range<Int>) {
+            let first = start + header
+            if framing == .python {
+                if let (kind, type) = pythonValuePrefix(size) { return (kind, type, (first + 4)..<(first + size)) }
+                return (.bytes, 0, first..<(first + size))
+            }
+            return (kind, frameType, first..<(first + size))
         }
 
         private func consume<T: Decodable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {
-            defer { start += Self.headerSize + size }
+            defer { start += header + size }
+            let (kind, frameType, range) = frameContents(size, kind)
             guard kind == .codable else { throw .kindMismatch(sent: kind.method, expected: Kind.codable.method) }
             guard frameType == WireFormat.typeTag(T.self) else { throw .typeMismatch(expected: "\(T.self)") }
             let result = buffer.withUnsafeBytes { raw in
                 Result { () throws(WireError) -> T in
-                    try WireFormat.decode(T.self, from: UnsafeRawBufferPointer(rebasing: raw[(start + Self.headerSize)..<(start + Self.headerSize + size)]))
+                    try WireFormat.decode(T.self, from: UnsafeRawBufferPointer(rebasing: raw[range]))
                 }
             }
             do { return try result.get() } catch { throw .decoding(error) }
         }
 
         private func consumeBitwise<T: BitwiseCopyable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {
-            defer { start += Self.headerSize + size }
+            defer { start += header + size }
+            let (kind, frameType, range) = frameContents(size, kind)
             guard kind == .bitwise else { throw .kindMismatch(sent: kind.method, expected: Kind.bitwise.method) }
             guard frameType == WireFormat.typeTag(T.self) else { throw .typeMismatch(expected: "\(T.self)") }
-            guard size == MemoryLayout<T>.size else {
-                throw .decoding(.malformed(type: "\(T.self)", reason: "\(size) bytes, \(T.self) has \(MemoryLayout<T>.size)"))
+            guard range.count == MemoryLayout<T>.size else {
+                throw .decoding(.malformed(type: "\(T.self)", reason: "\(range.count) bytes, \(T.self) has \(MemoryLayout<T>.size)"))
             }
-            return buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: start + Self.headerSize, as: T.self) }
+            return buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: range.lowerBound, as: T.self) }
         }
     }
 }

@@ -125,7 +125,7 @@ extension MP.SharedMemory: Codable {
 }
 
 extension MP.Connection: Codable {
-    private enum CodingKeys: String, CodingKey { case descriptor, readable, writable, maxMessageSize }
+    private enum CodingKeys: String, CodingKey { case descriptor, readable, writable, maxMessageSize, framing }
 
     /// Encodes this end as a named task's argument: the child gets its own
     /// descriptor of the same socket. Data this end already read ahead stays here.
@@ -137,6 +137,7 @@ extension MP.Connection: Codable {
         try container.encode(isReadable, forKey: .readable)
         try container.encode(isWritable, forKey: .writable)
         try container.encode(maxMessageSize, forKey: .maxMessageSize)
+        try container.encode(framing, forKey: .framing)
     }
 
     public convenience init(from decoder: any Decoder) throws {
@@ -145,6 +146,7 @@ extension MP.Connection: Codable {
         let fd = try received.adopt(try container.decode(Int.self, forKey: .descriptor), for: "MP.Connection")
         self.init(fd: fd, readable: try container.decode(Bool.self, forKey: .readable),
                   writable: try container.decode(Bool.self, forKey: .writable),
-                  maxMessageSize: try container.decode(Int.self, forKey: .maxMessageSize))
+                  maxMessageSize: try container.decode(Int.self, forKey: .maxMessageSize),
+                  framing: try container.decode(Framing.self, forKey: .framing))
     }
 }

@@ -210,4 +210,22 @@ int cmp_discover_named_tasks(void (*found)(const void *metadata, void *context),
 /// `capacity` bytes; 0 when it has none.
 size_t cmp_executable_build_id(uint8_t *out, size_t capacity);
 
+
+// ---- listening and connecting sockets (listener.c) ----
+
+/// A listening Unix stream socket at `name` (a path, or an abstract-namespace
+/// name when `abstract`), bound with the permission bits `mode`; -errno.
+int cmp_listen_unix(const char *name, int abstract, int backlog, unsigned int mode);
+/// A stream socket connected to the Unix socket `name`; -errno.
+int cmp_connect_unix(const char *name, int abstract);
+/// A listening TCP socket on `host` (empty: every address) and `port` (0: any);
+/// the port it got in `bound_port`. -errno, or -(1000 + EAI code) for a name that does not resolve.
+int cmp_listen_tcp(const char *host, int port, int backlog, int *bound_port);
+/// A TCP stream socket connected to `host`:`port` (IPv4 or IPv6); -errno or -(1000 + EAI code).
+int cmp_connect_tcp(const char *host, int port);
+/// The text of a getaddrinfo failure returned as -(1000 + code) by the calls above (pass the positive 1000 + code).
+const char *cmp_address_error(int code);
+/// `accept4(listener, SOCK_CLOEXEC)`, EINTR retried; the peer's "host port" in `peer` for TCP. -errno.
+int cmp_accept(int listener, char *peer, int peer_capacity);
+
 #endif

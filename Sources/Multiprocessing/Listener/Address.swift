@@ -1,0 +1,20 @@
+extension MP {
+    /// Where a ``MP/Listener`` listens and a ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:)``
+    /// connects: Python's `address` (a path, a `'\0name'`, or a `(host, port)` tuple).
+    public enum Address: Sendable, Hashable, CustomStringConvertible {
+        /// A Unix socket file (Python's `'/tmp/x.sock'`); a listener creates it owner-only and removes it when closed.
+        case unix(String)
+        /// A Linux abstract-namespace Unix socket (Python's `'\0name'`): no file, gone with its listener.
+        case abstract(String)
+        /// TCP over IPv4 or IPv6 (Python's `('host', port)`): a name or a numeric address; port 0 picks a free one.
+        case tcp(host: String, port: Int)
+
+        public var description: String {
+            switch self {
+            case .unix(let path): return path
+            case .abstract(let name): return "\\0" + name
+            case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            }
+        }
+    }
+}

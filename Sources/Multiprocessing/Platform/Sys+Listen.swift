@@ -1,0 +1,57 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import _CMultiprocessingShims
+
+/// Listening and connecting stream sockets (``MP/Listener``, ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:)``):
+/// the sockaddr work is in `listener.c`; here, one error path.
+extension Sys {
+    /// Why an address could not be used: a system call's errno, or a host name that does not resolve.
+    enum AddressFailure: Error {
+        case system(MP.OSError)
+        case unresolved(String)
+    }
+
+    private static func socketResult(_ operation: String, _ result: Int32) throws(AddressFailure) -> Int32 {
+        if result >= 0 { return result }
+        if -result >= 1000 { throw .unresolved(String(cString: cmp_address_error(-result))) }
+        throw .system(failure(operation, -result))
+    }
+
+    /// `socket` + `bind` + `listen` on a Unix path or abstract name; the file gets `mode`.
+    static func listenUnix(_ name: String, abstract: Bool, backlog: Int, mode: UInt32) throws(AddressFailure) -> Int32 {
+        try socketResult("bind", cmp_listen_unix(name, abstract ? 1 : 0, Int32(backlog), mode))
+    }
+
+    /// `socket` + `connect` to a Unix path or abstract name.
+    static func connectUnix(_ name: String, abstract: Bool) throws(AddressFailure) -> Int32 {
+        try socketResult("connect", cmp_connect_unix(name, abstract ? 1 : 0))
+    }
+
+    /// `getaddrinfo` + `socket` + `bind` + `listen` on TCP; the descriptor and the port it got.
+    static func listenTCP(host: String, port: Int, backlog: Int) throws(AddressFailure) -> (Int32, port: Int) {
+        var bound: Int32 = 0
+        let fd = try socketResult("bind", cmp_listen_tcp(host, Int32(port), Int32(backlog), &bound))
+        return (fd, Int(bound))
+    }
+
+    /// `getaddrinfo` + `socket` + `connect` over TCP (IPv4 or IPv6).
+    static func connectTCP(host: String, port: Int) throws(AddressFailure) -> Int32 {
+        try socketResult("connect", cmp_connect_tcp(host, Int32(port)))
+    }
+
+    /// `accept4` on a non-blocking listening socket: the connection and the
+    /// peer's "host port" (TCP), or nil when none is waiting.
+    static func accept(_ listener: Int32) throws(MP.OSError) -> (Int32, peer: String)? {
+        var peer = [CChar](repeating: 0, count: 128)
+        let fd = cmp_accept(listener, &peer, Int32(peer.count))
+        if fd >= 0 { return (fd, String(decoding: peer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+        if -fd == EAGAIN || -fd == EWOULDBLOCK || -fd == ECONNABORTED { return nil }
+        throw failure("accept4", -fd)
+    }
+
+    /// `unlink(path)`, ignoring a file already gone.
+    static func unlink(_ path: String) {
+        _ = Glibc.unlink(path)
+    }
+}

@@ -1,0 +1,152 @@
+// Listening and connecting stream sockets for MP.Listener and MP.Client:
+// the sockaddr plumbing (Unix paths, the Linux abstract namespace, TCP over
+// IPv4 and IPv6 through getaddrinfo) that Swift's Glibc module makes awkward.
+// Each returns a close-on-exec descriptor, or -errno; getaddrinfo failures
+// are -(1000 + its EAI_ code's absolute value) (see cmp_address_error).
+#define _GNU_SOURCE
+#include "_CMultiprocessingShims.h"
+#include <errno.h>
+#include <netdb.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static int unix_address(const char *name, int abstract, struct sockaddr_un *address, socklen_t *length) {
+    size_t size = strlen(name);
+    memset(address, 0, sizeof *address);
+    address->sun_family = AF_UNIX;
+    if (abstract) {
+        if (size + 1 > sizeof address->sun_path) return -ENAMETOOLONG;
+        memcpy(address->sun_path + 1, name, size); // sun_path[0] stays '\0'
+        *length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + size);
+    } else {
+        if (size + 1 > sizeof address->sun_path) return -ENAMETOOLONG;
+        memcpy(address->sun_path, name, size);
+        *length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + size + 1);
+    }
+    return 0;
+}
+
+int cmp_listen_unix(const char *name, int abstract, int backlog, unsigned int mode) {
+    struct sockaddr_un address;
+    socklen_t length;
+    int status = unix_address(name, abstract, &address, &length);
+    if (status < 0) return status;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    // The socket file is created owner-only (or `mode`) from the start: no
+    // window in which another user could connect.
+    mode_t previous = umask(0777 & ~mode);
+    int bound = bind(fd, (struct sockaddr *)&address, length);
+    int error = errno;
+    umask(previous);
+    if (bound < 0 || listen(fd, backlog) < 0) {
+        if (bound >= 0) error = errno;
+        close(fd);
+        return -error;
+    }
+    return fd;
+}
+
+int cmp_connect_unix(const char *name, int abstract) {
+    struct sockaddr_un address;
+    socklen_t length;
+    int status = unix_address(name, abstract, &address, &length);
+    if (status < 0) return status;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int connected;
+    do { connected = connect(fd, (struct sockaddr *)&address, length); } while (connected < 0 && errno == EINTR);
+    if (connected < 0) {
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+    return fd;
+}
+
+static int resolve(const char *host, int port, int passive, struct addrinfo **results) {
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    int status = getaddrinfo(host[0] ? host : NULL, service, &hints, results);
+    if (status == EAI_SYSTEM) return -errno;
+    if (status != 0) return -(1000 + (status < 0 ? -status : status));
+    return 0;
+}
+
+int cmp_listen_tcp(const char *host, int port, int backlog, int *bound_port) {
+    struct addrinfo *results;
+    int status = resolve(host, port, 1, &results);
+    if (status < 0) return status;
+    int error = EADDRNOTAVAIL;
+    int fd = -1;
+    for (struct addrinfo *candidate = results; candidate; candidate = candidate->ai_next) {
+        fd = socket(candidate->ai_family, candidate->ai_socktype | SOCK_CLOEXEC, candidate->ai_protocol);
+        if (fd < 0) { error = errno; continue; }
+        int yes = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes); // as CPython's SocketListener
+        if (bind(fd, candidate->ai_addr, candidate->ai_addrlen) == 0 && listen(fd, backlog) == 0) break;
+        error = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(results);
+    if (fd < 0) return -error;
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    if (getsockname(fd, (struct sockaddr *)&address, &length) == 0) {
+        if (address.ss_family == AF_INET) *bound_port = ntohs(((struct sockaddr_in *)&address)->sin_port);
+        if (address.ss_family == AF_INET6) *bound_port = ntohs(((struct sockaddr_in6 *)&address)->sin6_port);
+    }
+    return fd;
+}
+
+int cmp_connect_tcp(const char *host, int port) {
+    struct addrinfo *results;
+    int status = resolve(host, port, 0, &results);
+    if (status < 0) return status;
+    int error = ECONNREFUSED;
+    int fd = -1;
+    for (struct addrinfo *candidate = results; candidate; candidate = candidate->ai_next) {
+        fd = socket(candidate->ai_family, candidate->ai_socktype | SOCK_CLOEXEC, candidate->ai_protocol);
+        if (fd < 0) { error = errno; continue; }
+        int connected;
+        do { connected = connect(fd, candidate->ai_addr, candidate->ai_addrlen); } while (connected < 0 && errno == EINTR);
+        if (connected == 0) break;
+        error = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(results);
+    return fd < 0 ? -error : fd;
+}
+
+const char *cmp_address_error(int code) {
+    return gai_strerror(-(code - 1000)); // glibc's EAI_ codes are negative
+}
+
+int cmp_accept(int listener, char *peer, int peer_capacity) {
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    int fd;
+    do { fd = accept4(listener, (struct sockaddr *)&address, &length, SOCK_CLOEXEC); } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return -errno;
+    peer[0] = 0;
+    if (address.ss_family == AF_INET || address.ss_family == AF_INET6) {
+        char host[NI_MAXHOST], service[NI_MAXSERV];
+        if (getnameinfo((struct sockaddr *)&address, length, host, sizeof host, service, sizeof service,
+                        NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+            snprintf(peer, (size_t)peer_capacity, "%s %s", host, service);
+        }
+    }
+    return fd;
+}

@@ -1,0 +1,372 @@
+import Testing
+@testable import Multiprocessing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MP.Listener and MP.Client against real CPython (the machine's python3,
+// 3.11: HMAC-MD5 without a digest prefix) and against a Python peer that
+// follows CPython 3.12's handshake ({sha256}), in both directions.
+
+/// Runs `script` with python3 and `arguments`; kills it after `seconds`.
+/// Returns its exit status and standard output (nil when python3 is missing).
+final class PythonPeer {
+    let pid: pid_t
+    private let output: Int32
+    private let path: String
+
+    init?(_ script: String, _ arguments: [String]) {
+        path = "/tmp/mp-peer-\(getpid())-\(UInt64.random(in: 0 ... .max)).py"
+        guard let file = fopen(path, "w") else { return nil }
+        fputs(script, file)
+        fclose(file)
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return nil }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        let argv = (["python3", "-u", path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawnp(&pid, "python3", &actions, nil, argv, environ)
+        close(fds[1])
+        guard spawned == 0 else { close(fds[0]); return nil }
+        self.pid = pid
+        output = fds[0]
+    }
+
+    /// The next line the peer prints, within `seconds`.
+    func line(within seconds: Double = 20) -> String? {
+        var bytes: [UInt8] = []
+        var byte: UInt8 = 0
+        while true {
+            var entry = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, Int32(seconds * 1000)) == 1, read(output, &byte, 1) == 1 else { return nil }
+            if byte == 10 { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+    }
+
+    /// Waits for the peer's exit within `seconds` (killing it after); its exit code.
+    func finish(within seconds: Double = 20) -> Int32 {
+        let deadline = Double(time(nil)) + seconds
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Double(time(nil)) > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                Issue.record("the Python peer did not finish within \(seconds) s")
+                break
+            }
+            usleep(10_000)
+        }
+        close(output)
+        unlink(path)
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -(status & 0x7f)
+    }
+}
+
+/// CPython's own Listener (3.11's handshake when run by the machine's python3):
+/// prints its address, accepts one connection, answers one message upper-cased.
+let pythonListener = """
+import sys
+from multiprocessing.connection import Listener
+from multiprocessing import AuthenticationError
+key = sys.argv[1].encode()
+with Listener(('127.0.0.1', 0), authkey=key) as listener:
+    print(listener.address[1], flush=True)
+    try:
+        with listener.accept() as conn:
+            data = conn.recv_bytes()
+            conn.send_bytes(data.upper())
+            print('served', len(data), flush=True)
+    except (AuthenticationError, EOFError, ConnectionError) as error:
+        print('refused', type(error).__name__, flush=True)
+"""
+
+/// CPython's own Client: sends one message, prints the answer.
+let pythonClient = """
+import sys
+from multiprocessing.connection import Client
+from multiprocessing import AuthenticationError
+try:
+    with Client(('127.0.0.1', int(sys.argv[1])), authkey=sys.argv[2].encode()) as conn:
+        conn.send_bytes(b'hello from python')
+        print('answer', conn.recv_bytes().decode(), flush=True)
+except (AuthenticationError, EOFError, ConnectionError) as error:
+    print('refused', type(error).__name__, flush=True)
+"""
+
+/// A peer that follows CPython 3.12's handshake ({sha256} prefix, HMAC over the
+/// whole challenge message), with 3.11's Connection for the framing.
+let modernHandshake = """
+import hmac, os, sys, socket
+from multiprocessing.connection import Connection
+from multiprocessing import AuthenticationError
+def deliver(conn, key):
+    message = b'{sha256}' + os.urandom(40)
+    conn.send_bytes(b'#CHALLENGE#' + message)
+    response = conn.recv_bytes(256)
+    expected = b'{sha256}' + hmac.new(key, message, 'sha256').digest()
+    if hmac.compare_digest(response, expected):
+        conn.send_bytes(b'#WELCOME#')
+    else:
+        conn.send_bytes(b'#FAILURE#')
+        raise AuthenticationError('digest received was wrong')
+def answer(conn, key):
+    message = conn.recv_bytes(256)
+    assert message.startswith(b'#CHALLENGE#')
+    message = message[len(b'#CHALLENGE#'):]
+    assert message.startswith(b'{sha256}'), message
+    conn.send_bytes(b'{sha256}' + hmac.new(key, message, 'sha256').digest())
+    if conn.recv_bytes(256) != b'#WELCOME#':
+        raise AuthenticationError('digest sent was rejected')
+role, key = sys.argv[1], sys.argv[2].encode()
+try:
+    if role == 'listen':
+        server = socket.create_server(('127.0.0.1', 0))
+        print(server.getsockname()[1], flush=True)
+        sock, _ = server.accept()
+        conn = Connection(sock.detach())
+        deliver(conn, key); answer(conn, key)
+        data = conn.recv_bytes()
+        conn.send_bytes(data.upper())
+        print('served', len(data), flush=True)
+    else:
+        sock = socket.create_connection(('127.0.0.1', int(sys.argv[3])))
+        conn = Connection(sock.detach())
+        answer(conn, key); deliver(conn, key)
+        conn.send_bytes(b'hello from 3.12')
+        print('answer', conn.recv_bytes().decode(), flush=True)
+except (AuthenticationError, EOFError, ConnectionError) as error:
+    print('refused', type(error).__name__, flush=True)
+"""
+
+let key = Array("secret".utf8)
+
+@Suite("Listener and Client against CPython", .serialized)
+struct ListenerInteropTests {
+    @Test("a Swift Client talks to CPython 3.11's Listener (HMAC-MD5, enabled explicitly)")
+    func swiftClientPythonListener() throws {
+        guard let peer = PythonPeer(pythonListener, ["secret"]) else { return }
+        let port = try #require(peer.line().flatMap { Int($0) })
+        let connection = try MP.Client(address: .tcp(host: "127.0.0.1", port: port), authkey: key, legacyDigest: true)
+        try connection.sendBytes(Array("hello from swift".utf8))
+        #expect(try connection.recvBytes() == Array("HELLO FROM SWIFT".utf8))
+        #expect(peer.line() == "served 16")
+        #expect(peer.finish() == 0)
+    }
+
+    @Test("the legacy digest is refused unless enabled; a wrong key is refused on both sides")
+    func refusals() throws {
+        if let peer = PythonPeer(pythonListener, ["secret"]) {
+            let port = try #require(peer.line().flatMap { Int($0) })
+            #expect(throws: MP.ConnectionError.authentication(Handshake.legacyRefused)) {
+                try MP.Client(address: .tcp(host: "127.0.0.1", port: port), authkey: key)
+            }
+            #expect(peer.line()?.hasPrefix("refused") == true)
+            #expect(peer.finish() == 0)
+        }
+        if let peer = PythonPeer(pythonListener, ["secret"]) {
+            let port = try #require(peer.line().flatMap { Int($0) })
+            #expect(throws: MP.ConnectionError.authentication("digest sent was rejected")) {
+                try MP.Client(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("wrong".utf8), legacyDigest: true)
+            }
+            #expect(peer.line() == "refused AuthenticationError")
+            #expect(peer.finish() == 0)
+        }
+    }
+
+    @Test("CPython 3.11's Client talks to a Swift Listener; a wrong key fails on both sides")
+    func pythonClientSwiftListener() throws {
+        let listener = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: key, legacyDigest: true)
+        defer { listener.close() }
+        guard case .tcp(_, let port) = listener.address, let peer = PythonPeer(pythonClient, [String(port), "secret"]) else { return }
+        let connection = try listener.accept()
+        #expect(try connection.recvBytes() == Array("hello from python".utf8))
+        try connection.sendBytes(Array("hi".utf8))
+        #expect(peer.line() == "answer hi")
+        #expect(peer.finish() == 0)
+        guard case .tcp(let host, _)? = listener.lastAccepted else { Issue.record("no peer address"); return }
+        #expect(host == "127.0.0.1")
+
+        guard let intruder = PythonPeer(pythonClient, [String(port), "wrong"]) else { return }
+        #expect(throws: MP.ConnectionError.authentication("digest received was wrong")) { try listener.accept() }
+        #expect(intruder.line() == "refused AuthenticationError")
+        #expect(intruder.finish() == 0)
+    }
+
+    @Test("the SHA-256 handshake of CPython 3.12+, in both directions")
+    func sha256BothWays() throws {
+        let listener = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: key)
+        defer { listener.close() }
+        guard case .tcp(_, let port) = listener.address,
+              let client = PythonPeer(modernHandshake, ["connect", "secret", String(port)]) else { return }
+        let connection = try listener.accept()
+        #expect(try connection.recvBytes() == Array("hello from 3.12".utf8))
+        try connection.sendBytes(Array("sha256 ok".utf8))
+        #expect(client.line() == "answer sha256 ok")
+        #expect(client.finish() == 0)
+
+        guard let server = PythonPeer(modernHandshake, ["listen", "secret"]) else { return }
+        let serverPort = try #require(server.line().flatMap { Int($0) })
+        let outbound = try MP.Client(address: .tcp(host: "127.0.0.1", port: serverPort), authkey: key)
+        try outbound.sendBytes(Array("modern".utf8))
+        #expect(try outbound.recvBytes() == Array("MODERN".utf8))
+        #expect(server.line() == "served 6")
+        #expect(server.finish() == 0)
+    }
+}
+
+@Suite("Listener and Client", .serialized)
+struct ListenerTests {
+    @Test("Codable values and bytes over every kind of address", arguments: [
+        MP.Address.unix("/tmp/mp-listener-test-\(getpid()).sock"), .abstract("mp-listener-test-\(getpid())"),
+        .tcp(host: "127.0.0.1", port: 0), .tcp(host: "::1", port: 0),
+    ])
+    func addresses(address: MP.Address) throws {
+        let listener = try MP.Listener(address: address, authkey: key)
+        let server = MP.Process {
+            let connection = try listener.accept()
+            let value = try connection.recv([String: Int].self)
+            try connection.send(value.mapValues { $0 * 2 })
+            try connection.sendBitwise(Int64(42))
+        }
+        try server.start()
+        let connection = try MP.Client(address: listener.address, authkey: key)
+        try connection.send(["a": 1, "b": 2])
+        #expect(try connection.recv([String: Int].self) == ["a": 2, "b": 4])
+        #expect(try connection.recvBitwise(Int64.self) == 42)
+        try joinOrKill(server)
+        #expect(server.exitCode == 0)
+        listener.close()
+        if case .unix(let path) = address { #expect(access(path, F_OK) != 0, "the socket file was not removed") }
+    }
+
+    @Test("a Unix socket file is owner-only")
+    func ownerOnly() throws {
+        let path = "/tmp/mp-listener-mode-\(getpid()).sock"
+        let listener = try MP.Listener(address: .unix(path), authkey: key)
+        defer { listener.close() }
+        var info = stat()
+        #expect(stat(path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+    }
+
+    @Test("before authentication a peer gets nothing: a huge claimed frame, garbage, silence; the listener goes on")
+    func hostilePeers() throws {
+        let listener = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: key, handshakeTimeout: 0.5)
+        defer { listener.close() }
+        guard case .tcp(_, let port) = listener.address else { return }
+        let descriptors = openDescriptorCount()
+        // Claims an 8 GB answer: refused from its header, nothing allocated.
+        let huge = rawConnect(port)
+        var claim: [UInt8] = [0xff, 0xff, 0xff, 0xff] + withUnsafeBytes(of: UInt64(8 << 30).bigEndian) { Array($0) }
+        let liar = MP.Process { _ = write(huge, &claim, claim.count) }
+        try liar.start()
+        try joinOrKill(liar)
+        try liar.close() // its pidfd
+        do {
+            _ = try listener.accept()
+            Issue.record("a peer claiming an 8 GB frame was accepted")
+        } catch {
+            guard case .authentication(let why) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(why.contains("during the handshake"))
+        }
+        close(huge)
+        // Garbage instead of an answer.
+        let garbage = rawConnect(port)
+        var junk: [UInt8] = [0, 0, 0, 5] + Array("junk!".utf8)
+        _ = write(garbage, &junk, junk.count)
+        #expect(throws: MP.ConnectionError.self) { try listener.accept() }
+        close(garbage)
+        // Silence: the handshake times out.
+        let silent = rawConnect(port)
+        #expect(throws: MP.ConnectionError.timeout) { try listener.accept() }
+        close(silent)
+        #expect(openDescriptorCount() == descriptors)
+        // The listener still serves an honest client.
+        let honest = MP.Process { _ = try MP.Client(address: listener.address, authkey: key).recvBytes() }
+        try honest.start()
+        let connection = try listener.accept()
+        try connection.sendBytes([1])
+        try joinOrKill(honest)
+        #expect(honest.exitCode == 0)
+    }
+
+    @Test("bad addresses and closed listeners are clear errors")
+    func misuse() throws {
+        #expect(throws: MP.ConnectionError.self) { try MP.Client(address: .unix("/tmp/mp-no-such-listener-\(getpid())")) }
+        #expect(throws: MP.ConnectionError.self) { try MP.Client(address: .tcp(host: "no-such-host.invalid", port: 1)) }
+        #expect(throws: MP.ConnectionError.address("127.0.0.1:70000: port 70000 is outside 1...65535")) {
+            try MP.Client(address: .tcp(host: "127.0.0.1", port: 70000))
+        }
+        #expect(throws: MP.ConnectionError.negativeTimeout(-1)) { try MP.Listener(handshakeTimeout: -1) }
+        let listener = try MP.Listener()
+        listener.close()
+        #expect(throws: MP.ConnectionError.closed) { try listener.accept() }
+    }
+
+    @Test("an async accept from the main actor")
+    @MainActor
+    func asyncAccept() async throws {
+        let listener = try MP.Listener(authkey: key)
+        defer { listener.close() }
+        let client = MP.Process { try MP.Client(address: listener.address, authkey: key).send("hi") }
+        try client.start()
+        let connection = try await listener.accept()
+        #expect(try await connection.recv(String.self) == "hi")
+        try await client.join()
+    }
+}
+
+/// A plain TCP connection to 127.0.0.1:`port`, for misbehaving peers.
+func rawConnect(_ port: Int) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    return fd
+}
+
+@Suite("CPython framing")
+struct PythonFramingTests {
+    @Test("the long form (-1, then a 64-bit length) is read, and written for frames over Int32.max")
+    func longForm() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let reader = MP.Connection(fd: fds[0], readable: true, writable: true, maxMessageSize: 1 << 20, framing: .python)
+        var frame: [UInt8] = [0xff, 0xff, 0xff, 0xff] + withUnsafeBytes(of: UInt64(3).bigEndian) { Array($0) } + Array("abc".utf8)
+        frame += [0, 0, 0, 2] + Array("de".utf8)
+        #expect(write(fds[1], &frame, frame.count) == frame.count)
+        #expect(try reader.recvBytes() == Array("abc".utf8))
+        #expect(try reader.recvBytes() == Array("de".utf8))
+        close(fds[1])
+        #expect(throws: MP.ConnectionError.endOfFile) { try reader.recvBytes() }
+
+        var header = [UInt8](repeating: 0, count: 16)
+        let long = header.withUnsafeMutableBytes {
+            MP.Connection.writePythonHeader(into: $0, payloadSize: Int(Int32.max) + 1, kind: .bytes, type: 0)
+        }
+        #expect(long == 12)
+        #expect(Array(header[..<12]) == [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0])
+        let short = header.withUnsafeMutableBytes { MP.Connection.writePythonHeader(into: $0, payloadSize: 5, kind: .bytes, type: 0) }
+        #expect(short == 4)
+        #expect(Array(header[..<4]) == [0, 0, 0, 5])
+    }
+
+    @Test("a negative length other than -1 is a corrupt stream")
+    func negativeLength() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let reader = MP.Connection(fd: fds[0], readable: true, writable: true, maxMessageSize: 1 << 20, framing: .python)
+        var frame: [UInt8] = [0xff, 0xff, 0xff, 0xfe]
+        #expect(write(fds[1], &frame, frame.count) == 4)
+        #expect(throws: MP.ConnectionError.corruptStream("a frame claims -2 bytes")) { try reader.recvBytes() }
+        close(fds[1])
+    }
+}
