@@ -150,3 +150,9 @@ int cmp_accept(int listener, char *peer, int peer_capacity) {
     }
     return fd;
 }
+
+#include <sys/random.h>
+
+long cmp_getrandom(void *buffer, unsigned long count) {
+    return (long)getrandom(buffer, count, 0);
+}

@@ -14,11 +14,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the figures as one JSON object {\"metric_name\": number} to this file.")
     var json: String?
 
-    @Option(help: "Run only these groups (repeatable): process, comm, wire, pool, taskpool.")
+    @Option(help: "Run only these groups (repeatable): process, comm, connection, wire, pool, taskpool.")
     var only: [Group] = []
 
     enum Group: String, ExpressibleByArgument, CaseIterable {
-        case process, comm, wire, pool, taskpool
+        case process, comm, connection, wire, pool, taskpool
     }
 
     func run() throws {
@@ -45,6 +45,7 @@ struct BenchCommand: ParsableCommand {
             switch group {
             case .process: metrics = try ProcessBenchmarks.run(quick: quick)
             case .comm: metrics = try CommBenchmarks.run(quick: quick)
+            case .connection: metrics = try ConnectionBenchmarks.run(quick: quick)
             case .wire: metrics = try WireBenchmarks.run(quick: quick)
             case .pool: metrics = try PoolBenchmarks.run(quick: quick)
             case .taskpool: metrics = try TaskPoolBenchmarks.run(quick: quick)

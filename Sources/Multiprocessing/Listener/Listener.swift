@@ -144,8 +144,7 @@ extension MP {
                 let handshake = Handshake(fd: socket, key: authkey, legacyDigest: legacyDigest,
                                           deadline: handshakeTimeout.flatMap { Deadline.after(validSeconds: $0) })
                 do {
-                    try handshake.deliverChallenge()
-                    try handshake.answerChallenge()
+                    try handshake.listenerHandshake()
                 } catch {
                     Sys.close(socket)
                     throw error
@@ -191,8 +190,7 @@ extension MP {
             let handshake = Handshake(fd: fd, key: authkey, legacyDigest: legacyDigest,
                                       deadline: handshakeTimeout.flatMap { Deadline.after(validSeconds: $0) })
             do {
-                try handshake.answerChallenge()
-                try handshake.deliverChallenge()
+                try handshake.clientHandshake()
             } catch {
                 Sys.close(fd)
                 throw error

@@ -55,3 +55,16 @@ extension Sys {
         _ = Glibc.unlink(path)
     }
 }
+
+extension Sys {
+    /// `count` bytes from the kernel's random source (`getrandom`), in one call for a challenge-sized request.
+    static func randomBytes(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let got = bytes.withUnsafeMutableBytes { cmp_getrandom($0.baseAddress! + filled, UInt(count - filled)) }
+            if got > 0 { filled += got } else if errno != EINTR { preconditionFailure("getrandom failed: errno \(errno)") }
+        }
+        return bytes
+    }
+}

@@ -225,6 +225,8 @@ int cmp_listen_tcp(const char *host, int port, int backlog, int *bound_port);
 int cmp_connect_tcp(const char *host, int port);
 /// The text of a getaddrinfo failure returned as -(1000 + code) by the calls above (pass the positive 1000 + code).
 const char *cmp_address_error(int code);
+/// `getrandom(buffer, count, 0)`: the count filled, or -1 with errno.
+long cmp_getrandom(void *buffer, unsigned long count);
 /// `accept4(listener, SOCK_CLOEXEC)`, EINTR retried; the peer's "host port" in `peer` for TCP. -errno.
 int cmp_accept(int listener, char *peer, int peer_capacity);
 
