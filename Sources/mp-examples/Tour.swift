@@ -436,4 +436,5 @@ let examples: [Example] = [
     Example(name: "start-methods", title: "dance and sing under spawn and forkserver, with named tasks and get_context (001 §2.1)", run: danceAndSingUnderEachMethod),
     Example(name: "queue-forkserver", title: "producer and consumer under set_start_method('forkserver'): the queue crosses", run: producerConsumerForkserver),
     Example(name: "pool-named", title: "Pool(4) with apply_async of 10 named tasks under forkserver: persistent workers (003)", run: poolApplyAsyncNamed),
+    Example(name: "listener-python", title: "a Swift Listener and a CPython Client exchange messages, authenticated", run: listenerWithPython),
 ]

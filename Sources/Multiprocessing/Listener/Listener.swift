@@ -16,8 +16,8 @@ extension MP {
     ///
     /// The connections speak CPython's framing: ``MP/Connection/sendBytes(_:)``
     /// and ``MP/Connection/recvBytes(maxLength:)`` exchange exactly what
-    /// CPython's `send_bytes`/`recv_bytes` do; ``MP/Connection/send(_:)`` and
-    /// ``MP/Connection/recv(_:)`` carry `Codable` values in this library's
+    /// CPython's `send_bytes`/`recv_bytes` do; `send` and `recv` carry
+    /// `Codable` values in this library's
     /// wire format inside such frames (nothing received is ever unpickled or run).
     ///
     /// With an `authkey`, each accepted connection is authenticated before
