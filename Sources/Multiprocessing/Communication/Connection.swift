@@ -73,6 +73,12 @@ extension MP {
         case timeout
         /// The address cannot be used (a name that does not resolve, a path too long).
         case address(String)
+        /// A bad argument (Python's `ValueError`).
+        case invalidArgument(String)
+        /// Python's `BufferTooShort`: the message did not fit the buffer given
+        /// to `recvBytes(into:offset:)`. It carries the whole
+        /// message: nothing is lost.
+        case bufferTooShort([UInt8])
 
         public var description: String {
             switch self {
@@ -92,6 +98,8 @@ extension MP {
             case .authentication(let why): return "authentication failed: \(why)"
             case .timeout: return "timed out"
             case .address(let why): return "bad address: \(why)"
+            case .invalidArgument(let what): return what
+            case .bufferTooShort(let message): return "the buffer is too short for the message of \(message.count) bytes (the error carries it)"
             }
         }
     }
@@ -380,6 +388,30 @@ extension MP {
                 lastFrameWasLarge = size >= 32 << 10
                 return try takePayload(size)
             }
+        }
+
+        /// Python's `recv_bytes_into(buffer, offset)`: receives one message into
+        /// `buffer` from `offset`; returns its length. A message longer than
+        /// the room left throws ``MP/ConnectionError/bufferTooShort(_:)``
+        /// carrying the whole message, as CPython's `BufferTooShort` does.
+        public func recvBytes(into buffer: UnsafeMutableRawBufferPointer, offset: Int = 0) throws(ConnectionError) -> Int {
+            guard offset >= 0, offset <= buffer.count else {
+                throw .invalidArgument("offset \(offset) is outside the buffer of \(buffer.count) bytes")
+            }
+            let message = try recvBytes()
+            guard message.count <= buffer.count - offset else { throw .bufferTooShort(message) }
+            if !message.isEmpty {
+                message.withUnsafeBytes { (buffer.baseAddress! + offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            }
+            return message.count
+        }
+
+        /// `recvBytes(into:offset:)` for an array (its length is the room; it is not grown).
+        public func recvBytes(into array: inout [UInt8], offset: Int = 0) throws(ConnectionError) -> Int {
+            let result = array.withUnsafeMutableBytes { raw in
+                Result { () throws(ConnectionError) -> Int in try recvBytes(into: raw, offset: offset) }
+            }
+            return try result.get()
         }
 
         /// The next `size` bytes: what is buffered, then the rest read directly.

@@ -1,0 +1,118 @@
+extension MP {
+    /// Python's `multiprocessing.RawValue` (and `Value(..., lock=False)`): a
+    /// `BitwiseCopyable` value in shared memory, with no lock. Reads and
+    /// writes of machine-word values never tear; anything more needs a lock
+    /// of its own (or ``MP/Value``, which has one).
+    public final class RawValue<T: BitwiseCopyable>: @unchecked Sendable {
+        let block: SharedBlock
+        private let pointer: UnsafeMutablePointer<T>
+
+        /// Shared memory holding `value`.
+        public init(_ value: T) throws(SyncError) {
+            block = try SharedBlock(bytes: MemoryLayout<T>.size)
+            pointer = block.base.bindMemory(to: T.self, capacity: 1)
+            pointer.initialize(to: value)
+        }
+
+        init(block: SharedBlock) throws {
+            guard block.size >= MemoryLayout<T>.size else {
+                throw MP.TaskError.cannotCross("an MP.RawValue<\(T.self)> arrived in a block of \(block.size) bytes")
+            }
+            self.block = block
+            pointer = block.base.bindMemory(to: T.self, capacity: 1)
+        }
+
+        /// Python's `value`: read and written directly, with no lock.
+        public var value: T {
+            get { pointer.pointee }
+            set { pointer.pointee = newValue }
+        }
+    }
+
+    /// Python's `multiprocessing.RawArray` (and `Array(..., lock=False)`): a
+    /// fixed-size array of `BitwiseCopyable` elements in shared memory, with
+    /// no lock. A `RandomAccessCollection` and `MutableCollection`.
+    public final class RawArray<Element: BitwiseCopyable>: RandomAccessCollection, MutableCollection, @unchecked Sendable {
+        let block: SharedBlock
+        let elements: UnsafeMutablePointer<Element>
+        public let count: Int
+
+        private init(count: Int) throws(SyncError) {
+            guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
+            let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
+            guard !overflow else { throw .invalidArgument("an array of \(count) \(Element.self) elements does not fit in memory") }
+            block = try SharedBlock(bytes: bytes)
+            elements = block.base.bindMemory(to: Element.self, capacity: count)
+            self.count = count
+        }
+
+        init(block: SharedBlock, count: Int) throws {
+            guard count >= 0, block.size / Swift.max(1, MemoryLayout<Element>.stride) >= count else {
+                throw MP.TaskError.cannotCross("an MP.RawArray of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
+            }
+            self.block = block
+            elements = block.base.bindMemory(to: Element.self, capacity: count)
+            self.count = count
+        }
+
+        /// Python's `RawArray(typecode, size)`: `count` copies of `repeating`.
+        public convenience init(repeating value: Element, count: Int) throws(SyncError) {
+            try self.init(count: count)
+            elements.initialize(repeating: value, count: count)
+        }
+
+        /// Python's `RawArray(typecode, sequence)`.
+        public convenience init(_ values: some Collection<Element>) throws(SyncError) {
+            try self.init(count: values.count)
+            for (index, value) in values.enumerated() { (elements + index).initialize(to: value) }
+        }
+
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { count }
+
+        public subscript(position: Int) -> Element {
+            get {
+                precondition(position >= 0 && position < count, "MP.RawArray index \(position) out of range 0..<\(count)")
+                return elements[position]
+            }
+            set {
+                precondition(position >= 0 && position < count, "MP.RawArray index \(position) out of range 0..<\(count)")
+                elements[position] = newValue
+            }
+        }
+
+        /// A copy of the elements as a Swift array.
+        public var snapshot: [Element] { Swift.Array(UnsafeBufferPointer(start: elements, count: count)) }
+    }
+}
+
+extension MP.RawValue: Codable {
+    /// Crosses into a spawned or forkserver child as the memfd behind it (a named task's argument).
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(try block.reference(in: encoder, for: "MP.RawValue<\(T.self)>"))
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let reference = try decoder.singleValueContainer().decode(SharedBlock.Reference.self)
+        try self.init(block: try SharedBlock(reference, from: decoder, for: "MP.RawValue<\(T.self)>"))
+    }
+}
+
+extension MP.RawArray: Codable {
+    private enum CodingKeys: String, CodingKey { case block, count }
+
+    /// Crosses into a spawned or forkserver child as the memfd behind it (a named task's argument).
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(try block.reference(in: encoder, for: "MP.RawArray<\(Element.self)>"), forKey: .block)
+        try container.encode(count, forKey: .count)
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
+        let block = try SharedBlock(reference, from: decoder, for: "MP.RawArray<\(Element.self)>")
+        try self.init(block: block, count: try container.decode(Int.self, forKey: .count))
+    }
+}
