@@ -34,6 +34,7 @@ enum CommBenchmarks {
         if let output = runPython(fasterFifoScript(items: queueItems, rounds: rounds)) {
             metrics += parseMetrics(output, suffix: "_fasterfifo", higherIsBetter: better)
         }
+        metrics += try SharedListBenchmarks.run(quick: quick)
         return metrics
     }
 

@@ -14,6 +14,12 @@ extension MP {
         case notFound(String)
         case closed(String)
         case system(OSError)
+        /// A ``MP/ShareableList`` position outside `0..<count` (Python's `IndexError`).
+        case indexOutOfRange(Int, count: Int)
+        /// A string or bytes item longer than its slot (Python's `ValueError: bytes/str item exceeds available storage`).
+        case itemTooLarge(index: Int, size: Int, capacity: Int)
+        /// The segment does not hold a ``MP/ShareableList`` in CPython's layout.
+        case notAShareableList(String)
 
         public var description: String {
             switch self {
@@ -23,6 +29,10 @@ extension MP {
             case .notFound(let name): return "no shared memory named '\(name)'"
             case .closed(let name): return "shared memory '\(name)' is closed"
             case .system(let error): return error.description
+            case .indexOutOfRange(let index, let count): return "index \(index) out of range 0..<\(count)"
+            case .itemTooLarge(let index, let size, let capacity):
+                return "item \(index) of \(size) bytes exceeds its storage of \(capacity) bytes (a ShareableList's slots keep the size they were created with)"
+            case .notAShareableList(let why): return "not a ShareableList: \(why)"
             }
         }
     }
