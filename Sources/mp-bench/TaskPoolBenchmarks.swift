@@ -60,7 +60,18 @@ enum TaskPoolBenchmarks {
             return Double(tiny) / elapsed
         }, higherIsBetter: true))
 
-        let better = ["pool_named_map_tiny_items_per_s": true]
+        let threadItems = 100_000
+        let threads = try MP.ThreadPool(processes: 2)
+        defer { threads.terminate(); try? threads.join() }
+        metrics.append(Metric(name: "thread_pool_map_items_per_s", value: try medianOf(rounds, warmup: 1) {
+            let start = now()
+            let squares = try threads.map(0..<threadItems) { $0 * $0 }
+            let elapsed = now() - start
+            guard squares.count == threadItems else { throw BenchError("thread map results wrong") }
+            return Double(threadItems) / elapsed
+        }, higherIsBetter: true))
+
+        let better = ["pool_named_map_tiny_items_per_s": true, "thread_pool_map_items_per_s": true]
         if let output = runPython(pythonScript(tiny: tiny, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
                                                rounds: rounds, mapRounds: mapRounds, starts: starts)) {
             metrics += parseMetrics(output, suffix: "_python", higherIsBetter: better)
@@ -99,6 +110,13 @@ enum TaskPoolBenchmarks {
                 f()
                 print(name, statistics.median([f() for _ in range(rounds)]), flush=True)
             pool.terminate()
+            from multiprocessing.dummy import Pool as ThreadPool
+            threads = ThreadPool(2)
+            def thread_map():
+                s = time.perf_counter(); r = threads.map(sq, range(100000)); return 100000 / (time.perf_counter() - s)
+            thread_map()
+            print('thread_pool_map_items_per_s', statistics.median([thread_map() for _ in range(\(rounds))]), flush=True)
+            threads.terminate()
         """
     }
 }
