@@ -112,3 +112,42 @@ final class PythonPeerWithInput {
         return peer.finish()
     }
 }
+
+@Suite("SharedMemoryManager", .serialized)
+struct SharedMemoryManagerTests {
+    @Test("segments and lists made through it are unlinked at shutdown")
+    func shutdownUnlinks() throws {
+        var names: [String] = []
+        try MP.SharedMemoryManager.with { smm in
+            let shm = try smm.SharedMemory(size: 128)
+            let list = try smm.ShareableList([1, "two"])
+            names = [shm.name, list.name]
+            #expect(try MP.ShareableList(name: list.name)[1] == "two")
+        }
+        for name in names { #expect(throws: MP.SharedMemoryError.notFound(name)) { try MP.SharedMemory(name: name) } }
+        #expect(!hasAnyChild())
+        let manager = try MP.SharedMemoryManager()
+        manager.shutdown()
+        #expect(throws: MP.SharedMemoryError.closed("the SharedMemoryManager is shut down")) { try manager.SharedMemory(size: 8) }
+    }
+
+    @Test("they are unlinked when the owner is SIGKILLed")
+    func ownerDeath() throws {
+        try asSubreaper {
+            let report = TestPipe()
+            let owner = MP.Process {
+                let smm = try MP.SharedMemoryManager()
+                let shm = try smm.SharedMemory(size: 64)
+                report.write(shm.name + "\n")
+                try MP.kill(MP.getpid(), .kill)
+            }
+            try owner.start()
+            let text = report.readAll()
+            try joinOrKill(owner)
+            let name = try #require(text.split(separator: "\n").first.map(String.init))
+            // The keeper sees its owner gone, unlinks, exits; it comes back to us (subreaper).
+            try reapAdoptedOrphans()
+            #expect(throws: MP.SharedMemoryError.notFound(name)) { try MP.SharedMemory(name: name) }
+        }
+    }
+}

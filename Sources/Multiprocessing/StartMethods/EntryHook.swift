@@ -14,7 +14,9 @@ import _CMultiprocessingShims
 /// - `PROGRAM --swift-multiprocessing-forkserver PID bound|inherited`: the
 ///   forkserver, on descriptor 3 (``ForkServer``);
 /// - `PROGRAM --swift-multiprocessing-resource-tracker 3`: the resource
-///   tracker, reading descriptor 3 (``ResourceTracker``).
+///   tracker, reading descriptor 3 (``ResourceTracker``);
+/// - `PROGRAM --swift-multiprocessing-segment-keeper 3 OWNER`: the helper of
+///   a ``MP/SharedMemoryManager`` (``SegmentKeeper``).
 ///
 /// So a user's program needs no line in `main` for either start method, and
 /// a program that never uses them pays one string comparison at startup.
@@ -36,6 +38,8 @@ enum EntryHook {
             LaunchedChild.run(descriptors: (0..<number).map { 3 + $0 })
         case ResourceTracker.flag where number == 3:
             ResourceTracker.serve(3)
+        case SegmentKeeper.flag where number == 3 && argc >= 4:
+            SegmentKeeper.serve(3, owner: argv[3].flatMap { pid_t(String(cString: $0)) } ?? 0)
         case ForkServer.flag where number > 0:
             let boundNow = argc >= 4 && argv[3].map { strcmp($0, "bound") == 0 } == true
             ForkServer.serve(socket: 3, parent: number, boundNow: boundNow)

@@ -1,0 +1,133 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension MP {
+    /// Python's `multiprocessing.managers.SharedMemoryManager`: segments and
+    /// shareable lists made through it are unlinked at its ``shutdown()``,
+    /// and also when the process that owns it dies (even by SIGKILL).
+    ///
+    /// ```swift
+    /// try MP.SharedMemoryManager.with { smm in                 // with SharedMemoryManager() as smm:
+    ///     let shm = try smm.SharedMemory(size: 4096)          //     shm = smm.SharedMemory(size=4096)
+    ///     let list = try smm.ShareableList([1, 2, 3])         //     sl = smm.ShareableList([1, 2, 3])
+    /// }                                                       // both unlinked here
+    /// ```
+    ///
+    /// A small helper process (a spawned copy of the program, as CPython's
+    /// manager is) keeps the names; it unlinks them when told to, or when it
+    /// sees its owner gone (through the owner's pidfd).
+    public final class SharedMemoryManager: @unchecked Sendable {
+        private let lock = ForkSafeLock()
+        private var channel: Int32
+        private let keeper: pid_t
+        private let owner = Sys.getpid
+
+        /// Python's `SharedMemoryManager()` followed by `start()`.
+        public init() throws(SharedMemoryError) {
+            let (readEnd, writeEnd): (Int32, Int32)
+            do { (readEnd, writeEnd) = try Sys.pipe() } catch { throw .system(error) }
+            do {
+                keeper = try Sys.spawn("/proc/self/exe", arguments: [Spawner.programName, SegmentKeeper.flag, "3", String(Sys.getpid)],
+                                       descriptors: [readEnd])
+            } catch {
+                Sys.close(readEnd)
+                Sys.close(writeEnd)
+                throw .system(error)
+            }
+            Sys.close(readEnd)
+            channel = writeEnd
+        }
+
+        deinit { shutdown() }
+
+        /// `with SharedMemoryManager() as smm:`: shut down afterwards, also when `body` throws.
+        public static func with<T>(_ body: (SharedMemoryManager) throws -> T) throws -> T {
+            let manager = try SharedMemoryManager()
+            defer { manager.shutdown() }
+            return try body(manager)
+        }
+
+        /// Python's `smm.SharedMemory(size)`: a new segment, unlinked at shutdown.
+        public func SharedMemory(size: Int) throws(SharedMemoryError) -> MP.SharedMemory {
+            let segment = try MP.SharedMemory(create: true, size: size)
+            try keep(segment.name)
+            return segment
+        }
+
+        /// Python's `smm.ShareableList(sequence)`: a new list, unlinked at shutdown.
+        public func ShareableList(_ items: [MP.ShareableList.Item]) throws(SharedMemoryError) -> MP.ShareableList {
+            let list = try MP.ShareableList(items)
+            try keep(list.name)
+            return list
+        }
+
+        /// Hands the name to the keeper (and takes it off the resource tracker's list: one owner).
+        private func keep(_ name: String) throws(SharedMemoryError) {
+            try lock.withLock { () throws(SharedMemoryError) in
+                guard channel >= 0 else {
+                    try? Sys.sharedMemoryUnlink("/" + name)
+                    throw .closed("the SharedMemoryManager is shut down")
+                }
+                Sys.writeAll(channel, "KEEP /\(name)\n")
+            }
+            ResourceTracker.unregister("/" + name)
+        }
+
+        /// Python's `shutdown()`: unlinks every segment made through this
+        /// manager (attached processes keep their mappings) and ends the
+        /// helper. Twice is harmless.
+        public func shutdown() {
+            let fd = lock.withLock { () -> Int32 in
+                defer { channel = -1 }
+                return channel
+            }
+            guard fd >= 0, Sys.getpid == owner else { return }
+            Sys.writeAll(fd, "SHUTDOWN\n")
+            Sys.close(fd)
+            var status: Int32 = 0
+            while (try? Sys.waitpid(keeper, &status, 0)) == nil && errno == EINTR {}
+        }
+    }
+}
+
+/// The helper behind ``MP/SharedMemoryManager``: reads names to keep, and
+/// unlinks them at `SHUTDOWN`, at end-of-file, or when its owner is gone.
+enum SegmentKeeper {
+    static let flag = "--swift-multiprocessing-segment-keeper"
+
+    static func serve(_ readEnd: Int32, owner: pid_t) -> Never {
+        Sys.closeAll(except: readEnd)
+        Sys.ignore(.interrupt)
+        Sys.ignore(.terminate)
+        var kept: Set<String> = []
+        let ownerFd = (try? Sys.pidfdOpen(owner)) ?? -1
+        var pending: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        // Once the owner is gone, what it wrote is still read (its last
+        // names may arrive after its death), without waiting for more.
+        var ownerGone = false
+        serving: while true {
+            if ownerFd < 0 && Sys.getppid != owner { ownerGone = true }
+            let watched = [readEnd] + (ownerFd >= 0 && !ownerGone ? [ownerFd] : [])
+            let ready = (try? Sys.pollReadable(watched, until: ownerGone ? Deadline.after(validSeconds: 0) : nil)) ?? []
+            if ready.contains(readEnd) {
+                let count = buffer.withUnsafeMutableBytes { Sys.readSome(readEnd, into: $0) }
+                if count <= 0 { break }
+                pending += buffer[0..<count]
+                while let newline = pending.firstIndex(of: 10) {
+                    let line = String(decoding: pending[..<newline], as: UTF8.self)
+                    pending.removeSubrange(...newline)
+                    if line == "SHUTDOWN" { break serving }
+                    if line.hasPrefix("KEEP ") { kept.insert(String(line.dropFirst(5))) }
+                }
+            } else if ownerGone {
+                break
+            } else if ready.contains(ownerFd) {
+                ownerGone = true
+            }
+        }
+        for path in kept { try? Sys.sharedMemoryUnlink(path) }
+        Sys.exitImmediately(0)
+    }
+}
