@@ -15,6 +15,9 @@ let package = Package(
         // HMAC (SHA-256, and MD5 for CPython 3.11 peers) in the authentication
         // handshake of MP.Listener and MP.Client: CPython's, byte for byte.
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        // The Swift ecosystem's logging API, for the library's lifecycle events
+        // (Python's multiprocessing.get_logger / log_to_stderr); silent by default.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // Command lines of the two executables (`mp-examples [list|NAME]`, `mp-bench [--quick] [--json FILE]`).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
@@ -34,6 +37,7 @@ let package = Package(
                 "_CMultiprocessingSync",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

@@ -87,6 +87,7 @@ final class PoolDispatcher: @unchecked Sendable {
             }
             if state == .terminated {
                 let everyone = generations.flatMap(\.workers) + draining
+                LibraryLog.log(.info, "pool terminated: \(everyone.count) worker(s) killed")
                 for worker in everyone { try? worker.process.kill() }
                 for worker in everyone { reap(worker) }
                 for generation in generations {
@@ -276,6 +277,7 @@ final class PoolDispatcher: @unchecked Sendable {
         } else {
             generation.settle(Int(held), .failure(.workerDied(how)))
         }
+        LibraryLog.log(.info, "pool worker \(how) mid-task; a replacement finishes its batch")
     }
 
     static func describeDeath(of process: MP.Process) -> String {

@@ -297,6 +297,7 @@ extension MP {
                 let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
                 lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
                 runtime.register(self)
+                LibraryLog.log(.info, "started \(name) (pid \(pid), \(method))")
                 return
             }
             let parentPid = Sys.getpid
@@ -320,6 +321,7 @@ extension MP {
             let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
             lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
             runtime.register(self)
+            LibraryLog.log(.info, "started \(name) (pid \(pid), fork)")
         }
 
         /// Encodes the task with its objects' descriptors and starts it with `method`.
@@ -337,7 +339,7 @@ extension MP {
                 build: BuildIdentity.current, task: task.name, arguments: arguments,
                 processName: name, identity: identity, daemon: daemon,
                 parentPid: Sys.getpid, parentName: Runtime.shared.current.name,
-                lineBuffered: OutputMode.lineBuffered)
+                lineBuffered: OutputMode.lineBuffered, logLevel: LibraryLog.currentLevel?.rawValue)
             return try Launcher.launch(info, objects: table.descriptors, method: method, daemon: daemon)
         }
 
@@ -444,6 +446,7 @@ extension MP {
         /// Reaps the child if it has ended (or, `blocking`, when it ends).
         func reap(blocking: Bool) {
             var finished = false
+            var logged: (pid: Int32, status: ExitStatus)?
             lock.withLock {
                 guard case .running(let pid, let pidfd) = state else { return }
                 var raw: Int32 = 0
@@ -453,6 +456,7 @@ extension MP {
                     if reaped == pid {
                         state = .finished(pid: pid, pidfd: pidfd, status: ExitStatus(rawValue: raw))
                         finished = true
+                        logged = (pid, ExitStatus(rawValue: raw))
                     }
                 } catch {
                     // ECHILD: reaped behind our back; MP.wait() hands us the status if it did.
@@ -461,18 +465,21 @@ extension MP {
                 }
             }
             if finished { Runtime.shared.unregister(self) }
+            if let logged { LibraryLog.log(.info, "\(name) (pid \(logged.pid)) \(logged.status.logDescription)") }
         }
 
         /// A raw `MP.wait()`/`MP.waitpid()` reaped this child.
         func recordReaped(status: ExitStatus) {
-            lock.withLock {
+            let reaped = lock.withLock { () -> Int32? in
                 switch state {
                 case .running(let pid, let pidfd), .finished(let pid, let pidfd, nil):
                     state = .finished(pid: pid, pidfd: pidfd, status: status)
-                default: break
+                    return pid
+                default: return nil
                 }
             }
             Runtime.shared.unregister(self)
+            if let reaped { LibraryLog.log(.info, "\(name) (pid \(reaped)) \(status.logDescription)") }
         }
 
         // MARK: fork support

@@ -46,7 +46,8 @@ enum ResourceTracker {
     private static func start() {
         guard let (readEnd, write) = try? Sys.pipe() else { return }
         let arguments = [Spawner.programName, flag, "3"]
-        guard let pid = try? Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: [readEnd]) else {
+        guard let pid = try? Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: [readEnd],
+                                       addedEnvironment: LibraryLog.environmentForChildren) else {
             Sys.close(readEnd)
             Sys.close(write)
             return
@@ -79,6 +80,7 @@ enum ResourceTracker {
         Sys.closeAll(except: readEnd)
         Sys.ignore(.interrupt)
         Sys.ignore(.terminate)
+        LibraryLog.adopt(getenv(LibraryLog.environment).map { String(cString: $0) })
         var registered: [String: Int] = [:]
         var pending: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -98,7 +100,10 @@ enum ResourceTracker {
         }
         if !registered.isEmpty {
             Sys.writeAll(STDERR_FILENO, "resource tracker: \(registered.count) leaked shared memory segment(s) to clean up at shutdown\n")
-            for path in registered.keys { try? Sys.sharedMemoryUnlink(path) }
+            for path in registered.keys {
+                try? Sys.sharedMemoryUnlink(path)
+                LibraryLog.log(.warning, "resource tracker unlinked the leaked shared memory segment \(path)")
+            }
         }
         Sys.exitImmediately(0)
     }

@@ -16,6 +16,8 @@ struct LaunchInfo: Codable {
     var parentName: String
     /// The parent asked for line-buffered stdout (``MP/setLineBufferedOutput()``).
     var lineBuffered: Bool
+    /// The parent's library log level (``MP/logToStderr(level:)``), if it logs.
+    var logLevel: String?
 }
 
 /// A named task as a process target: its name, its checks, its encoding, and

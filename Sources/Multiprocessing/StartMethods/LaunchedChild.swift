@@ -21,6 +21,7 @@ enum LaunchedChild {
         // A daemon dies with its parent; if the parent is already gone, now.
         if info.daemon && !Sys.dieWithParent(info.parentPid) { try? Sys.kill(Sys.getpid, SIGKILL) }
         if info.lineBuffered { MP.setLineBufferedOutput() }
+        LibraryLog.adopt(info.logLevel)
         let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon, parentPid: info.parentPid)
         Runtime.shared.becomeLaunchedChild(process: process, parentPid: info.parentPid, parentName: info.parentName)
         crashLabel = strdup(info.processName)

@@ -408,7 +408,10 @@ final class TaskPoolCore: @unchecked Sendable {
         guard let index = workers.firstIndex(where: { $0 === worker }) else { return }
         workers.remove(at: index)
         dyingWorkers.append(worker)
-        if state != .terminated, broken == nil, let replacement = try? startWorker() { workers.append(replacement) }
+        if state != .terminated, broken == nil, let replacement = try? startWorker() {
+            workers.append(replacement)
+            LibraryLog.log(.info, "pool worker \(worker.process.name) (pid \(worker.pid)) killed (a timeout or a cancellation); replaced by \(replacement.process.name) (pid \(replacement.pid))")
+        }
     }
 
     private func requestWake() {
@@ -572,6 +575,7 @@ final class TaskPoolCore: @unchecked Sendable {
         readReports(worker)
         worker.stderr.pump()
         try? worker.process.join()
+        let how = worker.dying ? "\(worker.process.name) (pid \(worker.pid)) was stopped" : Self.describeDeath(of: worker.process)
         let wasServing = workers.contains { $0 === worker }
         workers.removeAll { $0 === worker }
         dyingWorkers.removeAll { $0 === worker }
@@ -611,10 +615,15 @@ final class TaskPoolCore: @unchecked Sendable {
         }
         worker.channel.close()
         try? worker.process.close()
-        guard state != .terminated, broken == nil, wasServing else { return }
+        guard state != .terminated, broken == nil, wasServing else {
+            LibraryLog.log(.info, "pool worker \(how)")
+            return
+        }
         if state == .running || !queue.isEmpty {
             do {
-                workers.append(try startWorker())
+                let replacement = try startWorker()
+                workers.append(replacement)
+                LibraryLog.log(.info, "pool worker \(how); replaced by \(replacement.process.name) (pid \(replacement.pid))")
             } catch {
                 // No replacement (a process limit, no memory): the remaining
                 // workers go on; with none left, the queued tasks fail.
@@ -628,6 +637,7 @@ final class TaskPoolCore: @unchecked Sendable {
     private func terminateWorkers() {
         workers += dyingWorkers
         dyingWorkers = []
+        LibraryLog.log(.info, "task pool terminated: \(workers.count) worker(s) killed")
         for worker in workers { try? worker.process.kill() }
         for worker in workers {
             try? worker.process.join()
