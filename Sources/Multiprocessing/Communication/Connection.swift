@@ -172,8 +172,10 @@ extension MP {
 
         deinit { if fd >= 0 { Sys.close(fd) } }
 
-        var isReadable: Bool { readable }
-        var isWritable: Bool { writable }
+        /// Python's `readable`: whether this end receives.
+        public var isReadable: Bool { readable }
+        /// Python's `writable`: whether this end sends.
+        public var isWritable: Bool { writable }
 
         /// Python's `fileno()`; -1 once closed.
         public var fileno: Int32 { fd }
