@@ -208,3 +208,27 @@ enum Sys {
     /// Flushes every C stdio stream (Swift's `print` writes through stdout's buffer).
     static func flushStdio() { _ = fflush(nil) }
 }
+
+/// The lines a helper process reads from its pipe (the resource tracker, a
+/// shared-memory manager's keeper): one `read`, then the complete lines.
+struct PipeLines {
+    let fd: Int32
+    private var pending: [UInt8] = []
+    private var buffer = [UInt8](repeating: 0, count: 4096)
+
+    init(_ fd: Int32) { self.fd = fd }
+
+    /// Reads once (blocking) and returns the complete lines; nil at end-of-file.
+    mutating func next() -> [String]? {
+        let fd = self.fd
+        let count = buffer.withUnsafeMutableBytes { Sys.readSome(fd, into: $0) }
+        if count <= 0 { return nil }
+        pending += buffer[0..<count]
+        var lines: [String] = []
+        while let newline = pending.firstIndex(of: 10) {
+            lines.append(String(decoding: pending[..<newline], as: UTF8.self))
+            pending.removeSubrange(...newline)
+        }
+        return lines
+    }
+}

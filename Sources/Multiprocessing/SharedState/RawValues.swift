@@ -33,56 +33,34 @@ extension MP {
     /// fixed-size array of `BitwiseCopyable` elements in shared memory, with
     /// no lock. A `RandomAccessCollection` and `MutableCollection`.
     public final class RawArray<Element: BitwiseCopyable>: RandomAccessCollection, MutableCollection, @unchecked Sendable {
-        let block: SharedBlock
-        let elements: UnsafeMutablePointer<Element>
-        public let count: Int
-
-        private init(count: Int) throws(SyncError) {
-            guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
-            let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
-            guard !overflow else { throw .invalidArgument("an array of \(count) \(Element.self) elements does not fit in memory") }
-            block = try SharedBlock(bytes: bytes)
-            elements = block.base.bindMemory(to: Element.self, capacity: count)
-            self.count = count
-        }
+        let storage: SharedElements<Element>
+        var block: SharedBlock { storage.block }
+        public var count: Int { storage.count }
 
         init(block: SharedBlock, count: Int) throws {
-            guard count >= 0, block.size / Swift.max(1, MemoryLayout<Element>.stride) >= count else {
-                throw MP.TaskError.cannotCross("an MP.RawArray of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
-            }
-            self.block = block
-            elements = block.base.bindMemory(to: Element.self, capacity: count)
-            self.count = count
+            storage = try SharedElements(block: block, count: count, what: "MP.RawArray")
         }
 
         /// Python's `RawArray(typecode, size)`: `count` copies of `repeating`.
-        public convenience init(repeating value: Element, count: Int) throws(SyncError) {
-            try self.init(count: count)
-            elements.initialize(repeating: value, count: count)
+        public init(repeating value: Element, count: Int) throws(SyncError) {
+            storage = try SharedElements(repeating: value, count: count)
         }
 
         /// Python's `RawArray(typecode, sequence)`.
-        public convenience init(_ values: some Collection<Element>) throws(SyncError) {
-            try self.init(count: values.count)
-            for (index, value) in values.enumerated() { (elements + index).initialize(to: value) }
+        public init(_ values: some Collection<Element>) throws(SyncError) {
+            storage = try SharedElements(values)
         }
 
         public var startIndex: Int { 0 }
         public var endIndex: Int { count }
 
         public subscript(position: Int) -> Element {
-            get {
-                precondition(position >= 0 && position < count, "MP.RawArray index \(position) out of range 0..<\(count)")
-                return elements[position]
-            }
-            set {
-                precondition(position >= 0 && position < count, "MP.RawArray index \(position) out of range 0..<\(count)")
-                elements[position] = newValue
-            }
+            get { storage[position, "MP.RawArray"] }
+            set { storage[position, "MP.RawArray"] = newValue }
         }
 
         /// A copy of the elements as a Swift array.
-        public var snapshot: [Element] { Swift.Array(UnsafeBufferPointer(start: elements, count: count)) }
+        public var snapshot: [Element] { storage.snapshot }
     }
 }
 

@@ -82,15 +82,9 @@ enum ResourceTracker {
         Sys.ignore(.terminate)
         LibraryLog.adopt(getenv(LibraryLog.environment).map { String(cString: $0) })
         var registered: [String: Int] = [:]
-        var pending: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { Sys.readSome(readEnd, into: $0) }
-            if count <= 0 { break }
-            pending += buffer[0..<count]
-            while let newline = pending.firstIndex(of: 10) {
-                let line = String(decoding: pending[..<newline], as: UTF8.self)
-                pending.removeSubrange(...newline)
+        var input = PipeLines(readEnd)
+        while let lines = input.next() {
+            for line in lines {
                 if line.hasPrefix("REGISTER ") {
                     registered[String(line.dropFirst(9)), default: 0] += 1
                 } else if line.hasPrefix("UNREGISTER ") {

@@ -102,8 +102,7 @@ enum SegmentKeeper {
         Sys.ignore(.terminate)
         var kept: Set<String> = []
         let ownerFd = (try? Sys.pidfdOpen(owner)) ?? -1
-        var pending: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
+        var input = PipeLines(readEnd)
         // Once the owner is gone, what it wrote is still read (its last
         // names may arrive after its death), without waiting for more.
         var ownerGone = false
@@ -112,12 +111,8 @@ enum SegmentKeeper {
             let watched = [readEnd] + (ownerFd >= 0 && !ownerGone ? [ownerFd] : [])
             let ready = (try? Sys.pollReadable(watched, until: ownerGone ? Deadline.after(validSeconds: 0) : nil)) ?? []
             if ready.contains(readEnd) {
-                let count = buffer.withUnsafeMutableBytes { Sys.readSome(readEnd, into: $0) }
-                if count <= 0 { break }
-                pending += buffer[0..<count]
-                while let newline = pending.firstIndex(of: 10) {
-                    let line = String(decoding: pending[..<newline], as: UTF8.self)
-                    pending.removeSubrange(...newline)
+                guard let lines = input.next() else { break }
+                for line in lines {
                     if line == "SHUTDOWN" { break serving }
                     if line.hasPrefix("KEEP ") { kept.insert(String(line.dropFirst(5))) }
                 }

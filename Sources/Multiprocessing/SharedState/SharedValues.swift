@@ -81,66 +81,44 @@ extension MP {
     /// Elements are read and written directly (machine-word elements never
     /// tear); hold the lock through `withLock` for updates that span more.
     public final class Array<Element: BitwiseCopyable>: RandomAccessCollection, MutableCollection, @unchecked Sendable {
-        let block: SharedBlock
-        let elements: UnsafeMutablePointer<Element>
+        let storage: SharedElements<Element>
+        var block: SharedBlock { storage.block }
         /// Python's `get_lock()`.
         public let lock: RLock
-        public let count: Int
-
-        /// Shared memory for `count` elements, filled by the caller.
-        private init(count: Int) throws(SyncError) {
-            guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
-            let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
-            guard !overflow else { throw .invalidArgument("an array of \(count) \(Element.self) elements does not fit in memory") }
-            block = try SharedBlock(bytes: bytes)
-            elements = block.base.bindMemory(to: Element.self, capacity: count)
-            self.count = count
-            lock = try RLock()
-        }
+        public var count: Int { storage.count }
 
         init(block: SharedBlock, count: Int, lock: RLock) throws {
-            guard count >= 0, block.size / Swift.max(1, MemoryLayout<Element>.stride) >= count else {
-                throw MP.TaskError.cannotCross("an MP.Array of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
-            }
-            self.block = block
-            elements = block.base.bindMemory(to: Element.self, capacity: count)
-            self.count = count
+            storage = try SharedElements(block: block, count: count, what: "MP.Array")
             self.lock = lock
         }
 
         /// An array of `count` copies of `repeating`.
-        public convenience init(repeating value: Element, count: Int) throws(SyncError) {
-            try self.init(count: count)
-            elements.initialize(repeating: value, count: count)
+        public init(repeating value: Element, count: Int) throws(SyncError) {
+            storage = try SharedElements(repeating: value, count: count)
+            lock = try RLock()
         }
 
         /// An array holding `values`.
-        public convenience init(_ values: some Collection<Element>) throws(SyncError) {
-            try self.init(count: values.count)
-            for (index, value) in values.enumerated() { (elements + index).initialize(to: value) }
+        public init(_ values: some Collection<Element>) throws(SyncError) {
+            storage = try SharedElements(values)
+            lock = try RLock()
         }
 
         public var startIndex: Int { 0 }
         public var endIndex: Int { count }
 
         public subscript(position: Int) -> Element {
-            get {
-                precondition(position >= 0 && position < count, "MP.Array index \(position) out of range 0..<\(count)")
-                return elements[position]
-            }
-            set {
-                precondition(position >= 0 && position < count, "MP.Array index \(position) out of range 0..<\(count)")
-                elements[position] = newValue
-            }
+            get { storage[position, "MP.Array"] }
+            set { storage[position, "MP.Array"] = newValue }
         }
 
         /// Runs `body` on the elements, holding the lock.
         public func withLock<R>(_ body: (UnsafeMutableBufferPointer<Element>) throws -> R) throws -> R {
-            try lock.withLock { try body(UnsafeMutableBufferPointer(start: elements, count: count)) }
+            try lock.withLock { try body(UnsafeMutableBufferPointer(start: storage.elements, count: count)) }
         }
 
         /// A copy of the elements as a Swift array.
-        public var snapshot: [Element] { Swift.Array(UnsafeBufferPointer(start: elements, count: count)) }
+        public var snapshot: [Element] { storage.snapshot }
     }
 }
 
@@ -177,4 +155,53 @@ extension MP.Value where T == Int32 {
         let done = cmp_atomic_cas_i32(pointer, &seen, desired) != 0
         return (done, seen)
     }
+}
+
+/// The elements of an ``MP/Array`` or ``MP/RawArray``: `count` values in a shared block.
+struct SharedElements<Element: BitwiseCopyable> {
+    let block: SharedBlock
+    let elements: UnsafeMutablePointer<Element>
+    let count: Int
+
+    private init(count: Int) throws(MP.SyncError) {
+        guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
+        guard !overflow else { throw .invalidArgument("an array of \(count) \(Element.self) elements does not fit in memory") }
+        block = try SharedBlock(bytes: bytes)
+        elements = block.base.bindMemory(to: Element.self, capacity: count)
+        self.count = count
+    }
+
+    init(repeating value: Element, count: Int) throws(MP.SyncError) {
+        try self.init(count: count)
+        elements.initialize(repeating: value, count: count)
+    }
+
+    init(_ values: some Collection<Element>) throws(MP.SyncError) {
+        try self.init(count: values.count)
+        for (index, value) in values.enumerated() { (elements + index).initialize(to: value) }
+    }
+
+    /// Elements that crossed into this process as `block`.
+    init(block: SharedBlock, count: Int, what: String) throws {
+        guard count >= 0, block.size / Swift.max(1, MemoryLayout<Element>.stride) >= count else {
+            throw MP.TaskError.cannotCross("an \(what) of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
+        }
+        self.block = block
+        elements = block.base.bindMemory(to: Element.self, capacity: count)
+        self.count = count
+    }
+
+    subscript(position: Int, what: String) -> Element {
+        get {
+            precondition(position >= 0 && position < count, "\(what) index \(position) out of range 0..<\(count)")
+            return elements[position]
+        }
+        nonmutating set {
+            precondition(position >= 0 && position < count, "\(what) index \(position) out of range 0..<\(count)")
+            elements[position] = newValue
+        }
+    }
+
+    var snapshot: [Element] { Swift.Array(UnsafeBufferPointer(start: elements, count: count)) }
 }
