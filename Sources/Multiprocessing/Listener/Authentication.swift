@@ -74,6 +74,28 @@ struct Handshake {
         throw .authentication("unsupported message length (\(message.count) bytes), missing digest prefix, or unsupported digest")
     }
 
+    enum Side { case listener, client }
+
+    /// A connected socket as a CPython-framed ``MP/Connection``, authenticated
+    /// first when there is a key; the socket is closed if that fails.
+    static func authenticated(_ fd: Int32, key: [UInt8]?, legacyDigest: Bool, timeout: Double?, maxMessageSize: Int,
+                              side: Side) throws(MP.ConnectionError) -> MP.Connection {
+        if let key {
+            let handshake = Handshake(fd: fd, key: key, legacyDigest: legacyDigest,
+                                      deadline: timeout.flatMap { Deadline.after(validSeconds: $0) })
+            do {
+                switch side {
+                case .listener: try handshake.listenerHandshake()
+                case .client: try handshake.clientHandshake()
+                }
+            } catch {
+                Sys.close(fd)
+                throw error
+            }
+        }
+        return MP.Connection(fd: fd, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python)
+    }
+
     /// CPython's `deliver_challenge`: sends a challenge and checks the answer.
     func deliverChallenge() throws(MP.ConnectionError) {
         let message = Self.newChallenge()

@@ -140,18 +140,10 @@ extension MP {
             guard let (socket, peer) = taken else { return nil }
             let parts = peer.split(separator: " ")
             let peerAddress: Address = parts.count == 2 ? .tcp(host: String(parts[0]), port: Int(parts[1]) ?? 0) : address
-            if let authkey {
-                let handshake = Handshake(fd: socket, key: authkey, legacyDigest: legacyDigest,
-                                          deadline: handshakeTimeout.flatMap { Deadline.after(validSeconds: $0) })
-                do {
-                    try handshake.listenerHandshake()
-                } catch {
-                    Sys.close(socket)
-                    throw error
-                }
-            }
+            let connection = try Handshake.authenticated(socket, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout,
+                                                         maxMessageSize: maxMessageSize, side: .listener)
             lock.withLock { accepted = peerAddress }
-            return Connection(fd: socket, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python)
+            return connection
         }
     }
 
@@ -186,16 +178,7 @@ extension MP {
             case .unresolved(let why): throw .address("\(address): \(why)")
             }
         }
-        if let authkey {
-            let handshake = Handshake(fd: fd, key: authkey, legacyDigest: legacyDigest,
-                                      deadline: handshakeTimeout.flatMap { Deadline.after(validSeconds: $0) })
-            do {
-                try handshake.clientHandshake()
-            } catch {
-                Sys.close(fd)
-                throw error
-            }
-        }
-        return Connection(fd: fd, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python)
+        return try Handshake.authenticated(fd, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout,
+                                           maxMessageSize: maxMessageSize, side: .client)
     }
 }
