@@ -4,6 +4,8 @@
 // Each returns a close-on-exec descriptor, or -errno; getaddrinfo failures
 // are -(1000 + its EAI_ code's absolute value) (see cmp_address_error).
 #define _GNU_SOURCE
+#include <poll.h>
+#include <fcntl.h>
 #include "_CMultiprocessingShims.h"
 #include <errno.h>
 #include <netdb.h>
@@ -110,7 +112,36 @@ int cmp_listen_tcp(const char *host, int port, int backlog, int *bound_port) {
     return fd;
 }
 
-int cmp_connect_tcp(const char *host, int port) {
+// connect() that gives up after `timeout_ms` (negative: the kernel's own
+// limit, minutes over a dead link): a non-blocking connect, then poll.
+static int connect_within(int fd, const struct sockaddr *address, socklen_t length, int timeout_ms) {
+    if (timeout_ms < 0) {
+        int connected;
+        do { connected = connect(fd, address, length); } while (connected < 0 && errno == EINTR);
+        return connected;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -1;
+    int connected = connect(fd, address, length);
+    if (connected < 0 && (errno == EINPROGRESS || errno == EINTR)) {
+        struct pollfd entry = {fd, POLLOUT, 0};
+        int ready;
+        do { ready = poll(&entry, 1, timeout_ms); } while (ready < 0 && errno == EINTR);
+        if (ready == 0) { errno = ETIMEDOUT; return -1; }
+        if (ready < 0) return -1;
+        int error = 0;
+        socklen_t size = sizeof error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) < 0) return -1;
+        if (error != 0) { errno = error; return -1; }
+        connected = 0;
+    }
+    if (connected < 0) return -1;
+    return fcntl(fd, F_SETFL, flags) < 0 ? -1 : 0;
+}
+
+int cmp_connect_tcp(const char *host, int port) { return cmp_connect_tcp_within(host, port, -1); }
+
+int cmp_connect_tcp_within(const char *host, int port, int timeout_ms) {
     struct addrinfo *results;
     int status = resolve(host, port, 0, &results);
     if (status < 0) return status;
@@ -119,9 +150,7 @@ int cmp_connect_tcp(const char *host, int port) {
     for (struct addrinfo *candidate = results; candidate; candidate = candidate->ai_next) {
         fd = socket(candidate->ai_family, candidate->ai_socktype | SOCK_CLOEXEC, candidate->ai_protocol);
         if (fd < 0) { error = errno; continue; }
-        int connected;
-        do { connected = connect(fd, candidate->ai_addr, candidate->ai_addrlen); } while (connected < 0 && errno == EINTR);
-        if (connected == 0) break;
+        if (connect_within(fd, candidate->ai_addr, candidate->ai_addrlen, timeout_ms) == 0) break;
         error = errno;
         close(fd);
         fd = -1;

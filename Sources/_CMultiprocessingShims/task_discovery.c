@@ -52,7 +52,8 @@ static const cmp_context *context_parent(const cmp_context *context) { return co
 static bool is_named_task_protocol(const cmp_context *protocol) {
     if (!protocol || (protocol->flags & 0x1F) != 3) return false;
     const char *name = context_name(protocol);
-    if (!name || strcmp(name, "NamedTask") != 0) return false;
+    // MP.NamedTask, and MP.ManagedObject (the types a manager serves by name).
+    if (!name || (strcmp(name, "NamedTask") != 0 && strcmp(name, "ManagedObject") != 0)) return false;
     const cmp_context *mp = context_parent(protocol);
     const char *mp_name = context_name(mp);
     if (!mp_name || strcmp(mp_name, "MP") != 0) return false;

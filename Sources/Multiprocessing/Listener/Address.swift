@@ -1,7 +1,7 @@
 extension MP {
     /// Where a ``MP/Listener`` listens and a ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:maxMessageSize:)``
     /// connects: Python's `address` (a path, a `'\0name'`, or a `(host, port)` tuple).
-    public enum Address: Sendable, Hashable, CustomStringConvertible {
+    public enum Address: Sendable, Hashable, Codable, CustomStringConvertible {
         /// A Unix socket file (Python's `'/tmp/x.sock'`); a listener creates it owner-only and removes it when closed.
         case unix(String)
         /// A Linux abstract-namespace Unix socket (Python's `'\0name'`): no file, gone with its listener.

@@ -80,6 +80,12 @@ struct Handshake {
     /// first when there is a key; the socket is closed if that fails.
     static func authenticated(_ fd: Int32, key: [UInt8]?, legacyDigest: Bool, timeout: Double?, maxMessageSize: Int,
                               side: Side) throws(MP.ConnectionError) -> MP.Connection {
+        try authenticate(fd, key: key, legacyDigest: legacyDigest, timeout: timeout, side: side)
+        return MP.Connection(fd: fd, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python)
+    }
+
+    /// Authenticates a connected socket when there is a key; closes it if that fails.
+    static func authenticate(_ fd: Int32, key: [UInt8]?, legacyDigest: Bool, timeout: Double?, side: Side) throws(MP.ConnectionError) {
         if let key {
             let handshake = Handshake(fd: fd, key: key, legacyDigest: legacyDigest,
                                       deadline: timeout.flatMap { Deadline.after(validSeconds: $0) })
@@ -93,7 +99,6 @@ struct Handshake {
                 throw error
             }
         }
-        return MP.Connection(fd: fd, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python)
     }
 
     /// CPython's `deliver_challenge`: sends a challenge and checks the answer.

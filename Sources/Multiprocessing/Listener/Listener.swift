@@ -126,6 +126,28 @@ extension MP {
             }
         }
 
+        /// The next connection's socket, not yet authenticated, or nil when
+        /// none came by `deadline` (a server authenticates each connection on
+        /// its own thread, so a slow peer holds up no other).
+        func acceptSocket(until deadline: Deadline?) throws(ConnectionError) -> (Int32, Address)? {
+            let listening = try listeningDescriptor()
+            do {
+                guard try Sys.pollReadable(listening, until: deadline) else { return nil }
+                guard let (socket, peer) = try Sys.accept(listening) else { return nil }
+                let parts = peer.split(separator: " ")
+                return (socket, parts.count == 2 ? .tcp(host: String(parts[0]), port: Int(parts[1]) ?? 0) : address)
+            } catch {
+                throw .system(error)
+            }
+        }
+
+        var authenticationKey: [UInt8]? { authkey }
+
+        /// Wakes a thread waiting in ``acceptSocket(until:)`` (a server that stops).
+        func wakeAcceptors() {
+            lock.withLock { if fd >= 0 { Sys.shutdownBoth(fd) } }
+        }
+
         private func listeningDescriptor() throws(ConnectionError) -> Int32 {
             let fd = lock.withLock { self.fd }
             guard fd >= 0 else { throw .closed }

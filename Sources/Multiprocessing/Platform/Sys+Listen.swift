@@ -40,6 +40,11 @@ extension Sys {
         try socketResult("connect", cmp_connect_tcp(host, Int32(port)))
     }
 
+    /// ``connectTCP(host:port:)`` that fails with `ETIMEDOUT` after `timeout` seconds (a dead link).
+    static func connectTCP(host: String, port: Int, timeout: Double) throws(AddressFailure) -> Int32 {
+        try socketResult("connect", cmp_connect_tcp_within(host, Int32(port), Int32(clamping: Int((timeout * 1000).rounded(.up)))))
+    }
+
     /// `accept4` on a non-blocking listening socket: the connection and the
     /// peer's "host port" (TCP), or nil when none is waiting.
     static func accept(_ listener: Int32) throws(MP.OSError) -> (Int32, peer: String)? {

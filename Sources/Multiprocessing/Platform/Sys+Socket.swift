@@ -98,4 +98,19 @@ extension Sys {
     static func shutdownWrite(_ fd: Int32) {
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
+
+    /// `shutdown(fd, SHUT_RDWR)`: a thread blocked reading or writing `fd`
+    /// returns at once (end-of-file), and the peer sees the connection end.
+    static func shutdownBoth(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    /// `poll(fd, POLLRDHUP, 0)`: whether the peer closed its end (or the
+    /// connection failed), without reading anything.
+    static func peerHungUp(_ fd: Int32) -> Bool {
+        let rdhup: Int32 = 0x2000 // POLLRDHUP (Linux), which Glibc's module does not export
+        var entry = pollfd(fd: fd, events: Int16(rdhup), revents: 0)
+        guard Glibc.poll(&entry, 1, 0) > 0 else { return false }
+        return Int32(entry.revents) & (rdhup | POLLHUP | POLLERR | POLLNVAL) != 0
+    }
 }

@@ -339,7 +339,8 @@ extension MP {
                 build: BuildIdentity.current, task: task.name, arguments: arguments,
                 processName: name, identity: identity, daemon: daemon,
                 parentPid: Sys.getpid, parentName: Runtime.shared.current.name,
-                lineBuffered: OutputMode.lineBuffered, logLevel: LibraryLog.currentLevel?.rawValue)
+                lineBuffered: OutputMode.lineBuffered, logLevel: LibraryLog.currentLevel?.rawValue,
+                authkey: ProcessAuthKey.current)
             return try Launcher.launch(info, objects: table.descriptors, method: method, daemon: daemon)
         }
 

@@ -23,6 +23,12 @@ enum ResourceTracker {
     static func register(_ path: String) { send("REGISTER \(path)\n") }
     static func unregister(_ path: String) { send("UNREGISTER \(path)\n") }
 
+    /// A file to remove if the program ends without removing it (a manager's
+    /// socket file, when its owner was SIGKILLed and took the manager along).
+    static func registerFile(_ path: String) { register(filePrefix + path) }
+    static func unregisterFile(_ path: String) { unregister(filePrefix + path) }
+    static let filePrefix = "file:"
+
     private static func send(_ line: String) {
         lock.withLock {
             if writeEnd < 0 { start() }
@@ -92,9 +98,17 @@ enum ResourceTracker {
                 }
             }
         }
-        if !registered.isEmpty {
-            Sys.writeAll(STDERR_FILENO, "resource tracker: \(registered.count) leaked shared memory segment(s) to clean up at shutdown\n")
-            for path in registered.keys {
+        let files = registered.keys.filter { $0.hasPrefix(filePrefix) }
+        for entry in files {
+            // A socket file whose server died with its owner: nothing to report, only to remove.
+            let path = String(entry.dropFirst(filePrefix.count))
+            Sys.unlink(path)
+            LibraryLog.log(.info, "resource tracker removed the file \(path)")
+        }
+        let segments = registered.keys.filter { !$0.hasPrefix(filePrefix) }
+        if !segments.isEmpty {
+            Sys.writeAll(STDERR_FILENO, "resource tracker: \(segments.count) leaked shared memory segment(s) to clean up at shutdown\n")
+            for path in segments {
                 try? Sys.sharedMemoryUnlink(path)
                 LibraryLog.log(.warning, "resource tracker unlinked the leaked shared memory segment \(path)")
             }

@@ -65,7 +65,7 @@ enum ForkServer {
         ChildExecutors.prepare
         _ = Runtime.shared
         let sample = LaunchInfo(build: "", task: "", arguments: [0], processName: "", identity: [1],
-                                daemon: false, parentPid: 0, parentName: "", lineBuffered: false)
+                                daemon: false, parentPid: 0, parentName: "", lineBuffered: false, authkey: [1])
         _ = try? WireFormat.decode(LaunchInfo.self, from: WireFormat.encode(sample))
         for task in registry.byName.values { warm(task) }
     }

@@ -18,6 +18,8 @@ struct LaunchInfo: Codable {
     var lineBuffered: Bool
     /// The parent's library log level (``MP/logToStderr(level:)``), if it logs.
     var logLevel: String?
+    /// The parent's ``ProcessAuthKey`` (Python's `authkey`, inherited).
+    var authkey: [UInt8]?
 }
 
 /// A named task as a process target: its name, its checks, its encoding, and

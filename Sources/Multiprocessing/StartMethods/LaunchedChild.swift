@@ -22,6 +22,7 @@ enum LaunchedChild {
         if info.daemon && !Sys.dieWithParent(info.parentPid) { try? Sys.kill(Sys.getpid, SIGKILL) }
         if info.lineBuffered { MP.setLineBufferedOutput() }
         LibraryLog.adopt(info.logLevel)
+        ProcessAuthKey.adopt(info.authkey)
         let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon, parentPid: info.parentPid)
         Runtime.shared.becomeLaunchedChild(process: process, parentPid: info.parentPid, parentName: info.parentName)
         crashLabel = strdup(info.processName)

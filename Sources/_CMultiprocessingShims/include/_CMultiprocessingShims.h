@@ -223,6 +223,8 @@ int cmp_connect_unix(const char *name, int abstract);
 int cmp_listen_tcp(const char *host, int port, int backlog, int *bound_port);
 /// A TCP stream socket connected to `host`:`port` (IPv4 or IPv6); -errno or -(1000 + EAI code).
 int cmp_connect_tcp(const char *host, int port);
+/// `cmp_connect_tcp` that fails with `ETIMEDOUT` after `timeout_ms` (negative: no limit of ours).
+int cmp_connect_tcp_within(const char *host, int port, int timeout_ms);
 /// The text of a getaddrinfo failure returned as -(1000 + code) by the calls above (pass the positive 1000 + code).
 const char *cmp_address_error(int code);
 /// `getrandom(buffer, count, 0)`: the count filled, or -1 with errno.
