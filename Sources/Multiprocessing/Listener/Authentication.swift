@@ -54,6 +54,8 @@ struct Handshake {
         }
     }
 
+    static let peerClosed = "the peer closed the connection during the handshake"
+
     static let legacyRefused = "the peer uses HMAC-MD5 without a digest prefix (CPython 3.11 or older); pass legacyDigest: true to accept it"
 
     /// CPython's `_get_digest_name_and_payload`: a 16- or 20-byte message is
@@ -211,7 +213,7 @@ struct Handshake {
             switch received {
             case .bytes(let n): got += n
             case .wouldBlock: continue
-            case .endOfFile: throw .authentication("the peer closed the connection during the handshake")
+            case .endOfFile: throw .authentication(Handshake.peerClosed)
             }
         }
         return bytes
@@ -225,7 +227,7 @@ struct Handshake {
         let result = frame.withUnsafeBytes { raw in Result { () throws(MP.OSError) in try Sys.sendAll(fd, raw) } }
         if case .failure(let error) = result {
             throw error.errno == .brokenPipe || error.errno == .connectionReset
-                ? .authentication("the peer closed the connection during the handshake") : .system(error)
+                ? .authentication(Handshake.peerClosed) : .system(error)
         }
     }
 }

@@ -215,6 +215,8 @@ final class ManagerLink: @unchecked Sendable {
             try Handshake.authenticate(fd, key: authkey, legacyDigest: false, timeout: linkTimeout ?? 10, side: .client)
         } catch {
             switch error {
+            case .authentication(Handshake.peerClosed):
+                throw .disconnected("the manager at \(address) closed the connection during authentication")
             case .authentication(let why): throw .authentication(why)
             case .timeout: throw .timeout(seconds: linkTimeout ?? 10)
             default: throw .disconnected("the manager at \(address) ended the connection during authentication: \(error)")
