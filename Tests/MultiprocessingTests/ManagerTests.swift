@@ -126,10 +126,13 @@ struct ManagerTests {
             #expect(try d.setDefault("n", 1) == 1)
             try d.update(["x": 7, "y": 8])
             #expect(try d.copy() == ["a": 10, "c": 3, "n": 1, "x": 7, "y": 8])
+            #expect(try d.keys() == ["a", "c", "n", "x", "y"])
+            #expect(try d.popItem()! == ("y", 8))
             try d.modify("c") { $0 = nil } // nil removes
             #expect(try !d.contains("c"))
             try d.clear()
             #expect(try d.count == 0)
+            #expect(try d.popItem() == nil)
         }
     }
 
@@ -160,6 +163,11 @@ struct ManagerTests {
             try l.set(0, 10)
             try l.modify(1) { $0 *= 100 }
             #expect(try l.toArray() == [10, 200, 3, 4, 5, 6])
+            #expect(try l.firstIndex(of: 4) == 3)
+            #expect(try l.firstIndex(of: 77) == nil)
+            try l.remove(4)
+            #expect(throws: MP.ManagerError.valueNotFound) { try l.remove(4) }
+            try l.insert(4, at: 3)
             #expect(throws: MP.ManagerError.indexOutOfRange(index: 6, count: 6)) { try l.get(6) }
             #expect(throws: MP.ManagerError.indexOutOfRange(index: -7, count: 6)) { try l.set(-7, 0) }
             let empty: MP.ListProxy<Int> = try manager.list()

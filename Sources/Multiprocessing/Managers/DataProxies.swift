@@ -92,6 +92,17 @@ extension MP {
         /// Python's `d.clear()`.
         public func clear() throws(ManagerError) { try handle.call(.dictClear) }
 
+        /// Python's `d.popitem()`: removes and returns the last inserted
+        /// pair; nil when empty (Python raises `KeyError`).
+        public func popItem() throws(ManagerError) -> (key: Key, value: Value)? {
+            do {
+                var reply = try handle.call(.dictPopItem)
+                return (try reply.value(Key.self), try reply.value(Value.self))
+            } catch .keyNotFound {
+                return nil
+            }
+        }
+
         /// An atomic read-modify-write of one entry (Python needs a lock
         /// around `d[k] = d[k] + 1`): `body` gets the current value (nil
         /// when absent) and may change it (nil removes the entry). It runs
@@ -185,6 +196,22 @@ extension MP {
 
         /// Python's `l.clear()`.
         public func clear() throws(ManagerError) { try handle.call(.listClear) }
+
+        /// Python's `l.index(x)`: the first position of an equal element
+        /// (compared by encoding), nil when none (Python raises `ValueError`).
+        public func firstIndex(of element: Element) throws(ManagerError) -> Int? where Element: Equatable {
+            do {
+                var reply = try handle.call(.listIndex) { (message) throws(ManagerError) in try message.appendEncoded(element) }
+                return try reply.int()
+            } catch .valueNotFound {
+                return nil
+            }
+        }
+
+        /// Python's `l.remove(x)`: removes the first equal element; ``MP/ManagerError/valueNotFound`` when none.
+        public func remove(_ element: Element) throws(ManagerError) where Element: Equatable {
+            try handle.call(.listRemove) { (message) throws(ManagerError) in try message.appendEncoded(element) }
+        }
 
         /// An atomic read-modify-write of one element (see ``MP/DictProxy/modify(_:_:)``).
         @discardableResult

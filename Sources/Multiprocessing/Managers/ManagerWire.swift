@@ -41,7 +41,7 @@ enum ManagerOp: UInt8 {
     case create = 1, shutdown, ping, lookup
     // dict and namespace
     case dictGet = 10, dictSet, dictPop, dictContains, dictCount, dictKeys, dictValues, dictItems, dictClear, dictUpdate,
-         dictSetDefault, dictReplace
+         dictSetDefault, dictReplace, dictPopItem
     // list and array
     case listAppend = 30, listExtend, listInsert, listGet, listSet, listPop, listCount, listAll, listClear, listIndex,
          listRemove, listReplace

@@ -144,6 +144,11 @@ final class DictObject: ServerObject {
         case .dictClear:
             entries.removeAll()
             return .ok
+        case .dictPopItem:
+            // Python's popitem(): the last inserted pair.
+            guard let last = entries.max(by: { $0.value.order < $1.value.order }) else { throw .keyNotFound("popitem(): the dictionary is empty") }
+            entries[last.key] = nil
+            return .with { $0.append(last.key); $0.append(last.value.value) }
         case .dictUpdate:
             let pairs = try call.arguments.rest()
             var index = 0
