@@ -181,7 +181,7 @@ extension MP {
     }
 
     /// The proxy of a ``MP/ManagedObject`` served by a manager (Python's
-    /// proxy of a registered type): ``call(_:)`` runs one of its calls on
+    /// proxy of a registered type): `call(_:)` runs one of its calls on
     /// the server, alone. Extend it with your type's methods:
     ///
     /// ```swift
