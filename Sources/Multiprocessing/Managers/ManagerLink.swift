@@ -36,7 +36,11 @@ final class ManagerLink: @unchecked Sendable {
     private static let registryLock = ForkSafeLock()
     nonisolated(unsafe) private static var links: [MP.Address: ManagerLink] = [:]
     private static let forkHandler: Void = {
-        AfterFork.register { ManagerLink.forgetConnectionsInChild() }
+        // Walks the collections once here, as the child will: the runtime then
+        // has their metadata, which a child would otherwise build under a lock
+        // another thread of the parent may have held at the fork.
+        forgetConnectionsInChild(warmingUp: true)
+        AfterFork.register { ManagerLink.forgetConnectionsInChild(warmingUp: false) }
     }()
 
     /// The link this process uses for the manager at `address`; the key
@@ -59,11 +63,12 @@ final class ManagerLink: @unchecked Sendable {
         registryLock.withLock { links[address] }
     }
 
-    private static func forgetConnectionsInChild() {
+    private static func forgetConnectionsInChild(warmingUp: Bool) {
         for link in links.values {
-            for channel in link.idle { channel.abandon() }
+            for channel in link.idle where !warmingUp { channel.abandon() }
+            for fd in link.busy where !warmingUp { Sys.close(fd) }
+            if warmingUp { continue }
             link.idle.removeAll()
-            for fd in link.busy { Sys.close(fd) }
             link.busy.removeAll()
         }
     }
@@ -99,6 +104,9 @@ final class ManagerLink: @unchecked Sendable {
                                      blocking: blocking, timeoutSeconds: timeout, keepAliveMillis: keepAliveMillis)
         try build(&message)
         let frame = message.framed()
+        guard frame.count - 4 <= maxMessageSize else {
+            throw .invalidArgument("a request of \(frame.count - 4) bytes is over the manager's message limit (\(maxMessageSize) bytes)")
+        }
         let channel = try takeChannel()
         if let cancellation, !cancellation.attach(channel) {
             giveBack(channel, reusable: true)
@@ -124,6 +132,13 @@ final class ManagerLink: @unchecked Sendable {
             throw failure(error)
         }
         guard reply.count >= 4 else { throw .wire(.malformed(type: "manager reply", reason: "\(reply.count) bytes")) }
+        if reply[2] == ManagerWire.needsAcknowledgement {
+            // Until this arrives the server can still put back what it took for
+            // us; if it cannot be sent, the server will, so the value is not ours.
+            var acknowledgement = ManagerMessage(.acknowledge, object: object, session: ClientIdentity.session,
+                                                 thread: ClientIdentity.thread)
+            do { try channel.send(acknowledgement.framed()) } catch { throw failure(error) }
+        }
         reusable = true
         if reply[0] == ManagerWire.ok { return ManagerReader(reply, from: 4) }
         throw Self.fault(reply)

@@ -119,11 +119,19 @@ final class ManagerServer: @unchecked Sendable {
                                   owner: LockOwner(session: session!, thread: reader.integer(at: 24, as: UInt64.self)),
                                   blocking: flags & ManagerWire.blockingFlag != 0, deadline: deadline, arguments: reader,
                                   waiter: connection)
+            if op == .acknowledge { continue } // a late one: nothing to forget
             let reply = lock.withLock { dispatch(call) }
             var message = reply.message
-            do {
-                try connection.channel.send(message.framed())
-            } catch {
+            if reply.undo != nil { message.requireAcknowledgement() }
+            // What the call took is committed only when the client says it has
+            // the reply: a client that dies with the reply unread (or in its
+            // socket buffer) leaves the item in the queue, the lock free.
+            var delivered = (try? connection.channel.send(message.framed())) != nil
+            if delivered && reply.undo != nil {
+                delivered = (try? connection.channel.receive(until: nil, spinNanoseconds: 50_000))
+                    .map { $0.first == ManagerOp.acknowledge.rawValue } ?? false
+            }
+            if !delivered {
                 if let undo = reply.undo {
                     lock.withLock {
                         undo()

@@ -25,6 +25,10 @@ enum ManagerWire {
     static let fault: UInt8 = 1
     static let keepAlive: UInt8 = 2
 
+    /// A reply's byte 2: the client must acknowledge it (``ManagerOp/acknowledge``)
+    /// before the server forgets how to undo it.
+    static let needsAcknowledgement: UInt8 = 1
+
     static let blockingFlag: UInt8 = 1
     static let timeoutFlag: UInt8 = 2
 
@@ -38,7 +42,10 @@ enum ManagerWire {
 /// The operations a manager serves, by object kind.
 enum ManagerOp: UInt8 {
     // the manager
-    case create = 1, shutdown, ping, lookup
+    case create = 1, shutdown, ping, lookup,
+         /// The client received a reply that took something (a queue's item, a
+         /// lock): the server may forget how to put it back. No reply.
+         acknowledge
     // dict and namespace
     case dictGet = 10, dictSet, dictPop, dictContains, dictCount, dictKeys, dictValues, dictItems, dictClear, dictUpdate,
          dictSetDefault, dictReplace, dictPopItem
@@ -121,6 +128,9 @@ struct ManagerMessage {
             for (index, byte) in raw.enumerated() { bytes[offset + index] = byte }
         }
     }
+
+    /// Marks a reply as one the client must acknowledge.
+    mutating func requireAcknowledgement() { bytes[6] = ManagerWire.needsAcknowledgement }
 
     mutating func append(_ argument: some Collection<UInt8>) {
         withUnsafeBytes(of: UInt32(argument.count).littleEndian) { bytes.append(contentsOf: $0) }
