@@ -5,6 +5,9 @@ let package = Package(
     name: "swift-multiprocessing",
     products: [
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
+        // The named-task pool on many machines through PostgreSQL: its own
+        // product, so a program that does not use it builds no NIO.
+        .library(name: "MultiprocessingCluster", targets: ["MultiprocessingCluster"]),
         .executable(name: "mp-examples", targets: ["mp-examples"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
         .executable(name: "mp-forksafety", targets: ["mp-forksafety"]),
@@ -20,6 +23,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         // Command lines of the two executables (`mp-examples [list|NAME]`, `mp-bench [--quick] [--json FILE]`).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // PostgreSQL's wire protocol (queries, LISTEN/NOTIFY, a connection pool)
+        // for the cluster pool only: the core module never imports it.
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // postgres-nio's event loops; the cluster makes its own per process (see ClusterStore).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // The thin C shim only the library imports: the Linux calls Swift's Glibc module cannot reach
@@ -41,10 +49,21 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        .target(
+            name: "MultiprocessingCluster",
+            dependencies: [
+                "Multiprocessing",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         .executableTarget(
             name: "mp-examples",
             dependencies: [
                 "Multiprocessing",
+                "MultiprocessingCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
@@ -53,6 +72,7 @@ let package = Package(
             name: "mp-bench",
             dependencies: [
                 "Multiprocessing",
+                "MultiprocessingCluster",
                 "_CMultiprocessingBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -71,6 +91,11 @@ let package = Package(
         .testTarget(
             name: "MultiprocessingTests",
             dependencies: ["Multiprocessing"],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .testTarget(
+            name: "MultiprocessingClusterTests",
+            dependencies: ["MultiprocessingCluster", "Multiprocessing", .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

@@ -91,7 +91,6 @@ static int max_workers = 2;
 // Set in the child by cmp_child_executor_install; the queues and the Swift
 // executors are set up on the first job (most children never use concurrency,
 // and every page a child writes is a copy-on-write fault).
-static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
 static void (*swift_setup)(void);
 
 static uint64_t now_ns(clockid_t clock) {
@@ -257,12 +256,32 @@ static void setup(void) {
     if (swift_setup) swift_setup();
 }
 
-static inline void ensure_setup(void) { pthread_once(&setup_once, setup); }
+// Set up once per process: `installed_for` is the pid that installed the
+// hooks, `set_up_for` the pid whose queues exist. A second install in the
+// same process (a library fork path that runs again) must not re-initialise
+// queues, timers and condition variables that threads are waiting on.
+static pid_t installed_for;
+static pid_t set_up_for;
+static pthread_mutex_t setup_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static inline void ensure_setup(void) {
+    if (__atomic_load_n(&set_up_for, __ATOMIC_ACQUIRE) == installed_for) return;
+    pthread_mutex_lock(&setup_lock);
+    if (__atomic_load_n(&set_up_for, __ATOMIC_RELAXED) != installed_for) {
+        setup();
+        __atomic_store_n(&set_up_for, installed_for, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&setup_lock);
+}
 
 void cmp_child_executor_set_swift_setup(void (*function)(void)) { swift_setup = function; }
 
 void cmp_child_executor_install(void) {
-    setup_once = (pthread_once_t)PTHREAD_ONCE_INIT; // a grandchild sets up anew
+    pid_t me = getpid();
+    if (installed_for != me) { // a grandchild sets up anew; a second install here changes nothing
+        pthread_mutex_init(&setup_lock, NULL);
+        installed_for = me;
+    }
     if (!runtime.job_run) return; // not resolved: the parent was told
     *runtime.global = hook_enqueue_global;
     *runtime.main = hook_enqueue_main;

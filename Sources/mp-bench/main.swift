@@ -14,11 +14,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the figures as one JSON object {\"metric_name\": number} to this file.")
     var json: String?
 
-    @Option(help: "Run only these groups (repeatable): process, comm, connection, wire, pool, taskpool.")
+    @Option(help: "Run only these groups (repeatable): process, comm, connection, wire, pool, taskpool, cluster.")
     var only: [Group] = []
 
     enum Group: String, ExpressibleByArgument, CaseIterable {
-        case process, comm, connection, wire, pool, taskpool
+        case process, comm, connection, wire, pool, taskpool, cluster
     }
 
     func run() throws {
@@ -39,7 +39,7 @@ struct BenchCommand: ParsableCommand {
     func inFreshProcess(_ group: Group) throws -> [Metric] {
         let (receiver, sender) = try MP.Pipe(duplex: false, maxMessageSize: 1 << 20)
         let quick = self.quick
-        let child = MP.Process(name: "mp-bench-\(group.rawValue)") {
+        let child = MP.Process(name: "mp-bench-\(group.rawValue)") { () async throws in
             receiver.close()
             let metrics: [Metric]
             switch group {
@@ -49,6 +49,7 @@ struct BenchCommand: ParsableCommand {
             case .wire: metrics = try WireBenchmarks.run(quick: quick)
             case .pool: metrics = try PoolBenchmarks.run(quick: quick)
             case .taskpool: metrics = try TaskPoolBenchmarks.run(quick: quick)
+            case .cluster: metrics = try await ClusterBenchmarks.run(quick: quick)
             }
             try sender.send(metrics)
         }

@@ -438,4 +438,5 @@ let examples: [Example] = [
     Example(name: "pool-named", title: "Pool(4) with apply_async of 10 named tasks under forkserver: persistent workers (003)", run: poolApplyAsyncNamed),
     Example(name: "listener-python", title: "a Swift Listener and a CPython Client exchange messages, authenticated", run: listenerWithPython),
     Example(name: "manager-dict", title: "a Manager's dict and Value shared by worker processes, updated atomically", run: managerDict),
+    Example(name: "cluster", title: "the named-task pool on PostgreSQL: two workers, apply, map, imap (needs PostgreSQL)", run: clusterExample),
 ]

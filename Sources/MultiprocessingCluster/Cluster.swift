@@ -1,0 +1,90 @@
+@_exported import Multiprocessing
+import Foundation
+import PostgresNIO
+import Logging
+
+extension MP {
+    /// The named-task pool on many machines, with PostgreSQL as the engine:
+    /// ``MP/ClusterPool`` on the submitting side, ``runWorker(database:concurrency:startMethod:lease:)``
+    /// in every worker (your own program, in worker mode).
+    public enum Cluster {}
+
+    /// What the cluster pool and its workers throw.
+    public enum ClusterError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// A task threw: its type and description, as recorded by the worker.
+        case taskFailed(type: String, description: String)
+        /// The task's worker (or its machine) was lost on every attempt.
+        case workerLost(attempts: Int, reason: String)
+        /// The task cannot run on the workers of this build (unknown name,
+        /// undecodable arguments, an unencodable result).
+        case unrunnable(String)
+        /// The pool was terminated, or the call cancelled.
+        case cancelled
+        /// The pool is closed: no more tasks.
+        case closed
+        /// The result did not come within the timeout.
+        case timeout
+        /// The database refused or failed a query (the pool reconnects; this
+        /// is thrown only where a call cannot go on).
+        case database(String)
+        /// A task type that another process cannot find by name, or a value that does not encode.
+        case task(String)
+        /// An argument outside its domain.
+        case invalidArgument(String)
+
+        public var description: String {
+            switch self {
+            case .taskFailed(let type, let description): return "task failed: \(type): \(description)"
+            case .workerLost(let attempts, let reason): return "the task's worker was lost \(attempts) time(s): \(reason)"
+            case .unrunnable(let why): return "the task cannot run on the workers: \(why)"
+            case .cancelled: return "the task was cancelled (the pool was terminated)"
+            case .closed: return "the pool is closed"
+            case .timeout: return "timed out waiting for the result"
+            case .database(let why): return "database: \(why)"
+            case .task(let why): return why
+            case .invalidArgument(let why): return "invalid argument: \(why)"
+            }
+        }
+    }
+}
+
+/// A PostgreSQL URL as a client configuration: `postgres://user:password@host:port/database`,
+/// with `?host=/socket/dir` for a Unix socket (libpq's convention).
+struct DatabaseAddress: Sendable {
+    let configuration: PostgresClient.Configuration
+    /// The same, for one direct connection (a first probe with a clear error).
+    let probeConfiguration: PostgresConnection.Configuration
+    let description: String
+
+    init(_ url: String) throws(MP.ClusterError) {
+        guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme ?? "") else {
+            throw .invalidArgument("'\(url)' is not a postgres:// URL")
+        }
+        let user = components.user ?? "postgres"
+        let password = components.password
+        var database = components.path
+        if database.hasPrefix("/") { database.removeFirst() }
+        let port = components.port ?? 5432
+        let socketDirectory = components.queryItems?.first { $0.name == "host" }?.value
+        var configuration: PostgresClient.Configuration
+        if let socketDirectory, socketDirectory.hasPrefix("/") {
+            configuration = .init(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: user, password: password,
+                                  database: database.isEmpty ? nil : database)
+            probeConfiguration = .init(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: user, password: password,
+                                       database: database.isEmpty ? nil : database)
+            description = "\(socketDirectory) (port \(port))"
+        } else {
+            let host = components.host ?? "localhost"
+            configuration = .init(host: host, port: port, username: user, password: password,
+                                  database: database.isEmpty ? nil : database, tls: .disable)
+            var probe = PostgresConnection.Configuration(host: host, port: port, username: user, password: password,
+                                                         database: database.isEmpty ? nil : database, tls: .disable)
+            probe.options.connectTimeout = .seconds(5)
+            probeConfiguration = probe
+            description = "\(host):\(port)"
+        }
+        configuration.options.connectTimeout = .seconds(5)
+        configuration.options.maximumConnections = 8
+        self.configuration = configuration
+    }
+}

@@ -1,0 +1,374 @@
+@_spi(Cluster) import Multiprocessing
+import Foundation
+import PostgresNIO
+
+extension MP {
+    /// Python's `Pool` for named tasks on many machines (Ray's
+    /// `ray.util.multiprocessing.Pool`), with PostgreSQL as the engine: the
+    /// workers are processes of the same build on any machine that reaches the
+    /// database, each running ``MP/Cluster/runWorker(database:concurrency:startMethod:lease:)``.
+    ///
+    /// ```swift
+    /// let pool = try await MP.ClusterPool(database: "postgres://app@db.internal/app")
+    /// let squares = try await pool.map((0..<1000).map { Square(x: $0) }, chunksize: 100)
+    /// pool.close(); try await pool.join()
+    /// ```
+    ///
+    /// Semantics (see the README's "The cluster pool"): at-least-once
+    /// execution, exactly-once results (a lease per claimed row, fenced
+    /// completion); a lost worker's tasks run again after the lease, up to
+    /// `maxAttempts`; a task that throws fails with its error's type and
+    /// description (retried only with `retryErrors`); results come through
+    /// LISTEN/NOTIFY with polling as the fallback; `terminate()` cancels
+    /// queued and running tasks.
+    public final class ClusterPool: @unchecked Sendable {
+        let store: ClusterStore
+        let id = UUID()
+        let build = _NamedTaskChunks.build
+        /// Attempts per task before a lost worker fails it.
+        public let maxAttempts: Int
+        /// Whether a task that throws is tried again (up to `maxAttempts`).
+        public let retryErrors: Bool
+        private let lock = NSLock()
+        private var nextSeq: Int64 = 0
+        private var pending: [Int64: (Result<[UInt8], ClusterError>) -> Void] = [:]
+        private var unsent: [ClusterStore.NewRow] = []
+        private var state: State = .open
+        private let flushBell = Bell()
+        private let collectBell = Bell()
+        private var loops: [Task<Void, Never>] = []
+        private var drained: [CheckedContinuation<Void, Never>] = []
+
+        enum State { case open, closed, terminated }
+
+        /// Connects to the database, creates the tables if missing, and
+        /// starts delivering results.
+        ///
+        /// - Parameters:
+        ///   - database: `postgres://user:password@host:port/database`, or with
+        ///     `?host=/socket/directory` for a Unix socket.
+        ///   - maxAttempts: how many times a task may run when its worker is
+        ///     lost (SIGKILL, a dead machine, a cut link) before it fails.
+        ///   - retryErrors: also retry a task that throws (Python does not).
+        public init(database: String, maxAttempts: Int = 3, retryErrors: Bool = false) async throws(ClusterError) {
+            guard maxAttempts >= 1 else { throw .invalidArgument("maxAttempts must be at least 1 (got \(maxAttempts))") }
+            store = try ClusterStore(url: database)
+            self.maxAttempts = maxAttempts
+            self.retryErrors = retryErrors
+            do {
+                try await store.migrate()
+                try await store.openPool(id, build: build)
+            } catch {
+                store.shutdown()
+                if let error = error as? ClusterError { throw error }
+                throw .database("cannot prepare the cluster's tables at \(store.address.description): \(String(reflecting: error))")
+            }
+            loops = [
+                Task { [weak self] in await self?.flushLoop() },
+                Task { [weak self] in await self?.collectLoop() },
+                Task { [store, id, collectBell] in
+                    await store.listen(ClusterStore.doneChannel) { payload in
+                        if payload.isEmpty || payload == id.uuidString { collectBell.ring() }
+                    }
+                },
+            ]
+        }
+
+        deinit {
+            for loop in loops { loop.cancel() }
+            store.shutdown()
+        }
+
+        // MARK: submitting
+
+        /// Queues one row; `deliver` gets its encoded results (or how it failed).
+        private func submit(task: String, payload: [UInt8], items: Int,
+                            _ deliver: @escaping (Result<[UInt8], ClusterError>) -> Void) throws(ClusterError) {
+            try lock.locked { () throws(ClusterError) in
+                guard state == .open else { throw state == .closed ? .closed : .cancelled }
+                let seq = nextSeq
+                nextSeq += 1
+                pending[seq] = deliver
+                unsent.append(ClusterStore.NewRow(seq: seq, task: task, payload: payload, items: Int32(items),
+                                                  maxAttempts: Int32(maxAttempts), retryErrors: retryErrors))
+            }
+            flushBell.ring()
+        }
+
+        private func encode<T: NamedTask>(_ tasks: [T]) throws(ClusterError) -> [UInt8] {
+            do { try _NamedTaskChunks.check(T.self) } catch { throw .task("\(error)") }
+            do { return try _NamedTaskChunks.encode(tasks) } catch { throw .task("the task's arguments do not encode: \(error)") }
+        }
+
+        /// Python's `apply_async(f, args)`: runs `task` on some worker.
+        public func applyAsync<T: NamedTask>(_ task: T) -> ClusterResult<T.Result> where T.Result: Sendable {
+            let result = ClusterResult<T.Result>()
+            do {
+                try submit(task: T.name, payload: try encode([task]), items: 1) { outcome in
+                    result.resolve(outcome.flatMap { bytes in
+                        Result { () throws(ClusterError) in
+                            do {
+                                guard let first = try _NamedTaskChunks.decodeResults(T.self, from: bytes).first else {
+                                    throw ClusterError.unrunnable("a worker returned no result")
+                                }
+                                return first
+                            } catch let error as ClusterError { throw error } catch { throw .unrunnable("the result does not decode: \(error)") }
+                        }
+                    })
+                }
+            } catch {
+                result.resolve(.failure(error))
+            }
+            return result
+        }
+
+        /// Python's `apply(f, args)`: blocks until `task` ran on some worker.
+        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) throws(ClusterError) -> T.Result where T.Result: Sendable {
+            try applyAsync(task).get(timeout: timeout)
+        }
+
+        /// `try await pool.apply(task)`.
+        public func apply<T: NamedTask>(_ task: T) async throws(ClusterError) -> T.Result where T.Result: Sendable {
+            try await applyAsync(task).value
+        }
+
+        /// Python's `map_async(f, iterable, chunksize)`: one row per chunk (a
+        /// million tiny items with chunks of 10,000 are 100 rows).
+        public func mapAsync<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil) -> ClusterResult<[T.Result]> where T.Result: Sendable {
+            let result = ClusterResult<[T.Result]>()
+            let size = chunksize ?? max(1, tasks.count / 64 + (tasks.count % 64 == 0 ? 0 : 1))
+            guard size >= 1 else {
+                result.resolve(.failure(.invalidArgument("chunksize must be at least 1 (got \(size))")))
+                return result
+            }
+            let chunks = stride(from: 0, to: tasks.count, by: size).map { Swift.Array(tasks[$0..<min($0 + size, tasks.count)]) }
+            if chunks.isEmpty {
+                result.resolve(.success([]))
+                return result
+            }
+            let collected = MapCollector<T>(chunks: chunks.count) { result.resolve($0) }
+            do {
+                for (index, chunk) in chunks.enumerated() {
+                    try submit(task: T.name, payload: try encode(chunk), items: chunk.count) { outcome in
+                        collected.deliver(index, outcome)
+                    }
+                }
+            } catch {
+                result.resolve(.failure(error))
+            }
+            return result
+        }
+
+        /// Python's `map(f, iterable, chunksize)`: every result, in order.
+        public func map<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil, timeout: Double? = nil) throws(ClusterError) -> [T.Result] where T.Result: Sendable {
+            try mapAsync(tasks, chunksize: chunksize).get(timeout: timeout)
+        }
+
+        /// `try await pool.map(tasks)`.
+        public func map<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil) async throws(ClusterError) -> [T.Result] where T.Result: Sendable {
+            try await mapAsync(tasks, chunksize: chunksize).value
+        }
+
+        /// Python's `starmap`: `pool.starmap(pairs, Add.init)`.
+        public func starmap<each A, T: NamedTask>(_ arguments: [(repeat each A)], _ make: (repeat each A) -> T,
+                                                   chunksize: Int? = nil) async throws(ClusterError) -> [T.Result] where T.Result: Sendable {
+            try await map(arguments.map { make(repeat each $0) }, chunksize: chunksize)
+        }
+
+        /// Python's `imap`: results in order, as they come; at most
+        /// `bufferSize` chunks in flight (the input is read lazily).
+        public func imap<S: Sequence>(_ tasks: S, chunksize: Int = 1, bufferSize: Int = 64) -> ClusterResults<S.Element>
+            where S.Element: NamedTask, S.Element.Result: Sendable, S: Sendable {
+            ClusterResults(pool: self, tasks: tasks, chunksize: max(1, chunksize), window: max(1, bufferSize), ordered: true)
+        }
+
+        /// Python's `imap_unordered`: results as they complete.
+        public func imapUnordered<S: Sequence>(_ tasks: S, chunksize: Int = 1, bufferSize: Int = 64) -> ClusterResults<S.Element>
+            where S.Element: NamedTask, S.Element.Result: Sendable, S: Sendable {
+            ClusterResults(pool: self, tasks: tasks, chunksize: max(1, chunksize), window: max(1, bufferSize), ordered: false)
+        }
+
+        /// Submits one chunk for ``ClusterResults``.
+        func submitChunk<T: NamedTask>(_ chunk: [T], _ deliver: @escaping (Result<[T.Result], ClusterError>) -> Void) where T.Result: Sendable {
+            do {
+                try submit(task: T.name, payload: try encode(chunk), items: chunk.count) { outcome in
+                    deliver(outcome.flatMap { bytes in
+                        Result { () throws(ClusterError) in
+                            do { return try _NamedTaskChunks.decodeResults(T.self, from: bytes) } catch {
+                                throw .unrunnable("the results do not decode: \(error)")
+                            }
+                        }
+                    })
+                }
+            } catch {
+                deliver(.failure(error))
+            }
+        }
+
+        // MARK: closing
+
+        /// Python's `close()`: no more tasks; the submitted ones complete.
+        public func close() {
+            lock.locked { if state == .open { state = .closed } }
+        }
+
+        /// Python's `terminate()`: queued tasks are cancelled, running ones
+        /// told to stop (their workers kill the local processes running
+        /// them); every pending result fails with ``MP/ClusterError/cancelled``.
+        public func terminate() async {
+            let dropped = lock.locked { () -> [(Result<[UInt8], ClusterError>) -> Void] in
+                state = .terminated
+                unsent.removeAll()
+                defer { pending.removeAll() }
+                return Swift.Array(pending.values)
+            }
+            try? await store.cancelAll(id)
+            for deliver in dropped { deliver(.failure(.cancelled)) }
+            finishIfDrained()
+        }
+
+        /// Python's `join()`: after `close()` (or `terminate()`), waits until
+        /// every submitted task has its result, then removes the pool's rows.
+        public func join() async throws(ClusterError) {
+            let open = lock.locked { state == .open }
+            if open { throw .invalidArgument("join() needs close() or terminate() first, as in Python") }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let done = lock.locked { () -> Bool in
+                    if pending.isEmpty { return true }
+                    drained.append(continuation)
+                    return false
+                }
+                if done { continuation.resume() }
+            }
+            for loop in loops { loop.cancel() }
+            try? await store.closePool(id)
+        }
+
+        private func finishIfDrained() {
+            let waiting = lock.locked { () -> [CheckedContinuation<Void, Never>] in
+                guard pending.isEmpty else { return [] }
+                defer { drained.removeAll() }
+                return drained
+            }
+            for continuation in waiting { continuation.resume() }
+        }
+
+        // MARK: the loops
+
+        /// Inserts what was submitted, in batches; retries while the database is away.
+        private func flushLoop() async {
+            while !Task.isCancelled {
+                let batch = lock.locked { () -> [ClusterStore.NewRow] in
+                    defer { unsent.removeAll() }
+                    return unsent
+                }
+                if batch.isEmpty {
+                    await flushBell.wait(timeout: .seconds(1))
+                    continue
+                }
+                do {
+                    try await store.insert(batch, pool: id, build: build)
+                } catch {
+                    // The database is away (restarting): keep the rows, in order, and try again.
+                    // (The rows are inserted in one statement per batch: all or none.)
+                    lock.locked { unsent.insert(contentsOf: batch, at: 0) }
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+        }
+
+        /// Delivers finished rows: on a notification, and by polling (a
+        /// notification sent while the listening connection was away is lost).
+        private func collectLoop() async {
+            var lastBeat = ContinuousClock.now
+            var lastReap = ContinuousClock.now
+            while !Task.isCancelled {
+                do {
+                    let finished = try await store.finished(id)
+                    if !finished.isEmpty { try await deliver(finished) }
+                    if ContinuousClock.now - lastBeat > .seconds(5) {
+                        try await store.heartbeat(id)
+                        lastBeat = .now
+                    }
+                    if ContinuousClock.now - lastReap > .seconds(1) {
+                        try await store.reapExpired()
+                        lastReap = .now
+                    }
+                } catch {
+                    try? await Task.sleep(for: .milliseconds(200))
+                    continue
+                }
+                let idle = lock.locked { pending.isEmpty }
+                await collectBell.wait(timeout: idle ? .seconds(1) : .milliseconds(250))
+            }
+        }
+
+        private func deliver(_ finished: [ClusterStore.Finished]) async throws {
+            var deliveries: [(Result<[UInt8], ClusterError>) -> Void] = []
+            var outcomes: [Result<[UInt8], ClusterError>] = []
+            lock.locked {
+                for row in finished {
+                    guard let deliver = pending.removeValue(forKey: row.seq) else { continue } // already delivered
+                    deliveries.append(deliver)
+                    switch row.state {
+                    case "done": outcomes.append(.success(row.result ?? []))
+                    case "cancelled": outcomes.append(.failure(.cancelled))
+                    default:
+                        let type = row.errorType ?? "error"
+                        let description = row.error ?? ""
+                        if type == "MP.ClusterError.workerLost" {
+                            outcomes.append(.failure(.workerLost(attempts: Int(row.attempt), reason: description)))
+                        } else if type == "MP.ClusterError.unrunnable" {
+                            outcomes.append(.failure(.unrunnable(description)))
+                        } else {
+                            outcomes.append(.failure(.taskFailed(type: type, description: description)))
+                        }
+                    }
+                }
+            }
+            try await store.forget(finished.map(\.seq), pool: id)
+            for (deliver, outcome) in zip(deliveries, outcomes) { deliver(outcome) }
+            finishIfDrained()
+        }
+    }
+}
+
+/// Gathers a map's chunks in order; the first failure fails the map.
+final class MapCollector<T: MP.NamedTask>: @unchecked Sendable where T.Result: Sendable {
+    private let lock = NSLock()
+    private var parts: [[T.Result]?]
+    private var left: Int
+    private var finished = false
+    private let done: (Result<[T.Result], MP.ClusterError>) -> Void
+
+    init(chunks: Int, done: @escaping (Result<[T.Result], MP.ClusterError>) -> Void) {
+        parts = Array(repeating: nil, count: chunks)
+        left = chunks
+        self.done = done
+    }
+
+    func deliver(_ index: Int, _ outcome: Result<[UInt8], MP.ClusterError>) {
+        let decoded: Result<[T.Result], MP.ClusterError> = outcome.flatMap { bytes in
+            Result { () throws(MP.ClusterError) in
+                do { return try _NamedTaskChunks.decodeResults(T.self, from: bytes) } catch {
+                    throw .unrunnable("the results do not decode: \(error)")
+                }
+            }
+        }
+        let final: Result<[T.Result], MP.ClusterError>? = lock.locked {
+            guard !finished else { return nil }
+            switch decoded {
+            case .failure(let error):
+                finished = true
+                return .failure(error)
+            case .success(let values):
+                parts[index] = values
+                left -= 1
+                guard left == 0 else { return nil }
+                finished = true
+                return .success(parts.flatMap { $0! })
+            }
+        }
+        if let final { done(final) }
+    }
+}

@@ -1,0 +1,389 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import Logging
+
+/// The cluster's tables and every query on them: the one place SQL lives.
+///
+/// One row is one chunk of named tasks (a map's chunk, or one task of
+/// `apply`). A worker claims rows with `FOR UPDATE SKIP LOCKED` and a lease;
+/// a result is recorded only by the lease's current holder and attempt
+/// (fencing), so a late result from a worker that lost its lease is dropped.
+final class ClusterStore: Sendable {
+    let client: PostgresClient
+    private let runner: Task<Void, Never>
+    /// Its own event loop, made in the process that uses it: NIO's shared
+    /// group is not fork-safe (a forked child inherits it without its
+    /// threads, and every query there would wait for ever).
+    private let group: MultiThreadedEventLoopGroup
+    let address: DatabaseAddress
+
+    static let doneChannel = "mp_cluster_done"
+    static let newChannel = "mp_cluster_new"
+    static let cancelChannel = "mp_cluster_cancel"
+
+    init(url: String) throws(MP.ClusterError) {
+        address = try DatabaseAddress(url)
+        // PostgresNIO logs every failed connection attempt at `info`; the
+        // cluster reports what matters itself (MP.getLogger()).
+        let quiet = Logger(label: "swift-multiprocessing.cluster.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = PostgresClient(configuration: address.configuration, eventLoopGroup: group, backgroundLogger: quiet)
+        self.client = client
+        runner = Task { await client.run() }
+    }
+
+    deinit {
+        runner.cancel()
+        group.shutdownGracefully { _ in }
+    }
+
+    func shutdown() { runner.cancel() }
+
+    /// Creates the tables if missing, once across concurrent callers; fails
+    /// after `timeout` seconds when the database cannot be reached (the
+    /// client would otherwise retry for ever).
+    func migrate(timeout: Double = 15) async throws {
+        // One direct connection first: its error is the real one (refused, no
+        // such socket, a wrong password), where the pool would retry quietly.
+        do {
+            let probe = try await PostgresConnection.connect(on: group.next(), configuration: address.probeConfiguration, id: 0,
+                                                             logger: Self.logger)
+            try await probe.close()
+        } catch {
+            throw MP.ClusterError.database("cannot connect to PostgreSQL at \(address.description): \(Self.reason(error))")
+        }
+        try await withDeadline(timeout, "cannot reach PostgreSQL at \(address.description) within \(Int(timeout)) s") {
+            try await self.createTables()
+        }
+    }
+
+    private func createTables() async throws {
+        try await client.withConnection { connection in
+            try await connection.query("BEGIN", logger: Self.logger)
+            do {
+                try await connection.query("SELECT pg_advisory_xact_lock(7166001)", logger: Self.logger)
+                for statement in Self.schema { try await connection.query(PostgresQuery(unsafeSQL: statement), logger: Self.logger) }
+                try await connection.query("COMMIT", logger: Self.logger)
+            } catch {
+                _ = try? await connection.query("ROLLBACK", logger: Self.logger)
+                throw error
+            }
+        }
+    }
+
+    /// A PostgreSQL error's useful part (its server message, or the socket error).
+    static func reason(_ error: any Error) -> String {
+        if let error = error as? PSQLError {
+            if let message = error.serverInfo?[.message] { return message }
+            if let underlying = error.underlying { return "\(underlying)" }
+            return "\(error.code)"
+        }
+        return "\(error)"
+    }
+
+    static let logger = Logger(label: "swift-multiprocessing.cluster.sql", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    static let schema = [
+        """
+        CREATE TABLE IF NOT EXISTS mp_cluster_pools (
+            id        uuid PRIMARY KEY,
+            build     text NOT NULL,
+            heartbeat timestamptz NOT NULL DEFAULT now(),
+            state     text NOT NULL DEFAULT 'open'
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS mp_cluster_tasks (
+            id            bigserial PRIMARY KEY,
+            pool          uuid        NOT NULL,
+            seq           bigint      NOT NULL,
+            build         text        NOT NULL,
+            task          text        NOT NULL,
+            payload       bytea       NOT NULL,
+            items         integer     NOT NULL,
+            state         text        NOT NULL DEFAULT 'queued',
+            attempt       integer     NOT NULL DEFAULT 0,
+            max_attempts  integer     NOT NULL,
+            retry_errors  boolean     NOT NULL DEFAULT false,
+            lease_owner   text,
+            lease_expires timestamptz,
+            not_before    timestamptz NOT NULL DEFAULT now(),
+            result        bytea,
+            error_type    text,
+            error         text,
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            finished_at   timestamptz,
+            UNIQUE (pool, seq),
+            CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled'))
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_claim ON mp_cluster_tasks (build, id) WHERE state = 'queued'",
+        "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_lease ON mp_cluster_tasks (lease_expires) WHERE state = 'running'",
+        "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_finished ON mp_cluster_tasks (pool) WHERE state IN ('done', 'failed', 'cancelled')",
+    ]
+
+    // MARK: the owner's side
+
+    func openPool(_ pool: UUID, build: String) async throws {
+        try await client.query("INSERT INTO mp_cluster_pools (id, build) VALUES (\(pool), \(build))", logger: Self.logger)
+    }
+
+    func heartbeat(_ pool: UUID) async throws {
+        try await client.query("UPDATE mp_cluster_pools SET heartbeat = now() WHERE id = \(pool)", logger: Self.logger)
+    }
+
+    struct NewRow: Sendable {
+        let seq: Int64
+        let task: String
+        let payload: [UInt8]
+        let items: Int32
+        let maxAttempts: Int32
+        let retryErrors: Bool
+    }
+
+    /// Inserts rows in as few statements as the bind limit allows, then wakes idle workers.
+    func insert(_ rows: [NewRow], pool: UUID, build: String) async throws {
+        for batch in stride(from: 0, to: rows.count, by: 5_000).map({ rows[$0..<min($0 + 5_000, rows.count)] }) {
+            var query = PostgresQuery.StringInterpolation(literalCapacity: 64 * batch.count, interpolationCount: 6 * batch.count + 2)
+            query.appendLiteral("INSERT INTO mp_cluster_tasks (pool, build, seq, task, payload, items, max_attempts, retry_errors) SELECT ")
+            query.appendInterpolation(pool)
+            query.appendLiteral(", ")
+            query.appendInterpolation(build)
+            query.appendLiteral(", * FROM unnest(")
+            query.appendInterpolation(batch.map(\.seq))
+            query.appendLiteral("::bigint[], ")
+            query.appendInterpolation(batch.map(\.task))
+            query.appendLiteral("::text[], ")
+            query.appendInterpolation(batch.map { ByteBuffer(bytes: $0.payload) })
+            query.appendLiteral("::bytea[], ")
+            query.appendInterpolation(batch.map(\.items))
+            query.appendLiteral("::int[], ")
+            query.appendInterpolation(batch.map(\.maxAttempts))
+            query.appendLiteral("::int[], ")
+            query.appendInterpolation(batch.map(\.retryErrors))
+            query.appendLiteral("::bool[])")
+            try await client.query(PostgresQuery(stringInterpolation: query), logger: Self.logger)
+        }
+        try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger)
+    }
+
+    struct Finished: Sendable {
+        let seq: Int64
+        let state: String
+        let result: [UInt8]?
+        let errorType: String?
+        let error: String?
+        let attempt: Int32
+    }
+
+    /// The pool's finished rows (not removed: see ``forget(_:pool:)``).
+    func finished(_ pool: UUID) async throws -> [Finished] {
+        let rows = try await client.query("""
+            SELECT seq, state, result, error_type, error, attempt FROM mp_cluster_tasks
+            WHERE pool = \(pool) AND state IN ('done', 'failed', 'cancelled')
+            """, logger: Self.logger)
+        var found: [Finished] = []
+        for try await (seq, state, result, errorType, error, attempt) in rows.decode((Int64, String, ByteBuffer?, String?, String?, Int32).self) {
+            found.append(Finished(seq: seq, state: state, result: result.map { Array(buffer: $0) }, errorType: errorType, error: error, attempt: attempt))
+        }
+        return found
+    }
+
+    /// Removes rows whose outcome the owner has taken.
+    func forget(_ seqs: [Int64], pool: UUID) async throws {
+        try await client.query("DELETE FROM mp_cluster_tasks WHERE pool = \(pool) AND seq = ANY(\(seqs))", logger: Self.logger)
+    }
+
+    /// Cancels the pool's queued and running rows; workers running them stop.
+    func cancelAll(_ pool: UUID) async throws {
+        try await client.query("""
+            UPDATE mp_cluster_tasks SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, finished_at = now()
+            WHERE pool = \(pool) AND state IN ('queued', 'running')
+            """, logger: Self.logger)
+        try await client.query("SELECT pg_notify(\(Self.cancelChannel), \(pool.uuidString))", logger: Self.logger)
+    }
+
+    func closePool(_ pool: UUID) async throws {
+        try await client.query("DELETE FROM mp_cluster_tasks WHERE pool = \(pool)", logger: Self.logger)
+        try await client.query("DELETE FROM mp_cluster_pools WHERE id = \(pool)", logger: Self.logger)
+    }
+
+    // MARK: the workers' side
+
+    struct Claimed: Sendable {
+        let id: Int64
+        let attempt: Int32
+        let task: String
+        let payload: [UInt8]
+        let pool: UUID
+    }
+
+    /// Claims up to `limit` queued rows of `build` for `owner`, leased for `lease` seconds.
+    func claim(owner: String, build: String, limit: Int, lease: Double) async throws -> [Claimed] {
+        let rows = try await client.query("""
+            UPDATE mp_cluster_tasks t
+            SET state = 'running', attempt = t.attempt + 1, lease_owner = \(owner),
+                lease_expires = now() + make_interval(secs => \(lease))
+            FROM (SELECT id FROM mp_cluster_tasks
+                  WHERE state = 'queued' AND build = \(build) AND not_before <= now()
+                  ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED) c
+            WHERE t.id = c.id
+            RETURNING t.id, t.attempt, t.task, t.payload, t.pool
+            """, logger: Self.logger)
+        var claimed: [Claimed] = []
+        for try await (id, attempt, task, payload, pool) in rows.decode((Int64, Int32, String, ByteBuffer, UUID).self) {
+            claimed.append(Claimed(id: id, attempt: attempt, task: task, payload: Array(buffer: payload), pool: pool))
+        }
+        return claimed.sorted { $0.id < $1.id }
+    }
+
+    /// Extends the leases `owner` still holds among `ids`; the ones it holds.
+    func renew(owner: String, ids: [Int64], lease: Double) async throws -> Set<Int64> {
+        guard !ids.isEmpty else { return [] }
+        let rows = try await client.query("""
+            UPDATE mp_cluster_tasks SET lease_expires = now() + make_interval(secs => \(lease))
+            WHERE lease_owner = \(owner) AND state = 'running' AND id = ANY(\(ids))
+            RETURNING id
+            """, logger: Self.logger)
+        var held = Set<Int64>()
+        for try await id in rows.decode(Int64.self) { held.insert(id) }
+        return held
+    }
+
+    struct Outcome: Sendable {
+        let id: Int64
+        let attempt: Int32
+        /// nil: the results; otherwise how it failed.
+        let result: [UInt8]?
+        let failure: (kind: FailureKind, type: String, description: String)?
+    }
+
+    enum FailureKind: Sendable { case threw, lost, unrunnable }
+
+    /// Records outcomes, fenced by lease holder and attempt; the ids recorded
+    /// (the others were late: their lease had passed to another attempt).
+    func record(_ outcomes: [Outcome], owner: String) async throws -> Set<Int64> {
+        var recorded = Set<Int64>()
+        var pools = Set<UUID>()
+        let done = outcomes.filter { $0.failure == nil }
+        if !done.isEmpty {
+            let rows = try await client.query("""
+                UPDATE mp_cluster_tasks t SET state = 'done', result = v.result, finished_at = now(),
+                    lease_owner = NULL, lease_expires = NULL
+                FROM unnest(\(done.map(\.id))::bigint[], \(done.map(\.attempt))::int[],
+                            \(done.map { ByteBuffer(bytes: $0.result ?? []) })::bytea[]) AS v(id, attempt, result)
+                WHERE t.id = v.id AND t.attempt = v.attempt AND t.lease_owner = \(owner) AND t.state = 'running'
+                RETURNING t.id, t.pool
+                """, logger: Self.logger)
+            for try await (id, pool) in rows.decode((Int64, UUID).self) {
+                recorded.insert(id)
+                pools.insert(pool)
+            }
+        }
+        for outcome in outcomes {
+            guard let failure = outcome.failure else { continue }
+            // A task that threw fails at once unless its pool asked for retries;
+            // a lost worker retries with backoff up to the maximum.
+            let retry = failure.kind == .lost
+            let rows = try await client.query("""
+                UPDATE mp_cluster_tasks SET
+                    state = CASE WHEN (\(retry) OR (retry_errors AND \(failure.kind == .threw))) AND attempt < max_attempts
+                                 THEN 'queued' ELSE 'failed' END,
+                    error_type = \(failure.type), error = \(failure.description),
+                    not_before = now() + make_interval(secs => least(30, 0.1 * power(2, attempt))),
+                    lease_owner = NULL, lease_expires = NULL,
+                    finished_at = now()
+                WHERE id = \(outcome.id) AND attempt = \(outcome.attempt) AND lease_owner = \(owner) AND state = 'running'
+                RETURNING pool, state
+                """, logger: Self.logger)
+            for try await (pool, state) in rows.decode((UUID, String).self) {
+                recorded.insert(outcome.id)
+                if state == "failed" { pools.insert(pool) }
+            }
+        }
+        for pool in pools {
+            try await client.query("SELECT pg_notify(\(Self.doneChannel), \(pool.uuidString))", logger: Self.logger)
+        }
+        return recorded
+    }
+
+    /// Hands back what `owner` holds (a worker stopping gracefully): queued
+    /// again, the attempt not counted.
+    func handBack(owner: String, ids: [Int64]) async throws {
+        guard !ids.isEmpty else { return }
+        try await client.query("""
+            UPDATE mp_cluster_tasks SET state = 'queued', attempt = attempt - 1, lease_owner = NULL, lease_expires = NULL
+            WHERE lease_owner = \(owner) AND state = 'running' AND id = ANY(\(ids))
+            """, logger: Self.logger)
+        try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger)
+    }
+
+    /// Rows whose lease expired (their worker or machine died, or lost the
+    /// database): queued again with backoff, or failed after the last attempt.
+    /// Also removes the rows of pools whose owner stopped beating.
+    @discardableResult
+    func reapExpired() async throws -> Int {
+        let rows = try await client.query("""
+            UPDATE mp_cluster_tasks SET
+                state = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,
+                error_type = CASE WHEN attempt >= max_attempts THEN 'MP.ClusterError.workerLost' END,
+                error = CASE WHEN attempt >= max_attempts
+                             THEN 'its lease expired on each of ' || attempt || ' attempts (the worker or its machine died, or lost the database)' END,
+                not_before = now() + make_interval(secs => least(30, 0.1 * power(2, attempt))),
+                lease_owner = NULL, lease_expires = NULL
+            WHERE state = 'running' AND lease_expires < now()
+            RETURNING pool, state
+            """, logger: Self.logger)
+        var count = 0
+        var failedPools = Set<UUID>()
+        for try await (pool, state) in rows.decode((UUID, String).self) {
+            count += 1
+            if state == "failed" { failedPools.insert(pool) }
+        }
+        for pool in failedPools {
+            try await client.query("SELECT pg_notify(\(Self.doneChannel), \(pool.uuidString))", logger: Self.logger)
+        }
+        if count > 0 { try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger) }
+        try await client.query("""
+            DELETE FROM mp_cluster_tasks WHERE pool IN
+                (SELECT id FROM mp_cluster_pools WHERE heartbeat < now() - interval '10 minutes')
+            """, logger: Self.logger)
+        try await client.query("DELETE FROM mp_cluster_pools WHERE heartbeat < now() - interval '10 minutes'", logger: Self.logger)
+        return count
+    }
+
+    /// Runs `body` for every notification on `channels` until cancelled,
+    /// reconnecting after a lost connection (notifications sent meanwhile are
+    /// lost: callers also poll).
+    func listen(_ channel: String, _ body: @escaping @Sendable (String) -> Void) async {
+        while !Task.isCancelled {
+            do {
+                try await client.withConnection { connection in
+                    try await connection.listen(on: channel) { notifications in
+                        body("") // (re)connected: whatever was missed, look now
+                        for try await notification in notifications { body(notification.payload) }
+                    }
+                }
+            } catch {
+                if Task.isCancelled { return }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+}
+
+/// Runs `operation`, or throws ``MP/ClusterError/database(_:)`` with `message` after `seconds`.
+func withDeadline<T: Sendable>(_ seconds: Double, _ message: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw MP.ClusterError.database(message) }
+        return value
+    }
+}

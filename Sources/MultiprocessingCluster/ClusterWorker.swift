@@ -1,0 +1,210 @@
+@_spi(Cluster) import Multiprocessing
+import Foundation
+import Synchronization
+
+extension MP.Cluster {
+    /// Serves the cluster's tasks: your own program in worker mode, on any
+    /// machine that reaches the database (for example behind a command-line
+    /// flag: `if CommandLine.arguments.contains("--worker") { try await MP.Cluster.runWorker(database: url) }`).
+    ///
+    /// It claims rows of its own build (`FOR UPDATE SKIP LOCKED`, a lease
+    /// each), runs them on a local ``MP/TaskPool`` of `concurrency`
+    /// processes, renews the leases while they run, and records results
+    /// fenced by lease holder and attempt. It stops running a task its pool
+    /// cancelled, and gives up a task whose lease it lost.
+    ///
+    /// SIGTERM (or ``stopWorkers()`` in this process) stops it gracefully:
+    /// it claims nothing more, lets running tasks finish for up to one lease,
+    /// hands the rest back (their attempt not counted), and returns.
+    ///
+    /// - Parameters:
+    ///   - database: the PostgreSQL URL (as for ``MP/ClusterPool``).
+    ///   - concurrency: local worker processes (default: the CPUs this process may use).
+    ///   - startMethod: how they start (nil: the program's start method).
+    ///   - lease: seconds a claimed task is this worker's without renewal; a
+    ///     dead worker's tasks run elsewhere after it. At least 1.
+    public static func runWorker(database: String, concurrency: Int? = nil, startMethod: MP.StartMethod? = nil,
+                                 lease: Double = 10) async throws(MP.ClusterError) {
+        guard lease >= 1 else { throw .invalidArgument("lease must be at least 1 s (got \(lease))") }
+        let processes = concurrency ?? MP.processCpuCount()
+        guard processes >= 1 else { throw .invalidArgument("concurrency must be at least 1 (got \(processes))") }
+        let worker = try ClusterWorker(database: database, processes: processes, startMethod: startMethod, lease: lease)
+        try await worker.run()
+    }
+
+    /// Asks every ``runWorker(database:concurrency:startMethod:lease:)`` of this process to stop as on SIGTERM.
+    public static func stopWorkers() { ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
+}
+
+final class ClusterWorker: @unchecked Sendable {
+    static let stopRequested = Atomic<Bool>(false)
+
+    let store: ClusterStore
+    let pool: MP.TaskPool
+    let owner: String
+    let build = _NamedTaskChunks.build
+    let capacity: Int
+    let lease: Double
+    private let lock = NSLock()
+    private var running: [Int64: (claim: ClusterStore.Claimed, submission: _NamedTaskChunks.Submission)] = [:]
+    private var outcomes: [ClusterStore.Outcome] = []
+    private let wake = Bell()
+    private let completed = Bell()
+
+    init(database: String, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.ClusterError) {
+        store = try ClusterStore(url: database)
+        do {
+            pool = try MP.TaskPool(processes: processes, startMethod: startMethod)
+        } catch {
+            throw .database("cannot start the local worker processes: \(error)")
+        }
+        // Claimed ahead of the local processes (tiny tasks come in batches); a
+        // dead worker's surplus runs elsewhere after one lease.
+        capacity = processes * 16
+        self.lease = lease
+        owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
+    }
+
+    func run() async throws(MP.ClusterError) {
+        Self.stopRequested.store(false, ordering: .sequentiallyConsistent)
+        let previous = signal(SIGTERM) { _ in ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
+        defer {
+            signal(SIGTERM, previous)
+            pool.terminate()
+            try? pool.join()
+            store.shutdown()
+        }
+        do {
+            try await store.migrate()
+        } catch {
+            if let error = error as? MP.ClusterError { throw error }
+            throw .database("cannot prepare the cluster's tables at \(store.address.description): \(String(reflecting: error))")
+        }
+        let listeners = [
+            Task { [store, wake] in await store.listen(ClusterStore.newChannel) { _ in wake.ring() } },
+            Task { [store, wake] in await store.listen(ClusterStore.cancelChannel) { _ in wake.ring() } },
+        ]
+        defer { for listener in listeners { listener.cancel() } }
+        var lastRenewal = ContinuousClock.now
+        var lastReap = ContinuousClock.now
+        let renewEvery = Duration.milliseconds(Int(lease * 1000 / 3))
+        while !Self.stopRequested.load(ordering: .sequentiallyConsistent) {
+            do {
+                try await flushOutcomes()
+                if ContinuousClock.now - lastRenewal >= renewEvery {
+                    try await renewLeases()
+                    lastRenewal = .now
+                }
+                if ContinuousClock.now - lastReap >= .seconds(1) {
+                    try await store.reapExpired()
+                    lastReap = .now
+                }
+                let room = capacity - lock.locked { running.count }
+                var claimedAny = false
+                if room > 0 {
+                    let claimed = try await store.claim(owner: owner, build: build, limit: room, lease: lease)
+                    start(claimed)
+                    claimedAny = !claimed.isEmpty
+                }
+                if !claimedAny {
+                    let busy = lock.locked { !running.isEmpty || !outcomes.isEmpty }
+                    // Woken by a new row, a cancellation, or a finished task; polls otherwise.
+                    if busy { await completed.wait(timeout: .milliseconds(50)) } else { await wake.wait(timeout: .milliseconds(250)) }
+                }
+            } catch {
+                // The database is away (restarting, a cut link): keep running what
+                // we hold, record it when it is back (if our leases still hold).
+                MP.getLogger().warning("cluster worker: database error: \(String(reflecting: error))")
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        await stopGracefully()
+    }
+
+    /// Submits a claimed batch to the local pool and waits for it on a plain
+    /// thread (the task pool's blocking calls; a lost lease cancels a row).
+    private func start(_ claims: [ClusterStore.Claimed]) {
+        guard !claims.isEmpty else { return }
+        let submissions = claims.map { _NamedTaskChunks.submit(name: $0.task, payload: $0.payload, on: pool) }
+        lock.locked { for (claim, submission) in zip(claims, submissions) { running[claim.id] = (claim, submission) } }
+        Thread.detachNewThread { [self] in
+            for (claim, submission) in zip(claims, submissions) {
+                let outcome: ClusterStore.Outcome?
+                switch submission.wait() {
+                case .success(let result):
+                    outcome = .init(id: claim.id, attempt: claim.attempt, result: result, failure: nil)
+                case .failure(.taskFailed(let type, let description)):
+                    outcome = .init(id: claim.id, attempt: claim.attempt, result: nil, failure: (.threw, type, description))
+                case .failure(.workerLost(let how)):
+                    outcome = .init(id: claim.id, attempt: claim.attempt, result: nil,
+                                    failure: (.lost, "MP.ClusterError.workerLost", "a worker process died running it: \(how)"))
+                case .failure(.unrunnable(let why)):
+                    outcome = .init(id: claim.id, attempt: claim.attempt, result: nil, failure: (.unrunnable, "MP.ClusterError.unrunnable", why))
+                case .failure(.cancelled):
+                    outcome = nil
+                }
+                finish(claim.id, outcome)
+            }
+        }
+    }
+
+    private func finish(_ id: Int64, _ outcome: ClusterStore.Outcome?) {
+        lock.locked {
+            guard running[id] != nil else { return }
+            if let outcome { outcomes.append(outcome) } else { running[id] = nil }
+        }
+        completed.ring()
+    }
+
+    /// Records finished tasks in one batch; a late one (its lease lost) is dropped.
+    private func flushOutcomes() async throws {
+        let batch = lock.locked { () -> [ClusterStore.Outcome] in
+            defer { outcomes.removeAll() }
+            return outcomes
+        }
+        guard !batch.isEmpty else { return }
+        do {
+            let recorded = try await store.record(batch, owner: owner)
+            let late = batch.count - recorded.count
+            if late > 0 { MP.getLogger().info("cluster worker: \(late) late result(s) dropped: their lease had passed to another attempt") }
+            lock.locked { for outcome in batch { running[outcome.id] = nil } }
+        } catch {
+            lock.locked { outcomes.insert(contentsOf: batch, at: 0) } // try again when the database is back
+            throw error
+        }
+    }
+
+    /// Extends the leases of running tasks; stops those it no longer holds
+    /// (cancelled by their pool, or expired and claimed again elsewhere).
+    private func renewLeases() async throws {
+        let ids = lock.locked { running.filter { entry in !outcomes.contains { $0.id == entry.key } }.map(\.key) }
+        let held = try await store.renew(owner: owner, ids: ids, lease: lease)
+        let lost = lock.locked { () -> [_NamedTaskChunks.Submission] in
+            var submissions: [_NamedTaskChunks.Submission] = []
+            for id in ids where !held.contains(id) {
+                if let entry = running.removeValue(forKey: id) { submissions.append(entry.submission) }
+            }
+            return submissions
+        }
+        for submission in lost { submission.cancel() } // the task pool kills the local process running it
+    }
+
+    /// SIGTERM: no more claims; running tasks may finish within one lease; the rest go back.
+    private func stopGracefully() async {
+        let deadline = ContinuousClock.now + .seconds(lease)
+        while ContinuousClock.now < deadline {
+            try? await flushOutcomes()
+            if lock.locked({ running.isEmpty }) { break }
+            if ContinuousClock.now - deadline > .zero { break }
+            try? await renewLeases()
+            await completed.wait(timeout: .milliseconds(100))
+        }
+        try? await flushOutcomes()
+        let left = lock.locked { () -> [(Int64, _NamedTaskChunks.Submission)] in
+            defer { running.removeAll() }
+            return running.map { ($0.key, $0.value.submission) }
+        }
+        for (_, submission) in left { submission.cancel() }
+        try? await store.handBack(owner: owner, ids: left.map(\.0))
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+
+extension MP.Cluster {
+    /// A throwaway PostgreSQL server: `initdb` into a new temporary folder,
+    /// started on a Unix socket there (and on TCP when asked), removed by
+    /// ``remove()``. For tests, benchmarks and trying the cluster on one
+    /// machine; production runs a real server.
+    ///
+    /// Needs PostgreSQL's server programs (`initdb`, `pg_ctl`: Debian's
+    /// `postgresql` package, found on `PATH` or in `/usr/lib/postgresql/*/bin`).
+    /// PostgreSQL refuses to run as root: as root, the server runs as the
+    /// `postgres` user (through `runuser`).
+    public final class LocalPostgres: @unchecked Sendable {
+        /// The folder that holds the data and the socket.
+        public let directory: String
+        /// The port (also the Unix socket's name: `.s.PGSQL.<port>`).
+        public let port: Int
+        /// The TCP address it listens on, if any.
+        public let listenAddress: String?
+        private let binaries: String
+        private let asUser: String?
+
+        /// Where the server programs are, or nil.
+        public static var binDirectory: String? {
+            let candidates = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+                + ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? [])
+                    .sorted(by: >).map { "/usr/lib/postgresql/\($0)/bin" }
+            return candidates.first { FileManager.default.isExecutableFile(atPath: "\($0)/initdb") && FileManager.default.isExecutableFile(atPath: "\($0)/pg_ctl") }
+        }
+
+        /// Whether one can be started on this machine.
+        public static var isAvailable: Bool { binDirectory != nil && (getuid() != 0 || userExists("postgres")) }
+
+        private static func userExists(_ name: String) -> Bool { getpwnam(name) != nil }
+
+        /// Creates and starts a server.
+        ///
+        /// - Parameters:
+        ///   - listenAddress: a TCP address to listen on besides the Unix socket (nil: none).
+        ///   - port: the port (nil: a free one).
+        public init(listenAddress: String? = nil, port: Int? = nil) throws {
+            guard let binaries = Self.binDirectory else {
+                throw MP.ClusterError.database("PostgreSQL's server programs (initdb, pg_ctl) are not installed (Debian: apt-get install postgresql)")
+            }
+            self.binaries = binaries
+            asUser = getuid() == 0 ? "postgres" : nil
+            self.listenAddress = listenAddress
+            self.port = port ?? Int.random(in: 20_000..<60_000)
+            directory = "/tmp/mp-postgres-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false,
+                                                    attributes: [.posixPermissions: 0o700])
+            if let asUser {
+                try run("/bin/chown", [asUser, directory], asUser: nil)
+            }
+            try run("\(binaries)/initdb", ["-D", "\(directory)/data", "-U", "mp", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            try start()
+        }
+
+        deinit { remove() }
+
+        /// The URL clients connect with (the Unix socket).
+        public var url: String { "postgres://mp@localhost:\(port)/postgres?host=\(directory)" }
+
+        /// The URL over TCP (when it listens on one).
+        public var tcpURL: String? { listenAddress.map { "postgres://mp@\($0):\(port)/postgres" } }
+
+        /// Starts the server (after ``stop()``).
+        public func start() throws {
+            let options = "-k \(directory) -p \(port) -c listen_addresses='\(listenAddress ?? "")' -c fsync=off "
+                + "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            try run("\(binaries)/pg_ctl", ["-D", "\(directory)/data", "-o", options, "-l", "\(directory)/log", "-w", "-t", "60", "start"])
+        }
+
+        /// Stops the server (`pg_ctl stop -m fast`: connections are cut).
+        public func stop() throws {
+            try run("\(binaries)/pg_ctl", ["-D", "\(directory)/data", "-m", "fast", "-w", "-t", "60", "stop"])
+        }
+
+        /// Stops and starts it: every connection is cut, the data stays.
+        public func restart() throws {
+            try stop()
+            try start()
+        }
+
+        /// Stops the server (immediately) and deletes its folder. Twice is harmless.
+        public func remove() {
+            guard FileManager.default.fileExists(atPath: directory) else { return }
+            try? run("\(binaries)/pg_ctl", ["-D", "\(directory)/data", "-m", "immediate", "-w", "-t", "30", "stop"], quiet: true)
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+
+        private func run(_ program: String, _ arguments: [String], quiet: Bool = false) throws {
+            try run(program, arguments, asUser: asUser, quiet: quiet)
+        }
+
+        /// Runs a command to its end (posix_spawn and waitpid on its pid: this
+        /// library reaps its own children, and a server `pg_ctl` starts keeps
+        /// no pipe of ours open); its output goes to a file, read on failure.
+        private func run(_ program: String, _ arguments: [String], asUser: String?, quiet: Bool = false) throws {
+            let argv = (asUser.map { ["/sbin/runuser", "-u", $0, "--", program] } ?? [program]) + arguments
+            let outputPath = "/tmp/mp-postgres-command-\(getpid())-\(UInt32.random(in: 0 ... .max)).log"
+            defer { unlink(outputPath) }
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO)
+            let cArguments = argv.map { strdup($0) } + [nil]
+            defer { cArguments.forEach { free($0) } }
+            var pid: pid_t = 0
+            let spawned = posix_spawn(&pid, argv[0], &actions, nil, cArguments, environ)
+            guard spawned == 0 else {
+                throw MP.ClusterError.database("cannot run \(argv[0]): errno \(spawned)")
+            }
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            let exitedCleanly = (status & 0x7f) == 0 && (status >> 8) & 0xff == 0
+            guard exitedCleanly else {
+                if quiet { return }
+                let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+                throw MP.ClusterError.database("\((program as NSString).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+import Testing
+import Foundation
+import PostgresNIO
+@testable import MultiprocessingCluster
+@_spi(Cluster) import Multiprocessing
+
+// The cluster pool against a real PostgreSQL started by the tests
+// (initdb into a temporary folder, a Unix socket), with workers that are
+// forked copies of this test program in worker mode.
+
+struct ClusterSquare: MP.NamedTask {
+    var x: Int
+    func run() -> Int { x * x }
+}
+
+struct ClusterAdd: MP.NamedTask {
+    var a: Int
+    var b: Int
+    func run() -> Int { a + b }
+}
+
+struct ClusterBoom: Error, CustomStringConvertible { var description: String { "boom on purpose" } }
+
+struct ClusterFails: MP.NamedTask {
+    func run() throws -> Int { throw ClusterBoom() }
+}
+
+/// Hangs on its first attempt (leaving a marker), returns on the next.
+struct HangsFirstTime: MP.NamedTask {
+    var marker: String
+    func run() async throws -> Int {
+        if FileManager.default.fileExists(atPath: marker) { return 7 }
+        FileManager.default.createFile(atPath: marker, contents: Data("\(getpid())".utf8))
+        while true { try await Task.sleep(for: .seconds(60)) }
+    }
+}
+
+/// Kills the local worker process running it, on every attempt.
+struct KillsItsWorker: MP.NamedTask {
+    func run() -> Int {
+        kill(getpid(), SIGKILL)
+        return 0
+    }
+}
+
+/// Takes a while (for restarts and graceful stops).
+struct Slow: MP.NamedTask {
+    var x: Int
+    var milliseconds: Int
+    func run() async throws -> Int {
+        try await Task.sleep(for: .milliseconds(milliseconds))
+        return x
+    }
+}
+
+/// One throwaway PostgreSQL for the suite.
+enum TestDatabase {
+    nonisolated(unsafe) static var server: MP.Cluster.LocalPostgres?
+    static let lock = NSLock()
+
+    static func shared() throws -> MP.Cluster.LocalPostgres {
+        try lock.withLock {
+            if let server { return server }
+            let started = try MP.Cluster.LocalPostgres()
+            server = started
+            atexit { TestDatabase.server?.remove() }
+            return started
+        }
+    }
+}
+
+/// A worker: a forked copy of this program in worker mode.
+func startWorker(_ url: String, concurrency: Int = 1, lease: Double = 2) throws -> MP.Process {
+    let worker = MP.Process(name: "cluster-worker") {
+        try await MP.Cluster.runWorker(database: url, concurrency: concurrency, startMethod: .forkserver, lease: lease)
+    }
+    try worker.start()
+    return worker
+}
+
+func stopWorker(_ worker: MP.Process) throws {
+    guard worker.isAlive else { return }
+    try worker.terminate() // graceful: SIGTERM
+    if try worker.join(timeout: 20) { return }
+    Issue.record("worker \(worker.pid ?? -1) did not stop within 20 s of SIGTERM: killed")
+    try worker.kill()
+    try worker.join()
+}
+
+@Suite("Cluster pool on PostgreSQL", .serialized, .enabled(if: MP.Cluster.LocalPostgres.isAvailable, "needs PostgreSQL's server programs"))
+struct ClusterTests {
+    @Test("apply, applyAsync, map in chunks, starmap, imap in order and unordered, with two workers")
+    func basics() async throws {
+        let db = try TestDatabase.shared()
+        let workers = try (0..<2).map { _ in try startWorker(db.url) }
+        defer { for worker in workers { try? stopWorker(worker) } }
+        let pool = try await MP.ClusterPool(database: db.url)
+        #expect(try await pool.apply(ClusterSquare(x: 7)) == 49)
+        let asyncResults = (0..<20).map { pool.applyAsync(ClusterSquare(x: $0)) }
+        #expect(try asyncResults.map { try $0.get(timeout: 60) } == (0..<20).map { $0 * $0 })
+        let many = (0..<10_000).map { ClusterSquare(x: $0) }
+        #expect(try await pool.map(many, chunksize: 1_000) == (0..<10_000).map { $0 * $0 })
+        #expect(try await pool.starmap([(1, 2), (3, 4)], ClusterAdd.init) == [3, 7])
+        var ordered: [Int] = []
+        for try await value in pool.imap((0..<50).map { ClusterSquare(x: $0) }, chunksize: 5, bufferSize: 3) { ordered.append(value) }
+        #expect(ordered == (0..<50).map { $0 * $0 })
+        var unordered: [Int] = []
+        for try await value in pool.imapUnordered((0..<50).map { ClusterSquare(x: $0) }, chunksize: 5) { unordered.append(value) }
+        #expect(unordered.sorted() == (0..<50).map { $0 * $0 })
+        pool.close()
+        try await pool.join()
+        #expect(try await rowCount(db, pool: pool.id) == 0, "join removes the pool's rows")
+    }
+
+    @Test("a task that throws fails with its type and description, once")
+    func taskThrows() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        await #expect(throws: MP.ClusterError.taskFailed(type: "ClusterBoom", description: "boom on purpose")) {
+            try await pool.apply(ClusterFails())
+        }
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("a worker SIGKILLed mid-task: the task completes on the other worker after the lease")
+    func workerKilled() async throws {
+        let db = try TestDatabase.shared()
+        let marker = "/tmp/mp-cluster-marker-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+        defer { try? FileManager.default.removeItem(atPath: marker) }
+        let first = try startWorker(db.url, lease: 2)
+        defer { try? stopWorker(first) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        let result = pool.applyAsync(HangsFirstTime(marker: marker))
+        // The first worker runs it (the marker appears), then dies.
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: marker) && waited < 600 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(FileManager.default.fileExists(atPath: marker))
+        let second = try startWorker(db.url, lease: 2)
+        defer { try? stopWorker(second) }
+        try first.kill()
+        try await first.join()
+        let killed = ContinuousClock.now
+        #expect(try await result.value == 7)
+        let recovery = ContinuousClock.now - killed
+        #expect(recovery < .seconds(10), "recovered within the lease and a poll: \(recovery)")
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("a task that kills every worker fails after its last attempt with a clear error")
+    func killsEveryWorker() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url, maxAttempts: 2)
+        do {
+            _ = try await pool.apply(KillsItsWorker())
+            Issue.record("a task that kills its worker succeeded")
+        } catch {
+            guard case .workerLost(let attempts, let reason) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(attempts == 2)
+            #expect(reason.contains("died"), "\(reason)")
+        }
+        #expect(try await pool.apply(ClusterSquare(x: 3)) == 9, "the worker goes on")
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("fencing: a result from a worker whose lease passed to another attempt is refused")
+    func fencing() async throws {
+        let db = try TestDatabase.shared()
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        try await store.migrate()
+        let pool = UUID()
+        let build = "fencing-test-\(UUID().uuidString)"
+        try await store.openPool(pool, build: build)
+        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: try _NamedTaskChunks.encode([ClusterSquare(x: 2)]),
+                                      items: 1, maxAttempts: 3, retryErrors: false)], pool: pool, build: build)
+        let first = try await store.claim(owner: "worker-a", build: build, limit: 10, lease: 0.2)
+        #expect(first.count == 1)
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(try await store.reapExpired() >= 1)
+        try await Task.sleep(for: .milliseconds(150)) // past the retry's backoff (0.1 s after attempt 1... 0.2 s)
+        var second: [ClusterStore.Claimed] = []
+        for _ in 0..<20 where second.isEmpty {
+            second = try await store.claim(owner: "worker-b", build: build, limit: 10, lease: 30)
+            if second.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(second.first?.attempt == 2)
+        let late = try await store.record([.init(id: first[0].id, attempt: first[0].attempt, result: [1], failure: nil)], owner: "worker-a")
+        #expect(late.isEmpty, "worker-a's late result is refused")
+        let current = try await store.record([.init(id: second[0].id, attempt: second[0].attempt, result: [2], failure: nil)], owner: "worker-b")
+        #expect(current == [second[0].id])
+        let again = try await store.record([.init(id: second[0].id, attempt: second[0].attempt, result: [3], failure: nil)], owner: "worker-b")
+        #expect(again.isEmpty, "recorded once")
+        let finished = try await store.finished(pool)
+        #expect(finished.map(\.result) == [[2]])
+        try await store.closePool(pool)
+    }
+
+    @Test("a worker claims only tasks of its own build")
+    func buildIdentity() async throws {
+        let db = try TestDatabase.shared()
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        try await store.migrate()
+        let pool = UUID()
+        try await store.openPool(pool, build: "another-build")
+        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: try _NamedTaskChunks.encode([ClusterSquare(x: 2)]),
+                                      items: 1, maxAttempts: 3, retryErrors: false)], pool: pool, build: "another-build")
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        // The worker serves a task of its own build meanwhile, so it has polled.
+        let own = try await MP.ClusterPool(database: db.url)
+        #expect(try await own.apply(ClusterSquare(x: 5)) == 25)
+        let rows = try await db.query(store, "SELECT state FROM mp_cluster_tasks WHERE pool = '\(pool.uuidString)'")
+        #expect(rows == ["queued"])
+        try await store.closePool(pool)
+        own.close()
+        try await own.join()
+    }
+
+    @Test("terminate cancels queued and running tasks; nothing stays claimed")
+    func terminate() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        let results = (0..<6).map { pool.applyAsync(Slow(x: $0, milliseconds: 30_000)) }
+        // Wait until the worker holds some.
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        var running: [String] = []
+        for _ in 0..<400 where running.isEmpty {
+            running = try await db.query(store, "SELECT state FROM mp_cluster_tasks WHERE pool = '\(pool.id.uuidString)' AND state = 'running'")
+            if running.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(!running.isEmpty)
+        await pool.terminate()
+        for result in results {
+            await #expect(throws: MP.ClusterError.cancelled) { try await result.value }
+        }
+        try await pool.join()
+        #expect(try await rowCount(db, pool: pool.id) == 0)
+        // The worker stopped the cancelled tasks and serves others at once.
+        let next = try await MP.ClusterPool(database: db.url)
+        #expect(try await next.apply(ClusterSquare(x: 4)) == 16)
+        next.close()
+        try await next.join()
+    }
+
+    @Test("PostgreSQL restarted mid-run: the pool and the workers reconnect; nothing lost, nothing twice")
+    func databaseRestart() async throws {
+        let db = try TestDatabase.shared()
+        let workers = try (0..<2).map { _ in try startWorker(db.url) }
+        defer { for worker in workers { try? stopWorker(worker) } }
+        let pool = try await MP.ClusterPool(database: db.url)
+        let tasks = (0..<60).map { Slow(x: $0, milliseconds: 50) }
+        let mapped = pool.mapAsync(tasks, chunksize: 2)
+        try await Task.sleep(for: .milliseconds(300))
+        try db.restart()
+        #expect(try await mapped.value == Array(0..<60))
+        #expect(try await pool.apply(ClusterSquare(x: 6)) == 36)
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("SIGTERM: a worker finishes its running task, records it, and exits 0")
+    func gracefulStop() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startWorker(db.url, lease: 5)
+        let pool = try await MP.ClusterPool(database: db.url)
+        let result = pool.applyAsync(Slow(x: 42, milliseconds: 1_500))
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        var running: [String] = []
+        for _ in 0..<400 where running.isEmpty {
+            running = try await db.query(store, "SELECT state FROM mp_cluster_tasks WHERE pool = '\(pool.id.uuidString)' AND state = 'running'")
+            if running.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        try worker.terminate()
+        #expect(try await result.value == 42)
+        #expect(try worker.join(timeout: 20))
+        #expect(worker.exitCode == 0)
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("bad input: a malformed URL, an unreachable database, bad arguments")
+    func badInput() async throws {
+        await #expect(throws: MP.ClusterError.invalidArgument("'http://x' is not a postgres:// URL")) {
+            _ = try await MP.ClusterPool(database: "http://x")
+        }
+        do {
+            _ = try await MP.ClusterPool(database: "postgres://mp@localhost:1/postgres?host=/nonexistent")
+            Issue.record("an unreachable database was accepted")
+        } catch {
+            guard case .database = error else { Issue.record("unexpected \(error)"); return }
+        }
+        await #expect(throws: MP.ClusterError.invalidArgument("maxAttempts must be at least 1 (got 0)")) {
+            _ = try await MP.ClusterPool(database: "postgres://mp@localhost/postgres", maxAttempts: 0)
+        }
+        await #expect(throws: MP.ClusterError.invalidArgument("lease must be at least 1 s (got 0.5)")) {
+            try await MP.Cluster.runWorker(database: "postgres://mp@localhost/postgres", lease: 0.5)
+        }
+        let db = try TestDatabase.shared()
+        let pool = try await MP.ClusterPool(database: db.url)
+        #expect(throws: MP.ClusterError.invalidArgument("chunksize must be at least 1 (got 0)")) {
+            _ = try pool.map([ClusterSquare(x: 1)], chunksize: 0)
+        }
+        await #expect(throws: MP.ClusterError.invalidArgument("join() needs close() or terminate() first, as in Python")) {
+            try await pool.join()
+        }
+        pool.close()
+        #expect(throws: MP.ClusterError.closed) { _ = try pool.apply(ClusterSquare(x: 1)) }
+        try await pool.join()
+    }
+}
+
+func rowCount(_ db: MP.Cluster.LocalPostgres, pool: UUID) async throws -> Int {
+    let store = try ClusterStore(url: db.url)
+    defer { store.shutdown() }
+    return try await db.query(store, "SELECT id::text FROM mp_cluster_tasks WHERE pool = '\(pool.uuidString)'").count
+}
+
+extension MP.Cluster.LocalPostgres {
+    /// The first column of every row of `sql`, as text.
+    func query(_ store: ClusterStore, _ sql: String) async throws -> [String] {
+        let rows = try await store.client.query(PostgresQuery(unsafeSQL: sql), logger: ClusterStore.logger)
+        var values: [String] = []
+        for try await value in rows.decode(String.self) { values.append(value) }
+        return values
+    }
+}
