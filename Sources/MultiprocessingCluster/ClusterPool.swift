@@ -267,7 +267,9 @@ extension MP {
                     continue
                 }
                 do {
-                    try await store.insert(batch, pool: id, build: build)
+                    try await withDeadline(10, "inserting took longer than 10 s") { [store, id, build] in
+                        try await store.insert(batch, pool: id, build: build)
+                    }
                 } catch {
                     // The database is away (restarting): keep the rows, in order, and try again.
                     // (The rows are inserted in one statement per batch: all or none.)
@@ -277,29 +279,36 @@ extension MP {
             }
         }
 
+        private var lastBeat = ContinuousClock.now
+        private var lastReap = ContinuousClock.now
+
         /// Delivers finished rows: on a notification, and by polling (a
         /// notification sent while the listening connection was away is lost).
+        /// Each round is bounded: a query waiting for a connection for ever
+        /// (the database away) is abandoned and tried again.
         private func collectLoop() async {
-            var lastBeat = ContinuousClock.now
-            var lastReap = ContinuousClock.now
             while !Task.isCancelled {
                 do {
-                    let finished = try await store.finished(id)
-                    if !finished.isEmpty { try await deliver(finished) }
-                    if ContinuousClock.now - lastBeat > .seconds(5) {
-                        try await store.heartbeat(id)
-                        lastBeat = .now
-                    }
-                    if ContinuousClock.now - lastReap > .seconds(1) {
-                        try await store.reapExpired()
-                        lastReap = .now
-                    }
+                    try await withDeadline(10, "collecting took longer than 10 s") { [self] in try await self.collectOnce() }
                 } catch {
                     try? await Task.sleep(for: .milliseconds(200))
                     continue
                 }
                 let idle = lock.locked { pending.isEmpty }
                 await collectBell.wait(timeout: idle ? .seconds(1) : .milliseconds(250))
+            }
+        }
+
+        private func collectOnce() async throws {
+            let finished = try await store.finished(id)
+            if !finished.isEmpty { try await deliver(finished) }
+            if ContinuousClock.now - lastBeat > .seconds(5) {
+                try await store.heartbeat(id)
+                lastBeat = .now
+            }
+            if ContinuousClock.now - lastReap > .seconds(1) {
+                try await store.reapExpired()
+                lastReap = .now
             }
         }
 

@@ -163,7 +163,8 @@ final class ClusterStore: Sendable {
             query.appendInterpolation(batch.map(\.maxAttempts))
             query.appendLiteral("::int[], ")
             query.appendInterpolation(batch.map(\.retryErrors))
-            query.appendLiteral("::bool[])")
+            // Idempotent: a batch whose answer was lost (a restart) is sent again.
+            query.appendLiteral("::bool[]) ON CONFLICT (pool, seq) DO NOTHING")
             try await client.query(PostgresQuery(stringInterpolation: query), logger: Self.logger)
         }
         try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger)
@@ -374,16 +375,40 @@ final class ClusterStore: Sendable {
     }
 }
 
-/// Runs `operation`, or throws ``MP/ClusterError/database(_:)`` with `message` after `seconds`.
+/// Runs `operation`, or throws ``MP/ClusterError/database(_:)`` with `message`
+/// after `seconds`. Unstructured on purpose: a query stuck on a connection
+/// that never comes does not answer cancellation, and a task group would wait
+/// for it; here the caller goes on and the stuck task is left to end or not.
 func withDeadline<T: Sendable>(_ seconds: Double, _ message: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            return nil
+    let gate = OnceGate()
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let work = Task {
+            do {
+                let value = try await operation()
+                if gate.claim() { continuation.resume(returning: value) }
+            } catch {
+                if gate.claim() { continuation.resume(throwing: error) }
+            }
         }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw MP.ClusterError.database(message) }
-        return value
+        Task {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            if gate.claim() {
+                work.cancel()
+                continuation.resume(throwing: MP.ClusterError.database(message))
+            }
+        }
+    }
+}
+
+/// True for the first caller only.
+final class OnceGate: @unchecked Sendable {
+    private let lock = NSLock()
+    private var claimed = false
+
+    func claim() -> Bool {
+        lock.locked {
+            defer { claimed = true }
+            return !claimed
+        }
     }
 }

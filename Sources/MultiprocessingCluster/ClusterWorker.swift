@@ -85,31 +85,12 @@ final class ClusterWorker: @unchecked Sendable {
             Task { [store, wake] in await store.listen(ClusterStore.cancelChannel) { _ in wake.ring() } },
         ]
         defer { for listener in listeners { listener.cancel() } }
-        var lastRenewal = ContinuousClock.now
-        var lastReap = ContinuousClock.now
-        let renewEvery = Duration.milliseconds(Int(lease * 1000 / 3))
         while !Self.stopRequested.load(ordering: .sequentiallyConsistent) {
             do {
-                try await flushOutcomes()
-                if ContinuousClock.now - lastRenewal >= renewEvery {
-                    try await renewLeases()
-                    lastRenewal = .now
-                }
-                if ContinuousClock.now - lastReap >= .seconds(1) {
-                    try await store.reapExpired()
-                    lastReap = .now
-                }
-                let room = capacity - lock.locked { running.count }
-                var claimedAny = false
-                if room > 0 {
-                    let claimed = try await store.claim(owner: owner, build: build, limit: room, lease: lease)
-                    start(claimed)
-                    claimedAny = !claimed.isEmpty
-                }
-                if !claimedAny {
-                    let busy = lock.locked { !running.isEmpty || !outcomes.isEmpty }
-                    // Woken by a new row, a cancellation, or a finished task; polls otherwise.
-                    if busy { await completed.wait(timeout: .milliseconds(50)) } else { await wake.wait(timeout: .milliseconds(250)) }
+                // Bounded: a query that waits for a connection for ever (the
+                // database away) must not keep the worker from its stop signal.
+                try await withDeadline(max(10, lease * 2), "a database call took longer than \(Int(max(10, lease * 2))) s") {
+                    try await self.iterate()
                 }
             } catch {
                 // The database is away (restarting, a cut link): keep running what
@@ -123,6 +104,34 @@ final class ClusterWorker: @unchecked Sendable {
 
     /// Submits a claimed batch to the local pool and waits for it on a plain
     /// thread (the task pool's blocking calls; a lost lease cancels a row).
+    private var lastRenewal = ContinuousClock.now
+    private var lastReap = ContinuousClock.now
+
+    /// One turn of the loop: record what finished, renew leases, reap expired
+    /// ones, claim what fits, or wait for a notification, a finished task, or a poll.
+    private func iterate() async throws {
+        try await flushOutcomes()
+        if ContinuousClock.now - lastRenewal >= .milliseconds(Int(lease * 1000 / 3)) {
+            try await renewLeases()
+            lastRenewal = .now
+        }
+        if ContinuousClock.now - lastReap >= .seconds(1) {
+            try await store.reapExpired()
+            lastReap = .now
+        }
+        let room = capacity - lock.locked { running.count }
+        var claimedAny = false
+        if room > 0 {
+            let claimed = try await store.claim(owner: owner, build: build, limit: room, lease: lease)
+            start(claimed)
+            claimedAny = !claimed.isEmpty
+        }
+        if !claimedAny {
+            let busy = lock.locked { !running.isEmpty || !outcomes.isEmpty }
+            if busy { await completed.wait(timeout: .milliseconds(50)) } else { await wake.wait(timeout: .milliseconds(250)) }
+        }
+    }
+
     private func start(_ claims: [ClusterStore.Claimed]) {
         guard !claims.isEmpty else { return }
         let submissions = claims.map { _NamedTaskChunks.submit(name: $0.task, payload: $0.payload, on: pool) }
@@ -192,19 +201,20 @@ final class ClusterWorker: @unchecked Sendable {
     /// SIGTERM: no more claims; running tasks may finish within one lease; the rest go back.
     private func stopGracefully() async {
         let deadline = ContinuousClock.now + .seconds(lease)
+        let bound = max(5, lease)
         while ContinuousClock.now < deadline {
-            try? await flushOutcomes()
+            _ = try? await withDeadline(bound, "") { try await self.flushOutcomes() }
             if lock.locked({ running.isEmpty }) { break }
-            if ContinuousClock.now - deadline > .zero { break }
-            try? await renewLeases()
+            _ = try? await withDeadline(bound, "") { try await self.renewLeases() }
             await completed.wait(timeout: .milliseconds(100))
         }
-        try? await flushOutcomes()
+        _ = try? await withDeadline(bound, "") { try await self.flushOutcomes() }
         let left = lock.locked { () -> [(Int64, _NamedTaskChunks.Submission)] in
             defer { running.removeAll() }
             return running.map { ($0.key, $0.value.submission) }
         }
         for (_, submission) in left { submission.cancel() }
-        try? await store.handBack(owner: owner, ids: left.map(\.0))
+        let ids = left.map(\.0)
+        _ = try? await withDeadline(bound, "") { try await self.store.handBack(owner: self.owner, ids: ids) }
     }
 }
