@@ -237,11 +237,7 @@ struct ClusterTests {
         // Wait until the worker holds some.
         let store = try ClusterStore(url: db.url)
         defer { store.shutdown() }
-        var running: [String] = []
-        for _ in 0..<400 where running.isEmpty {
-            running = try await db.query(store, "SELECT state FROM mp_cluster_tasks WHERE pool = '\(pool.id.uuidString)' AND state = 'running'")
-            if running.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
-        }
+        let running = try await db.untilRunning(store, pool: pool.id)
         #expect(!running.isEmpty)
         await pool.terminate()
         for result in results {
@@ -280,11 +276,7 @@ struct ClusterTests {
         let result = pool.applyAsync(Slow(x: 42, milliseconds: 1_500))
         let store = try ClusterStore(url: db.url)
         defer { store.shutdown() }
-        var running: [String] = []
-        for _ in 0..<400 where running.isEmpty {
-            running = try await db.query(store, "SELECT state FROM mp_cluster_tasks WHERE pool = '\(pool.id.uuidString)' AND state = 'running'")
-            if running.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
-        }
+        #expect(try await !db.untilRunning(store, pool: pool.id).isEmpty, "the worker holds the task before SIGTERM")
         try worker.terminate()
         #expect(try await result.value == 42)
         #expect(try worker.join(timeout: 20))
@@ -331,6 +323,16 @@ func rowCount(_ db: MP.Cluster.LocalPostgres, pool: UUID) async throws -> Int {
 }
 
 extension MP.Cluster.LocalPostgres {
+    /// Waits (bounded, 20 s) until a worker holds one of `pool`'s rows; their states.
+    func untilRunning(_ store: ClusterStore, pool: UUID) async throws -> [String] {
+        var running: [String] = []
+        for _ in 0..<400 where running.isEmpty {
+            running = try await query(store, "SELECT state FROM mp_cluster_tasks WHERE pool = '\(pool.uuidString)' AND state = 'running'")
+            if running.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        return running
+    }
+
     /// The first column of every row of `sql`, as text.
     func query(_ store: ClusterStore, _ sql: String) async throws -> [String] {
         let rows = try await store.client.query(PostgresQuery(unsafeSQL: sql), logger: ClusterStore.logger)

@@ -16,5 +16,19 @@ extension MP {
             case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
             }
         }
+
+        /// A socket connected to this address (`connect` on a Unix path, an
+        /// abstract name, or TCP, giving up after `timeout` seconds over TCP;
+        /// nil: the kernel's own limit).
+        func connectedSocket(timeout: Double? = nil) throws(Sys.AddressFailure) -> Int32 {
+            switch self {
+            case .unix(let path): return try Sys.connectUnix(path, abstract: false)
+            case .abstract(let name): return try Sys.connectUnix(name, abstract: true)
+            case .tcp(let host, let port):
+                guard (1...65535).contains(port) else { throw Sys.AddressFailure.unresolved("port \(port) is outside 1...65535") }
+                if let timeout { return try Sys.connectTCP(host: host, port: port, timeout: timeout) }
+                return try Sys.connectTCP(host: host, port: port)
+            }
+        }
     }
 }

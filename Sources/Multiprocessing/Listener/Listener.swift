@@ -187,13 +187,7 @@ extension MP {
         if let handshakeTimeout, !(handshakeTimeout >= 0) { throw .negativeTimeout(handshakeTimeout) }
         let fd: Int32
         do throws(Sys.AddressFailure) {
-            switch address {
-            case .unix(let path): fd = try Sys.connectUnix(path, abstract: false)
-            case .abstract(let name): fd = try Sys.connectUnix(name, abstract: true)
-            case .tcp(let host, let port):
-                guard (1...65535).contains(port) else { throw Sys.AddressFailure.unresolved("port \(port) is outside 1...65535") }
-                fd = try Sys.connectTCP(host: host, port: port)
-            }
+            fd = try address.connectedSocket()
         } catch {
             switch error {
             case .system(let os): throw .system(os)

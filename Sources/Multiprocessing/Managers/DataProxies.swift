@@ -217,18 +217,12 @@ extension MP {
         @discardableResult
         public func modify<R>(_ index: Int, _ body: (inout Element) throws -> R) throws -> R {
             var reply = try handle.call(.listGet) { $0.append(index) }
-            var current = try reply.bytesArgument()
-            while true {
-                var value = try decoded(Element.self, current)
-                let result = try body(&value)
-                let new = try encoded(value)
-                var answer = try handle.call(.listReplace) { [current] message in
+            return try compareAndSet(Element.self, from: try reply.bytesArgument(), body) { (current, new) throws(ManagerError) in
+                try handle.call(.listReplace) { message in
                     message.append(index)
                     message.append(current)
                     message.append(new)
                 }
-                if try answer.bool() { return result }
-                current = try answer.bytesArgument()
             }
         }
 
@@ -294,17 +288,11 @@ extension MP {
         @discardableResult
         public func modify<R>(_ body: (inout T) throws -> R) throws -> R {
             var reply = try handle.call(.valueGet)
-            var current = try reply.bytesArgument()
-            while true {
-                var value = try decoded(T.self, current)
-                let result = try body(&value)
-                let new = try encoded(value)
-                var answer = try handle.call(.valueReplace) { [current] message in
+            return try compareAndSet(T.self, from: try reply.bytesArgument(), body) { (current, new) throws(ManagerError) in
+                try handle.call(.valueReplace) { message in
                     message.append(current)
                     message.append(new)
                 }
-                if try answer.bool() { return result }
-                current = try answer.bytesArgument()
             }
         }
 
@@ -349,5 +337,21 @@ extension MP {
         }
 
         public var description: String { handle.description }
+    }
+}
+
+/// The client's side of an atomic read-modify-write: decode the current
+/// bytes, let `body` change the value, and ask the server to swap them
+/// (`replace`) only if they are still the ones read; on a lost race, again
+/// with the bytes the server answered.
+func compareAndSet<T: Codable, R>(_ type: T.Type, from bytes: [UInt8], _ body: (inout T) throws -> R,
+                                  replace: ([UInt8], [UInt8]) throws(MP.ManagerError) -> ManagerReader) throws -> R {
+    var current = bytes
+    while true {
+        var value = try decoded(T.self, current)
+        let result = try body(&value)
+        var answer = try replace(current, try encoded(value))
+        if try answer.bool() { return result }
+        current = try answer.bytesArgument()
     }
 }

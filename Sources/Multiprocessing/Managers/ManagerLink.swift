@@ -206,16 +206,7 @@ final class ManagerLink: @unchecked Sendable {
     func connect() throws(MP.ManagerError) -> ManagerChannel {
         let fd: Int32
         do throws(Sys.AddressFailure) {
-            switch address {
-            case .unix(let path): fd = try Sys.connectUnix(path, abstract: false)
-            case .abstract(let name): fd = try Sys.connectUnix(name, abstract: true)
-            case .tcp(let host, let port):
-                if let linkTimeout {
-                    fd = try Sys.connectTCP(host: host, port: port, timeout: linkTimeout)
-                } else {
-                    fd = try Sys.connectTCP(host: host, port: port)
-                }
-            }
+            fd = try address.connectedSocket(timeout: linkTimeout)
         } catch {
             switch error {
             case .system(let os) where os.errno == .timedOut: throw .timeout(seconds: linkTimeout ?? 0)
