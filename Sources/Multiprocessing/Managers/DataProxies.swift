@@ -303,37 +303,28 @@ extension MP {
     /// fixed-length array on the server.
     public struct ArrayProxy<Element: Codable & Sendable>: Sendable, Codable, Hashable, CustomStringConvertible {
         let handle: ProxyHandle
+        /// The same operations as a list's, on an object the server keeps at a fixed length.
+        private var list: ListProxy<Element> { ListProxy(handle: handle) }
 
         /// Python's `len(a)`.
-        public var count: Int { get throws(ManagerError) { var reply = try handle.call(.listCount); return try reply.int() } }
+        public var count: Int { get throws(ManagerError) { try list.count } }
 
         /// Python's `a[i]`.
-        public func get(_ index: Int) throws(ManagerError) -> Element {
-            var reply = try handle.call(.listGet) { $0.append(index) }
-            return try reply.value(Element.self)
-        }
+        public func get(_ index: Int) throws(ManagerError) -> Element { try list.get(index) }
 
         /// `try a[i]`.
         public subscript(index: Int) -> Element { get throws(ManagerError) { try get(index) } }
 
         /// Python's `a[i] = x`.
-        public func set(_ index: Int, _ element: Element) throws(ManagerError) {
-            try handle.call(.listSet) { (message) throws(ManagerError) in
-                message.append(index)
-                try message.appendEncoded(element)
-            }
-        }
+        public func set(_ index: Int, _ element: Element) throws(ManagerError) { try list.set(index, element) }
 
         /// Python's `a[:]`.
-        public func toArray() throws(ManagerError) -> [Element] {
-            var reply = try handle.call(.listAll)
-            return try reply.values(Element.self)
-        }
+        public func toArray() throws(ManagerError) -> [Element] { try list.toArray() }
 
         /// An atomic read-modify-write of one element.
         @discardableResult
         public func modify<R>(_ index: Int, _ body: (inout Element) throws -> R) throws -> R {
-            try ListProxy<Element>(handle: handle).modify(index, body)
+            try list.modify(index, body)
         }
 
         public var description: String { handle.description }
