@@ -67,8 +67,6 @@ int cmp_child_executor_resolve(void) {
 typedef struct Node {
     SwiftJob *job;
     struct Node *next;
-    uint64_t deadline_ns; // timer queue only (CLOCK_MONOTONIC)
-    bool to_main;         // timer queue only: due jobs go to the main-actor thread
 } Node;
 
 typedef struct {
@@ -79,12 +77,26 @@ typedef struct {
     int idle;      // workers waiting for a job
 } JobQueue;
 
+// A delayed job. Kept in a binary min-heap by (deadline, order): a cancelled
+// `Task.sleep` leaves its job here until the deadline, so a process that
+// waits with timeouts thousands of times a second holds thousands of them,
+// and a sorted list made every insertion walk them all (the cluster worker
+// spent a third of its time there).
+typedef struct {
+    uint64_t deadline_ns; // CLOCK_MONOTONIC
+    uint64_t order;       // insertion order: equal deadlines run first-in, first-out
+    SwiftJob *job;
+    bool to_main;         // due jobs go to the main-actor thread
+} Timer;
+
 static JobQueue global_queue;
 static JobQueue main_queue;
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t changed;
-    Node *head; // sorted by deadline
+    Timer *heap;
+    size_t count, capacity;
+    uint64_t next_order;
     bool started;
 } timers;
 static int max_workers = 2;
@@ -162,27 +174,64 @@ static void *worker_main(void *arg) {
 
 // ------------------------------------------------------------------ timers --
 
+static bool timer_before(const Timer *a, const Timer *b) {
+    return a->deadline_ns < b->deadline_ns || (a->deadline_ns == b->deadline_ns && a->order < b->order);
+}
+
+// Both with timers.lock held.
+static void heap_push(Timer timer) {
+    if (timers.count == timers.capacity) {
+        size_t capacity = timers.capacity ? timers.capacity * 2 : 64;
+        Timer *grown = realloc(timers.heap, capacity * sizeof(Timer));
+        if (!grown) abort();
+        timers.heap = grown;
+        timers.capacity = capacity;
+    }
+    size_t i = timers.count++;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!timer_before(&timer, &timers.heap[parent])) break;
+        timers.heap[i] = timers.heap[parent];
+        i = parent;
+    }
+    timers.heap[i] = timer;
+}
+
+static Timer heap_pop(void) {
+    Timer first = timers.heap[0];
+    Timer last = timers.heap[--timers.count];
+    size_t i = 0, n = timers.count;
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && timer_before(&timers.heap[child + 1], &timers.heap[child])) child++;
+        if (!timer_before(&timers.heap[child], &last)) break;
+        timers.heap[i] = timers.heap[child];
+        i = child;
+    }
+    if (n > 0) timers.heap[i] = last;
+    return first;
+}
+
 static void *timer_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&timers.lock);
     for (;;) {
-        if (!timers.head) {
+        if (timers.count == 0) {
             pthread_cond_wait(&timers.changed, &timers.lock);
             continue;
         }
         uint64_t now = now_ns(CLOCK_MONOTONIC);
-        Node *first = timers.head;
-        if (first->deadline_ns <= now) {
-            timers.head = first->next;
+        uint64_t first = timers.heap[0].deadline_ns;
+        if (first <= now) {
+            Timer due = heap_pop();
             pthread_mutex_unlock(&timers.lock);
-            if (first->to_main) push(&main_queue, first->job, 1);
-            else push(&global_queue, first->job, max_workers);
-            free(first);
+            if (due.to_main) push(&main_queue, due.job, 1);
+            else push(&global_queue, due.job, max_workers);
             pthread_mutex_lock(&timers.lock);
             continue;
         }
-        struct timespec until = {(time_t)(first->deadline_ns / 1000000000ull),
-                                 (long)(first->deadline_ns % 1000000000ull)};
+        struct timespec until = {(time_t)(first / 1000000000ull), (long)(first % 1000000000ull)};
         pthread_cond_timedwait(&timers.changed, &timers.lock, &until);
     }
     return NULL;
@@ -190,16 +239,12 @@ static void *timer_main(void *arg) {
 
 static void schedule(SwiftJob *job, uint64_t deadline_ns, bool to_main) {
     ensure_setup();
-    Node *node = malloc(sizeof(Node));
-    if (!node) abort();
-    node->job = job;
-    node->deadline_ns = deadline_ns;
-    node->to_main = to_main;
     pthread_mutex_lock(&timers.lock);
-    Node **link = &timers.head;
-    while (*link && (*link)->deadline_ns <= deadline_ns) link = &(*link)->next;
-    node->next = *link;
-    *link = node;
+    Timer timer = {deadline_ns, timers.next_order++, job, to_main};
+    // The timer thread sleeps until the earliest deadline: wake it only when
+    // this one comes first.
+    bool earliest = timers.count == 0 || timer_before(&timer, &timers.heap[0]);
+    heap_push(timer);
     if (!timers.started) {
         pthread_t thread;
         pthread_attr_t attr;
@@ -208,7 +253,7 @@ static void schedule(SwiftJob *job, uint64_t deadline_ns, bool to_main) {
         if (pthread_create(&thread, &attr, timer_main, NULL) == 0) timers.started = true;
         pthread_attr_destroy(&attr);
     }
-    pthread_cond_signal(&timers.changed);
+    if (earliest) pthread_cond_signal(&timers.changed);
     pthread_mutex_unlock(&timers.lock);
 }
 
@@ -249,7 +294,11 @@ static void setup(void) {
     pthread_mutex_init(&timers.lock, NULL);
     pthread_cond_init(&timers.changed, &attr);
     pthread_condattr_destroy(&attr);
-    timers.head = NULL;
+    // An inherited heap holds the parent's tasks' jobs: dropped (its memory
+    // is the parent's copy, not ours to free).
+    timers.heap = NULL;
+    timers.count = timers.capacity = 0;
+    timers.next_order = 0;
     timers.started = false;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     max_workers = cpus < 2 ? 2 : (int)cpus;
