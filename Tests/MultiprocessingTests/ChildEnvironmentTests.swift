@@ -93,6 +93,35 @@ struct ChildEnvironmentTests {
         #expect(p.exitCode == 42)
     }
 
+    @Test("a child's timers: thousands of sleeps, most cancelled, each wakes at or after its deadline and none is lost")
+    func manyTimersInChild() async throws {
+        let p = MP.Process {
+            let clock = ContinuousClock()
+            // Cancelled sleeps stay queued until their deadline (the runtime's
+            // way): 5,000 of them must not slow the ones that wake.
+            let cancelled = (0..<5_000).map { i in Task { try? await Task.sleep(for: .milliseconds(200 + i % 300)) } }
+            for task in cancelled { task.cancel() }
+            let start = clock.now
+            let early = await withTaskGroup(of: Bool.self) { group in
+                for i in 0..<2_000 {
+                    let delay = Duration.milliseconds(1 + (i * 7919) % 50)
+                    group.addTask {
+                        let before = clock.now
+                        try? await Task.sleep(for: delay)
+                        return clock.now - before < delay
+                    }
+                }
+                return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            let elapsed = clock.now - start
+            for task in cancelled { await task.value }
+            MP.exit(early == 0 && elapsed < .seconds(5) ? 42 : 1)
+        }
+        try p.start()
+        try joinOrKill(p, within: 30)
+        #expect(p.exitCode == 42)
+    }
+
     @Test("a sync target can still run async work through a Task it waits for")
     func syncTargetWithTask() throws {
         let p = MP.Process {
