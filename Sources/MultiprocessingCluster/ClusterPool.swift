@@ -31,8 +31,16 @@ extension MP {
         public let retryErrors: Bool
         private let lock = NSLock()
         private var nextSeq: Int64 = 0
-        private var pending: [Int64: (Result<[UInt8], ClusterError>) -> Void] = [:]
-        private var unsent: [ClusterStore.NewRow] = []
+        /// The parts of each inserted row (by `seq`), in order.
+        private var pending: [Int64: [Delivery]] = [:]
+        /// Submitted, not yet in a row.
+        private var unsent: [Unsent] = []
+        /// Live worker slots of this build (refreshed every second): rows are
+        /// sized so that each gets several.
+        private var slots = 0
+        private var rowsMade = 0
+        /// Rows made so far (each one insert, however many tasks it carries).
+        var insertedRows: Int { lock.locked { rowsMade } }
         private var state: State = .open
         private let flushBell = Bell()
         private let collectBell = Bell()
@@ -40,6 +48,15 @@ extension MP {
         private var drained: [CheckedContinuation<Void, Never>] = []
 
         enum State { case open, closed, terminated }
+
+        typealias Delivery = (Result<[UInt8], ClusterError>) -> Void
+
+        /// One submission: an `applyAsync`'s task or a map's chunk.
+        struct Unsent {
+            let task: String
+            let part: ClusterBundle.Part
+            let deliver: Delivery
+        }
 
         /// Connects to the database, creates the tables if missing, and
         /// starts delivering results.
@@ -58,6 +75,7 @@ extension MP {
             do {
                 try await store.migrate()
                 try await store.openPool(id, build: build)
+                slots = try await store.slots(build: build)
             } catch {
                 store.shutdown()
                 if let error = error as? ClusterError { throw error }
@@ -68,7 +86,7 @@ extension MP {
                 Task { [weak self] in await self?.collectLoop() },
                 Task { [store, id, collectBell] in
                     await store.listen(ClusterStore.doneChannel) { payload in
-                        if payload.isEmpty || payload == id.uuidString { collectBell.ring() }
+                        if payload.isEmpty || payload == ClusterStore.payload(for: id) { collectBell.ring() }
                     }
                 },
             ]
@@ -81,18 +99,49 @@ extension MP {
 
         // MARK: submitting
 
-        /// Queues one row; `deliver` gets its encoded results (or how it failed).
-        private func submit(task: String, payload: [UInt8], items: Int,
-                            _ deliver: @escaping (Result<[UInt8], ClusterError>) -> Void) throws(ClusterError) {
+        /// Queues one submission (a part of some row); `deliver` gets its
+        /// chunk's encoded results (or how it failed).
+        private func submit(task: String, payload: [UInt8], items: Int, _ deliver: @escaping Delivery) throws(ClusterError) {
             try lock.locked { () throws(ClusterError) in
                 guard state == .open else { throw state == .closed ? .closed : .cancelled }
-                let seq = nextSeq
-                nextSeq += 1
-                pending[seq] = deliver
-                unsent.append(ClusterStore.NewRow(seq: seq, task: task, payload: payload, items: Int32(items),
-                                                  maxAttempts: Int32(maxAttempts), retryErrors: retryErrors))
+                unsent.append(Unsent(task: task, part: .init(items: items, payload: payload), deliver: deliver))
             }
             flushBell.ring()
+        }
+
+        /// Packs what waits into rows of one task name each, of about
+        /// `items / (4 × slots)` tasks (Python's `map` chunk rule), at most
+        /// 128, never splitting a submission; with no live worker known, one
+        /// submission per row. Registers the rows' parts under new `seq`s.
+        private func takeRows() -> [ClusterStore.NewRow] {
+            lock.locked {
+                guard !unsent.isEmpty else { return [] }
+                let waiting = unsent
+                unsent.removeAll()
+                let total = waiting.reduce(0) { $0 + $1.part.items }
+                let target = slots > 0 ? min(128, max(1, total / (4 * slots))) : 1
+                var rows: [ClusterStore.NewRow] = []
+                var index = 0
+                while index < waiting.count {
+                    let task = waiting[index].task
+                    var parts: [ClusterBundle.Part] = []
+                    var deliveries: [Delivery] = []
+                    var items = 0
+                    while index < waiting.count, waiting[index].task == task, parts.isEmpty || items + waiting[index].part.items <= target {
+                        parts.append(waiting[index].part)
+                        deliveries.append(waiting[index].deliver)
+                        items += waiting[index].part.items
+                        index += 1
+                    }
+                    let seq = nextSeq
+                    nextSeq += 1
+                    rowsMade += 1
+                    pending[seq] = deliveries
+                    rows.append(ClusterStore.NewRow(seq: seq, task: task, payload: ClusterBundle.encode(parts), items: Int32(items),
+                                                    maxAttempts: Int32(maxAttempts), retryErrors: retryErrors))
+                }
+                return rows
+            }
         }
 
         private func encode<T: NamedTask>(_ tasks: [T]) throws(ClusterError) -> [UInt8] {
@@ -216,11 +265,13 @@ extension MP {
         /// told to stop (their workers kill the local processes running
         /// them); every pending result fails with ``MP/ClusterError/cancelled``.
         public func terminate() async {
-            let dropped = lock.locked { () -> [(Result<[UInt8], ClusterError>) -> Void] in
+            let dropped = lock.locked { () -> [Delivery] in
                 state = .terminated
-                unsent.removeAll()
-                defer { pending.removeAll() }
-                return Swift.Array(pending.values)
+                defer {
+                    unsent.removeAll()
+                    pending.removeAll()
+                }
+                return unsent.map(\.deliver) + pending.values.flatMap { $0 }
             }
             try? await store.cancelAll(id)
             for deliver in dropped { deliver(.failure(.cancelled)) }
@@ -234,7 +285,7 @@ extension MP {
             if open { throw .invalidArgument("join() needs close() or terminate() first, as in Python") }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let done = lock.locked { () -> Bool in
-                    if pending.isEmpty { return true }
+                    if pending.isEmpty && unsent.isEmpty { return true }
                     drained.append(continuation)
                     return false
                 }
@@ -246,7 +297,7 @@ extension MP {
 
         private func finishIfDrained() {
             let waiting = lock.locked { () -> [CheckedContinuation<Void, Never>] in
-                guard pending.isEmpty else { return [] }
+                guard pending.isEmpty && unsent.isEmpty else { return [] }
                 defer { drained.removeAll() }
                 return drained
             }
@@ -257,11 +308,10 @@ extension MP {
 
         /// Inserts what was submitted, in batches; retries while the database is away.
         private func flushLoop() async {
+            var retry: [ClusterStore.NewRow] = []
             while !Task.isCancelled {
-                let batch = lock.locked { () -> [ClusterStore.NewRow] in
-                    defer { unsent.removeAll() }
-                    return unsent
-                }
+                if lock.locked({ state == .terminated }) { retry.removeAll() }
+                let batch = retry.isEmpty ? takeRows() : retry
                 if batch.isEmpty {
                     await flushBell.wait(timeout: .seconds(1))
                     continue
@@ -270,10 +320,11 @@ extension MP {
                     try await withDeadline(10, "inserting took longer than 10 s") { [store, id, build] in
                         try await store.insert(batch, pool: id, build: build)
                     }
+                    retry.removeAll()
                 } catch {
-                    // The database is away (restarting): keep the rows, in order, and try again.
-                    // (The rows are inserted in one statement per batch: all or none.)
-                    lock.locked { unsent.insert(contentsOf: batch, at: 0) }
+                    // The database is away (restarting): keep the rows and try
+                    // again (an insert is all or none, and idempotent by seq).
+                    retry = batch
                     try? await Task.sleep(for: .milliseconds(200))
                 }
             }
@@ -300,6 +351,9 @@ extension MP {
         }
 
         private func collectOnce() async throws {
+            // While no worker is known, look before delivering: the first
+            // ones to come up are seen by the time their first result is.
+            if lock.locked({ slots == 0 }) { try await refreshSlots() }
             let finished = try await store.finished(id)
             if !finished.isEmpty { try await deliver(finished) }
             if ContinuousClock.now - lastBeat > .seconds(5) {
@@ -308,36 +362,66 @@ extension MP {
             }
             if ContinuousClock.now - lastReap > .seconds(1) {
                 try await store.reapExpired()
+                try await refreshSlots()
                 lastReap = .now
             }
         }
 
+        private func refreshSlots() async throws {
+            let live = try await store.slots(build: build)
+            lock.locked { slots = live }
+        }
+
         private func deliver(_ finished: [ClusterStore.Finished]) async throws {
-            var deliveries: [(Result<[UInt8], ClusterError>) -> Void] = []
-            var outcomes: [Result<[UInt8], ClusterError>] = []
+            var deliveries: [(Delivery, Result<[UInt8], ClusterError>)] = []
             lock.locked {
                 for row in finished {
-                    guard let deliver = pending.removeValue(forKey: row.seq) else { continue } // already delivered
-                    deliveries.append(deliver)
-                    switch row.state {
-                    case "done": outcomes.append(.success(row.result ?? []))
-                    case "cancelled": outcomes.append(.failure(.cancelled))
-                    default:
-                        let type = row.errorType ?? "error"
-                        let description = row.error ?? ""
-                        if type == "MP.ClusterError.workerLost" {
-                            outcomes.append(.failure(.workerLost(attempts: Int(row.attempt), reason: description)))
-                        } else if type == "MP.ClusterError.unrunnable" {
-                            outcomes.append(.failure(.unrunnable(description)))
-                        } else {
-                            outcomes.append(.failure(.taskFailed(type: type, description: description)))
-                        }
-                    }
+                    guard let parts = pending.removeValue(forKey: row.seq) else { continue } // already delivered
+                    let outcomes = Self.outcomes(of: row, parts: parts.count)
+                    for (deliver, outcome) in zip(parts, outcomes) { deliveries.append((deliver, outcome)) }
                 }
             }
-            try await store.forget(finished.map(\.seq), pool: id)
-            for (deliver, outcome) in zip(deliveries, outcomes) { deliver(outcome) }
+            for (deliver, outcome) in deliveries { deliver(outcome) }
             finishIfDrained()
+            // After delivering (off the round trip): a row seen again because
+            // this failed is skipped above and forgotten then.
+            try await store.forget(finished.map(\.seq), pool: id)
+        }
+
+        /// Each part's outcome: its own results or error in a done row; the
+        /// row's failure for every part of a failed or cancelled one.
+        static func outcomes(of row: ClusterStore.Finished, parts: Int) -> [Result<[UInt8], ClusterError>] {
+            let failure: ClusterError
+            switch row.state {
+            case "done":
+                do {
+                    let outcomes = try ClusterBundle.decodeOutcomes(row.result ?? [])
+                    guard outcomes.count == parts else {
+                        throw ClusterBundle.Malformed(description: "\(outcomes.count) outcome(s) for \(parts) part(s)")
+                    }
+                    return outcomes.map { outcome in
+                        switch outcome {
+                        case .results(let bytes): .success(bytes)
+                        case .threw(let type, let description): .failure(.taskFailed(type: type, description: description))
+                        case .unrunnable(let why): .failure(.unrunnable(why))
+                        }
+                    }
+                } catch {
+                    failure = .unrunnable("the row's result is malformed: \(error)")
+                }
+            case "cancelled": failure = .cancelled
+            default:
+                let type = row.errorType ?? "error"
+                let description = row.error ?? ""
+                if type == "MP.ClusterError.workerLost" {
+                    failure = .workerLost(attempts: Int(row.attempt), reason: description)
+                } else if type == "MP.ClusterError.unrunnable" {
+                    failure = .unrunnable(description)
+                } else {
+                    failure = .taskFailed(type: type, description: description)
+                }
+            }
+            return Swift.Array(repeating: .failure(failure), count: parts)
         }
     }
 }

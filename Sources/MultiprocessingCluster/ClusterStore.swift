@@ -20,6 +20,10 @@ final class ClusterStore: Sendable {
     let address: DatabaseAddress
 
     static let doneChannel = "mp_cluster_done"
+
+    /// A pool's notification payload: its id as PostgreSQL writes a uuid as
+    /// text (lower case), so that SQL (`pool::text`) and Swift agree.
+    static func payload(for pool: UUID) -> String { pool.uuidString.lowercased() }
     static let newChannel = "mp_cluster_new"
     static let cancelChannel = "mp_cluster_cancel"
 
@@ -119,6 +123,18 @@ final class ClusterStore: Sendable {
             CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled'))
         )
         """,
+        """
+        CREATE TABLE IF NOT EXISTS mp_cluster_workers (
+            id           text PRIMARY KEY,
+            build        text NOT NULL,
+            host         text NOT NULL,
+            pid          integer NOT NULL,
+            concurrency  integer NOT NULL,
+            lease        double precision NOT NULL,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            heartbeat    timestamptz NOT NULL DEFAULT now()
+        )
+        """,
         "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_claim ON mp_cluster_tasks (build, id) WHERE state = 'queued'",
         "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_lease ON mp_cluster_tasks (lease_expires) WHERE state = 'running'",
         "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_finished ON mp_cluster_tasks (pool) WHERE state IN ('done', 'failed', 'cancelled')",
@@ -147,7 +163,8 @@ final class ClusterStore: Sendable {
     func insert(_ rows: [NewRow], pool: UUID, build: String) async throws {
         for batch in stride(from: 0, to: rows.count, by: 5_000).map({ rows[$0..<min($0 + 5_000, rows.count)] }) {
             var query = PostgresQuery.StringInterpolation(literalCapacity: 64 * batch.count, interpolationCount: 6 * batch.count + 2)
-            query.appendLiteral("INSERT INTO mp_cluster_tasks (pool, build, seq, task, payload, items, max_attempts, retry_errors) SELECT ")
+            // One round trip: the insert, and the notification that wakes idle workers.
+            query.appendLiteral("WITH inserted AS (INSERT INTO mp_cluster_tasks (pool, build, seq, task, payload, items, max_attempts, retry_errors) SELECT ")
             query.appendInterpolation(pool)
             query.appendLiteral(", ")
             query.appendInterpolation(build)
@@ -164,10 +181,11 @@ final class ClusterStore: Sendable {
             query.appendLiteral("::int[], ")
             query.appendInterpolation(batch.map(\.retryErrors))
             // Idempotent: a batch whose answer was lost (a restart) is sent again.
-            query.appendLiteral("::bool[]) ON CONFLICT (pool, seq) DO NOTHING")
+            query.appendLiteral("::bool[]) ON CONFLICT (pool, seq) DO NOTHING) SELECT pg_notify(")
+            query.appendInterpolation(Self.newChannel)
+            query.appendLiteral(", '')")
             try await client.query(PostgresQuery(stringInterpolation: query), logger: Self.logger)
         }
-        try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger)
     }
 
     struct Finished: Sendable {
@@ -203,7 +221,7 @@ final class ClusterStore: Sendable {
             UPDATE mp_cluster_tasks SET state = 'cancelled', lease_owner = NULL, lease_expires = NULL, finished_at = now()
             WHERE pool = \(pool) AND state IN ('queued', 'running')
             """, logger: Self.logger)
-        try await client.query("SELECT pg_notify(\(Self.cancelChannel), \(pool.uuidString))", logger: Self.logger)
+        try await client.query("SELECT pg_notify(\(Self.cancelChannel), \(Self.payload(for: pool)))", logger: Self.logger)
     }
 
     func closePool(_ pool: UUID) async throws {
@@ -211,7 +229,41 @@ final class ClusterStore: Sendable {
         try await client.query("DELETE FROM mp_cluster_pools WHERE id = \(pool)", logger: Self.logger)
     }
 
+    /// The worker slots (local processes) of live workers of `build`: the
+    /// pool sizes its rows so that each slot gets several.
+    func slots(build: String) async throws -> Int {
+        let rows = try await client.query("""
+            SELECT coalesce(sum(concurrency), 0)::bigint FROM mp_cluster_workers
+            WHERE build = \(build) AND heartbeat > now() - make_interval(secs => 3 * lease)
+            """, logger: Self.logger)
+        for try await count in rows.decode(Int64.self) { return Int(count) }
+        return 0
+    }
+
     // MARK: the workers' side
+
+    struct WorkerInfo: Sendable {
+        let id: String
+        let build: String
+        let host: String
+        let pid: Int32
+        let concurrency: Int32
+        let lease: Double
+    }
+
+    /// Says (again) that this worker is alive: its row in `mp_cluster_workers`.
+    func beat(_ worker: WorkerInfo) async throws {
+        try await client.query("""
+            INSERT INTO mp_cluster_workers (id, build, host, pid, concurrency, lease)
+            VALUES (\(worker.id), \(worker.build), \(worker.host), \(worker.pid), \(worker.concurrency), \(worker.lease))
+            ON CONFLICT (id) DO UPDATE SET heartbeat = now()
+            """, logger: Self.logger)
+    }
+
+    /// A worker stopping gracefully leaves the table.
+    func leave(_ worker: String) async throws {
+        try await client.query("DELETE FROM mp_cluster_workers WHERE id = \(worker)", logger: Self.logger)
+    }
 
     struct Claimed: Sendable {
         let id: Int64
@@ -219,6 +271,8 @@ final class ClusterStore: Sendable {
         let task: String
         let payload: [UInt8]
         let pool: UUID
+        let maxAttempts: Int32
+        let retryErrors: Bool
     }
 
     /// Claims up to `limit` queued rows of `build` for `owner`, leased for `lease` seconds.
@@ -231,11 +285,13 @@ final class ClusterStore: Sendable {
                   WHERE state = 'queued' AND build = \(build) AND not_before <= now()
                   ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED) c
             WHERE t.id = c.id
-            RETURNING t.id, t.attempt, t.task, t.payload, t.pool
+            RETURNING t.id, t.attempt, t.task, t.payload, t.pool, t.max_attempts, t.retry_errors
             """, logger: Self.logger)
         var claimed: [Claimed] = []
-        for try await (id, attempt, task, payload, pool) in rows.decode((Int64, Int32, String, ByteBuffer, UUID).self) {
-            claimed.append(Claimed(id: id, attempt: attempt, task: task, payload: Array(buffer: payload), pool: pool))
+        for try await (id, attempt, task, payload, pool, maxAttempts, retryErrors)
+            in rows.decode((Int64, Int32, String, ByteBuffer, UUID, Int32, Bool).self) {
+            claimed.append(Claimed(id: id, attempt: attempt, task: task, payload: Array(buffer: payload), pool: pool,
+                                   maxAttempts: maxAttempts, retryErrors: retryErrors))
         }
         return claimed.sorted { $0.id < $1.id }
     }
@@ -270,18 +326,19 @@ final class ClusterStore: Sendable {
         var pools = Set<UUID>()
         let done = outcomes.filter { $0.failure == nil }
         if !done.isEmpty {
+            // One round trip: the fenced update, and a notification to each
+            // pool concerned (PostgreSQL sends one per distinct payload).
             let rows = try await client.query("""
-                UPDATE mp_cluster_tasks t SET state = 'done', result = v.result, finished_at = now(),
-                    lease_owner = NULL, lease_expires = NULL
-                FROM unnest(\(done.map(\.id))::bigint[], \(done.map(\.attempt))::int[],
-                            \(done.map { ByteBuffer(bytes: $0.result ?? []) })::bytea[]) AS v(id, attempt, result)
-                WHERE t.id = v.id AND t.attempt = v.attempt AND t.lease_owner = \(owner) AND t.state = 'running'
-                RETURNING t.id, t.pool
+                WITH recorded AS (
+                    UPDATE mp_cluster_tasks t SET state = 'done', result = v.result, finished_at = now(),
+                        lease_owner = NULL, lease_expires = NULL
+                    FROM unnest(\(done.map(\.id))::bigint[], \(done.map(\.attempt))::int[],
+                                \(done.map { ByteBuffer(bytes: $0.result ?? []) })::bytea[]) AS v(id, attempt, result)
+                    WHERE t.id = v.id AND t.attempt = v.attempt AND t.lease_owner = \(owner) AND t.state = 'running'
+                    RETURNING t.id, t.pool)
+                SELECT id, pg_notify(\(Self.doneChannel), pool::text)::text FROM recorded
                 """, logger: Self.logger)
-            for try await (id, pool) in rows.decode((Int64, UUID).self) {
-                recorded.insert(id)
-                pools.insert(pool)
-            }
+            for try await (id, _) in rows.decode((Int64, String).self) { recorded.insert(id) }
         }
         for outcome in outcomes {
             guard let failure = outcome.failure else { continue }
@@ -305,7 +362,7 @@ final class ClusterStore: Sendable {
             }
         }
         for pool in pools {
-            try await client.query("SELECT pg_notify(\(Self.doneChannel), \(pool.uuidString))", logger: Self.logger)
+            try await client.query("SELECT pg_notify(\(Self.doneChannel), \(Self.payload(for: pool)))", logger: Self.logger)
         }
         return recorded
     }
@@ -323,7 +380,6 @@ final class ClusterStore: Sendable {
 
     /// Rows whose lease expired (their worker or machine died, or lost the
     /// database): queued again with backoff, or failed after the last attempt.
-    /// Also removes the rows of pools whose owner stopped beating.
     @discardableResult
     func reapExpired() async throws -> Int {
         let rows = try await client.query("""
@@ -344,15 +400,22 @@ final class ClusterStore: Sendable {
             if state == "failed" { failedPools.insert(pool) }
         }
         for pool in failedPools {
-            try await client.query("SELECT pg_notify(\(Self.doneChannel), \(pool.uuidString))", logger: Self.logger)
+            try await client.query("SELECT pg_notify(\(Self.doneChannel), \(Self.payload(for: pool)))", logger: Self.logger)
         }
         if count > 0 { try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger) }
+        return count
+    }
+
+    /// Housekeeping, now and then: forgets workers that stopped beating, and
+    /// removes the rows of pools whose owner did (it died without `join`).
+    func sweep() async throws {
+        try await client.query("DELETE FROM mp_cluster_workers WHERE heartbeat < now() - make_interval(secs => 3 * lease)",
+                               logger: Self.logger)
         try await client.query("""
             DELETE FROM mp_cluster_tasks WHERE pool IN
                 (SELECT id FROM mp_cluster_pools WHERE heartbeat < now() - interval '10 minutes')
             """, logger: Self.logger)
         try await client.query("DELETE FROM mp_cluster_pools WHERE heartbeat < now() - interval '10 minutes'", logger: Self.logger)
-        return count
     }
 
     /// Runs `body` for every notification on `channels` until cancelled,

@@ -41,15 +41,17 @@ final class ClusterWorker: @unchecked Sendable {
 
     let store: ClusterStore
     let pool: MP.TaskPool
-    let owner: String
+    let info: ClusterStore.WorkerInfo
+    var owner: String { info.id }
     let build = _NamedTaskChunks.build
-    let capacity: Int
+    let processes: Int
     let lease: Double
     private let lock = NSLock()
-    private var running: [Int64: (claim: ClusterStore.Claimed, submission: _NamedTaskChunks.Submission)] = [:]
+    private var running: [Int64: (claim: ClusterStore.Claimed, submissions: [_NamedTaskChunks.Submission])] = [:]
     private var outcomes: [ClusterStore.Outcome] = []
+    /// Rung by a notification (new rows, a cancelled pool) and by a finished row.
     private let wake = Bell()
-    private let completed = Bell()
+    private var throughput = RowRate()
 
     init(database: String, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.ClusterError) {
         store = try ClusterStore(url: database)
@@ -58,11 +60,11 @@ final class ClusterWorker: @unchecked Sendable {
         } catch {
             throw .database("cannot start the local worker processes: \(error)")
         }
-        // Claimed ahead of the local processes (tiny tasks come in batches); a
-        // dead worker's surplus runs elsewhere after one lease.
-        capacity = processes * 16
+        self.processes = processes
         self.lease = lease
-        owner = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UUID().uuidString.prefix(8))"
+        let host = ProcessInfo.processInfo.hostName
+        info = .init(id: "\(host):\(getpid()):\(UUID().uuidString.prefix(8))", build: build, host: host, pid: getpid(),
+                     concurrency: Int32(processes), lease: lease)
     }
 
     func run() async throws(MP.ClusterError) {
@@ -76,6 +78,7 @@ final class ClusterWorker: @unchecked Sendable {
         }
         do {
             try await store.migrate()
+            try await store.beat(info)
         } catch {
             if let error = error as? MP.ClusterError { throw error }
             throw .database("cannot prepare the cluster's tables at \(store.address.description): \(String(reflecting: error))")
@@ -102,24 +105,37 @@ final class ClusterWorker: @unchecked Sendable {
         await stopGracefully()
     }
 
-    /// Submits a claimed batch to the local pool and waits for it on a plain
-    /// thread (the task pool's blocking calls; a lost lease cancels a row).
     private var lastRenewal = ContinuousClock.now
     private var lastReap = ContinuousClock.now
+    private var lastSweep = ContinuousClock.now
+
+    /// Rows to hold at once: one per local process, plus what arrives while
+    /// a claim travels (Little's law: completion rate × about 50 ms). Long
+    /// tasks hold one row per process, so idle workers elsewhere find the
+    /// rest; tiny ones keep the local processes busy across the round trips.
+    private var targetRows: Int {
+        let rate = lock.locked { throughput.current }
+        return processes + min(processes * 16, Int((rate * 0.05).rounded()))
+    }
 
     /// One turn of the loop: record what finished, renew leases, reap expired
-    /// ones, claim what fits, or wait for a notification, a finished task, or a poll.
+    /// ones, claim what fits, or wait for a notification, a finished row, or a poll.
     private func iterate() async throws {
         try await flushOutcomes()
         if ContinuousClock.now - lastRenewal >= .milliseconds(Int(lease * 1000 / 3)) {
             try await renewLeases()
+            try await store.beat(info)
             lastRenewal = .now
         }
         if ContinuousClock.now - lastReap >= .seconds(1) {
             try await store.reapExpired()
             lastReap = .now
         }
-        let room = capacity - lock.locked { running.count }
+        if ContinuousClock.now - lastSweep >= .seconds(30) {
+            try await store.sweep()
+            lastSweep = .now
+        }
+        let room = targetRows - lock.locked { running.count }
         var claimedAny = false
         if room > 0 {
             let claimed = try await store.claim(owner: owner, build: build, limit: room, lease: lease)
@@ -128,33 +144,61 @@ final class ClusterWorker: @unchecked Sendable {
         }
         if !claimedAny {
             let busy = lock.locked { !running.isEmpty || !outcomes.isEmpty }
-            if busy { await completed.wait(timeout: .milliseconds(50)) } else { await wake.wait(timeout: .milliseconds(250)) }
+            await wake.wait(timeout: busy ? .milliseconds(50) : .milliseconds(250))
         }
     }
 
+    /// Submits each claimed row's parts to the local pool and waits for them
+    /// on a plain thread (the task pool's blocking calls; a lost lease
+    /// cancels a row's parts).
     private func start(_ claims: [ClusterStore.Claimed]) {
         guard !claims.isEmpty else { return }
-        let submissions = claims.map { _NamedTaskChunks.submit(name: $0.task, payload: $0.payload, on: pool) }
-        lock.locked { for (claim, submission) in zip(claims, submissions) { running[claim.id] = (claim, submission) } }
-        Thread.detachNewThread { [self] in
-            for (claim, submission) in zip(claims, submissions) {
-                let outcome: ClusterStore.Outcome?
-                switch submission.wait() {
-                case .success(let result):
-                    outcome = .init(id: claim.id, attempt: claim.attempt, result: result, failure: nil)
-                case .failure(.taskFailed(let type, let description)):
-                    outcome = .init(id: claim.id, attempt: claim.attempt, result: nil, failure: (.threw, type, description))
-                case .failure(.workerLost(let how)):
-                    outcome = .init(id: claim.id, attempt: claim.attempt, result: nil,
-                                    failure: (.lost, "MP.ClusterError.workerLost", "a worker process died running it: \(how)"))
-                case .failure(.unrunnable(let why)):
-                    outcome = .init(id: claim.id, attempt: claim.attempt, result: nil, failure: (.unrunnable, "MP.ClusterError.unrunnable", why))
-                case .failure(.cancelled):
-                    outcome = nil
+        var started: [(ClusterStore.Claimed, [_NamedTaskChunks.Submission])] = []
+        for claim in claims {
+            do {
+                let parts = try ClusterBundle.decodeParts(claim.payload)
+                started.append((claim, parts.map { _NamedTaskChunks.submit(name: claim.task, payload: $0.payload, on: pool) }))
+            } catch {
+                lock.locked {
+                    running[claim.id] = (claim, [])
+                    outcomes.append(.init(id: claim.id, attempt: claim.attempt, result: nil,
+                                          failure: (.unrunnable, "MP.ClusterError.unrunnable", "the row is malformed: \(error)")))
                 }
-                finish(claim.id, outcome)
             }
         }
+        lock.locked { for (claim, submissions) in started { running[claim.id] = (claim, submissions) } }
+        Thread.detachNewThread { [self, started] in
+            for (claim, submissions) in started { finish(claim.id, Self.outcome(of: claim, submissions)) }
+        }
+    }
+
+    /// A row's outcome from its parts': the parts' results and errors (each
+    /// part its own); the whole row again when a local process died (or, with
+    /// `retryErrors`, a part threw and attempts are left); nil when cancelled.
+    private static func outcome(of claim: ClusterStore.Claimed, _ submissions: [_NamedTaskChunks.Submission]) -> ClusterStore.Outcome? {
+        var parts: [ClusterBundle.PartOutcome] = []
+        var lost: String?
+        var cancelled = false
+        for submission in submissions {
+            switch submission.wait() {
+            case .success(let results): parts.append(.results(results))
+            case .failure(.taskFailed(let type, let description)): parts.append(.threw(type: type, description: description))
+            case .failure(.unrunnable(let why)): parts.append(.unrunnable(why))
+            case .failure(.workerLost(let how)): lost = lost ?? how
+            case .failure(.cancelled): cancelled = true
+            }
+        }
+        if cancelled { return nil }
+        if let lost {
+            return .init(id: claim.id, attempt: claim.attempt, result: nil,
+                         failure: (.lost, "MP.ClusterError.workerLost", "a worker process died running it: \(lost)"))
+        }
+        if claim.retryErrors, claim.attempt < claim.maxAttempts {
+            for case .threw(let type, let description) in parts {
+                return .init(id: claim.id, attempt: claim.attempt, result: nil, failure: (.threw, type, description))
+            }
+        }
+        return .init(id: claim.id, attempt: claim.attempt, result: ClusterBundle.encode(parts), failure: nil)
     }
 
     private func finish(_ id: Int64, _ outcome: ClusterStore.Outcome?) {
@@ -162,10 +206,10 @@ final class ClusterWorker: @unchecked Sendable {
             guard running[id] != nil else { return }
             if let outcome { outcomes.append(outcome) } else { running[id] = nil }
         }
-        completed.ring()
+        wake.ring()
     }
 
-    /// Records finished tasks in one batch; a late one (its lease lost) is dropped.
+    /// Records finished rows in one batch; a late one (its lease lost) is dropped.
     private func flushOutcomes() async throws {
         let batch = lock.locked { () -> [ClusterStore.Outcome] in
             defer { outcomes.removeAll() }
@@ -176,14 +220,17 @@ final class ClusterWorker: @unchecked Sendable {
             let recorded = try await store.record(batch, owner: owner)
             let late = batch.count - recorded.count
             if late > 0 { MP.getLogger().info("cluster worker: \(late) late result(s) dropped: their lease had passed to another attempt") }
-            lock.locked { for outcome in batch { running[outcome.id] = nil } }
+            lock.locked {
+                for outcome in batch { running[outcome.id] = nil }
+                throughput.add(batch.count)
+            }
         } catch {
             lock.locked { outcomes.insert(contentsOf: batch, at: 0) } // try again when the database is back
             throw error
         }
     }
 
-    /// Extends the leases of running tasks; stops those it no longer holds
+    /// Extends the leases of running rows; stops those it no longer holds
     /// (cancelled by their pool, or expired and claimed again elsewhere).
     private func renewLeases() async throws {
         let ids = lock.locked { running.filter { entry in !outcomes.contains { $0.id == entry.key } }.map(\.key) }
@@ -191,14 +238,14 @@ final class ClusterWorker: @unchecked Sendable {
         let lost = lock.locked { () -> [_NamedTaskChunks.Submission] in
             var submissions: [_NamedTaskChunks.Submission] = []
             for id in ids where !held.contains(id) {
-                if let entry = running.removeValue(forKey: id) { submissions.append(entry.submission) }
+                if let entry = running.removeValue(forKey: id) { submissions += entry.submissions }
             }
             return submissions
         }
         for submission in lost { submission.cancel() } // the task pool kills the local process running it
     }
 
-    /// SIGTERM: no more claims; running tasks may finish within one lease; the rest go back.
+    /// SIGTERM: no more claims; running rows may finish within one lease; the rest go back.
     private func stopGracefully() async {
         let deadline = ContinuousClock.now + .seconds(lease)
         let bound = max(5, lease)
@@ -206,15 +253,41 @@ final class ClusterWorker: @unchecked Sendable {
             _ = try? await withDeadline(bound, "") { try await self.flushOutcomes() }
             if lock.locked({ running.isEmpty }) { break }
             _ = try? await withDeadline(bound, "") { try await self.renewLeases() }
-            await completed.wait(timeout: .milliseconds(100))
+            await wake.wait(timeout: .milliseconds(100))
         }
         _ = try? await withDeadline(bound, "") { try await self.flushOutcomes() }
-        let left = lock.locked { () -> [(Int64, _NamedTaskChunks.Submission)] in
+        let left = lock.locked { () -> [(Int64, [_NamedTaskChunks.Submission])] in
             defer { running.removeAll() }
-            return running.map { ($0.key, $0.value.submission) }
+            return running.map { ($0.key, $0.value.submissions) }
         }
-        for (_, submission) in left { submission.cancel() }
+        for (_, submissions) in left { for submission in submissions { submission.cancel() } }
         let ids = left.map(\.0)
         _ = try? await withDeadline(bound, "") { try await self.store.handBack(owner: self.owner, ids: ids) }
+        _ = try? await withDeadline(bound, "") { try await self.store.leave(self.owner) }
+    }
+}
+
+/// Rows recorded per second, smoothed over half-second windows (it decays
+/// while nothing is recorded).
+struct RowRate {
+    private var perSecond: Double = 0
+    private var count = 0
+    private var since = ContinuousClock.now
+
+    var current: Double {
+        mutating get {
+            add(0)
+            return perSecond
+        }
+    }
+
+    mutating func add(_ rows: Int) {
+        count += rows
+        let elapsed = ContinuousClock.now - since
+        guard elapsed >= .milliseconds(500) else { return }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        perSecond = perSecond == 0 ? Double(count) / seconds : 0.5 * perSecond + 0.5 * Double(count) / seconds
+        count = 0
+        since = .now
     }
 }

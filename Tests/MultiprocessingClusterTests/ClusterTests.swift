@@ -25,6 +25,24 @@ struct ClusterFails: MP.NamedTask {
     func run() throws -> Int { throw ClusterBoom() }
 }
 
+/// Throws for every x that ends in 7 (per-task outcomes inside a packed row).
+struct ThrowsOnSevens: MP.NamedTask {
+    var x: Int
+    func run() throws -> Int {
+        if x % 10 == 7 { throw ClusterBoom() }
+        return x * 2
+    }
+}
+
+/// Returns the pid of the cluster worker running it (its local process's parent), after a while.
+struct WhoRuns: MP.NamedTask {
+    var milliseconds: Int
+    func run() async throws -> Int32 {
+        try await Task.sleep(for: .milliseconds(milliseconds))
+        return getppid()
+    }
+}
+
 /// Hangs on its first attempt (leaving a marker), returns on the next.
 struct HangsFirstTime: MP.NamedTask {
     var marker: String
@@ -112,6 +130,87 @@ struct ClusterTests {
         #expect(try await rowCount(db, pool: pool.id) == 0, "join removes the pool's rows")
     }
 
+    @Test("a burst of applyAsync travels in few rows, and each task keeps its own outcome")
+    func packedRows() async throws {
+        let db = try TestDatabase.shared()
+        let workers = try (0..<2).map { _ in try startWorker(db.url) }
+        defer { for worker in workers { try? stopWorker(worker) } }
+        let pool = try await MP.ClusterPool(database: db.url)
+        _ = try await pool.apply(ThrowsOnSevens(x: 0)) // both workers have beaten by now (they did before the pool opened)
+        let rowsBefore = pool.insertedRows
+        let results = (0..<2_000).map { pool.applyAsync(ThrowsOnSevens(x: $0)) }
+        var failures = 0
+        for (x, result) in results.enumerated() {
+            if x % 10 == 7 {
+                await #expect(throws: MP.ClusterError.taskFailed(type: "ClusterBoom", description: "boom on purpose")) {
+                    try await result.value
+                }
+                failures += 1
+            } else {
+                #expect(try await result.value == x * 2)
+            }
+        }
+        #expect(failures == 200)
+        let rows = pool.insertedRows - rowsBefore
+        #expect(rows < 2_000 / 4, "2,000 tasks in \(rows) rows")
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("long tasks spread over the workers: none holds more rows than it has processes")
+    func longTasksSpread() async throws {
+        let db = try TestDatabase.shared()
+        let workers = try (0..<2).map { _ in try startWorker(db.url) }
+        defer { for worker in workers { try? stopWorker(worker) } }
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        try await db.untilSlots(store, 2)
+        let pool = try await MP.ClusterPool(database: db.url)
+        let runners = try await pool.map((0..<4).map { _ in WhoRuns(milliseconds: 400) }, chunksize: 1)
+        #expect(Set(runners) == Set(workers.compactMap(\.pid)), "each worker ran some: \(runners)")
+        #expect(runners.filter { $0 == runners[0] }.count == 2)
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("a pool's notification payload is the id as PostgreSQL writes it (what SQL sends)")
+    func notificationPayload() async throws {
+        let db = try TestDatabase.shared()
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        let pool = UUID()
+        let written = try await db.query(store, "SELECT '\(pool.uuidString)'::uuid::text")
+        #expect(written == [ClusterStore.payload(for: pool)])
+    }
+
+    @Test("a malformed row fails as unrunnable with a clear error; the worker goes on")
+    func malformedRow() async throws {
+        let db = try TestDatabase.shared()
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        try await store.migrate()
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        let pool = UUID()
+        try await store.openPool(pool, build: _NamedTaskChunks.build)
+        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: [1, 0, 0, 0, 9, 9], items: 1, maxAttempts: 3, retryErrors: false)],
+                               pool: pool, build: _NamedTaskChunks.build)
+        var finished: [ClusterStore.Finished] = []
+        for _ in 0..<200 where finished.isEmpty {
+            finished = try await store.finished(pool)
+            if finished.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(finished.first?.state == "failed")
+        #expect(finished.first?.errorType == "MP.ClusterError.unrunnable")
+        #expect(finished.first?.error?.contains("malformed") == true, "\(finished.first?.error ?? "no error")")
+        #expect(finished.first?.attempt == 1, "not retried")
+        try await store.closePool(pool)
+        let own = try await MP.ClusterPool(database: db.url)
+        #expect(try await own.apply(ClusterSquare(x: 6)) == 36)
+        own.close()
+        try await own.join()
+    }
+
     @Test("a task that throws fails with its type and description, once")
     func taskThrows() async throws {
         let db = try TestDatabase.shared()
@@ -181,7 +280,7 @@ struct ClusterTests {
         let pool = UUID()
         let build = "fencing-test-\(UUID().uuidString)"
         try await store.openPool(pool, build: build)
-        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: try _NamedTaskChunks.encode([ClusterSquare(x: 2)]),
+        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: try bundle([ClusterSquare(x: 2)]),
                                       items: 1, maxAttempts: 3, retryErrors: false)], pool: pool, build: build)
         let first = try await store.claim(owner: "worker-a", build: build, limit: 10, lease: 0.2)
         #expect(first.count == 1)
@@ -213,7 +312,7 @@ struct ClusterTests {
         try await store.migrate()
         let pool = UUID()
         try await store.openPool(pool, build: "another-build")
-        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: try _NamedTaskChunks.encode([ClusterSquare(x: 2)]),
+        try await store.insert([.init(seq: 0, task: ClusterSquare.name, payload: try bundle([ClusterSquare(x: 2)]),
                                       items: 1, maxAttempts: 3, retryErrors: false)], pool: pool, build: "another-build")
         let worker = try startWorker(db.url)
         defer { try? stopWorker(worker) }
@@ -316,6 +415,11 @@ struct ClusterTests {
     }
 }
 
+/// One row's payload: the tasks as one part.
+func bundle<T: MP.NamedTask>(_ tasks: [T]) throws -> [UInt8] {
+    ClusterBundle.encode([.init(items: tasks.count, payload: try _NamedTaskChunks.encode(tasks))])
+}
+
 func rowCount(_ db: MP.Cluster.LocalPostgres, pool: UUID) async throws -> Int {
     let store = try ClusterStore(url: db.url)
     defer { store.shutdown() }
@@ -334,10 +438,60 @@ extension MP.Cluster.LocalPostgres {
     }
 
     /// The first column of every row of `sql`, as text.
+    /// Waits (up to 20 s) until live workers of this build have `count` slots in all.
+    func untilSlots(_ store: ClusterStore, _ count: Int) async throws {
+        for _ in 0..<400 {
+            if try await store.slots(build: _NamedTaskChunks.build) == count { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("the workers did not register \(count) slots within 20 s")
+    }
+
     func query(_ store: ClusterStore, _ sql: String) async throws -> [String] {
         let rows = try await store.client.query(PostgresQuery(unsafeSQL: sql), logger: ClusterStore.logger)
         var values: [String] = []
         for try await value in rows.decode(String.self) { values.append(value) }
         return values
+    }
+}
+
+@Suite("Cluster rows: packing and malformed bytes")
+struct ClusterBundleTests {
+    @Test("parts and outcomes round-trip")
+    func roundTrip() throws {
+        let parts: [ClusterBundle.Part] = [.init(items: 1, payload: [1, 2, 3]), .init(items: 40, payload: []), .init(items: 2, payload: [0])]
+        let decoded = try ClusterBundle.decodeParts(ClusterBundle.encode(parts))
+        #expect(decoded.map(\.items) == [1, 40, 2])
+        #expect(decoded.map(\.payload) == [[1, 2, 3], [], [0]])
+        let outcomes: [ClusterBundle.PartOutcome] = [.results([9]), .threw(type: "E", description: "a\u{0}b"), .unrunnable("why"), .threw(type: "", description: "")]
+        #expect(try ClusterBundle.decodeOutcomes(ClusterBundle.encode(outcomes)) == outcomes)
+    }
+
+    @Test("truncated, oversized, stray and unknown bytes are refused with a clear error")
+    func malformed() throws {
+        let good = ClusterBundle.encode([ClusterBundle.Part(items: 1, payload: [1, 2, 3])])
+        for bytes in [[], [1, 0], Array(good.dropLast()), good + [0], [1, 0, 0, 0, 1, 0, 0, 0, 255, 255, 255, 255]] as [[UInt8]] {
+            #expect(throws: ClusterBundle.Malformed.self) { try ClusterBundle.decodeParts(bytes) }
+        }
+        #expect(throws: ClusterBundle.Malformed.self) { try ClusterBundle.decodeOutcomes([1, 0, 0, 0, 7, 0, 0, 0, 0]) }
+        do {
+            _ = try ClusterBundle.decodeParts([1, 0, 0, 0, 1, 0, 0, 0, 255, 255, 255, 255])
+        } catch {
+            #expect(error.description.contains("claims 4294967295 bytes"), "\(error)")
+        }
+    }
+
+    @Test("a row's failure reaches each of its parts; a done row's parts get their own outcomes")
+    func rowOutcomes() throws {
+        let lost = ClusterStore.Finished(seq: 0, state: "failed", result: nil, errorType: "MP.ClusterError.workerLost", error: "gone", attempt: 3)
+        #expect(MP.ClusterPool.outcomes(of: lost, parts: 2).map { try? $0.get() } == [nil, nil])
+        let done = ClusterStore.Finished(seq: 1, state: "done", result: ClusterBundle.encode([.results([1]), .threw(type: "T", description: "d")]),
+                                         errorType: nil, error: nil, attempt: 1)
+        let outcomes = MP.ClusterPool.outcomes(of: done, parts: 2)
+        #expect(try outcomes[0].get() == [1])
+        #expect(throws: MP.ClusterError.taskFailed(type: "T", description: "d")) { try outcomes[1].get() }
+        let mismatched = MP.ClusterPool.outcomes(of: done, parts: 3)
+        #expect(mismatched.count == 3)
+        #expect(throws: MP.ClusterError.self) { try mismatched[2].get() }
     }
 }
