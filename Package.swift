@@ -88,14 +88,16 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        // Network namespaces as machines, for the tests that cross a network.
+        .target(name: "NetworkLab", path: "Tests/NetworkLab", swiftSettings: [.swiftLanguageMode(.v6)]),
         .testTarget(
             name: "MultiprocessingTests",
-            dependencies: ["Multiprocessing"],
+            dependencies: ["Multiprocessing", "NetworkLab"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
             name: "MultiprocessingClusterTests",
-            dependencies: ["MultiprocessingCluster", "Multiprocessing", .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["MultiprocessingCluster", "Multiprocessing", "NetworkLab", .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]
