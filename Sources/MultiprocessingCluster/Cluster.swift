@@ -55,6 +55,8 @@ struct DatabaseAddress: Sendable {
     /// The same, for one direct connection (a first probe with a clear error).
     let probeConfiguration: PostgresConnection.Configuration
     let description: String
+    /// Over TCP (not a Unix socket).
+    let isTCP: Bool
 
     init(_ url: String) throws(MP.ClusterError) {
         guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme ?? "") else {
@@ -73,6 +75,7 @@ struct DatabaseAddress: Sendable {
             probeConfiguration = .init(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: user, password: password,
                                        database: database.isEmpty ? nil : database)
             description = "\(socketDirectory) (port \(port))"
+            isTCP = false
         } else {
             let host = components.host ?? "localhost"
             configuration = .init(host: host, port: port, username: user, password: password,
@@ -82,6 +85,7 @@ struct DatabaseAddress: Sendable {
             probe.options.connectTimeout = .seconds(5)
             probeConfiguration = probe
             description = "\(host):\(port)"
+            isTCP = true
         }
         configuration.options.connectTimeout = .seconds(5)
         configuration.options.maximumConnections = 8

@@ -29,6 +29,15 @@ final class ClusterStore: Sendable {
 
     init(url: String) throws(MP.ClusterError) {
         address = try DatabaseAddress(url)
+        // NIO resolves a TCP address on Dispatch, whose threads a child forked
+        // from a Dispatch-using parent lacks: every connection would time out.
+        if address.isTCP && !MP.isDispatchUsable {
+            throw .invalidArgument("""
+                this process was forked from one that used Dispatch, and NIO resolves TCP addresses on Dispatch: \
+                connect to \(address.description) from a process started by spawn or forkserver (a named task, or \
+                your program in worker mode), or through a Unix socket (?host=/socket/directory)
+                """)
+        }
         // PostgresNIO logs every failed connection attempt at `info`; the
         // cluster reports what matters itself (MP.getLogger()).
         let quiet = Logger(label: "swift-multiprocessing.cluster.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -131,6 +140,7 @@ final class ClusterStore: Sendable {
             pid          integer NOT NULL,
             concurrency  integer NOT NULL,
             lease        double precision NOT NULL,
+            late_results bigint NOT NULL DEFAULT 0,
             started_at   timestamptz NOT NULL DEFAULT now(),
             heartbeat    timestamptz NOT NULL DEFAULT now()
         )
@@ -251,12 +261,13 @@ final class ClusterStore: Sendable {
         let lease: Double
     }
 
-    /// Says (again) that this worker is alive: its row in `mp_cluster_workers`.
-    func beat(_ worker: WorkerInfo) async throws {
+    /// Says (again) that this worker is alive, with the late results it
+    /// dropped so far: its row in `mp_cluster_workers`.
+    func beat(_ worker: WorkerInfo, lateResults: Int) async throws {
         try await client.query("""
-            INSERT INTO mp_cluster_workers (id, build, host, pid, concurrency, lease)
-            VALUES (\(worker.id), \(worker.build), \(worker.host), \(worker.pid), \(worker.concurrency), \(worker.lease))
-            ON CONFLICT (id) DO UPDATE SET heartbeat = now()
+            INSERT INTO mp_cluster_workers (id, build, host, pid, concurrency, lease, late_results)
+            VALUES (\(worker.id), \(worker.build), \(worker.host), \(worker.pid), \(worker.concurrency), \(worker.lease), \(Int64(lateResults)))
+            ON CONFLICT (id) DO UPDATE SET heartbeat = now(), late_results = excluded.late_results
             """, logger: Self.logger)
     }
 

@@ -52,6 +52,8 @@ final class ClusterWorker: @unchecked Sendable {
     /// Rung by a notification (new rows, a cancelled pool) and by a finished row.
     private let wake = Bell()
     private var throughput = RowRate()
+    /// Results dropped because their lease had passed on (shown in `mp_cluster_workers`).
+    private var lateResults = 0
 
     init(database: String, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.ClusterError) {
         store = try ClusterStore(url: database)
@@ -78,7 +80,7 @@ final class ClusterWorker: @unchecked Sendable {
         }
         do {
             try await store.migrate()
-            try await store.beat(info)
+            try await store.beat(info, lateResults: lock.locked { lateResults })
         } catch {
             if let error = error as? MP.ClusterError { throw error }
             throw .database("cannot prepare the cluster's tables at \(store.address.description): \(String(reflecting: error))")
@@ -124,7 +126,7 @@ final class ClusterWorker: @unchecked Sendable {
         try await flushOutcomes()
         if ContinuousClock.now - lastRenewal >= .milliseconds(Int(lease * 1000 / 3)) {
             try await renewLeases()
-            try await store.beat(info)
+            try await store.beat(info, lateResults: lock.locked { lateResults })
             lastRenewal = .now
         }
         if ContinuousClock.now - lastReap >= .seconds(1) {
@@ -223,6 +225,7 @@ final class ClusterWorker: @unchecked Sendable {
             lock.locked {
                 for outcome in batch { running[outcome.id] = nil }
                 throughput.add(batch.count)
+                lateResults += late
             }
         } catch {
             lock.locked { outcomes.insert(contentsOf: batch, at: 0) } // try again when the database is back

@@ -36,9 +36,13 @@ extension MP.Cluster {
         /// Creates and starts a server.
         ///
         /// - Parameters:
-        ///   - listenAddress: a TCP address to listen on besides the Unix socket (nil: none).
+        ///   - listenAddress: TCP addresses to listen on besides the Unix
+        ///     socket, comma-separated (PostgreSQL's `listen_addresses`; nil: none).
         ///   - port: the port (nil: a free one).
-        public init(listenAddress: String? = nil, port: Int? = nil) throws {
+        ///   - trustedNetworks: networks (CIDR, such as `10.1.2.0/24`) whose
+        ///     clients connect without a password, besides the loopback ones
+        ///     (a line `host all all <network> trust` each, in `pg_hba.conf`).
+        public init(listenAddress: String? = nil, port: Int? = nil, trustedNetworks: [String] = []) throws {
             guard let binaries = Self.binDirectory else {
                 throw MP.ClusterError.database("PostgreSQL's server programs (initdb, pg_ctl) are not installed (Debian: apt-get install postgresql)")
             }
@@ -53,6 +57,15 @@ extension MP.Cluster {
                 try run("/bin/chown", [asUser, directory], asUser: nil)
             }
             try run("\(binaries)/initdb", ["-D", "\(directory)/data", "-U", "mp", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            if !trustedNetworks.isEmpty {
+                let lines = trustedNetworks.map { "host all all \($0) trust\n" }.joined()
+                guard let handle = FileHandle(forWritingAtPath: "\(directory)/data/pg_hba.conf") else {
+                    throw MP.ClusterError.database("cannot open \(directory)/data/pg_hba.conf")
+                }
+                defer { try? handle.close() }
+                try handle.seekToEnd()
+                try handle.write(contentsOf: Data(lines.utf8))
+            }
             try start()
         }
 
@@ -61,8 +74,11 @@ extension MP.Cluster {
         /// The URL clients connect with (the Unix socket).
         public var url: String { "postgres://mp@localhost:\(port)/postgres?host=\(directory)" }
 
-        /// The URL over TCP (when it listens on one).
-        public var tcpURL: String? { listenAddress.map { "postgres://mp@\($0):\(port)/postgres" } }
+        /// The URL over TCP, to its first listen address (when it listens on one).
+        public var tcpURL: String? { listenAddress.map { tcpURL(host: String($0.split(separator: ",").first ?? "")) } }
+
+        /// The URL over TCP to `host` (one of its listen addresses, as another machine reaches it).
+        public func tcpURL(host: String) -> String { "postgres://mp@\(host):\(port)/postgres" }
 
         /// Starts the server (after ``stop()``).
         public func start() throws {

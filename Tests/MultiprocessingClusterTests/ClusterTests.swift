@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import Dispatch
 import PostgresNIO
 @testable import MultiprocessingCluster
 @_spi(Cluster) import Multiprocessing
@@ -401,6 +402,24 @@ struct ClusterTests {
         await #expect(throws: MP.ClusterError.invalidArgument("lease must be at least 1 s (got 0.5)")) {
             try await MP.Cluster.runWorker(database: "postgres://mp@localhost/postgres", lease: 0.5)
         }
+        // TCP from a child forked from a Dispatch-using parent: refused at
+        // once with what to do, not a connect timeout.
+        await withCheckedContinuation { continuation in DispatchQueue.global().async { continuation.resume() } }
+        let child = MP.Process {
+            do {
+                _ = try await MP.ClusterPool(database: "postgres://mp@127.0.0.1:5/postgres")
+                MP.exit(1)
+            } catch {
+                guard case MP.ClusterError.invalidArgument(let why) = error, why.contains("forked from one that used Dispatch") else { MP.exit(2) }
+                MP.exit(42)
+            }
+        }
+        try child.start()
+        if !(try await child.join(timeout: 20)) {
+            try child.kill()
+            try await child.join()
+        }
+        #expect(child.exitCode == 42)
         let db = try TestDatabase.shared()
         let pool = try await MP.ClusterPool(database: db.url)
         #expect(throws: MP.ClusterError.invalidArgument("chunksize must be at least 1 (got 0)")) {
@@ -441,7 +460,8 @@ extension MP.Cluster.LocalPostgres {
     /// Waits (up to 20 s) until live workers of this build have `count` slots in all.
     func untilSlots(_ store: ClusterStore, _ count: Int) async throws {
         for _ in 0..<400 {
-            if try await store.slots(build: _NamedTaskChunks.build) == count { return }
+            // (The tables may not exist yet: the first worker makes them.)
+            if (try? await store.slots(build: _NamedTaskChunks.build)) == count { return }
             try await Task.sleep(for: .milliseconds(50))
         }
         Issue.record("the workers did not register \(count) slots within 20 s")
