@@ -28,6 +28,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         // postgres-nio's event loops; the cluster makes its own per process (see ClusterStore).
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        // TLS to the database (`sslmode=` in the cluster's URL); postgres-nio already builds it.
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // The thin C shim only the library imports: the Linux calls Swift's Glibc module cannot reach
@@ -55,6 +57,7 @@ let package = Package(
                 "Multiprocessing",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]

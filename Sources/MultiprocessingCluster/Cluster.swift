@@ -1,6 +1,7 @@
 @_exported import Multiprocessing
 import Foundation
 import PostgresNIO
+import NIOSSL
 import Logging
 
 extension MP {
@@ -49,7 +50,9 @@ extension MP {
 }
 
 /// A PostgreSQL URL as a client configuration: `postgres://user:password@host:port/database`,
-/// with `?host=/socket/dir` for a Unix socket (libpq's convention).
+/// with `?host=/socket/dir` for a Unix socket (libpq's convention), and over
+/// TCP libpq's `sslmode` (`disable`, `prefer` (the default), `require`,
+/// `verify-ca`, `verify-full`) and `sslrootcert` (the CA file to trust).
 struct DatabaseAddress: Sendable {
     let configuration: PostgresClient.Configuration
     /// The same, for one direct connection (a first probe with a clear error).
@@ -67,7 +70,8 @@ struct DatabaseAddress: Sendable {
         var database = components.path
         if database.hasPrefix("/") { database.removeFirst() }
         let port = components.port ?? 5432
-        let socketDirectory = components.queryItems?.first { $0.name == "host" }?.value
+        let query = components.queryItems ?? []
+        let socketDirectory = query.first { $0.name == "host" }?.value
         var configuration: PostgresClient.Configuration
         if let socketDirectory, socketDirectory.hasPrefix("/") {
             configuration = .init(unixSocketPath: "\(socketDirectory)/.s.PGSQL.\(port)", username: user, password: password,
@@ -78,10 +82,12 @@ struct DatabaseAddress: Sendable {
             isTCP = false
         } else {
             let host = components.host ?? "localhost"
+            let tls = try Self.tls(mode: query.first { $0.name == "sslmode" }?.value ?? "prefer",
+                                   rootCertificate: query.first { $0.name == "sslrootcert" }?.value)
             configuration = .init(host: host, port: port, username: user, password: password,
-                                  database: database.isEmpty ? nil : database, tls: .disable)
+                                  database: database.isEmpty ? nil : database, tls: tls.client)
             var probe = PostgresConnection.Configuration(host: host, port: port, username: user, password: password,
-                                                         database: database.isEmpty ? nil : database, tls: .disable)
+                                                         database: database.isEmpty ? nil : database, tls: tls.connection)
             probe.options.connectTimeout = .seconds(5)
             probeConfiguration = probe
             description = "\(host):\(port)"
@@ -90,5 +96,32 @@ struct DatabaseAddress: Sendable {
         configuration.options.connectTimeout = .seconds(5)
         configuration.options.maximumConnections = 8
         self.configuration = configuration
+    }
+
+    /// libpq's `sslmode`: `prefer` and `require` encrypt without checking
+    /// the certificate; `verify-ca` checks it against the trusted roots;
+    /// `verify-full` also checks that it names the host.
+    static func tls(mode: String, rootCertificate: String?) throws(MP.ClusterError)
+        -> (client: PostgresClient.Configuration.TLS, connection: PostgresConnection.Configuration.TLS) {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        switch mode {
+        case "disable": return (.disable, .disable)
+        case "prefer", "require": tls.certificateVerification = .none
+        case "verify-ca": tls.certificateVerification = .noHostnameVerification
+        case "verify-full": tls.certificateVerification = .fullVerification
+        default:
+            throw .invalidArgument("sslmode must be disable, prefer, require, verify-ca or verify-full (got '\(mode)')")
+        }
+        if let rootCertificate {
+            guard FileManager.default.isReadableFile(atPath: rootCertificate) else {
+                throw .invalidArgument("sslrootcert '\(rootCertificate)' is not a readable file")
+            }
+            tls.trustRoots = .file(rootCertificate)
+        }
+        let context: NIOSSLContext
+        do { context = try NIOSSLContext(configuration: tls) } catch {
+            throw .invalidArgument("the TLS settings do not load: \(error)")
+        }
+        return mode == "prefer" ? (.prefer(tls), .prefer(context)) : (.require(tls), .require(context))
     }
 }

@@ -19,6 +19,8 @@ extension MP.Cluster {
         public let listenAddress: String?
         private let binaries: String
         private let asUser: String?
+        /// Whether it serves TLS (given a certificate).
+        public private(set) var tls = false
 
         /// Where the server programs are, or nil.
         public static var binDirectory: String? {
@@ -42,7 +44,14 @@ extension MP.Cluster {
         ///   - trustedNetworks: networks (CIDR, such as `10.1.2.0/24`) whose
         ///     clients connect without a password, besides the loopback ones
         ///     (a line `host all all <network> trust` each, in `pg_hba.conf`).
-        public init(listenAddress: String? = nil, port: Int? = nil, trustedNetworks: [String] = []) throws {
+        ///   - certificateFile: a PEM certificate (chain) for TLS over TCP,
+        ///     with `privateKeyFile`, its PEM key (both copied into the server's
+        ///     folder). Without them the server speaks no TLS.
+        public init(listenAddress: String? = nil, port: Int? = nil, trustedNetworks: [String] = [],
+                    certificateFile: String? = nil, privateKeyFile: String? = nil) throws {
+            guard (certificateFile == nil) == (privateKeyFile == nil) else {
+                throw MP.ClusterError.invalidArgument("certificateFile and privateKeyFile go together")
+            }
             guard let binaries = Self.binDirectory else {
                 throw MP.ClusterError.database("PostgreSQL's server programs (initdb, pg_ctl) are not installed (Debian: apt-get install postgresql)")
             }
@@ -57,6 +66,15 @@ extension MP.Cluster {
                 try run("/bin/chown", [asUser, directory], asUser: nil)
             }
             try run("\(binaries)/initdb", ["-D", "\(directory)/data", "-U", "mp", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            if let certificateFile, let privateKeyFile {
+                for (source, name) in [(certificateFile, "server.crt"), (privateKeyFile, "server.key")] {
+                    let target = "\(directory)/data/\(name)"
+                    try FileManager.default.copyItem(atPath: source, toPath: target)
+                    try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: target)
+                    if let asUser { try run("/bin/chown", [asUser, target], asUser: nil) }
+                }
+                tls = true
+            }
             if !trustedNetworks.isEmpty {
                 let lines = trustedNetworks.map { "host all all \($0) trust\n" }.joined()
                 guard let handle = FileHandle(forWritingAtPath: "\(directory)/data/pg_hba.conf") else {
@@ -83,7 +101,7 @@ extension MP.Cluster {
         /// Starts the server (after ``stop()``).
         public func start() throws {
             let options = "-k \(directory) -p \(port) -c listen_addresses='\(listenAddress ?? "")' -c fsync=off "
-                + "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                + "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200" + (tls ? " -c ssl=on" : "")
             try run("\(binaries)/pg_ctl", ["-D", "\(directory)/data", "-o", options, "-l", "\(directory)/log", "-w", "-t", "60", "start"])
         }
 
