@@ -85,8 +85,17 @@ extension MP {
                 Task { [weak self] in await self?.flushLoop() },
                 Task { [weak self] in await self?.collectLoop() },
                 Task { [store, id, collectBell] in
-                    await store.listen(ClusterStore.doneChannel) { payload in
-                        if payload.isEmpty || payload == ClusterStore.payload(for: id) { collectBell.ring() }
+                    await store.listen(ClusterStore.doneChannel) { [weak self] payload in
+                        let (pool, row) = ClusterStore.parseDone(payload)
+                        guard payload.isEmpty || pool == ClusterStore.payload(for: id) else { return }
+                        // A small result comes in its notification: delivered
+                        // now, its row forgotten by the next polling round
+                        // (off the round trip); otherwise a round looks now.
+                        if let row {
+                            self?.deliverNotified(seq: row.seq, result: row.result)
+                        } else {
+                            collectBell.ring()
+                        }
                     }
                 },
             ]
@@ -311,6 +320,11 @@ extension MP {
             var retry: [ClusterStore.NewRow] = []
             while !Task.isCancelled {
                 if lock.locked({ state == .terminated }) { retry.removeAll() }
+                // Several waiting and no worker known yet: look before packing
+                // (the workers may have come up since the pool last looked).
+                if retry.isEmpty && lock.locked({ slots == 0 && unsent.count > 1 }) {
+                    _ = try? await withDeadline(10, "looking for workers took longer than 10 s") { [self] in try await refreshSlots() }
+                }
                 let batch = retry.isEmpty ? takeRows() : retry
                 if batch.isEmpty {
                     await flushBell.wait(timeout: .seconds(1))
@@ -386,6 +400,18 @@ extension MP {
             // After delivering (off the round trip): a row seen again because
             // this failed is skipped above and forgotten then.
             try await store.forget(finished.map(\.seq), pool: id)
+        }
+
+        /// Delivers a done row whose result came in its notification (once:
+        /// the row's parts leave `pending` here or in ``deliver(_:)``).
+        private func deliverNotified(seq: Int64, result: [UInt8]) {
+            let row = ClusterStore.Finished(seq: seq, state: "done", result: result, errorType: nil, error: nil, attempt: 0)
+            let deliveries = lock.locked { () -> [(Delivery, Result<[UInt8], ClusterError>)] in
+                guard let parts = pending.removeValue(forKey: seq) else { return [] }
+                return Swift.Array(zip(parts, Self.outcomes(of: row, parts: parts.count)))
+            }
+            for (deliver, outcome) in deliveries { deliver(outcome) }
+            if !deliveries.isEmpty { finishIfDrained() }
         }
 
         /// Each part's outcome: its own results or error in a done row; the

@@ -24,6 +24,21 @@ final class ClusterStore: Sendable {
     /// A pool's notification payload: its id as PostgreSQL writes a uuid as
     /// text (lower case), so that SQL (`pool::text`) and Swift agree.
     static func payload(for pool: UUID) -> String { pool.uuidString.lowercased() }
+
+    /// The largest result that travels in its notification (base64 makes
+    /// 5,600 bytes 7,468, with newlines; a payload must stay under 8,000).
+    static let resultInNotification = 5_600
+
+    /// A done-notification's parts: the pool's id, and for a small result
+    /// its row's `seq` and bytes.
+    static func parseDone(_ payload: String) -> (pool: String, row: (seq: Int64, result: [UInt8])?) {
+        let parts = payload.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, let seq = Int64(parts[1]),
+              let bytes = Data(base64Encoded: String(parts[2]), options: .ignoreUnknownCharacters) else {
+            return (String(parts.first ?? ""), nil)
+        }
+        return (String(parts[0]), (seq, Array(bytes)))
+    }
     static let newChannel = "mp_cluster_new"
     static let cancelChannel = "mp_cluster_cancel"
 
@@ -338,7 +353,10 @@ final class ClusterStore: Sendable {
         let done = outcomes.filter { $0.failure == nil }
         if !done.isEmpty {
             // One round trip: the fenced update, and a notification to each
-            // pool concerned (PostgreSQL sends one per distinct payload).
+            // pool concerned. A small result travels in its notification
+            // (`pool:seq:base64`, under PostgreSQL's 8,000-byte limit), so the
+            // owner delivers it without a query; a larger one is announced
+            // by the pool's id alone (PostgreSQL sends one per distinct payload).
             let rows = try await client.query("""
                 WITH recorded AS (
                     UPDATE mp_cluster_tasks t SET state = 'done', result = v.result, finished_at = now(),
@@ -346,8 +364,9 @@ final class ClusterStore: Sendable {
                     FROM unnest(\(done.map(\.id))::bigint[], \(done.map(\.attempt))::int[],
                                 \(done.map { ByteBuffer(bytes: $0.result ?? []) })::bytea[]) AS v(id, attempt, result)
                     WHERE t.id = v.id AND t.attempt = v.attempt AND t.lease_owner = \(owner) AND t.state = 'running'
-                    RETURNING t.id, t.pool)
-                SELECT id, pg_notify(\(Self.doneChannel), pool::text)::text FROM recorded
+                    RETURNING t.id, t.pool, t.seq, t.result)
+                SELECT id, pg_notify(\(Self.doneChannel), pool::text || CASE WHEN octet_length(result) <= \(Self.resultInNotification)
+                    THEN ':' || seq || ':' || encode(result, 'base64') ELSE '' END)::text FROM recorded
                 """, logger: Self.logger)
             for try await (id, _) in rows.decode((Int64, String).self) { recorded.insert(id) }
         }

@@ -138,13 +138,15 @@ final class ClusterWorker: @unchecked Sendable {
             lastSweep = .now
         }
         let room = targetRows - lock.locked { running.count }
-        var claimedAny = false
+        var maybeMore = false
         if room > 0 {
             let claimed = try await store.claim(owner: owner, build: build, limit: room, lease: lease)
             start(claimed)
-            claimedAny = !claimed.isEmpty
+            // Fewer than asked: the queue is empty; claiming again at once
+            // would only delay recording what is about to finish.
+            maybeMore = claimed.count == room
         }
-        if !claimedAny {
+        if !maybeMore {
             let busy = lock.locked { !running.isEmpty || !outcomes.isEmpty }
             await wake.wait(timeout: busy ? .milliseconds(50) : .milliseconds(250))
         }

@@ -44,6 +44,12 @@ struct WhoRuns: MP.NamedTask {
     }
 }
 
+/// A result of `count` bytes (larger ones do not fit a notification).
+struct Bytes: MP.NamedTask {
+    var count: Int
+    func run() -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0) } }
+}
+
 /// Hangs on its first attempt (leaving a marker), returns on the next.
 struct HangsFirstTime: MP.NamedTask {
     var marker: String
@@ -172,6 +178,23 @@ struct ClusterTests {
         #expect(runners.filter { $0 == runners[0] }.count == 2)
         pool.close()
         try await pool.join()
+    }
+
+    @Test("small results come in their notification, large ones by query: each arrives once, whole")
+    func resultSizes() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        for count in [0, 1, 4_000, ClusterStore.resultInNotification, 20_000, 300_000] {
+            let bytes = try await pool.apply(Bytes(count: count))
+            #expect(bytes == (0..<count).map { UInt8(truncatingIfNeeded: $0) }, "\(count) bytes")
+        }
+        let many = try await pool.map((0..<200).map { Bytes(count: $0 * 50) }, chunksize: 1)
+        #expect(many.map(\.count) == (0..<200).map { $0 * 50 })
+        pool.close()
+        try await pool.join()
+        #expect(try await rowCount(db, pool: pool.id) == 0)
     }
 
     @Test("a pool's notification payload is the id as PostgreSQL writes it (what SQL sends)")
@@ -499,6 +522,19 @@ struct ClusterBundleTests {
         } catch {
             #expect(error.description.contains("claims 4294967295 bytes"), "\(error)")
         }
+    }
+
+    @Test("a done-notification's payload: the pool, and for a small result its row and bytes")
+    func notificationParsing() {
+        #expect(ClusterStore.parseDone("abc").pool == "abc")
+        #expect(ClusterStore.parseDone("abc").row == nil)
+        let parsed = ClusterStore.parseDone("abc:42:AAEC\n/w==")
+        #expect(parsed.pool == "abc")
+        #expect(parsed.row?.seq == 42)
+        #expect(parsed.row?.result == [0, 1, 2, 255])
+        #expect(ClusterStore.parseDone("abc:x:AAEC").row == nil, "a malformed seq is ignored (the row is collected by query)")
+        #expect(ClusterStore.parseDone("abc:1:%%%").row == nil)
+        #expect(ClusterStore.parseDone("").pool == "")
     }
 
     @Test("a row's failure reaches each of its parts; a done row's parts get their own outcomes")
