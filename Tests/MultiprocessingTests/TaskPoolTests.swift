@@ -748,3 +748,39 @@ final class StartFlag: @unchecked Sendable {
         return isSet
     }
 }
+
+@Suite("Task pool inside a forked child")
+struct TaskPoolInForkedChildTests {
+    @Test("many Swift tasks awaiting apply and map in a forked child all resume (with timeouts waiting alongside)")
+    func asyncCallsFromManyTasks() throws {
+        let child = MP.Process {
+            let pool = try MP.TaskPool(processes: 2, startMethod: .forkserver)
+            let sum = try await withThrowingTaskGroup(of: Int.self) { group in
+                for lane in 0..<16 {
+                    group.addTask {
+                        var total = 0
+                        for i in 0..<150 {
+                            // A wait with a timeout that is usually cancelled, as a loop's bell does.
+                            let timer = Task { try? await Task.sleep(for: .milliseconds(250)) }
+                            if i % 10 == 0 {
+                                total += try await pool.map((0..<20).map { Square(x: $0) }).reduce(0, +)
+                            } else {
+                                total += try await pool.apply(Square(x: lane))
+                            }
+                            timer.cancel()
+                        }
+                        return total
+                    }
+                }
+                return try await group.reduce(0, +)
+            }
+            pool.terminate()
+            try await pool.join()
+            let expected = (0..<16).reduce(0) { $0 + 135 * $1 * $1 + 15 * 2_470 }
+            MP.exit(sum == expected ? 42 : 1)
+        }
+        try child.start()
+        try joinOrKill(child, within: 60)
+        #expect(child.exitCode == 42)
+    }
+}
