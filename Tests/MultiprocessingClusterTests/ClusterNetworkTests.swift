@@ -15,6 +15,8 @@ import NetworkLab
 final class ClusterLab: @unchecked Sendable {
     let network: NetworkLab
     let database: MP.Cluster.LocalPostgres
+    /// The database through its Unix socket, for the test's own looks.
+    let store: ClusterStore
     private(set) var workers: [String: MP.Process] = [:]
 
     init() throws {
@@ -25,10 +27,18 @@ final class ClusterLab: @unchecked Sendable {
                 try MP.Cluster.LocalPostgres(listenAddress: network.hubAddresses,
                                              trustedNetworks: ["w1", "w2"].map { "\(network.address(of: $0))/32" })
             }
+            store = try ClusterStore(url: database.url)
         } catch {
             network.remove()
             throw error
         }
+    }
+
+    /// Starts a worker on each machine and waits until both have reached
+    /// the database over their links (their rows in `mp_cluster_workers`).
+    func startWorkers() async throws {
+        for machine in ["w1", "w2"] { _ = try startWorker(on: machine) }
+        try await database.untilSlots(store, 2)
     }
 
     /// Starts `machine`'s worker: a process of this program, forked by the
@@ -49,6 +59,7 @@ final class ClusterLab: @unchecked Sendable {
 
     func remove() {
         for worker in workers.values { try? stopWorker(worker) }
+        store.shutdown()
         database.remove()
         network.remove()
     }
@@ -99,15 +110,12 @@ struct ClusterNetworkTests {
     func workerKilledAcrossMachines() async throws {
         let lab = try ClusterLab()
         defer { lab.remove() }
-        let store = try ClusterStore(url: lab.database.url)
-        defer { store.shutdown() }
-        for machine in ["w1", "w2"] { _ = try lab.startWorker(on: machine) }
-        try await lab.database.untilSlots(store, 2) // both reached the database over their links
+        try await lab.startWorkers()
         let pool = try await MP.ClusterPool(database: lab.database.url)
         let marker = "/tmp/mp-cluster-net-\(getpid())-\(UInt32.random(in: 0 ... .max))"
         defer { unlink(marker) }
         let result = pool.applyAsync(HangsFirstTime(marker: marker))
-        let holder = try await lab.database.leaseHolder(store, pool: pool.id)
+        let holder = try await lab.database.leaseHolder(lab.store, pool: pool.id)
         let victim = try #require(lab.machine(of: holder), "the lease holder \(holder) is one of the workers")
         let killed = try #require(lab.workers[victim])
         try killed.kill()
@@ -124,13 +132,10 @@ struct ClusterNetworkTests {
     func linkCut() async throws {
         let lab = try ClusterLab()
         defer { lab.remove() }
-        let store = try ClusterStore(url: lab.database.url)
-        defer { store.shutdown() }
-        for machine in ["w1", "w2"] { _ = try lab.startWorker(on: machine) }
-        try await lab.database.untilSlots(store, 2)
+        try await lab.startWorkers()
         let pool = try await MP.ClusterPool(database: lab.database.url)
         let result = pool.applyAsync(WhoRuns(milliseconds: 3_000))
-        let holder = try await lab.database.leaseHolder(store, pool: pool.id)
+        let holder = try await lab.database.leaseHolder(lab.store, pool: pool.id)
         let cut = try #require(lab.machine(of: holder))
         #expect(lab.network.cut(cut))
         // Its lease expires; the other machine runs the task and its result is the one delivered.
@@ -140,7 +145,7 @@ struct ClusterNetworkTests {
         #expect(lab.network.mend(cut))
         var late: [String] = []
         for _ in 0..<600 where late.first.map({ Int($0) ?? 0 }) ?? 0 < 1 {
-            late = try await lab.database.query(store, "SELECT late_results::text FROM mp_cluster_workers WHERE pid = \(holder)")
+            late = try await lab.database.query(lab.store, "SELECT late_results::text FROM mp_cluster_workers WHERE pid = \(holder)")
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect(late == ["1"], "the cut worker's late result was refused once")
@@ -152,11 +157,7 @@ struct ClusterNetworkTests {
     func databaseRestartAcrossMachines() async throws {
         let lab = try ClusterLab()
         defer { lab.remove() }
-        let store = try ClusterStore(url: lab.database.url)
-        defer { store.shutdown() }
-        for machine in ["w1", "w2"] { _ = try lab.startWorker(on: machine) }
-        try await lab.database.untilSlots(store, 2)
-        store.shutdown()
+        try await lab.startWorkers()
         let pool = try await MP.ClusterPool(database: lab.database.url)
         let mapped = pool.mapAsync((0..<60).map { Slow(x: $0, milliseconds: 50) }, chunksize: 2)
         try await Task.sleep(for: .milliseconds(300))
