@@ -63,10 +63,15 @@ extension MP {
         ///
         /// - Parameters:
         ///   - database: `postgres://user:password@host:port/database`, or with
-        ///     `?host=/socket/directory` for a Unix socket.
+        ///     `?host=/socket/directory` for a Unix socket; over TCP, libpq's
+        ///     `sslmode` (`disable`, `prefer` (the default), `require`,
+        ///     `verify-ca`, `verify-full`) and `sslrootcert` (a CA file).
+        ///     Over TCP, not from a child forked from a Dispatch-using process
+        ///     (NIO resolves addresses on Dispatch): that is refused.
         ///   - maxAttempts: how many times a task may run when its worker is
         ///     lost (SIGKILL, a dead machine, a cut link) before it fails.
-        ///   - retryErrors: also retry a task that throws (Python does not).
+        ///   - retryErrors: also retry a task that throws (Python does not);
+        ///     the row it travels in (submissions packed together) runs again whole.
         public init(database: String, maxAttempts: Int = 3, retryErrors: Bool = false) async throws(ClusterError) {
             guard maxAttempts >= 1 else { throw .invalidArgument("maxAttempts must be at least 1 (got \(maxAttempts))") }
             store = try ClusterStore(url: database)
