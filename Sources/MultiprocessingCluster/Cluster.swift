@@ -55,8 +55,10 @@ extension MP {
 /// `verify-ca`, `verify-full`) and `sslrootcert` (the CA file to trust).
 struct DatabaseAddress: Sendable {
     let configuration: PostgresClient.Configuration
-    /// The same, for one direct connection (a first probe with a clear error).
-    let probeConfiguration: PostgresConnection.Configuration
+    /// The same, for one direct connection (a first probe with a clear
+    /// error); nil when given a client configuration over TCP (its TLS
+    /// settings cannot be read back).
+    let probeConfiguration: PostgresConnection.Configuration?
     let description: String
     /// Over TCP (not a Unix socket).
     let isTCP: Bool
@@ -96,6 +98,25 @@ struct DatabaseAddress: Sendable {
         configuration.options.connectTimeout = .seconds(5)
         configuration.options.maximumConnections = 8
         self.configuration = configuration
+    }
+
+    /// A configuration as the caller made it (their TLS, timeouts, pool
+    /// size). Over TCP there is no probe (its TLS settings cannot be read
+    /// back): an unreachable database fails after the migration's bound.
+    init(configuration: PostgresClient.Configuration) {
+        self.configuration = configuration
+        if let path = configuration.unixSocketPath {
+            var probe = PostgresConnection.Configuration(unixSocketPath: path, username: configuration.username,
+                                                         password: configuration.password, database: configuration.database)
+            probe.options.connectTimeout = .seconds(5)
+            probeConfiguration = probe
+            description = path
+            isTCP = false
+        } else {
+            probeConfiguration = nil
+            description = "\(configuration.host ?? "localhost"):\(configuration.port ?? 5432)"
+            isTCP = true
+        }
     }
 
     /// libpq's `sslmode`: `prefer` and `require` encrypt without checking

@@ -72,9 +72,20 @@ extension MP {
         ///     lost (SIGKILL, a dead machine, a cut link) before it fails.
         ///   - retryErrors: also retry a task that throws (Python does not);
         ///     the row it travels in (submissions packed together) runs again whole.
-        public init(database: String, maxAttempts: Int = 3, retryErrors: Bool = false) async throws(ClusterError) {
+        public convenience init(database: String, maxAttempts: Int = 3, retryErrors: Bool = false) async throws(ClusterError) {
+            try await self.init(address: DatabaseAddress(database), maxAttempts: maxAttempts, retryErrors: retryErrors)
+        }
+
+        /// The same, given postgres-nio's client configuration instead of a
+        /// URL (your own TLS settings, timeouts, connection limits).
+        public convenience init(database: PostgresClient.Configuration, maxAttempts: Int = 3,
+                                retryErrors: Bool = false) async throws(ClusterError) {
+            try await self.init(address: DatabaseAddress(configuration: database), maxAttempts: maxAttempts, retryErrors: retryErrors)
+        }
+
+        init(address: DatabaseAddress, maxAttempts: Int, retryErrors: Bool) async throws(ClusterError) {
             guard maxAttempts >= 1 else { throw .invalidArgument("maxAttempts must be at least 1 (got \(maxAttempts))") }
-            store = try ClusterStore(url: database)
+            store = try ClusterStore(address: address)
             self.maxAttempts = maxAttempts
             self.retryErrors = retryErrors
             do {

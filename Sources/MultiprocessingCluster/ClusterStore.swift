@@ -42,8 +42,12 @@ final class ClusterStore: Sendable {
     static let newChannel = "mp_cluster_new"
     static let cancelChannel = "mp_cluster_cancel"
 
-    init(url: String) throws(MP.ClusterError) {
-        address = try DatabaseAddress(url)
+    convenience init(url: String) throws(MP.ClusterError) {
+        try self.init(address: DatabaseAddress(url))
+    }
+
+    init(address: DatabaseAddress) throws(MP.ClusterError) {
+        self.address = address
         // NIO resolves a TCP address on Dispatch, whose threads a child forked
         // from a Dispatch-using parent lacks: every connection would time out.
         if address.isTCP && !MP.isDispatchUsable {
@@ -76,9 +80,11 @@ final class ClusterStore: Sendable {
         // One direct connection first: its error is the real one (refused, no
         // such socket, a wrong password), where the pool would retry quietly.
         do {
-            let probe = try await PostgresConnection.connect(on: group.next(), configuration: address.probeConfiguration, id: 0,
-                                                             logger: Self.logger)
-            try await probe.close()
+            if let probeConfiguration = address.probeConfiguration {
+                let probe = try await PostgresConnection.connect(on: group.next(), configuration: probeConfiguration, id: 0,
+                                                                 logger: Self.logger)
+                try await probe.close()
+            }
         } catch {
             throw MP.ClusterError.database("cannot connect to PostgreSQL at \(address.description): \(Self.reason(error))")
         }

@@ -1,5 +1,6 @@
 @_spi(Cluster) import Multiprocessing
 import Foundation
+import PostgresNIO
 import Synchronization
 
 extension MP.Cluster {
@@ -25,10 +26,22 @@ extension MP.Cluster {
     ///     dead worker's tasks run elsewhere after it. At least 1.
     public static func runWorker(database: String, concurrency: Int? = nil, startMethod: MP.StartMethod? = nil,
                                  lease: Double = 10) async throws(MP.ClusterError) {
+        try await runWorker(address: DatabaseAddress(database), concurrency: concurrency, startMethod: startMethod, lease: lease)
+    }
+
+    /// The same, given postgres-nio's client configuration instead of a URL.
+    public static func runWorker(database: PostgresClient.Configuration, concurrency: Int? = nil,
+                                 startMethod: MP.StartMethod? = nil, lease: Double = 10) async throws(MP.ClusterError) {
+        try await runWorker(address: DatabaseAddress(configuration: database), concurrency: concurrency,
+                            startMethod: startMethod, lease: lease)
+    }
+
+    static func runWorker(address: DatabaseAddress, concurrency: Int?, startMethod: MP.StartMethod?,
+                          lease: Double) async throws(MP.ClusterError) {
         guard lease >= 1 else { throw .invalidArgument("lease must be at least 1 s (got \(lease))") }
         let processes = concurrency ?? MP.processCpuCount()
         guard processes >= 1 else { throw .invalidArgument("concurrency must be at least 1 (got \(processes))") }
-        let worker = try ClusterWorker(database: database, processes: processes, startMethod: startMethod, lease: lease)
+        let worker = try ClusterWorker(address: address, processes: processes, startMethod: startMethod, lease: lease)
         try await worker.run()
     }
 
@@ -55,8 +68,8 @@ final class ClusterWorker: @unchecked Sendable {
     /// Results dropped because their lease had passed on (shown in `mp_cluster_workers`).
     private var lateResults = 0
 
-    init(database: String, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.ClusterError) {
-        store = try ClusterStore(url: database)
+    init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.ClusterError) {
+        store = try ClusterStore(address: address)
         do {
             pool = try MP.TaskPool(processes: processes, startMethod: startMethod)
         } catch {

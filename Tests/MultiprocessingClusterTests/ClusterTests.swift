@@ -197,6 +197,31 @@ struct ClusterTests {
         #expect(try await rowCount(db, pool: pool.id) == 0)
     }
 
+    @Test("a pool and a worker given postgres-nio configurations instead of URLs")
+    func configurations() async throws {
+        let db = try TestDatabase.shared()
+        let configuration = PostgresClient.Configuration(unixSocketPath: "\(db.directory)/.s.PGSQL.\(db.port)", username: "mp",
+                                                         password: nil, database: "postgres")
+        let worker = MP.Process(name: "cluster-worker") {
+            try await MP.Cluster.runWorker(database: configuration, concurrency: 1, startMethod: .forkserver, lease: 2)
+        }
+        try worker.start()
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: configuration)
+        #expect(try await pool.map((0..<10).map { ClusterSquare(x: $0) }) == (0..<10).map { $0 * $0 })
+        pool.close()
+        try await pool.join()
+        var wrong = configuration
+        wrong.username = "nobody"
+        wrong.options.connectTimeout = .seconds(2)
+        do {
+            _ = try await MP.ClusterPool(database: wrong)
+            Issue.record("a configuration with an unknown user was accepted")
+        } catch {
+            guard case .database = error else { Issue.record("unexpected \(error)"); return }
+        }
+    }
+
     @Test("a pool's notification payload is the id as PostgreSQL writes it (what SQL sends)")
     func notificationPayload() async throws {
         let db = try TestDatabase.shared()
