@@ -17,6 +17,7 @@ final class FDWatcher: @unchecked Sendable {
         case created
         case cancelled
         case registered(fd: Int32, continuation: CheckedContinuation<Void, any Error>)
+        case callback(fd: Int32, handler: @Sendable () -> Void)
     }
 
     private let epfd: Int32
@@ -46,16 +47,26 @@ final class FDWatcher: @unchecked Sendable {
             let count = cmp_epoll_wait_tokens(epfd, tokens, Int32(capacity), -1)
             if count < 0 { continue } // EINTR
             var ready: [CheckedContinuation<Void, any Error>] = []
+            var handlers: [@Sendable () -> Void] = []
             lock.withLock {
                 for index in 0..<Int(count) {
                     let token = tokens[index]
-                    guard case .registered(let fd, let continuation)? = phases.removeValue(forKey: token) else { continue }
-                    _ = cmp_epoll_remove(epfd, fd)
-                    Sys.close(fd)
-                    ready.append(continuation)
+                    switch phases.removeValue(forKey: token) {
+                    case .registered(let fd, let continuation)?:
+                        _ = cmp_epoll_remove(epfd, fd)
+                        Sys.close(fd)
+                        ready.append(continuation)
+                    case .callback(let fd, let handler)?:
+                        _ = cmp_epoll_remove(epfd, fd)
+                        Sys.close(fd)
+                        handlers.append(handler)
+                    default:
+                        continue
+                    }
                 }
             }
             for continuation in ready { continuation.resume() }
+            for handler in handlers { handler() }
         }
     }
 
@@ -86,6 +97,22 @@ final class FDWatcher: @unchecked Sendable {
             case .cancelled: throw cancelled
             case .system(let os): throw system(os)
             }
+        }
+    }
+
+    /// Calls `handler` on this process's epoll thread once `fd` is readable
+    /// (a pidfd: the process ended). The handler must be short and must not
+    /// wait for anything: every await of the process shares the thread.
+    func whenReadable(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(MP.OSError) {
+        try lock.withLock { () throws(MP.OSError) in
+            nextToken += 1
+            let copy = try Sys.check("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+            if cmp_epoll_add_readable_oneshot(epfd, copy, nextToken) < 0 {
+                let failure = Sys.failure("epoll_ctl", errno)
+                Sys.close(copy)
+                throw failure
+            }
+            phases[nextToken] = .callback(fd: copy, handler: handler)
         }
     }
 

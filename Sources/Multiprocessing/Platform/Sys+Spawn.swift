@@ -100,12 +100,12 @@ extension Sys {
 
     /// One message of at most `capacity` bytes, with the descriptors attached
     /// to it (close-on-exec). Empty bytes: the peer closed its end.
-    static func receive(_ socket: Int32, capacity: Int, maxDescriptors: Int) throws(MP.OSError) -> (bytes: [UInt8], descriptors: [Int32]) {
+    static func receive(_ socket: Int32, capacity: Int, maxDescriptors: Int, blocking: Bool = true) throws(MP.OSError) -> (bytes: [UInt8], descriptors: [Int32]) {
         var bytes = [UInt8](repeating: 0, count: capacity)
         var fds = [Int32](repeating: -1, count: max(1, maxDescriptors))
         var count: Int32 = 0
         let received = bytes.withUnsafeMutableBytes { raw in
-            cmp_receive_with_descriptors(socket, raw.baseAddress, raw.count, &fds, Int32(maxDescriptors), &count, 0)
+            cmp_receive_with_descriptors(socket, raw.baseAddress, raw.count, &fds, Int32(maxDescriptors), &count, blocking ? 0 : Int32(MSG_DONTWAIT))
         }
         if received < 0 {
             let code = errno

@@ -10,8 +10,9 @@
 /// table, and such an object refuses to encode: CPython's rule that locks and
 /// queues are shared "through inheritance" only.
 final class DescriptorTable {
-    /// The most descriptors one start carries (one slot is the launch message's).
-    static let capacity = 252
+    /// The most descriptors one start carries: the kernel passes 253 in one
+    /// message, one slot is the launch message's and one the forkserver's birth note.
+    static let capacity = 251
     private(set) var descriptors: [Int32] = []
 
     /// The index of `fd` in the table, adding it once.

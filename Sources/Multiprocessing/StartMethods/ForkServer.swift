@@ -27,6 +27,10 @@ enum ForkServer {
         // search every library, in every child. Not passed on to what the
         // children start.
         if boundNow { unsetenv("LD_BIND_NOW") }
+        // A test's fault injection: die between a child's clone and the
+        // reply, the window in which a client could start a task twice.
+        let dieAfterClone = getenv(faultVariable).map { String(cString: $0) } == "die-after-clone"
+        if dieAfterClone { unsetenv(faultVariable) }
         let prepared = cmp_forkserver_prepare()
         warmUp()
         reply(socket, prepared == 0 ? Sys.getpid : -prepared)
@@ -39,7 +43,8 @@ enum ForkServer {
                 Sys.exitImmediately(0)
             }
             if message.bytes.isEmpty { Sys.exitImmediately(0) } // the client is gone
-            guard message.bytes == request, !message.descriptors.isEmpty else {
+            // [the birth note, the launch message, the task's objects...]
+            guard message.bytes == request, message.descriptors.count >= 2 else {
                 for fd in message.descriptors { Sys.close(fd) }
                 reply(socket, -EPROTO)
                 continue
@@ -47,13 +52,27 @@ enum ForkServer {
             let pid = cmp_forkserver_clone()
             if pid == 0 {
                 Sys.close(socket)
-                LaunchedChild.run(descriptors: message.descriptors)
+                // The child tells the client its pid before it runs anything:
+                // if this server dies before its reply, the client still
+                // learns of the child (its own, by CLONE_PARENT) and adopts
+                // it instead of launching the task again.
+                // (A socket, sent to without SIGPIPE: the client may have
+                // closed its end already, having had the server's reply.)
+                let note = message.descriptors[0]
+                var me = Sys.getpid
+                try? Sys.send(note, withUnsafeBytes(of: &me) { Swift.Array($0) }, descriptors: [])
+                Sys.close(note)
+                LaunchedChild.run(descriptors: Swift.Array(message.descriptors.dropFirst()))
             }
             let error = errno
+            if pid > 0 && dieAfterClone { try? Sys.kill(Sys.getpid, SIGKILL) }
             for fd in message.descriptors { Sys.close(fd) }
             reply(socket, pid > 0 ? pid : -error)
         }
     }
+
+    /// The environment variable of the tests' fault injection (see ``serve(socket:parent:boundNow:)``).
+    static let faultVariable = "SWIFT_MULTIPROCESSING_FORKSERVER_FAULT"
 
     /// Done once here, inherited by every child instead of redone in each:
     /// the task registry, the build id, the child executors' lookups, the
@@ -80,48 +99,82 @@ enum ForkServer {
 }
 
 /// This process's side: the server, started on first use, restarted if it died.
+///
+/// A server that dies is noticed at once (its pidfd becomes readable while a
+/// start waits for it, and it is reaped from the process's descriptor
+/// watcher when it dies between starts, so it never stays a zombie). A start
+/// whose server died is retried once on a fresh server; a child the dead
+/// server had already cloned is adopted through its birth note, so a task
+/// starts at most once per start.
 final class ForkServerClient: @unchecked Sendable {
     private static let lock = ForkSafeLock()
     nonisolated(unsafe) private static var current: ForkServerClient?
     private static let forgetInChild: Void = AfterFork.register {
         // A forked child must not share its parent's server: the server's
         // children would be the parent's. It starts its own on first use.
-        if let inherited = ForkServerClient.current { Sys.close(inherited.socket) }
+        if let inherited = ForkServerClient.current {
+            Sys.close(inherited.socket)
+            Sys.close(inherited.pidfd)
+        }
         ForkServerClient.current = nil
     }
 
     let socket: Int32
     let pid: pid_t
+    /// Readable when the server has ended: every wait for it watches this too.
+    let pidfd: Int32
+    private let reapLock = ForkSafeLock()
+    /// The server's wait status, once it was reaped (it is waited for once, here).
+    private var endStatus: Int32?
 
-    private init(socket: Int32, pid: pid_t) {
+    private init(socket: Int32, pid: pid_t, pidfd: Int32) {
         self.socket = socket
         self.pid = pid
+        self.pidfd = pidfd
     }
 
     /// How long a new server may take to say it is ready.
     static let startTimeout = 60.0
+    /// How long a start waits for the birth note of a child its dead server may have cloned.
+    static let birthNoteTimeout = 5.0
+
+    /// Tests only: called with a new server's pid right after it is spawned,
+    /// before the start waits for it to be ready.
+    nonisolated(unsafe) static var afterSpawnForTesting: (@Sendable (pid_t) -> Void)?
 
     /// Starts a child from `descriptors` (the launch message first); returns its pid.
     static func launch(_ descriptors: [Int32]) throws(MP.TaskError) -> pid_t {
         _ = forgetInChild
         _ = shutDownAtExit
         return try lock.withLock { () throws(MP.TaskError) -> pid_t in
-            for attempt in 0..<2 {
+            var deaths: [String] = []
+            for _ in 0..<2 {
                 let server: ForkServerClient
-                if let running = current { server = running } else { server = try start() }
-                current = server
+                if let running = current {
+                    server = running
+                } else {
+                    switch try start() {
+                    case .ready(let started): server = started
+                    case .died(let how):
+                        deaths.append("\(how) before it was ready")
+                        continue
+                    }
+                    current = server
+                }
                 switch server.request(descriptors) {
                 case .started(let pid): return pid
                 case .failed(let error):
                     throw .startFailed(method: .forkserver, reason: MP.OSError("clone3", errno: .init(rawValue: error)).description)
-                case .gone: break
+                case .gone(let how, let adopted):
+                    current = nil
+                    if let adopted {
+                        LibraryLog.log(.info, "forkserver \(how) after it started pid \(adopted); that child is adopted")
+                        return adopted
+                    }
+                    deaths.append("\(how) during a start")
                 }
-                // The server died (killed, or crashed): reap it, start another, once.
-                server.retire()
-                current = nil
-                if attempt == 1 { break }
             }
-            throw .startFailed(method: .forkserver, reason: "the forkserver died twice in a row")
+            throw .startFailed(method: .forkserver, reason: "the forkserver died twice in a row: " + deaths.joined(separator: "; "))
         }
     }
 
@@ -144,20 +197,22 @@ final class ForkServerClient: @unchecked Sendable {
         }
         guard let server else { return }
         Sys.close(server.socket)
-        var status: Int32 = 0
-        _ = try? Sys.waitpid(server.pid, &status, 0)
+        _ = server.reap(blocking: true)
+        Sys.close(server.pidfd)
     }
 
     /// The server's pid, for tests (nil before the first forkserver start).
     static var serverPid: pid_t? { lock.withLock { current?.pid } }
 
-    private static func start() throws(MP.TaskError) -> ForkServerClient {
+    private enum Started { case ready(ForkServerClient), died(String) }
+
+    /// A new server, ready; `.died` when it ended before saying so (the caller retries once).
+    private static func start() throws(MP.TaskError) -> Started {
         let ours: Int32, theirs: Int32
         do { (ours, theirs) = try Sys.socketPair(SOCK_SEQPACKET) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
-        defer { Sys.close(theirs) }
         let bindNow = getenv("LD_BIND_NOW") == nil
         let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid), bindNow ? "bound" : "inherited"]
-        let pid: pid_t
+        let pid: pid_t, pidfd: Int32
         do {
             // Spawned by the thread that lives as long as the process: its
             // children (ours, by CLONE_PARENT) take it as their parent thread,
@@ -168,45 +223,127 @@ final class ForkServerClient: @unchecked Sendable {
             }
         } catch {
             Sys.close(ours)
+            Sys.close(theirs)
             throw .startFailed(method: .forkserver, reason: error.description)
         }
+        // The server holds the only other end now: its death is end-of-file here.
+        Sys.close(theirs)
         everStarted = true
-        let server = ForkServerClient(socket: ours, pid: pid)
-        let ready: Bool
-        do { ready = try Sys.pollReadable(ours, until: .after(validSeconds: startTimeout)) } catch { ready = false }
-        guard ready, let status = server.readReply() else {
-            server.retire()
-            throw .startFailed(method: .forkserver, reason: "the server did not start within \(startTimeout) s")
+        do {
+            pidfd = try Sys.pidfdOpen(pid)
+        } catch {
+            Sys.close(ours)
+            try? Sys.kill(pid, SIGKILL)
+            var status: Int32 = 0
+            _ = try? Sys.waitpid(pid, &status, 0)
+            throw .startFailed(method: .forkserver, reason: error.description)
         }
-        guard status > 0 else {
-            server.retire()
+        let server = ForkServerClient(socket: ours, pid: pid, pidfd: pidfd)
+        afterSpawnForTesting?(pid)
+        switch server.awaitReply(until: .after(validSeconds: startTimeout)) {
+        case .value(let status) where status > 0:
+            server.watchForDeath()
+            return .ready(server)
+        case .value(let status):
+            _ = server.retire()
             let reason = status == -ENOTSUP
                 ? "this C library's thread descriptor could not be repaired after clone3 (glibc is required)"
                 : "errno \(-status) while preparing"
             throw .startFailed(method: .forkserver, reason: reason)
+        case .timedOut:
+            _ = server.retire()
+            throw .startFailed(method: .forkserver, reason: "the server (pid \(pid)) did not say it was ready within \(startTimeout) s")
+        case .gone:
+            return .died(server.retire())
         }
-        return server
     }
 
-    private enum Outcome { case started(pid_t), failed(Int32), gone }
+    /// Reaps the server from the descriptor watcher when it dies between starts.
+    private func watchForDeath() {
+        do {
+            try FDWatcher.current().whenReadable(pidfd) { [weak self] in _ = self?.reap(blocking: false) }
+        } catch {
+            LibraryLog.log(.warning, "the forkserver (pid \(pid)) is not watched (\(error)): if it dies, it is reaped at the next start")
+        }
+    }
 
-    /// One request and its reply.
+    private enum Outcome { case started(pid_t), failed(Int32), gone(String, adopted: pid_t?) }
+
+    /// One request and its reply. The child's birth note travels first: if
+    /// the server dies before replying, the note says whether it had cloned
+    /// the child (then adopted) or not (then the caller launches again).
     private func request(_ descriptors: [Int32]) -> Outcome {
-        do { try Sys.send(socket, ForkServer.request, descriptors: descriptors) } catch { return .gone }
-        guard let value = readReply() else { return .gone }
-        return value > 0 ? .started(value) : .failed(-value)
+        let note: (read: Int32, write: Int32)
+        do { note = try Sys.socketPair(SOCK_SEQPACKET) } catch { return .failed(error.errno.rawValue) }
+        defer { Sys.close(note.read) }
+        do {
+            try Sys.send(socket, ForkServer.request, descriptors: [note.write] + descriptors)
+        } catch {
+            Sys.close(note.write)
+            return .gone(retire(), adopted: nil)
+        }
+        Sys.close(note.write)
+        switch awaitReply(until: nil) {
+        case .value(let value): return value > 0 ? .started(value) : .failed(-value)
+        case .timedOut, .gone:
+            // Reaped first: after that its clone either happened (the child
+            // holds the note's only write end) or never will.
+            let how = retire()
+            return .gone(how, adopted: Self.readBirthNote(note.read))
+        }
     }
 
-    private func readReply() -> Int32? {
-        guard let message = try? Sys.receive(socket, capacity: 4, maxDescriptors: 0), message.bytes.count == 4 else { return nil }
-        return message.bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
+    /// The pid a cloned child wrote, or nil at end-of-file (no child).
+    private static func readBirthNote(_ fd: Int32) -> pid_t? {
+        guard (try? Sys.pollReadable(fd, until: .after(validSeconds: birthNoteTimeout))) == true,
+              let message = try? Sys.receive(fd, capacity: 4, maxDescriptors: 0, blocking: false),
+              message.bytes.count == MemoryLayout<pid_t>.size else { return nil }
+        let pid = message.bytes.withUnsafeBytes { $0.loadUnaligned(as: pid_t.self) }
+        return pid > 0 ? pid : nil
     }
 
-    /// Ends and reaps a server that failed.
-    private func retire() {
+    private enum Reply { case value(Int32), timedOut, gone }
+
+    /// The server's next reply; `.gone` once it has ended (its pidfd) or
+    /// closed its end, whichever is seen first, with nothing left to read.
+    private func awaitReply(until deadline: Deadline?) -> Reply {
+        while true {
+            let ready: [Int32]
+            do { ready = try Sys.pollReadable([socket, pidfd], until: deadline) } catch { return .gone }
+            if ready.isEmpty { return .timedOut }
+            // A reply sent just before the end is still queued: read it
+            // first. Nothing queued (EAGAIN) or end-of-file: it has ended.
+            guard let message = try? Sys.receive(socket, capacity: 4, maxDescriptors: 0, blocking: false),
+                  !message.bytes.isEmpty else { return .gone }
+            if message.bytes.count == 4 { return .value(message.bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }) }
+        }
+    }
+
+    /// Waits for (or, not blocking, collects) the server's end; its wait status.
+    private func reap(blocking: Bool) -> Int32? {
+        reapLock.withLock {
+            if endStatus == nil {
+                var status: Int32 = 0
+                if let reaped = try? Sys.waitpid(pid, &status, blocking ? 0 : WNOHANG), reaped == pid { endStatus = status }
+            }
+            return endStatus
+        }
+    }
+
+    /// Ends and reaps a server that failed; how it ended, for the error message.
+    private func retire() -> String {
         Sys.close(socket)
-        try? Sys.kill(pid, SIGKILL)
-        var status: Int32 = 0
-        _ = try? Sys.waitpid(pid, &status, 0)
+        try? Sys.pidfdSendSignal(pidfd, SIGKILL)
+        let status = reap(blocking: true)
+        Sys.close(pidfd)
+        return "the forkserver (pid \(pid)) " + (status.map { Self.describe(MP.ExitStatus(rawValue: $0)) } ?? "ended")
+    }
+
+    private static func describe(_ status: MP.ExitStatus) -> String {
+        switch status {
+        case .exited(let code): "exited with code \(code)"
+        case .signaled(let signal, _): "was killed by \(signal)"
+        default: "ended (\(status))"
+        }
     }
 }
