@@ -383,6 +383,36 @@ struct TaskPoolFaultTests {
         #expect(try pool.apply(Square(x: 4)) == 16)
     }
 
+    // Reproduction before (issue 20): a worker SIGKILLed every 1-4 ms under
+    // spawn broke the pool for good in 5 of 5 runs: three workers killed
+    // before they were ready counted as failed starts, and every later task
+    // failed with cannotStartWorker even after the kills stopped.
+    @Test("workers killed from outside before they are ready are replaced with a backoff; the pool never breaks",
+          arguments: [MP.StartMethod.spawn, .forkserver])
+    func outsideKillsDoNotBreakThePool(method: MP.StartMethod) throws {
+        let pool = try MP.TaskPool(processes: 2, startMethod: method)
+        defer { try? finish(pool) }
+        #expect(try pool.apply(Square(x: 3)) == 9)
+        var killed = Set<Int32>()
+        var unready = 0
+        let until = Deadline.after(validSeconds: 0.6)!
+        while !until.hasPassed {
+            for pid in pool.workerPids where !killed.contains(pid) {
+                // A worker seen for the first time after the first round has
+                // had no time to become ready (a spawn takes milliseconds).
+                if !killed.isEmpty { unready += 1 }
+                kill(pid, SIGKILL)
+                killed.insert(pid)
+            }
+            usleep(200)
+        }
+        #expect(unready >= 3, "only \(unready) workers were killed before they were ready")
+        let results = (0..<20).map { pool.applyAsync(Square(x: $0)) }
+        #expect(try results.map { try $0.get(timeout: 20) } == (0..<20).map { $0 * $0 })
+        #expect(try pool.apply(Square(x: 7)) == 49)
+        #expect(pool.workerPids.count == 2)
+    }
+
     @Test("a result that cannot be encoded fails that task with a clear error")
     func unencodableResult() throws {
         let pool = try MP.TaskPool(processes: 1)

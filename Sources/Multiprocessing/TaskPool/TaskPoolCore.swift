@@ -35,7 +35,19 @@ final class TaskPoolCore: @unchecked Sendable {
     private var cachedArena: PoolArena?
     private var nextArenaId: UInt64 = 1
     private var started = 0
+    /// Workers in a row that failed by their own hand before taking an order
+    /// (they exited or crashed): at three the pool stops trying.
     private var failedStarts = 0
+    /// Workers in a row lost before they were ready for a reason outside
+    /// them (a signal such as SIGKILL from another process, a start that
+    /// failed): replaced with a bounded exponential backoff, never counted
+    /// against the pool.
+    private var outsideLosses = 0
+    /// Replacements waiting for their backoff to pass.
+    private var pendingStarts = 0
+    private var restartAt: Deadline?
+    /// The longest wait between replacements while starts keep being lost.
+    static let maxRestartBackoff = 1.0
     /// Completions decided under the lock, run after it is released.
     private var completions: [(PoolJob, PoolJob.Outcome)] = []
     private let wakeRead: Int32
@@ -408,9 +420,8 @@ final class TaskPoolCore: @unchecked Sendable {
         guard let index = workers.firstIndex(where: { $0 === worker }) else { return }
         workers.remove(at: index)
         dyingWorkers.append(worker)
-        if state != .terminated, broken == nil, let replacement = try? startWorker() {
-            workers.append(replacement)
-            LibraryLog.log(.info, "pool worker \(worker.process.name) (pid \(worker.pid)) killed (a timeout or a cancellation); replaced by \(replacement.process.name) (pid \(replacement.pid))")
+        if state != .terminated, broken == nil {
+            replace("\(worker.process.name) (pid \(worker.pid)) killed (a timeout or a cancellation)")
         }
     }
 
@@ -436,6 +447,7 @@ final class TaskPoolCore: @unchecked Sendable {
                 unlockAndComplete()
                 return
             }
+            startDeferred()
             schedule()
             // Submissions are refused before the state changes: an empty
             // inbox now stays empty.
@@ -459,7 +471,7 @@ final class TaskPoolCore: @unchecked Sendable {
                 fds.append(pollfd(fd: worker.pidfd, events: Int16(POLLIN), revents: 0))
                 fds.append(pollfd(fd: worker.stderr.fd, events: Int16(POLLIN), revents: 0))
             }
-            let deadline = workers.compactMap(\.deadline).min()
+            let deadline = (workers.compactMap(\.deadline) + [restartAt].compactMap { $0 }).min()
             unlockAndComplete()
             if (try? Sys.poll(&fds, until: deadline)) == nil { continue }
             lock.lock()
@@ -580,8 +592,14 @@ final class TaskPoolCore: @unchecked Sendable {
         workers.removeAll { $0 === worker }
         dyingWorkers.removeAll { $0 === worker }
         let running = worker.running
+        let lostFromOutside = !worker.ready && !worker.dying && Self.killedFromOutside(worker.process)
         if worker.ready || worker.dying {
             failedStarts = 0
+            outsideLosses = 0
+        } else if lostFromOutside {
+            // Killed by another process before it was ready: not the
+            // program's fault; replaced after a backoff (below).
+            outsideLosses += 1
         } else if running != WorkerControl.initializing {
             // Dying before it could take an order (its program fails at
             // start): a few in a row and the pool stops trying.
@@ -603,7 +621,7 @@ final class TaskPoolCore: @unchecked Sendable {
             }
         }
         worker.inFlight = []
-        if running == WorkerControl.initializing && broken == nil {
+        if running == WorkerControl.initializing && broken == nil && !lostFromOutside {
             var how = Self.describeDeath(of: worker.process)
             if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
             breakPool(.initializerFailed(type: "workerDied", description: "the worker died in the initializer: \(how)"))
@@ -620,18 +638,58 @@ final class TaskPoolCore: @unchecked Sendable {
             return
         }
         if state == .running || !queue.isEmpty {
-            do {
-                let replacement = try startWorker()
-                workers.append(replacement)
-                LibraryLog.log(.info, "pool worker \(how); replaced by \(replacement.process.name) (pid \(replacement.pid))")
-            } catch {
-                // No replacement (a process limit, no memory): the remaining
-                // workers go on; with none left, the queued tasks fail.
-                if workers.isEmpty {
-                    for job in queue.removeAll() { finish(job, .failed(index: 0, error, before: [])) }
-                }
+            if outsideLosses > 1 {
+                LibraryLog.log(.info, "pool worker \(how) before it was ready (\(outsideLosses) in a row); replaced after a backoff")
+                deferStart()
+            } else {
+                replace(how)
             }
         }
+    }
+
+    /// Starts one replacement now; a start that fails is retried after a backoff.
+    private func replace(_ how: String) {
+        do {
+            let replacement = try startWorker()
+            workers.append(replacement)
+            LibraryLog.log(.info, "pool worker \(how); replaced by \(replacement.process.name) (pid \(replacement.pid))")
+        } catch {
+            // No replacement (a process limit, no memory, a start method's
+            // helper killed): retried with a backoff; with no worker left
+            // after several tries, the queued tasks fail with the reason.
+            outsideLosses += 1
+            if workers.isEmpty && outsideLosses > 5 {
+                for job in queue.removeAll() { finish(job, .failed(index: 0, error, before: [])) }
+            }
+            deferStart()
+        }
+    }
+
+    /// One more replacement, after the backoff of `outsideLosses`: 10 ms,
+    /// doubling, at most ``maxRestartBackoff``.
+    private func deferStart() {
+        pendingStarts += 1
+        let backoff = min(Self.maxRestartBackoff, 0.005 * Double(1 << min(outsideLosses, 16)))
+        let at = Deadline.after(validSeconds: backoff)!
+        if restartAt.map({ at < $0 }) ?? true { restartAt = at }
+    }
+
+    /// Starts the replacements whose backoff has passed (lock held).
+    private func startDeferred() {
+        guard let at = restartAt, at.hasPassed else { return }
+        restartAt = nil
+        let count = pendingStarts
+        pendingStarts = 0
+        guard state != .terminated, broken == nil, state == .running || !queue.isEmpty else { return }
+        for _ in 0..<count where workers.count < processes { replace("lost before it was ready") }
+    }
+
+    /// Whether a worker was ended by a signal from outside (another
+    /// process's SIGKILL or SIGTERM, the kernel's OOM killer) rather than by
+    /// its own hand (an exit, or a crash: SIGSEGV, SIGABRT, SIGILL, ...).
+    static func killedFromOutside(_ process: MP.Process) -> Bool {
+        guard case .signaled(let signal, _)? = process.exitStatus else { return false }
+        return ![SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS, SIGPIPE, SIGXCPU, SIGXFSZ].contains(signal.rawValue)
     }
 
     private func terminateWorkers() {
