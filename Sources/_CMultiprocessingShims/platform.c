@@ -58,6 +58,11 @@ int cmp_epoll_add_readable_oneshot(int epfd, int fd, uint64_t token) {
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
 }
 
+int cmp_epoll_rearm_readable_oneshot(int epfd, int fd, uint64_t token) {
+    struct epoll_event event = {.events = EPOLLIN | EPOLLONESHOT, .data = {.u64 = token}};
+    return epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event);
+}
+
 int cmp_epoll_remove(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL); }
 
 int cmp_epoll_wait_tokens(int epfd, uint64_t *tokens, int capacity, int timeout_ms) {

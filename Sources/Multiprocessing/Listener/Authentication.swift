@@ -135,7 +135,7 @@ struct Handshake {
         try answerChallenge()
     }
 
-    private static func newChallenge() -> [UInt8] {
+    static func newChallenge() -> [UInt8] {
         Array("{sha256}".utf8) + Sys.randomBytes(messageLength)
     }
 
@@ -157,8 +157,14 @@ struct Handshake {
         try write([Self.welcome])
     }
 
+    /// Whether `response` is the right answer to `message` (thrown: a digest this side refuses).
+    func isValid(_ response: [UInt8], to message: [UInt8]) throws(MP.ConnectionError) -> Bool {
+        let (digest, mac) = try digestAndPayload(response)
+        return digest.verify(mac, message, key: key)
+    }
+
     /// CPython's `_create_response` for a challenge message.
-    private func response(to message: [UInt8]) throws(MP.ConnectionError) -> [UInt8] {
+    func response(to message: [UInt8]) throws(MP.ConnectionError) -> [UInt8] {
         guard message.starts(with: Self.challenge) else {
             throw .authentication("protocol error: expected a challenge, got \(message.count) bytes")
         }
@@ -220,7 +226,7 @@ struct Handshake {
     }
 
     /// Writes CPython frames, all in one `sendmsg`.
-    private func write(_ payloads: [[UInt8]]) throws(MP.ConnectionError) {
+    func write(_ payloads: [[UInt8]]) throws(MP.ConnectionError) {
         var frame: [UInt8] = []
         for payload in payloads { frame += withUnsafeBytes(of: Int32(payload.count).bigEndian) { Array($0) } + payload }
         let fd = self.fd

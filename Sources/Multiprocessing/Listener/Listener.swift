@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _CMultiprocessingShims
 
 extension MP {
     /// Python's `multiprocessing.connection.Listener`: accepts connections
@@ -20,11 +21,17 @@ extension MP {
     /// `Codable` values in this library's
     /// wire format inside such frames (nothing received is ever unpickled or run).
     ///
-    /// With an `authkey`, each accepted connection is authenticated before
-    /// `accept` returns it (``MP/ConnectionError/authentication(_:)`` on a
-    /// wrong key, which closes that connection; the listener goes on). SHA-256
-    /// is asked for; a CPython 3.11 peer (HMAC-MD5, the `python3` of many
-    /// systems) is accepted only with `legacyDigest: true`.
+    /// With an `authkey`, `accept` returns the next *authenticated*
+    /// connection. Handshakes run concurrently, each bounded by
+    /// `handshakeTimeout`, at most `maxPendingHandshakes` at a time: a peer
+    /// that stays silent, sends garbage or claims a huge frame costs one
+    /// descriptor and a few hundred bytes and holds up no other peer (CPython
+    /// authenticates inline, so one silent peer blocks its `accept` for the
+    /// whole timeout). A peer that fails (a wrong key, a refused digest, a
+    /// timeout) is closed, counted in ``refusedHandshakes`` and logged;
+    /// `accept` goes on to the next. SHA-256 is asked for; a CPython 3.11 peer
+    /// (HMAC-MD5, the `python3` of many systems) is accepted only with
+    /// `legacyDigest: true`.
     public final class Listener: @unchecked Sendable {
         /// Where it listens (a TCP port 0 is replaced by the port it got).
         public let address: Address
@@ -35,7 +42,22 @@ extension MP {
         private let legacyDigest: Bool
         private let handshakeTimeout: Double?
         private let maxMessageSize: Int
+        private let maxPending: Int
         private let owner = Sys.getpid
+        /// The handshakes under way, by descriptor, and the epoll set that
+        /// watches them with the listening socket (made on first accept, anew
+        /// in a forked child, which drops the parent's).
+        private var pending: [Int32: PendingHandshake] = [:]
+        private var ready: [(Connection, Address)] = []
+        private var epfd: Int32 = -1
+        /// In the epoll set: given at `close()`, so every waiter wakes (the
+        /// listening socket's own hang-up can vanish from the set when it is closed).
+        private var closing: Int32 = -1
+        private var epollOwner: pid_t = 0
+        private var refused = 0
+        /// The epoll tokens of the listening socket and of `closing` (the others are descriptors).
+        private static let listeningToken = UInt64.max
+        private static let closingToken = UInt64.max - 1
 
         /// Python's `Listener(address, family, backlog, authkey)`.
         ///
@@ -47,10 +69,13 @@ extension MP {
         ///   - handshakeTimeout: seconds a connecting peer has to authenticate (nil: no limit).
         ///   - permissions: the Unix socket file's mode (default owner-only, `0o600`).
         ///   - maxMessageSize: the largest message the connections send or accept.
+        ///   - maxPendingHandshakes: peers authenticated at once; more wait in the kernel's backlog.
         public init(address: Address? = nil, authkey: [UInt8]? = nil, backlog: Int = 1, legacyDigest: Bool = false,
                     handshakeTimeout: Double? = 10, permissions: UInt32 = 0o600,
-                    maxMessageSize: Int = Connection.defaultMaxMessageSize) throws(ConnectionError) {
+                    maxMessageSize: Int = Connection.defaultMaxMessageSize,
+                    maxPendingHandshakes: Int = 1024) throws(ConnectionError) {
             if let handshakeTimeout, !(handshakeTimeout >= 0) { throw .negativeTimeout(handshakeTimeout) }
+            guard maxPendingHandshakes >= 1 else { throw .invalidArgument("maxPendingHandshakes must be at least 1, not \(maxPendingHandshakes)") }
             let address = address ?? .unix("/tmp/mp-listener-\(Sys.getpid)-\(UInt64.random(in: 0 ... .max)).sock")
             do throws(Sys.AddressFailure) {
                 switch address {
@@ -77,9 +102,16 @@ extension MP {
             self.legacyDigest = legacyDigest
             self.handshakeTimeout = handshakeTimeout
             self.maxMessageSize = maxMessageSize
+            self.maxPending = maxPendingHandshakes
         }
 
-        deinit { close() }
+        deinit {
+            close()
+            if epollOwner == Sys.getpid {
+                Sys.close(epfd)
+                Sys.close(closing)
+            }
+        }
 
         /// `with Listener(...) as listener:`: closed afterwards, also when `body` throws.
         public static func with<T>(address: Address? = nil, authkey: [UInt8]? = nil, backlog: Int = 1, legacyDigest: Bool = false,
@@ -93,37 +125,198 @@ extension MP {
         /// (for TCP its host and port; for a Unix socket, the listener's address, as the peer has none).
         public var lastAccepted: Address? { lock.withLock { accepted } }
 
-        /// Python's `close()`: stops listening and removes the socket file. Twice is harmless.
+        /// Peers whose handshake failed (a wrong key, a refused digest, garbage, a timeout) since the listener was made.
+        public var refusedHandshakes: Int { lock.withLock { refused } }
+
+        /// Python's `close()`: stops listening, closes the handshakes under
+        /// way, and removes the socket file; a thread or task waiting in
+        /// ``accept()`` throws ``MP/ConnectionError/closed``. Twice is harmless.
         public func close() {
             lock.withLock {
                 guard fd >= 0 else { return }
+                // Wakes every thread and task waiting in accept; they find it
+                // closed. (The epoll set and `closing` stay open until deinit:
+                // a waiter may be about to wait on them.)
+                if epollOwner == Sys.getpid { Sys.giveEvent(closing) }
                 Sys.close(fd)
                 fd = -1
+                dropHandshakes()
                 if case .unix(let path) = address, Sys.getpid == owner { Sys.unlink(path) }
             }
         }
 
-        /// Python's `accept()`: waits for a connection and authenticates it.
+        /// Python's `accept()`: waits for the next authenticated connection.
         public func accept() throws(ConnectionError) -> Connection {
             while true {
-                let listening = try listeningDescriptor()
-                do {
-                    _ = try Sys.pollReadable(listening, until: nil)
-                } catch {
-                    throw .system(error)
-                }
-                if let connection = try acceptReady() { return connection }
+                let (watched, deadline) = try step()
+                if let connection = watched.connection { return connection }
+                do { _ = try Sys.pollReadable(watched.epfd, until: deadline) } catch { throw .system(error) }
             }
         }
 
-        /// `try await listener.accept()`: waits without blocking a thread (the
-        /// handshake itself, bounded by `handshakeTimeout`, runs on the caller).
+        /// `try await listener.accept()`: waits without blocking a thread; the
+        /// handshakes advance whenever a peer's bytes arrive.
         public func accept() async throws(ConnectionError) -> Connection {
             while true {
-                let listening = try listeningDescriptor()
-                try await FDWatcher.readable(listening, cancelled: ConnectionError.cancelled, system: { .system($0) })
-                if let connection = try acceptReady() { return connection }
+                let (watched, deadline) = try step()
+                if let connection = watched.connection { return connection }
+                guard let deadline else {
+                    try await FDWatcher.readable(watched.epfd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                    continue
+                }
+                // Readiness, or the first handshake's deadline (to close it).
+                let epfd = watched.epfd
+                let outcome: ConnectionError? = await withTaskGroup(of: ConnectionError?.self) { group in
+                    group.addTask {
+                        do throws(ConnectionError) {
+                            try await FDWatcher.readable(epfd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                        } catch {
+                            return error
+                        }
+                        return nil
+                    }
+                    group.addTask {
+                        let nanoseconds = max(0, deadline.nanoseconds - Deadline.now)
+                        do { try await Task.sleep(nanoseconds: UInt64(nanoseconds)) } catch { return .cancelled }
+                        return nil
+                    }
+                    let first = await group.next() ?? nil
+                    group.cancelAll()
+                    return first
+                }
+                if let outcome, outcome != .cancelled || Task.isCancelled { throw outcome }
             }
+        }
+
+        /// One round without waiting: accepts waiting peers (sending each its
+        /// challenge), advances the handshakes whose peers sent something,
+        /// closes those past their deadline. Returns an authenticated
+        /// connection if one is ready, else what to wait on and until when.
+        private func step() throws(ConnectionError) -> (watched: (connection: Connection?, epfd: Int32), deadline: Deadline?) {
+            try lock.withLock { () throws(ConnectionError) -> (watched: (connection: Connection?, epfd: Int32), deadline: Deadline?) in
+                guard fd >= 0 else { throw .closed }
+                if epollOwner != Sys.getpid { try makeEpoll() }
+                var tokens = [UInt64](repeating: 0, count: 64)
+                let count = tokens.withUnsafeMutableBufferPointer { cmp_epoll_wait_tokens(epfd, $0.baseAddress, 64, 0) }
+                for token in tokens.prefix(max(0, Int(count))) {
+                    if token == Self.listeningToken {
+                        try acceptWaiting()
+                        rearm(fd, Self.listeningToken)
+                    } else if token == Self.closingToken {
+                        continue
+                    } else {
+                        advance(Int32(truncatingIfNeeded: token))
+                    }
+                }
+                var earliest: Deadline?
+                for (peer, handshake) in pending {
+                    guard let deadline = handshake.deadline else { continue }
+                    if deadline.hasPassed {
+                        refuse(peer, handshake.peer, .timeout)
+                    } else if earliest.map({ deadline < $0 }) ?? true {
+                        earliest = deadline
+                    }
+                }
+                if !ready.isEmpty {
+                    let (connection, peer) = ready.removeFirst()
+                    accepted = peer
+                    return ((connection, epfd), nil)
+                }
+                return ((nil, epfd), earliest)
+            }
+        }
+
+        /// A new epoll set holding the listening socket (lock held). In a
+        /// forked child the parent's handshakes are dropped: they are the parent's.
+        private func makeEpoll() throws(ConnectionError) {
+            if epollOwner != 0 {
+                for descriptor in pending.keys { Sys.close(descriptor) }
+                pending = [:]
+                ready = []
+                Sys.close(epfd)
+                Sys.close(closing)
+            }
+            do {
+                epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
+                closing = try Sys.eventSemaphore()
+            } catch {
+                throw .system(error)
+            }
+            epollOwner = Sys.getpid
+            if cmp_epoll_add_readable_oneshot(epfd, fd, Self.listeningToken) < 0
+                || cmp_epoll_add_readable_oneshot(epfd, closing, Self.closingToken) < 0 {
+                throw .system(Sys.failure("epoll_ctl", errno))
+            }
+        }
+
+        private func rearm(_ descriptor: Int32, _ token: UInt64) {
+            _ = cmp_epoll_rearm_readable_oneshot(epfd, descriptor, token)
+        }
+
+        /// Accepts every waiting peer while there is room (lock held).
+        private func acceptWaiting() throws(ConnectionError) {
+            while pending.count < maxPending {
+                let taken: (Int32, peer: String)?
+                do { taken = try Sys.accept(fd) } catch {
+                    // Out of descriptors: the handshakes under way go on; the rest wait in the backlog.
+                    if error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem { return }
+                    throw .system(error)
+                }
+                guard let (socket, text) = taken else { return }
+                let parts = text.split(separator: " ")
+                let peer: Address = parts.count == 2 ? .tcp(host: String(parts[0]), port: Int(parts[1]) ?? 0) : address
+                guard let authkey else {
+                    ready.append((Connection(fd: socket, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python), peer))
+                    continue
+                }
+                do {
+                    // The socket stays blocking for the connection; the
+                    // handshake reads with MSG_DONTWAIT.
+                    let handshake = try PendingHandshake(fd: socket, peer: peer, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout)
+                    if cmp_epoll_add_readable_oneshot(epfd, socket, UInt64(socket)) < 0 { throw ConnectionError.system(Sys.failure("epoll_ctl", errno)) }
+                    pending[socket] = handshake
+                } catch let error as ConnectionError {
+                    refused += 1
+                    Sys.close(socket)
+                    LibraryLog.log(.info, "listener \(address): handshake with \(peer) refused: \(error)")
+                } catch {
+                    refused += 1
+                    Sys.close(socket)
+                }
+            }
+        }
+
+        /// Advances the handshake on `descriptor` (lock held).
+        private func advance(_ descriptor: Int32) {
+            guard var handshake = pending[descriptor] else { return }
+            switch handshake.advance() {
+            case .waiting:
+                pending[descriptor] = handshake
+                rearm(descriptor, UInt64(descriptor))
+            case .authenticated:
+                pending[descriptor] = nil
+                _ = cmp_epoll_remove(epfd, descriptor)
+                ready.append((Connection(fd: descriptor, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python), handshake.peer))
+            case .failed(let error):
+                refuse(descriptor, handshake.peer, error)
+            }
+        }
+
+        private func refuse(_ descriptor: Int32, _ peer: Address, _ error: ConnectionError) {
+            pending[descriptor] = nil
+            _ = cmp_epoll_remove(epfd, descriptor)
+            Sys.close(descriptor)
+            refused += 1
+            LibraryLog.log(.info, "listener \(address): handshake with \(peer) refused: \(error)")
+        }
+
+        /// Closes every handshake under way and the epoll set (lock held).
+        private func dropHandshakes() {
+            guard epollOwner == Sys.getpid else { return }
+            for descriptor in pending.keys { Sys.close(descriptor) }
+            pending = [:]
+            for (connection, _) in ready { connection.close() }
+            ready = []
         }
 
         /// The next connection's socket, not yet authenticated, or nil when
@@ -152,20 +345,6 @@ extension MP {
             let fd = lock.withLock { self.fd }
             guard fd >= 0 else { throw .closed }
             return fd
-        }
-
-        /// Accepts a waiting connection, if one is, and authenticates it.
-        private func acceptReady() throws(ConnectionError) -> Connection? {
-            let listening = try listeningDescriptor()
-            let taken: (Int32, peer: String)?
-            do { taken = try Sys.accept(listening) } catch { throw .system(error) }
-            guard let (socket, peer) = taken else { return nil }
-            let parts = peer.split(separator: " ")
-            let peerAddress: Address = parts.count == 2 ? .tcp(host: String(parts[0]), port: Int(parts[1]) ?? 0) : address
-            let connection = try Handshake.authenticated(socket, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout,
-                                                         maxMessageSize: maxMessageSize, side: .listener)
-            lock.withLock { accepted = peerAddress }
-            return connection
         }
     }
 

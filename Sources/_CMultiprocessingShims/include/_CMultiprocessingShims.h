@@ -87,6 +87,8 @@ ssize_t cmp_sendmsg(int fd, const struct msghdr *message, int flags);
 int cmp_epoll_create(void);
 /// Watches `fd` for readability, once (`EPOLLIN | EPOLLONESHOT`), tagged with `token`.
 int cmp_epoll_add_readable_oneshot(int epfd, int fd, uint64_t token);
+/// `epoll_ctl(EPOLL_CTL_MOD)`: watches `fd` (added one-shot) for one more readiness.
+int cmp_epoll_rearm_readable_oneshot(int epfd, int fd, uint64_t token);
 /// `epoll_ctl(EPOLL_CTL_DEL)`.
 int cmp_epoll_remove(int epfd, int fd);
 /// `epoll_wait`, reporting only the tokens of the ready descriptors.
