@@ -6,106 +6,103 @@ import Multiprocessing
 /// Issue 11's figures: authenticated connections and a manager's dict, beside CPython's.
 enum ConnectionBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
-        let rounds = quick ? 3 : 7
-        let connections = quick ? 100 : 500
+        let rounds = quick ? 5 : 9
+        let connections = quick ? 100 : 300
+        // CPython's TCP connections wait for delayed ACKs (no TCP_NODELAY):
+        // about 44 ms each, so fewer of them make a round.
+        let tcpConnections = quick ? 10 : 30
+        let pairs = quick ? 2_000 : 10_000
         let key = Array("benchmark key".utf8)
-        let listener = try MP.Listener(authkey: key, backlog: 64)
-        // A server process accepts (and authenticates) until the listener closes.
-        let server = MP.Process(name: "mp-bench-listener") {
-            while let connection = try? listener.accept() { connection.close() }
+        let unix = try MP.Listener(authkey: key, backlog: 64)
+        let tcp = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: key, backlog: 64)
+        // Server processes accept (and authenticate) until their listener closes.
+        let servers = [unix, tcp].map { listener in
+            MP.Process(name: "mp-bench-listener") {
+                while let connection = try? listener.accept() { connection.close() }
+            }
         }
-        try server.start()
+        for server in servers { try server.start() }
+        let manager = try MP.Manager()
+        let python = PythonRounds(pythonScript(connections: connections, tcpConnections: tcpConnections, pairs: pairs))
         defer {
-            listener.close()
-            try? server.kill()
-            try? server.join()
+            python?.finish()
+            manager.shutdown()
+            unix.close()
+            tcp.close()
+            for server in servers {
+                try? server.kill()
+                try? server.join()
+            }
+        }
+        func connect(_ listener: MP.Listener, _ count: Int) throws -> Double {
+            let start = now()
+            for _ in 0..<count { try MP.Client(address: listener.address, authkey: key).close() }
+            return (now() - start) / Double(count) * 1e6
         }
         var metrics: [Metric] = []
-        metrics.append(Metric(name: "listener_connect_auth_us", value: try medianOf(rounds, warmup: 1) {
+        metrics += try alternating("listener_connect_auth_us", rounds: rounds, python: python) { try connect(unix, connections) }
+        metrics += try alternating("listener_connect_auth_tcp_us", rounds: rounds, python: python) { try connect(tcp, tcpConnections) }
+        let dict: MP.DictProxy<String, Int> = try manager.dict()
+        metrics += try alternating("manager_dict_setget_us", rounds: rounds, python: python) {
             let start = now()
-            for _ in 0..<connections {
-                let connection = try MP.Client(address: listener.address, authkey: key)
-                connection.close()
+            for i in 0..<pairs {
+                try dict.set("k", i)
+                _ = try dict["k"]
             }
-            return (now() - start) / Double(connections) * 1e6
-        }, higherIsBetter: false))
-        metrics.append(Metric(name: "manager_dict_setget_us", value: try managerDictSetGet(rounds: rounds, pairs: quick ? 2_000 : 10_000),
-                              higherIsBetter: false))
-        if let output = runPython(pythonScript(connections: connections, rounds: rounds, pairs: quick ? 2_000 : 10_000)) {
-            metrics += parseMetrics(output, suffix: "_python", higherIsBetter: [:])
+            return (now() - start) / Double(pairs) * 1e6
         }
         return metrics
     }
 
-    /// A child sets then gets one small item through a dict proxy: the
-    /// median time of one set-and-get, in µs (CPython's `Manager().dict()` alike).
-    static func managerDictSetGet(rounds: Int, pairs: Int) throws -> Double {
-        let manager = try MP.Manager()
-        defer { manager.shutdown() }
-        let dict: MP.DictProxy<String, Int> = try manager.dict()
-        let result = try MP.Queue<Double>()
-        let child = MP.Process(name: "mp-bench-manager-client") {
-            func once() throws -> Double {
-                let start = now()
-                for i in 0..<pairs {
-                    try dict.set("k", i)
-                    _ = try dict["k"]
-                }
-                return (now() - start) / Double(pairs) * 1e6
-            }
-            _ = try once()
-            var samples: [Double] = []
-            for _ in 0..<rounds { samples.append(try once()) }
-            try result.put(samples.sorted()[samples.count / 2])
-        }
-        try child.start()
-        let median = try result.get(timeout: 300)
-        try child.join()
-        return median
-    }
-
-    /// CPython's Listener in a separate process (as ours), its Client here;
-    /// its manager's dict from a child, as ours.
-    static func pythonScript(connections: Int, rounds: Int, pairs: Int) -> String {
+    /// CPython's Listeners (a Unix socket and TCP) in processes of their own,
+    /// as ours, its Client here; a set and a get through its manager's dict;
+    /// one round of a figure each time its name arrives on standard input.
+    static func pythonScript(connections: Int, tcpConnections: Int, pairs: Int) -> String {
         """
-        import multiprocessing as mp, statistics, time, os, tempfile
+        import multiprocessing as mp, time, os, sys, tempfile
         from multiprocessing.connection import Listener, Client
         key = b'benchmark key'
-        def serve(address):
+        def serve(address, addresses):
             with Listener(address, authkey=key, backlog=64) as listener:
+                addresses.put(listener.address)
                 while True:
                     try:
                         listener.accept().close()
                     except Exception:
                         pass
-        def dict_client(d, results):
-            def once():
+        def connect(address, count):
+            s = time.perf_counter()
+            for _ in range(count): Client(address, authkey=key).close()
+            return (time.perf_counter() - s) / count * 1e6
+        if __name__ == '__main__':
+            ctx = mp.get_context('fork')
+            addresses = ctx.Queue()
+            servers = [ctx.Process(target=serve, args=(a, addresses), daemon=True)
+                       for a in (os.path.join(tempfile.mkdtemp(), 'listener'), ('127.0.0.1', 0))]
+            for s in servers: s.start()
+            found = [addresses.get(), addresses.get()]
+            unix = next(a for a in found if isinstance(a, str))
+            tcp = next(a for a in found if not isinstance(a, str))
+            manager = mp.Manager()
+            d = manager.dict()
+            def setget():
                 s = time.perf_counter()
                 for i in range(\(pairs)):
                     d['k'] = i
                     d['k']
                 return (time.perf_counter() - s) / \(pairs) * 1e6
-            once()
-            results.put(statistics.median([once() for _ in range(\(rounds))]))
-        if __name__ == '__main__':
-            address = os.path.join(tempfile.mkdtemp(), 'listener')
-            server = mp.get_context('fork').Process(target=serve, args=(address,), daemon=True)
-            server.start()
-            while not os.path.exists(address): time.sleep(0.01)
-            def connect():
-                s = time.perf_counter()
-                for _ in range(\(connections)): Client(address, authkey=key).close()
-                return (time.perf_counter() - s) / \(connections) * 1e6
-            connect()
-            print('listener_connect_auth_us', statistics.median([connect() for _ in range(\(rounds))]), flush=True)
-            server.terminate()
-            with mp.Manager() as manager:
-                d = manager.dict()
-                results = mp.Queue()
-                client = mp.get_context('fork').Process(target=dict_client, args=(d, results))
-                client.start()
-                print('manager_dict_setget_us', results.get(), flush=True)
-                client.join()
+            rounds = {
+                'listener_connect_auth_us': lambda: connect(unix, \(connections)),
+                'listener_connect_auth_tcp_us': lambda: connect(tcp, \(tcpConnections)),
+                'manager_dict_setget_us': setget,
+            }
+            print('ready', flush=True)
+            for line in sys.stdin:
+                name = line.strip()
+                if name not in rounds: break
+                print(name, rounds[name](), flush=True)
+            for s in servers: s.terminate()
+            manager.shutdown()
         """
     }
 }

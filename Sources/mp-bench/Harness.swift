@@ -9,6 +9,103 @@ struct Metric: Codable {
     let value: Double
     /// Whether a larger value is better (throughput) or worse (latency).
     let higherIsBetter: Bool
+    /// The lowest and highest round, when the value is a median of alternating rounds.
+    var low: Double? = nil
+    var high: Double? = nil
+    var rounds: Int? = nil
+}
+
+/// A CPython process that measures one round of a named figure each time it
+/// is asked (a line on its standard input; it prints `name value`), so that
+/// this library's rounds and CPython's can alternate in one run: ours,
+/// CPython's, ours, ... Machines here drift by 2-10x between minutes; only
+/// alternating rounds give a ratio that the next run confirms.
+final class PythonRounds {
+    private let pid: pid_t
+    private let input: Int32
+    private let output: UnsafeMutablePointer<FILE>
+
+    /// Starts `script`, which prints `ready` when it can measure; nil when python3 is missing or fails.
+    init?(_ script: String) {
+        var template = Array("/tmp/mp-bench-XXXXXX.py".utf8CString)
+        let file = mkstemps(&template, 3)
+        guard file >= 0 else { return nil }
+        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let bytes = Array(script.utf8)
+        guard write(file, bytes, bytes.count) == bytes.count else { close(file); return nil }
+        close(file)
+        var toChild: [Int32] = [-1, -1], fromChild: [Int32] = [-1, -1]
+        guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { return nil }
+        // Close-on-exec: the script gets only its standard input and output.
+        for fd in toChild + fromChild { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, toChild[0], STDIN_FILENO)
+        posix_spawn_file_actions_adddup2(&actions, fromChild[1], STDOUT_FILENO)
+        let arguments = ["python3", path]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let spawned = posix_spawnp(&child, "python3", &actions, nil, &argv, environ)
+        close(toChild[0])
+        close(fromChild[1])
+        guard spawned == 0, let stream = fdopen(fromChild[0], "r") else {
+            close(toChild[1]); close(fromChild[0])
+            return nil
+        }
+        pid = child
+        input = toChild[1]
+        output = stream
+        // The script removes nothing of ours; its file can go once it runs.
+        guard readLine() == "ready" else { finish(); unlink(path); return nil }
+        unlink(path)
+    }
+
+    private func readLine() -> String? {
+        var buffer = [CChar](repeating: 0, count: 512)
+        guard fgets(&buffer, Int32(buffer.count), output) != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 && $0 != 10 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// One round of `name`, measured by CPython now; nil if it failed.
+    func measure(_ name: String) -> Double? {
+        let line = Array((name + "\n").utf8)
+        guard write(input, line, line.count) == line.count, let answer = readLine() else { return nil }
+        let parts = answer.split(separator: " ")
+        guard parts.count == 2, parts[0] == name else { return nil }
+        return Double(parts[1])
+    }
+
+    /// Ends the script (end-of-file on its input) and reaps it.
+    func finish() {
+        close(input)
+        fclose(output)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    }
+}
+
+/// `rounds` alternating rounds of ours and CPython's `name` (after one
+/// warm-up of each): the median of each with its lowest and highest round;
+/// the ratio printed is the ratio of the medians.
+func alternating(_ name: String, rounds: Int, higherIsBetter: Bool = false, python: PythonRounds?,
+                 _ ours: () throws -> Double) throws -> [Metric] {
+    _ = try ours()
+    _ = python?.measure(name)
+    var mine: [Double] = [], theirs: [Double] = []
+    for _ in 0..<rounds {
+        mine.append(try ours())
+        if let value = python?.measure(name) { theirs.append(value) }
+    }
+    func metric(_ name: String, _ values: [Double]) -> Metric {
+        let sorted = values.sorted()
+        return Metric(name: name, value: sorted[sorted.count / 2], higherIsBetter: higherIsBetter,
+                      low: sorted.first, high: sorted.last, rounds: sorted.count)
+    }
+    var metrics = [metric(name, mine)]
+    if theirs.count == rounds { metrics.append(metric(name + "_python", theirs)) }
+    return metrics
 }
 
 /// Seconds on the monotonic clock.
@@ -120,6 +217,14 @@ func printTable(_ metrics: [Metric]) {
               pad(c.map { format($0.value) } ?? "-", 12), pad(ratio(python), 12), ratio(c))
     }
     print("(ratios: how many times better this library is; below 1 means behind)")
+    for metric in bases {
+        guard let low = metric.low, let high = metric.high, let rounds = metric.rounds else { continue }
+        var line = "\(metric.name): median of \(rounds) alternating rounds \(format(metric.value)) (\(format(low))-\(format(high)))"
+        if let python = byName[metric.name + "_python"], let pythonLow = python.low, let pythonHigh = python.high {
+            line += ", CPython \(format(python.value)) (\(format(pythonLow))-\(format(pythonHigh)))"
+        }
+        print(line)
+    }
     for metric in bases {
         if let other = byName[metric.name + "_fasterfifo"] {
             print("\(metric.name): faster-fifo \(format(other.value)), this library \(format(metric.value / other.value))x faster-fifo")
