@@ -439,14 +439,21 @@ final class ClusterStore: Sendable {
             try await client.query("SELECT pg_notify(\(Self.doneChannel), \(Self.payload(for: pool)))", logger: Self.logger)
         }
         if count > 0 { try await client.query("SELECT pg_notify(\(Self.newChannel), '')", logger: Self.logger) }
+        try await forgetSilentWorkers()
         return count
     }
 
-    /// Housekeeping, now and then: forgets workers that stopped beating, and
-    /// removes the rows of pools whose owner did (it died without `join`).
-    func sweep() async throws {
+    /// Removes the registrations of workers silent for three of their leases
+    /// (killed, their machine gone): every live worker and every pool does
+    /// it with its reaping, so the table shows who serves now.
+    func forgetSilentWorkers() async throws {
         try await client.query("DELETE FROM mp_cluster_workers WHERE heartbeat < now() - make_interval(secs => 3 * lease)",
                                logger: Self.logger)
+    }
+
+    /// Housekeeping, now and then: removes the rows of pools whose owner
+    /// stopped beating (it died without `join`).
+    func sweep() async throws {
         try await client.query("""
             DELETE FROM mp_cluster_tasks WHERE pool IN
                 (SELECT id FROM mp_cluster_pools WHERE heartbeat < now() - interval '10 minutes')

@@ -320,6 +320,38 @@ struct ClusterTests {
         try await pool.join()
     }
 
+    // Reproduction before (issue 20): after repeated worker restarts the
+    // table held 37 rows, 35 silent for more than three leases: only a
+    // worker that had lived 30 s removed them.
+    @Test("workers silent for three leases leave mp_cluster_workers within seconds, removed by a live worker or a pool")
+    func silentWorkersForgotten() async throws {
+        let db = try TestDatabase.shared()
+        let store = try ClusterStore(url: db.url)
+        defer { store.shutdown() }
+        try await store.migrate()
+        let ghosts = ["ghost-a", "ghost-b"]
+        for ghost in ghosts {
+            _ = try await db.query(store, """
+                INSERT INTO mp_cluster_workers (id, build, host, pid, concurrency, lease, heartbeat)
+                VALUES ('\(ghost)', 'old-build', 'gone', 1, 1, 1, now() - interval '10 seconds') RETURNING id
+                """)
+        }
+        let worker = try startWorker(db.url)
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        #expect(try await pool.apply(ClusterSquare(x: 5)) == 25)
+        var left = ghosts
+        for _ in 0..<100 where !left.isEmpty {
+            left = try await db.query(store, "SELECT id FROM mp_cluster_workers WHERE id LIKE 'ghost-%'")
+            if !left.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(left.isEmpty, "still registered: \(left)")
+        let live = try await db.query(store, "SELECT id FROM mp_cluster_workers WHERE pid = \(worker.pid ?? -1)")
+        #expect(live.count == 1, "the live worker stays registered")
+        pool.close()
+        try await pool.join()
+    }
+
     @Test("fencing: a result from a worker whose lease passed to another attempt is refused")
     func fencing() async throws {
         let db = try TestDatabase.shared()
