@@ -55,7 +55,7 @@ struct HangsFirstTime: MP.NamedTask {
     var marker: String
     func run() async throws -> Int {
         if FileManager.default.fileExists(atPath: marker) { return 7 }
-        FileManager.default.createFile(atPath: marker, contents: Data("\(getpid())".utf8))
+        _ = FileManager.default.createFile(atPath: marker, contents: Data("\(getpid())".utf8))
         while true { try await Task.sleep(for: .seconds(60)) }
     }
 }
@@ -495,7 +495,7 @@ struct ClusterTests {
             }
         }
         try child.start()
-        if !(try await child.join(timeout: 20)) {
+        if !(try child.join(timeout: 20)) {
             try child.kill()
             try await child.join()
         }

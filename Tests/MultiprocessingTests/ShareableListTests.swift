@@ -34,6 +34,18 @@ sl.shm.unlink()
 
 @Suite("ShareableList in CPython's layout", .serialized, .enabled(if: python3Available, "python3 is not installed"))
 struct ShareableListTests {
+    @Test("items print as CPython's repr prints them (escapes, quotes, two hex digits)")
+    func reprLikeCPython() {
+        typealias Item = MP.ShareableList.Item
+        let cases: [(Item, String)] = [
+            (.bytes([0, 1]), #"b'\x00\x01'"#), (.bytes(Array("it's".utf8)), #"b"it's""#),
+            (.bytes(Array("'\"".utf8)), #"b'\'"'"#), (.bytes([0x5c]), #"b'\\'"#),
+            (.bytes([0xff, 0x7f, 0x0a]), #"b'\xff\x7f\n'"#), (.string("a'b"), #""a'b""#),
+            (.string("tab\t"), #"'tab\t'"#), (.string("\u{85}é"), #"'\x85é'"#),
+        ]
+        for (item, python) in cases { #expect(item.description == python) }
+    }
+
     @Test("a list made here is read and written by CPython")
     func cpythonAttachesOurs() throws {
         let list = try MP.ShareableList(["hello", 42, 3.5, true, nil, .bytes([1, 2, 3])])

@@ -114,7 +114,8 @@ struct StartMethodTests {
                                           parentName: MP.currentProcess().name, daemon: true, concurrentSum: 55))
     }
 
-    @Test("default names are Process-N under every method", arguments: MP.StartMethod.allCases)
+    @Test("default names are CPython's: ForkProcess-N, SpawnProcess-N, ForkServerProcess-N from a context; Process-N without",
+          arguments: MP.StartMethod.allCases)
     func defaultNames(method: MP.StartMethod) throws {
         let (mine, theirs) = try MP.Pipe()
         let p = MP.getContext(method).Process(target: Describe(report: theirs))
@@ -122,7 +123,9 @@ struct StartMethodTests {
         let report = try mine.recv(Describe.Report.self)
         try joinOrKill(p)
         #expect(report.name == p.name)
-        #expect(p.name.hasPrefix("Process-"))
+        let prefix = switch method { case .fork: "ForkProcess-"; case .spawn: "SpawnProcess-"; case .forkserver: "ForkServerProcess-" }
+        #expect(p.name.hasPrefix(prefix), "\(p.name)")
+        #expect(MP.Process(target: Describe(report: theirs)).name.hasPrefix("Process-"))
     }
 
     @Test("terminate and kill give -15 and -9; the sentinel and async join see the end", arguments: MP.StartMethod.allCases)

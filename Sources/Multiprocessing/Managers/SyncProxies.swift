@@ -17,6 +17,7 @@ extension MP {
         public func release() throws(ManagerError) { try handle.call(.release) }
 
         /// `with lock:`.
+        @discardableResult
         public func withLock<T>(_ body: () throws -> T) throws -> T {
             try acquire()
             defer { try? release() }
@@ -48,6 +49,7 @@ extension MP {
         public func release(_ n: Int = 1) throws(ManagerError) { try handle.call(.release) { $0.append(n) } }
 
         /// `with semaphore:`.
+        @discardableResult
         public func withLock<T>(_ body: () throws -> T) throws -> T {
             try acquire()
             defer { try? release() }
@@ -79,6 +81,7 @@ extension MP {
         public func release() throws(ManagerError) { try handle.call(.release) }
 
         /// `with condition:`.
+        @discardableResult
         public func withLock<T>(_ body: () throws -> T) throws -> T {
             try acquire()
             defer { try? release() }

@@ -66,7 +66,8 @@ extension MP {
 
         /// A process that runs `target`.
         /// - Parameters:
-        ///   - name: Python's `name`; default `Process-N` (`ClassName-N` for subclasses, `-N:M` in a child).
+        ///   - name: Python's `name`; default `Process-N` (`ClassName-N` for subclasses, `SpawnProcess-N`
+        ///     and the like from a context of a given method, `-N:M` in a child).
         ///   - daemon: Python's `daemon`; default false.
         ///   - target: what the child runs (captures replace Python's `args` and `kwargs`).
         public convenience init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
@@ -178,7 +179,20 @@ extension MP {
 
         private var unlockedName: String {
             if let explicitName { return explicitName }
-            return "\(type(of: self))-" + identity.map(String.init).joined(separator: ":")
+            return "\(className)-" + identity.map(String.init).joined(separator: ":")
+        }
+
+        /// CPython's class name for the default name: a subclass's own; a
+        /// process made by a context of a given method is that context's
+        /// class (`ForkProcess`, `SpawnProcess`, `ForkServerProcess`), as
+        /// `get_context('spawn').Process` is in Python; otherwise `Process`.
+        private var className: String {
+            guard type(of: self) == Process.self, let requestedMethod else { return "\(type(of: self))" }
+            switch requestedMethod {
+            case .fork: return "ForkProcess"
+            case .spawn: return "SpawnProcess"
+            case .forkserver: return "ForkServerProcess"
+            }
         }
 
         /// Python's `daemon`: a daemonic process is terminated when its parent

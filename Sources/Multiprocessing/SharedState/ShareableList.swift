@@ -42,10 +42,34 @@ extension MP {
                 case .int(let value): return String(value)
                 case .double(let value): return String(value)
                 case .bool(let value): return value ? "True" : "False"
-                case .string(let value): return "'\(value)'"
-                case .bytes(let value): return "b'" + value.map { $0 >= 32 && $0 < 127 ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined() + "'"
+                case .string(let value): return Self.pythonRepr(value.unicodeScalars.map(\.value))
+                case .bytes(let value): return "b" + Self.pythonRepr(value.map(UInt32.init), bytes: true)
                 case .none: return "None"
                 }
+            }
+
+            /// CPython's `repr` of a `str` or `bytes`: single quotes unless the
+            /// text holds a single quote and no double one; backslashes, the
+            /// quote, `\t`, `\n`, `\r` escaped; other control characters (and,
+            /// in bytes, everything from 0x7f) as `\xNN`.
+            static func pythonRepr(_ scalars: [UInt32], bytes: Bool = false) -> String {
+                let quote: UInt32 = scalars.contains(0x27) && !scalars.contains(0x22) ? 0x22 : 0x27
+                var text = String(UnicodeScalar(UInt8(quote)))
+                for scalar in scalars {
+                    switch scalar {
+                    case 0x5c: text += "\\\\"
+                    case quote: text += "\\" + String(UnicodeScalar(UInt8(quote)))
+                    case 0x09: text += "\\t"
+                    case 0x0a: text += "\\n"
+                    case 0x0d: text += "\\r"
+                    case _ where scalar < 0x20 || scalar == 0x7f || (scalar >= 0x80 && scalar < (bytes ? 0x100 : 0xa1)):
+                        let hex = String(scalar, radix: 16)
+                        text += "\\x" + (hex.count < 2 ? "0" + hex : hex)
+                    default: text.unicodeScalars.append(UnicodeScalar(scalar) ?? "?")
+                    }
+                }
+                text += String(UnicodeScalar(UInt8(quote)))
+                return text
             }
 
             /// CPython's struct format for the item in a slot of `capacity` bytes.

@@ -65,13 +65,15 @@ extension MP {
         /// Hands the name to the keeper (and takes it off the resource tracker's list: one owner).
         private func keep(_ name: String) throws(SharedMemoryError) {
             try lock.withLock { () throws(SharedMemoryError) in
+                defer { ResourceTracker.unregister("/" + name) }
                 guard channel >= 0 else {
+                    // Made before the manager was found shut down: removed
+                    // here, and off the tracker's list (it is not leaked).
                     try? Sys.sharedMemoryUnlink("/" + name)
                     throw .closed("the SharedMemoryManager is shut down")
                 }
                 Sys.writeAll(channel, "KEEP /\(name)\n")
             }
-            ResourceTracker.unregister("/" + name)
         }
 
         /// Python's `shutdown()`: unlinks every segment made through this

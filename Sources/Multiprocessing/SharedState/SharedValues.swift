@@ -69,6 +69,7 @@ extension MP {
         }
 
         /// Runs `body` on the value, holding the lock.
+        @discardableResult
         public func withLock<R>(_ body: (inout T) throws -> R) throws -> R {
             try lock.withLock { try body(&pointer.pointee) }
         }
@@ -113,6 +114,7 @@ extension MP {
         }
 
         /// Runs `body` on the elements, holding the lock.
+        @discardableResult
         public func withLock<R>(_ body: (UnsafeMutableBufferPointer<Element>) throws -> R) throws -> R {
             try lock.withLock { try body(UnsafeMutableBufferPointer(start: storage.elements, count: count)) }
         }

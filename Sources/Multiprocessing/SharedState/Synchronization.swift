@@ -180,6 +180,7 @@ extension MP {
         }
 
         /// Python's `with lock:`: runs `body` holding the lock (also after a dead owner).
+        @discardableResult
         public func withLock<R>(_ body: () throws -> R) throws -> R {
             try acquire()
             defer { try? release() }
@@ -210,6 +211,7 @@ extension MP {
             shared.state.pointee.depth = depth - 1 // still the owner's field until the last level
         }
 
+        @discardableResult
         public func withLock<R>(_ body: () throws -> R) throws -> R {
             try acquire()
             defer { try? release() }
@@ -279,6 +281,7 @@ extension MP {
             (try? shared.lock()).map { _ in defer { shared.unlock() }; return Int(shared.state.pointee.value) } ?? 0
         }
 
+        @discardableResult
         public func withLock<R>(_ body: () throws -> R) throws -> R {
             try acquire()
             defer { try? release() }
@@ -377,6 +380,7 @@ extension MP {
             }
         }
 
+        @discardableResult
         public func withLock<R>(_ body: () throws -> R) throws -> R {
             try acquire()
             defer { try? release() }
