@@ -89,8 +89,8 @@ struct ForkSafety: ParsableCommand {
     @Option(help: "Seconds a child may take before it counts as hung (and is killed).")
     var timeout = 5.0
 
-    @Option(help: "Start methods to try (repeatable).")
-    var method: [String] = ["fork", "spawn", "forkserver"]
+    @Option(help: "Rows to run (repeatable): fork (closure processes), pool (closure pool tasks), spawn, forkserver.")
+    var method: [String] = ["fork", "pool", "spawn", "forkserver"]
 
     func run() throws {
         // The children's own messages go nowhere; the report goes to stdout.
@@ -100,6 +100,11 @@ struct ForkSafety: ParsableCommand {
         let busy = BusyThreads()
         busy.start()
         for name in method {
+            let restartsBefore = MP.forkRestarts
+            if name == "pool" {
+                try poolRow(restartsBefore: restartsBefore)
+                continue
+            }
             guard let method = MP.StartMethod(rawValue: name) else { throw ValidationError("unknown start method \(name)") }
             var hung = 0, failed = 0
             let start = DispatchTime.now()
@@ -120,9 +125,35 @@ struct ForkSafety: ParsableCommand {
                 }
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-            print("\(name): \(children) children, \(hung) hung (\(String(format: "%.2f", Double(hung) * 100 / Double(children)))%), \(failed) failed, \(String(format: "%.2f", seconds * 1000 / Double(children))) ms per child")
+            print("\(name): \(children) children, \(hung) hung (\(String(format: "%.2f", Double(hung) * 100 / Double(children)))%), \(failed) failed, \(MP.forkRestarts - restartsBefore) restarted by the fork watchdog, \(String(format: "%.2f", seconds * 1000 / Double(children))) ms per child")
         }
         busy.finish()
+    }
+
+    /// The closure pool: each task on a worker forked for its batch (one
+    /// task a batch here, so a fork per task); a task not done within the
+    /// timeout counts as hung, and its pool is terminated and made anew.
+    func poolRow(restartsBefore: Int) throws {
+        var hung = 0, failed = 0
+        let start = DispatchTime.now()
+        var pool = try MP.Pool(processes: 2)
+        for seed in 0..<children {
+            let result = pool.applyAsync { () throws -> Int in try childWork(seed); return seed }
+            do {
+                _ = try result.get(timeout: timeout)
+            } catch .timeout {
+                hung += 1
+                pool.terminate()
+                try? pool.join()
+                pool = try MP.Pool(processes: 2)
+            } catch {
+                failed += 1
+            }
+        }
+        pool.close()
+        try pool.join()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        print("pool: \(children) tasks, \(hung) hung (\(String(format: "%.2f", Double(hung) * 100 / Double(children)))%), \(failed) failed, \(MP.forkRestarts - restartsBefore) restarted by the fork watchdog, \(String(format: "%.2f", seconds * 1000 / Double(children))) ms per task")
     }
 }
 

@@ -130,6 +130,48 @@ private func cmp_registered_lock_count() -> Int { AfterFork.registeredLockCount 
 
 private struct ChildFailure: Error {}
 
+// Reproduction before (issue 20): in mp-forksafety, 2 of 8,200 forked
+// children hung before any line of the user's code, on a Swift runtime lock
+// (a metadata cache) another thread held at the fork; the closure pool's
+// fault test flaked about once in 18 runs for the same reason. No library can
+// take the runtime's locks; the watchdog notices the child that never gets
+// past the after-fork phase. Here the child stalls there on purpose.
+@Suite("Fork watchdog: a child stuck in the after-fork phase is killed and forked again", .serialized)
+struct ForkWatchdogTests {
+    @Test("a closure process whose first child stalls starts on the second; the stalled child is reaped")
+    func processRestarted() throws {
+        let before = MP.forkRestarts
+        let old = MP.forkStartTimeout
+        MP.forkStartTimeout = 0.2
+        defer { MP.forkStartTimeout = old }
+        let pipe = TestPipe()
+        ChildBootstrap.stallForTesting = true
+        let p = MP.Process { pipe.write("ran") }
+        try p.start()
+        #expect(!ChildBootstrap.stallForTesting, "one child consumed the stall")
+        try joinOrKill(p)
+        #expect(p.exitCode == 0)
+        #expect(pipe.readAll() == "ran", "the task ran once, in the second child")
+        #expect(MP.forkRestarts == before + 1)
+        #expect(!hasAnyChild())
+    }
+
+    @Test("a closure pool's worker that stalls is replaced by a fresh fork; the task runs")
+    func poolWorkerRestarted() throws {
+        let before = MP.forkRestarts
+        let old = MP.forkStartTimeout
+        MP.forkStartTimeout = 0.2
+        defer { MP.forkStartTimeout = old }
+        let pool = try MP.Pool(processes: 1)
+        ChildBootstrap.stallForTesting = true
+        #expect(try pool.apply { 6 * 7 } == 42)
+        #expect(MP.forkRestarts == before + 1)
+        pool.close()
+        try pool.join()
+        #expect(!hasAnyChild())
+    }
+}
+
 @Suite("A child's failures say which process it was")
 struct ChildFailureTests {
     @Test("MP.fork { } with a throwing body exits 1 with the error printed, as Python's child does")

@@ -3,18 +3,31 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import Synchronization
 
 /// What a forked ``MP/Process`` child does, from the fork to `_exit`.
 enum ChildBootstrap {
+    /// Tests only: the next forked child stalls before it reports (as one
+    /// stuck on a runtime lock would); reset in the parent after each fork.
+    nonisolated(unsafe) static var stallForTesting = false
+
     /// `crashLabel`: the process's name as a C string, made by the parent
     /// before the fork (building it in the child would cost page faults).
-    static func run(_ process: MP.Process, parentPid: Int32, daemon: Bool, crashLabel: [CChar]) -> Never {
+    /// `report`: the write end of the pipe on which the parent waits to
+    /// hear that this child got past the after-fork phase (``MP/forkStartTimeout``).
+    static func run(_ process: MP.Process, parentPid: Int32, daemon: Bool, crashLabel: [CChar], report: Int32) -> Never {
         // A daemon dies with its parent, even a SIGKILLed one (PR_SET_PDEATHSIG);
         // signal mask, concurrency hooks and the exit guard are reset here too.
         cmp_child_after_fork(daemon ? 1 : 0, parentPid, Runtime.exitGuard)
         Runtime.shared.afterForkInChild(process: process, parentPid: parentPid)
         // A crash (fatalError, an index out of range) says which process it was.
         crashLabel.withUnsafeBufferPointer { cmp_child_name_crashes($0.baseAddress) } // the array lives until _exit
+        if stallForTesting { while true { pause() } }
+        // Past the phase where a lock held at the fork can stop us: say so
+        // (a plain write of a stack byte: nothing of the runtime's).
+        var byte: UInt8 = 1
+        _ = write(report, &byte, 1)
+        _ = close(report)
         var code: Int32 = 0
         do {
             try process.run()
@@ -26,4 +39,35 @@ enum ChildBootstrap {
         }
         Runtime.shared.exitProcess(code)
     }
+}
+
+/// The bound and the count of ``ChildBootstrap``'s after-fork report.
+enum ForkWatchdog {
+    private static let bits = Atomic<UInt64>((1.0).bitPattern)
+    static let restarts = Atomic<Int>(0)
+
+    static var timeout: Double {
+        get { Double(bitPattern: bits.load(ordering: .relaxed)) }
+        set { bits.store(newValue.bitPattern, ordering: .relaxed) }
+    }
+}
+
+extension MP {
+    /// Seconds a forked child (a closure ``MP/Process``, a closure ``MP/Pool``
+    /// worker) may take to get past the after-fork phase before it is killed
+    /// and forked again (default 1). In a busy multithreaded program a forked
+    /// child can hang there on a Swift runtime lock another thread held at the
+    /// fork; this is what notices it. A start that hangs three times in a row
+    /// throws ``MP/ProcessError/startTimedOut(name:seconds:)``.
+    public static var forkStartTimeout: Double {
+        get { ForkWatchdog.timeout }
+        set {
+            precondition(newValue > 0 && newValue.isFinite, "forkStartTimeout must be a positive number of seconds, not \(newValue)")
+            ForkWatchdog.timeout = newValue
+        }
+    }
+
+    /// Forked children killed and forked again because they did not get past
+    /// the after-fork phase within ``forkStartTimeout`` (since the program started).
+    public static var forkRestarts: Int { ForkWatchdog.restarts.load(ordering: .relaxed) }
 }

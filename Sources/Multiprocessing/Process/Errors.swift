@@ -48,6 +48,9 @@ extension MP {
         case concurrencyUnavailable(name: String)
         /// A named task could not be sent or started (or a closure under a method other than fork).
         case task(TaskError)
+        /// A forked child did not get past the after-fork phase within
+        /// ``MP/forkStartTimeout``, three times in a row (each was killed).
+        case startTimedOut(name: String, seconds: Double)
         /// An operating-system call failed.
         case system(OSError)
 
@@ -65,6 +68,7 @@ extension MP {
             case .daemonCannotHaveChildren(let name): return "daemonic process '\(name)' is not allowed to have children"
             case .cancelled: return "the wait was cancelled"
             case .concurrencyUnavailable(let name): return "cannot start '\(name)': its target is async, and this Swift runtime has no executor hooks to run Swift concurrency in a forked child"
+            case .startTimedOut(let name, let seconds): return "cannot start '\(name)': three forked children in a row did not get past the after-fork phase within \(seconds) s (each stuck on a lock another thread held at the fork, and killed); a named task under forkserver avoids the hazard"
             case .system(let error): return error.description
             }
         }

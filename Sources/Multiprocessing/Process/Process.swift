@@ -314,28 +314,66 @@ extension MP {
                 LibraryLog.log(.info, "started \(name) (pid \(pid), \(method))")
                 return
             }
-            let parentPid = Sys.getpid
-            let crashLabel = Swift.Array(name.utf8CString)
-            let child: () -> Never = { ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon, crashLabel: crashLabel) }
             let pid: Int32
             do {
-                // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon
-                // started from a short-lived thread is forked by a thread that
-                // lives as long as the process.
-                if daemon && !forkOnCurrentThread && Sys.gettid != parentPid {
-                    pid = try ForkerThread.shared().fork(child)
-                } else {
-                    pid = try Runtime.forkFlushingStdio()
-                    if pid == 0 { child() }
-                }
+                pid = try forkWatched(daemon: daemon, forkOnCurrentThread: forkOnCurrentThread)
             } catch {
                 lock.withLock { state = .initial }
-                throw .system(error)
+                throw error
             }
             let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
             lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
             runtime.register(self)
             LibraryLog.log(.info, "started \(name) (pid \(pid), fork)")
+        }
+
+        /// Forks the child and waits until it reports that it got past the
+        /// after-fork phase. A child of a busy multithreaded program can
+        /// hang there on a Swift runtime lock (a metadata or conformance
+        /// cache) that another thread held at the fork, before any line of
+        /// the user's code; no library can take those locks first. One that
+        /// has not reported within ``MP/forkStartTimeout`` is killed, reaped,
+        /// counted (``MP/forkRestarts``), logged, and forked again, up to
+        /// three times in all.
+        private func forkWatched(daemon: Bool, forkOnCurrentThread: Bool) throws(ProcessError) -> pid_t {
+            let parentPid = Sys.getpid
+            let crashLabel = Swift.Array(name.utf8CString)
+            let bound = ForkWatchdog.timeout
+            for attempt in 1...3 {
+                let report: (read: Int32, write: Int32)
+                do { report = try Sys.pipe() } catch { throw .system(error) }
+                let child: () -> Never = {
+                    ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon, crashLabel: crashLabel, report: report.write)
+                }
+                let pid: Int32
+                do {
+                    // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon
+                    // started from a short-lived thread is forked by a thread that
+                    // lives as long as the process.
+                    if daemon && !forkOnCurrentThread && Sys.gettid != parentPid {
+                        pid = try ForkerThread.shared().fork(child)
+                    } else {
+                        pid = try Runtime.forkFlushingStdio()
+                        if pid == 0 { child() }
+                    }
+                } catch {
+                    Sys.close(report.read)
+                    Sys.close(report.write)
+                    throw .system(error)
+                }
+                ChildBootstrap.stallForTesting = false
+                Sys.close(report.write)
+                // Readable: the report, or end-of-file (the child died; its end is seen by join).
+                let reported = (try? Sys.pollReadable(report.read, until: .after(validSeconds: bound))) ?? true
+                Sys.close(report.read)
+                if reported { return pid }
+                try? Sys.kill(pid, SIGKILL)
+                var status: Int32 = 0
+                _ = try? Sys.waitpid(pid, &status, 0)
+                ForkWatchdog.restarts.add(1, ordering: .relaxed)
+                LibraryLog.log(.warning, "\(name): forked child \(pid) did not get past the after-fork phase within \(bound) s (a runtime lock held by another thread at the fork); killed, forking again (attempt \(attempt + 1) of 3)")
+            }
+            throw .startTimedOut(name: name, seconds: bound)
         }
 
         /// Encodes the task with its objects' descriptors and starts it with `method`.
