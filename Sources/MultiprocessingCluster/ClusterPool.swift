@@ -403,9 +403,11 @@ extension MP {
         }
 
         private func deliver(_ finished: [ClusterStore.Finished]) async throws {
+            let lost = finished.filter { $0.state == "failed" && $0.errorType == ClusterStore.splitMarker }
+            if !lost.isEmpty { try await split(lost) }
             var deliveries: [(Delivery, Result<[UInt8], ClusterError>)] = []
             lock.locked {
-                for row in finished {
+                for row in finished where !(row.state == "failed" && row.errorType == ClusterStore.splitMarker) {
                     guard let parts = pending.removeValue(forKey: row.seq) else { continue } // already delivered
                     let outcomes = Self.outcomes(of: row, parts: parts.count)
                     for (deliver, outcome) in zip(parts, outcomes) { deliveries.append((deliver, outcome)) }
@@ -416,6 +418,51 @@ extension MP {
             // After delivering (off the round trip): a row seen again because
             // this failed is skipped above and forgotten then.
             try await store.forget(finished.map(\.seq), pool: id)
+        }
+
+        /// Rows that lost their worker while they carried several
+        /// submissions: each is inserted again as two rows of half its parts
+        /// (new `seq`s, attempts from zero: none of its tasks is known to be
+        /// at fault until it is alone in a row). The old row is forgotten by
+        /// the caller once the halves are in.
+        private func split(_ rows: [ClusterStore.Finished]) async throws {
+            var halves: [ClusterStore.NewRow] = []
+            var undo: [(Int64, [Delivery], [Int64])] = []
+            for row in rows {
+                let stored = try await store.row(pool: id, seq: row.seq)
+                let parts = stored.flatMap { try? ClusterBundle.decodeParts($0.payload) } ?? []
+                let made = lock.locked { () -> [ClusterStore.NewRow] in
+                    guard let deliveries = pending[row.seq], let stored, parts.count > 1, deliveries.count == parts.count else { return [] }
+                    pending[row.seq] = nil
+                    var made: [ClusterStore.NewRow] = []
+                    let middle = parts.count / 2
+                    for range in [0..<middle, middle..<parts.count] {
+                        let seq = nextSeq
+                        nextSeq += 1
+                        rowsMade += 1
+                        pending[seq] = Swift.Array(deliveries[range])
+                        made.append(ClusterStore.NewRow(seq: seq, task: stored.task, payload: ClusterBundle.encode(Swift.Array(parts[range])),
+                                                        items: Int32(parts[range].reduce(0) { $0 + $1.items }),
+                                                        maxAttempts: Int32(maxAttempts), retryErrors: retryErrors))
+                    }
+                    undo.append((row.seq, deliveries, made.map(\.seq)))
+                    return made
+                }
+                halves += made
+            }
+            guard !halves.isEmpty else { return }
+            do {
+                try await store.insert(halves, pool: id, build: build)
+            } catch {
+                // Not in: the lost rows stay as they were, to be split at the next look.
+                lock.locked {
+                    for (seq, deliveries, made) in undo {
+                        for new in made { pending[new] = nil }
+                        pending[seq] = deliveries
+                    }
+                }
+                throw error
+            }
         }
 
         /// Delivers a done row whose result came in its notification (once:

@@ -21,6 +21,19 @@ final class ClusterStore: Sendable {
 
     static let doneChannel = "mp_cluster_done"
 
+    /// The error type of a row that lost its worker while it carried several
+    /// submissions: not a failure its tasks see, but a request to the pool's
+    /// owner to run its parts again in two rows of half as many (so a task
+    /// that kills every worker is alone in a row after a few rounds, and only
+    /// then counts attempts toward ``MP/ClusterError/workerLost(attempts:reason:)``).
+    static let splitMarker = "MP.ClusterError.split"
+
+    /// A row's number of parts, in SQL: the payload's first `u32`, little-endian (1 for a malformed payload).
+    static let partsSQL = """
+        (CASE WHEN octet_length(payload) >= 4 THEN get_byte(payload, 0) + get_byte(payload, 1) * 256
+              + get_byte(payload, 2) * 65536 + get_byte(payload, 3)::bigint * 16777216 ELSE 1 END)
+        """
+
     /// A pool's notification payload: its id as PostgreSQL writes a uuid as
     /// text (lower case), so that SQL (`pool::text`) and Swift agree.
     static func payload(for pool: UUID) -> String { pool.uuidString.lowercased() }
@@ -241,6 +254,14 @@ final class ClusterStore: Sendable {
         return found
     }
 
+    /// The task name and payload of one of `pool`'s rows (a lost row its owner splits).
+    func row(pool: UUID, seq: Int64) async throws -> (task: String, payload: [UInt8])? {
+        let rows = try await client.query("SELECT task, payload FROM mp_cluster_tasks WHERE pool = \(pool) AND seq = \(seq)",
+                                          logger: Self.logger)
+        for try await (task, payload) in rows.decode((String, ByteBuffer).self) { return (task, Array(buffer: payload)) }
+        return nil
+    }
+
     /// Removes rows whose outcome the owner has taken.
     func forget(_ seqs: [Int64], pool: UUID) async throws {
         try await client.query("DELETE FROM mp_cluster_tasks WHERE pool = \(pool) AND seq = ANY(\(seqs))", logger: Self.logger)
@@ -380,12 +401,15 @@ final class ClusterStore: Sendable {
             guard let failure = outcome.failure else { continue }
             // A task that threw fails at once unless its pool asked for retries;
             // a lost worker retries with backoff up to the maximum.
+            // A lost row of several parts goes back to its owner to be split.
             let retry = failure.kind == .lost
             let rows = try await client.query("""
                 UPDATE mp_cluster_tasks SET
-                    state = CASE WHEN (\(retry) OR (retry_errors AND \(failure.kind == .threw))) AND attempt < max_attempts
+                    state = CASE WHEN \(retry) AND \(unescaped: Self.partsSQL) > 1 THEN 'failed'
+                                 WHEN (\(retry) OR (retry_errors AND \(failure.kind == .threw))) AND attempt < max_attempts
                                  THEN 'queued' ELSE 'failed' END,
-                    error_type = \(failure.type), error = \(failure.description),
+                    error_type = CASE WHEN \(retry) AND \(unescaped: Self.partsSQL) > 1 THEN \(Self.splitMarker) ELSE \(failure.type) END,
+                    error = \(failure.description),
                     not_before = now() + make_interval(secs => least(30, 0.1 * power(2, attempt))),
                     lease_owner = NULL, lease_expires = NULL,
                     finished_at = now()
@@ -418,16 +442,22 @@ final class ClusterStore: Sendable {
     /// database): queued again with backoff, or failed after the last attempt.
     @discardableResult
     func reapExpired() async throws -> Int {
+        // A row of several parts goes back to its owner to be split; a row
+        // of one is queued again, its attempt counted, or fails after the last.
         let rows = try await client.query("""
-            UPDATE mp_cluster_tasks SET
-                state = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,
-                error_type = CASE WHEN attempt >= max_attempts THEN 'MP.ClusterError.workerLost' END,
-                error = CASE WHEN attempt >= max_attempts
-                             THEN 'its lease expired on each of ' || attempt || ' attempts (the worker or its machine died, or lost the database)' END,
-                not_before = now() + make_interval(secs => least(30, 0.1 * power(2, attempt))),
+            UPDATE mp_cluster_tasks t SET
+                state = CASE WHEN e.parts > 1 OR t.attempt >= t.max_attempts THEN 'failed' ELSE 'queued' END,
+                error_type = CASE WHEN e.parts > 1 THEN \(Self.splitMarker)
+                                  WHEN t.attempt >= t.max_attempts THEN 'MP.ClusterError.workerLost' END,
+                error = CASE WHEN e.parts > 1 THEN 'its lease expired while it held ' || e.parts || ' submissions'
+                             WHEN t.attempt >= t.max_attempts
+                             THEN 'its lease expired on each of ' || t.attempt || ' attempts (the worker or its machine died, or lost the database)' END,
+                not_before = now() + make_interval(secs => least(30, 0.1 * power(2, t.attempt))),
                 lease_owner = NULL, lease_expires = NULL
-            WHERE state = 'running' AND lease_expires < now()
-            RETURNING pool, state
+            FROM (SELECT id, \(unescaped: Self.partsSQL) AS parts FROM mp_cluster_tasks
+                  WHERE state = 'running' AND lease_expires < now() FOR UPDATE SKIP LOCKED) e
+            WHERE t.id = e.id
+            RETURNING t.pool, t.state
             """, logger: Self.logger)
         var count = 0
         var failedPools = Set<UUID>()
