@@ -105,9 +105,15 @@ struct SharedStateTests {
     func trackerCleansUp() throws {
         try asSubreaper {
             let report = TestPipe()
+            // The tracker's warning goes to its program's stderr: here a pipe
+            // the test reads, so the run's own output stays clean.
+            let warnings = TestPipe()
             // A child plays a separate program with its own tracker; it dies
             // by SIGKILL right after creating a segment, never unlinking it.
             guard case .parent(let program) = try MP.fork() else {
+                dup2(warnings.writeEnd, STDERR_FILENO)
+                warnings.closeRead()
+                warnings.closeWrite()
                 ResourceTracker.detachForTesting()
                 let shm = try! MP.SharedMemory(create: true, size: 128)
                 report.write("\(shm.name) \(ResourceTracker.pid)")
@@ -122,6 +128,7 @@ struct SharedStateTests {
             // The tracker, orphaned to us, sees end-of-file, unlinks and exits.
             #expect(try waitOrKill(tracker, within: 20) == .exited(0))
             #expect(throws: MP.SharedMemoryError.notFound(name)) { _ = try MP.SharedMemory(name: name) }
+            #expect(warnings.readAll().contains("resource tracker: 1 leaked shared memory segment(s) to clean up at shutdown"))
         }
     }
 }
