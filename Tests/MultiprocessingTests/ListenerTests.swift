@@ -16,7 +16,7 @@ final class PythonPeer {
     private let output: Int32
     private let path: String
 
-    init?(_ script: String, _ arguments: [String]) {
+    init?(_ script: String, _ arguments: [String], python: String = "python3") {
         path = "/tmp/mp-peer-\(getpid())-\(UInt64.random(in: 0 ... .max)).py"
         guard let file = fopen(path, "w") else { return nil }
         fputs(script, file)
@@ -28,10 +28,10 @@ final class PythonPeer {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
         posix_spawn_file_actions_addclose(&actions, fds[0])
-        let argv = (["python3", "-u", path] + arguments).map { strdup($0) } + [nil]
+        let argv = ([python, "-u", path] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let spawned = posix_spawnp(&pid, "python3", &actions, nil, argv, environ)
+        let spawned = posix_spawnp(&pid, python, &actions, nil, argv, environ)
         close(fds[1])
         guard spawned == 0 else { close(fds[0]); return nil }
         self.pid = pid

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import Synchronization
 
 extension MP {
     /// Python's `multiprocessing.Pipe(duplex)`: two connected ends.
@@ -75,6 +76,10 @@ extension MP {
         case address(String)
         /// A bad argument (Python's `ValueError`).
         case invalidArgument(String)
+        /// A pickled message could not be read as the requested type, or the
+        /// value could not be pickled (a connection whose ``MP/Connection/codec``
+        /// is `.pickle`); the message was consumed, or nothing was sent.
+        case pickle(PickleError)
         /// Python's `BufferTooShort`: the message did not fit the buffer given
         /// to `recvBytes(into:offset:)`. It carries the whole
         /// message: nothing is lost.
@@ -99,6 +104,7 @@ extension MP {
             case .timeout: return "timed out"
             case .address(let why): return "bad address: \(why)"
             case .invalidArgument(let what): return what
+            case .pickle(let error): return error.description
             case .bufferTooShort(let message): return "the buffer is too short for the message of \(message.count) bytes (the error carries it)"
             }
         }
@@ -143,6 +149,27 @@ extension MP {
         }
 
         let framing: Framing
+
+        /// How `send` and `recv` encode `Codable` values.
+        public enum Codec: UInt8, Sendable {
+            /// This library's wire format (the default between Swift processes).
+            case native = 0
+            /// Python's pickle (protocol 4), as CPython's `conn.send(obj)` and
+            /// `conn.recv()` speak it: ``MP/PickleEncoder`` and the safe
+            /// ``MP/PickleDecoder``, one message per value.
+            case pickle = 1
+        }
+
+        private let codecState = Atomic<UInt8>(Codec.native.rawValue)
+
+        /// How `send` and `recv` encode values on this connection; settable at
+        /// any time (both ends must agree): `.pickle` to talk to CPython's
+        /// `send`/`recv`, `.native` (the default) between Swift processes.
+        public var codec: Codec {
+            get { Codec(rawValue: codecState.load(ordering: .relaxed)) ?? .native }
+            set { codecState.store(newValue.rawValue, ordering: .relaxed) }
+        }
+
         /// The header length of the frame at `start` (12 for CPython's long form).
         private var header = Connection.headerSize
 
@@ -195,8 +222,13 @@ extension MP {
 
         // MARK: sending
 
-        /// Python's `send(obj)`: sends a `Codable` value.
+        /// Python's `send(obj)`: sends a `Codable` value (in the connection's ``codec``).
         public func send<T: Encodable>(_ value: T) throws(ConnectionError) {
+            if codec == .pickle {
+                let bytes: [UInt8]
+                do { bytes = try PickleEncoder().encode(value) } catch { throw .pickle(error) }
+                return try sendBytes(bytes)
+            }
             var writer = ByteWriter()
             writer.bytes.append(contentsOf: repeatElement(0, count: Self.headerSize))
             do { try WireFormat.encode(value, into: &writer) } catch { throw .encoding(error) }
@@ -365,9 +397,14 @@ extension MP {
 
         // MARK: receiving
 
-        /// Python's `recv()`: receives a `Codable` value. Blocks until a message arrives.
+        private static func unpickle<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws(ConnectionError) -> T {
+            do { return try PickleDecoder().decode(T.self, from: bytes) } catch { throw .pickle(error) }
+        }
+
+        /// Python's `recv()`: receives a `Codable` value (in the connection's ``codec``). Blocks until a message arrives.
         public func recv<T: Decodable>(_ type: T.Type = T.self) throws(ConnectionError) -> T {
-            try recvLock.withLock { () throws(ConnectionError) -> T in
+            if codec == .pickle { return try Self.unpickle(T.self, try recvBytes()) }
+            return try recvLock.withLock { () throws(ConnectionError) -> T in
                 let (size, kind) = try nextFrameBlocking()
                 return try consume(size, kind, as: T.self)
             }
@@ -467,6 +504,13 @@ extension MP {
 
         /// `try await connection.recv(T.self)`: suspends, blocking no thread, until a message arrives.
         public func recv<T: Decodable>(_ type: T.Type = T.self) async throws(ConnectionError) -> T {
+            if codec == .pickle {
+                while true {
+                    if try poll(timeout: 0) { return try Self.unpickle(T.self, try recvBytes()) }
+                    guard fd >= 0 else { throw .closed }
+                    try await FDWatcher.readable(fd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                }
+            }
             while true {
                 if let value = try recvLock.withLock({ () throws(ConnectionError) -> T? in
                     guard let (size, kind) = try nextFrame(blocking: false) else { return nil }

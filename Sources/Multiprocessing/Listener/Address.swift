@@ -1,5 +1,5 @@
 extension MP {
-    /// Where a ``MP/Listener`` listens and a ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:maxMessageSize:)``
+    /// Where a ``MP/Listener`` listens and a ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:maxMessageSize:codec:)``
     /// connects: Python's `address` (a path, a `'\0name'`, or a `(host, port)` tuple).
     public enum Address: Sendable, Hashable, Codable, CustomStringConvertible {
         /// A Unix socket file (Python's `'/tmp/x.sock'`); a listener creates it owner-only and removes it when closed.

@@ -43,6 +43,7 @@ extension MP {
         private let handshakeTimeout: Double?
         private let maxMessageSize: Int
         private let maxPending: Int
+        private let codec: Connection.Codec
         private let owner = Sys.getpid
         /// The handshakes under way, by descriptor, and the epoll set that
         /// watches them with the listening socket (made on first accept, anew
@@ -70,10 +71,12 @@ extension MP {
         ///   - permissions: the Unix socket file's mode (default owner-only, `0o600`).
         ///   - maxMessageSize: the largest message the connections send or accept.
         ///   - maxPendingHandshakes: peers authenticated at once; more wait in the kernel's backlog.
+        ///   - codec: how the accepted connections' `send`/`recv` encode values
+        ///     (`.pickle` for CPython peers' `send(obj)`/`recv()`).
         public init(address: Address? = nil, authkey: [UInt8]? = nil, backlog: Int = 1, legacyDigest: Bool = false,
                     handshakeTimeout: Double? = 10, permissions: UInt32 = 0o600,
                     maxMessageSize: Int = Connection.defaultMaxMessageSize,
-                    maxPendingHandshakes: Int = 1024) throws(ConnectionError) {
+                    maxPendingHandshakes: Int = 1024, codec: Connection.Codec = .native) throws(ConnectionError) {
             if let handshakeTimeout, !(handshakeTimeout >= 0) { throw .negativeTimeout(handshakeTimeout) }
             guard maxPendingHandshakes >= 1 else { throw .invalidArgument("maxPendingHandshakes must be at least 1, not \(maxPendingHandshakes)") }
             let address = address ?? .unix("/tmp/mp-listener-\(Sys.getpid)-\(UInt64.random(in: 0 ... .max)).sock")
@@ -103,6 +106,7 @@ extension MP {
             self.handshakeTimeout = handshakeTimeout
             self.maxMessageSize = maxMessageSize
             self.maxPending = maxPendingHandshakes
+            self.codec = codec
         }
 
         deinit {
@@ -219,6 +223,7 @@ extension MP {
                 }
                 if !ready.isEmpty {
                     let (connection, peer) = ready.removeFirst()
+                    connection.codec = codec
                     accepted = peer
                     return ((connection, epfd), nil)
                 }
@@ -358,11 +363,13 @@ extension MP {
     ///   - legacyDigest: also accept HMAC-MD5, the only digest of CPython 3.11 and older.
     ///   - handshakeTimeout: seconds the listener has to authenticate (nil: no limit).
     ///   - maxMessageSize: the largest message the connection sends or accepts.
+    ///   - codec: how `send`/`recv` encode values (`.pickle` for a CPython peer's `send(obj)`/`recv()`).
     /// - Throws: ``MP/ConnectionError/authentication(_:)`` (a wrong key, a
     ///   refused digest), ``MP/ConnectionError/timeout``, ``MP/ConnectionError/address(_:)``,
     ///   ``MP/ConnectionError/system(_:)`` (`connect` refused, ...).
     public static func Client(address: Address, authkey: [UInt8]? = nil, legacyDigest: Bool = false, handshakeTimeout: Double? = 10,
-                              maxMessageSize: Int = Connection.defaultMaxMessageSize) throws(ConnectionError) -> Connection {
+                              maxMessageSize: Int = Connection.defaultMaxMessageSize,
+                              codec: Connection.Codec = .native) throws(ConnectionError) -> Connection {
         if let handshakeTimeout, !(handshakeTimeout >= 0) { throw .negativeTimeout(handshakeTimeout) }
         let fd: Int32
         do throws(Sys.AddressFailure) {
@@ -373,7 +380,9 @@ extension MP {
             case .unresolved(let why): throw .address("\(address): \(why)")
             }
         }
-        return try Handshake.authenticated(fd, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout,
-                                           maxMessageSize: maxMessageSize, side: .client)
+        let connection = try Handshake.authenticated(fd, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout,
+                                                     maxMessageSize: maxMessageSize, side: .client)
+        connection.codec = codec
+        return connection
     }
 }

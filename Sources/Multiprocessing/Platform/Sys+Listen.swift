@@ -3,7 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 
-/// Listening and connecting stream sockets (``MP/Listener``, ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:maxMessageSize:)``):
+/// Listening and connecting stream sockets (``MP/Listener``, ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:maxMessageSize:codec:)``):
 /// the sockaddr work is in `listener.c`; here, one error path.
 extension Sys {
     /// Why an address could not be used: a system call's errno, or a host name that does not resolve.
