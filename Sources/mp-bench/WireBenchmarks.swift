@@ -36,7 +36,40 @@ enum WireBenchmarks {
             }
             return (now() - start) / Double(iterations) * 1e9
         }])
-        return [Metric(name: "wire_roundtrip_ns", value: figures[0], higherIsBetter: false),
-                Metric(name: "wire_roundtrip_ns_json", value: figures[1], higherIsBetter: false)]
+        var metrics = [Metric(name: "wire_roundtrip_ns", value: figures[0], higherIsBetter: false),
+                       Metric(name: "wire_roundtrip_ns_json", value: figures[1], higherIsBetter: false)]
+        metrics += try pickleRoundTrip(quick: quick)
+        return metrics
+    }
+
+    /// `pickle_roundtrip_ns`: the same message as a pickle (``MP/PickleEncoder``,
+    /// ``MP/PickleDecoder``) beside CPython's `pickle.loads(pickle.dumps(d))`
+    /// of the equal dict, in alternating rounds.
+    static func pickleRoundTrip(quick: Bool) throws -> [Metric] {
+        let iterations = quick ? 10_000 : 50_000
+        let encoder = MP.PickleEncoder(), decoder = MP.PickleDecoder()
+        let python = PythonRounds("""
+            import pickle, sys, time
+            d = {'id': 42, 'name': 'result of task 42', 'payload': [float(i) for i in range(16)],
+                 'tags': {'attempt': 1, 'worker': 3}, 'note': None, 'done': True}
+            def once():
+                s = time.perf_counter()
+                for _ in range(\(iterations)):
+                    if pickle.loads(pickle.dumps(d, protocol=4))['id'] != 42: raise SystemExit('broke')
+                return (time.perf_counter() - s) / \(iterations) * 1e9
+            print('ready', flush=True)
+            for line in sys.stdin:
+                if line.strip() != 'pickle_roundtrip_ns': break
+                print('pickle_roundtrip_ns', once(), flush=True)
+            """)
+        defer { python?.finish() }
+        return try alternating("pickle_roundtrip_ns", rounds: quick ? 5 : 9, python: python) {
+            let start = now()
+            for _ in 0..<iterations {
+                let bytes = try encoder.encode(sample)
+                guard try decoder.decode(Message.self, from: bytes).id == 42 else { throw BenchError("pickle round trip broke") }
+            }
+            return (now() - start) / Double(iterations) * 1e9
+        }
     }
 }

@@ -75,3 +75,51 @@ private func startPython(_ script: String, arguments: [String]) -> Int32? {
     guard posix_spawnp(&pid, "python3", nil, nil, argv, environ) == 0 else { return nil }
     return pid
 }
+
+// MARK: values, not bytes: a CPython job as a dict, a Swift answer as a struct
+//
+// With `codec: .pickle` a connection's send/recv speak what CPython's
+// conn.send(obj)/conn.recv() speak: pickle. The decoder is safe: it builds
+// only the shared value types (None, bool, int, float, str, bytes, list,
+// tuple, dict, set) and refuses anything that would run code.
+
+let pythonJobSender = """
+import sys
+from multiprocessing.connection import Client
+with Client(('127.0.0.1', int(sys.argv[1])), authkey=b'tour secret') as conn:
+    conn.send({'job': 7, 'args': [1.5, 2.5], 'tags': {'urgent'}})
+    answer = conn.recv()
+    print('python got', answer, flush=True)
+"""
+
+/// What CPython sends: a dict with these keys.
+struct TourJob: Codable {
+    var job: Int
+    var args: [Double]
+    var tags: Set<String>
+}
+
+/// What Swift answers: CPython receives it as a dict.
+struct TourAnswer: Codable {
+    var job: Int
+    var sum: Double
+    var worker: String
+}
+
+func pickleWithPython() throws {
+    let authkey = Array("tour secret".utf8)
+    let listener = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: authkey, legacyDigest: true, codec: .pickle)
+    defer { listener.close() }
+    guard case .tcp(_, let port) = listener.address else { return }
+    guard let python = startPython(pythonJobSender, arguments: [String(port)]) else {
+        print("python3 is not installed: this example needs a CPython peer, skipped")
+        return
+    }
+    let conn = try listener.accept()
+    let job = try conn.recv(TourJob.self)                                    // job = conn.recv()
+    print("swift got job", job.job, "args", job.args, "tags", job.tags.sorted())
+    try conn.send(TourAnswer(job: job.job, sum: job.args.reduce(0, +), worker: "swift"))  // conn.send({...})
+    var status: Int32 = 0
+    while waitpid(python, &status, 0) < 0 && errno == EINTR {}
+    print("CPython exited with", (status >> 8) & 0xff)
+}
