@@ -26,7 +26,8 @@ let pythonInterpreters: [String] = {
 /// Every shared type, as Python writes it (NaN aside: it equals nothing).
 let sharedObjectPython = """
 import collections
-OBJ = {"none": None, "t": True, "f": False, "small": 7, "neg": -300, "big": 2**100, "nbig": -(2**70),
+SHARED = [1, 2]
+OBJ = {"shared": [SHARED, SHARED], "none": None, "t": True, "f": False, "small": 7, "neg": -300, "big": 2**100, "nbig": -(2**70),
        "i64": 2**63 - 1, "float": 1.5, "inf": float("inf"), "str": "h\\u00e9llo \\U0001F600", "empty": "",
        "bytes": b"\\x00\\xff'", "ba": bytearray(b"ab"), "list": [1, [2, 3], []], "tuple": (1, "x"),
        "dict": {"a": {"b": []}}, "set": {1, 2}, "fs": frozenset({"x"}), "od": collections.OrderedDict(z=1)}
@@ -34,6 +35,7 @@ OBJ = {"none": None, "t": True, "f": False, "small": 7, "neg": -300, "big": 2**1
 
 /// The same value here.
 let sharedObjectSwift: MP.PickleValue = .dict([
+    .init(.string("shared"), .list([.list([.int(1), .int(2)]), .list([.int(1), .int(2)])])),
     .init(.string("none"), .none), .init(.string("t"), .bool(true)), .init(.string("f"), .bool(false)),
     .init(.string("small"), .int(7)), .init(.string("neg"), .int(-300)),
     .init(.string("big"), .bigInt([UInt8](repeating: 0, count: 12) + [0x10])),

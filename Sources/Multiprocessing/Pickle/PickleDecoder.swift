@@ -23,7 +23,7 @@ extension MP {
         /// The value `bytes` pickles, as `type`.
         public func decode<T: Decodable>(_ type: T.Type = T.self, from bytes: [UInt8]) throws(PickleError) -> T {
             let value = try pickleValue(from: bytes)
-            if let value = value as? T { return value }
+            if T.self == PickleValue.self { return value as! T }
             do {
                 return try PickleValueDecoding.decode(T.self, from: value, path: [])
             } catch let error as PickleError {
@@ -47,7 +47,24 @@ struct PickleValueDecoding: Decoder {
     let codingPath: [any CodingKey]
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
+    /// The common scalars without a decoder, a container and a coding path
+    /// each (arrays and dictionaries decode their elements through the
+    /// generic method); nil: the general way (which also reports mismatches).
+    @inline(__always)
+    static func scalar<T: Decodable>(_ type: T.Type, _ value: MP.PickleValue) -> T? {
+        switch value {
+        case .float(let number) where T.self == Double.self: return (number as! T)
+        case .int(let number) where T.self == Int.self: return Int(exactly: number).map { $0 as! T }
+        case .int(let number) where T.self == Double.self: return (Double(number) as! T)
+        case .string(let text) where T.self == String.self: return (text as! T)
+        case .bool(let flag) where T.self == Bool.self: return (flag as! T)
+        case .int(let number) where T.self == Int64.self: return (number as! T)
+        default: return nil
+        }
+    }
+
     static func decode<T: Decodable>(_ type: T.Type, from value: MP.PickleValue, path: [any CodingKey]) throws -> T {
+        if let scalar = scalar(T.self, value) { return scalar }
         if T.self == MP.PickleValue.self { return value as! T }
         if T.self == [UInt8].self {
             switch value {
@@ -121,7 +138,9 @@ struct PickleValueDecoding: Decoder {
         }
 
         func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-            try PickleValueDecoding.decode(T.self, from: try value(key), path: codingPath + [key])
+            let value = try value(key)
+            if let scalar = PickleValueDecoding.scalar(T.self, value) { return scalar }
+            return try PickleValueDecoding.decode(T.self, from: value, path: codingPath + [key])
         }
 
         func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
@@ -161,6 +180,10 @@ struct PickleValueDecoding: Decoder {
         }
 
         mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
+            if !isAtEnd, let scalar = PickleValueDecoding.scalar(T.self, items[currentIndex]) {
+                currentIndex += 1
+                return scalar
+            }
             let (value, key) = try next()
             return try PickleValueDecoding.decode(T.self, from: value, path: codingPath + [key])
         }

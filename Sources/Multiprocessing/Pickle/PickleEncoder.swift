@@ -46,16 +46,27 @@ extension Set: PickleSetEncodable where Element: Encodable {
 
 /// The `Encoder` behind ``MP/PickleEncoder``: builds a value tree.
 final class PickleValueEncoding: Encoder {
-    /// What a container is building: filled in as the value encodes itself.
+    /// What a container is building: filled in as the value encodes itself
+    /// (children appended in place; a key written twice is written twice,
+    /// and the last wins when Python or this decoder reads it, as in a dict).
     final class Slot {
-        enum Content { case empty, value(MP.PickleValue), keyed([(String, Slot)]), unkeyed([Slot]) }
-        var content = Content.empty
+        enum Kind { case empty, value, keyed, unkeyed }
+        var kind = Kind.empty
+        var value = MP.PickleValue.none
+        var keys: [String] = []
+        var children: [Slot] = []
+
+        func set(_ value: MP.PickleValue) {
+            kind = .value
+            self.value = value
+        }
+
         func resolved() -> MP.PickleValue {
-            switch content {
+            switch kind {
             case .empty: return .dict([])
-            case .value(let value): return value
-            case .keyed(let entries): return .dict(entries.map { .init(.string($0.0), $0.1.resolved()) })
-            case .unkeyed(let items): return .list(items.map { $0.resolved() })
+            case .value: return value
+            case .keyed: return .dict(zip(keys, children).map { .init(.string($0), $1.resolved()) })
+            case .unkeyed: return .list(children.map { $0.resolved() })
             }
         }
     }
@@ -76,9 +87,24 @@ final class PickleValueEncoding: Encoder {
         return slot.resolved()
     }
 
-    /// Values whose pickle is not what their `Codable` conformance says.
-    private static func special(_ value: some Encodable, path: [any CodingKey]) throws -> MP.PickleValue? {
-        if let value = value as? MP.PickleValue { return value }
+    /// Values whose pickle is not what their `Codable` conformance says, and
+    /// the common scalars (without an encoder and a container each: arrays
+    /// and dictionaries encode their elements through the generic method).
+    @inline(__always)
+    private static func scalar<T: Encodable>(_ value: T) -> MP.PickleValue? {
+        if T.self == Double.self { return .float(value as! Double) }
+        if T.self == Int.self { return .int(Int64(value as! Int)) }
+        if T.self == String.self { return .string(value as! String) }
+        if T.self == Bool.self { return .bool(value as! Bool) }
+        if T.self == Int64.self { return .int(value as! Int64) }
+        if T.self == Int32.self { return .int(Int64(value as! Int32)) }
+        if T.self == Float.self { return .float(Double(value as! Float)) }
+        return nil
+    }
+
+    private static func special<T: Encodable>(_ value: T, path: [any CodingKey]) throws -> MP.PickleValue? {
+        if let scalar = scalar(value) { return scalar }
+        if T.self == MP.PickleValue.self { return value as? MP.PickleValue }
         // (By type: `as? [UInt8]` would also take an empty array of any element type.)
         if type(of: value) == [UInt8].self, let bytes = value as? [UInt8] { return .bytes(bytes) }
         if let set = value as? any PickleSetEncodable {
@@ -94,24 +120,28 @@ final class PickleValueEncoding: Encoder {
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        if case .keyed = slot.content {} else { slot.content = .keyed([]) }
+        if slot.kind != .keyed { slot.kind = .keyed; slot.keys = []; slot.children = [] }
         return KeyedEncodingContainer(Keyed<Key>(encoding: self))
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
-        if case .unkeyed = slot.content {} else { slot.content = .unkeyed([]) }
+        if slot.kind != .unkeyed { slot.kind = .unkeyed; slot.children = [] }
         return Unkeyed(encoding: self)
     }
 
     func singleValueContainer() -> any SingleValueEncodingContainer { Single(encoding: self) }
 
-    fileprivate func store(_ value: MP.PickleValue) { slot.content = .value(value) }
+    fileprivate func store(_ value: MP.PickleValue) { slot.set(value) }
 
-    fileprivate func encodeChild<T: Encodable>(_ value: T, key: any CodingKey) throws -> Slot {
+    fileprivate func encodeChild<T: Encodable>(_ value: T, key: @autoclosure () -> any CodingKey) throws -> Slot {
         let child = Slot()
-        let path = codingPath + [key]
+        if let scalar = Self.scalar(value) {
+            child.set(scalar)
+            return child
+        }
+        let path = codingPath + [key()]
         if let direct = try Self.special(value, path: path) {
-            child.content = .value(direct)
+            child.set(direct)
         } else {
             try value.encode(to: PickleValueEncoding(path: path, slot: child))
         }
@@ -123,15 +153,13 @@ final class PickleValueEncoding: Encoder {
         var codingPath: [any CodingKey] { encoding.codingPath }
 
         private func add(_ key: Key, _ slot: Slot) {
-            guard case .keyed(var entries) = encoding.slot.content else { return }
-            entries.removeAll { $0.0 == key.stringValue }
-            entries.append((key.stringValue, slot))
-            encoding.slot.content = .keyed(entries)
+            encoding.slot.keys.append(key.stringValue)
+            encoding.slot.children.append(slot)
         }
 
         private func add(_ key: Key, _ value: MP.PickleValue) {
             let slot = Slot()
-            slot.content = .value(value)
+            slot.set(value)
             add(key, slot)
         }
 
@@ -170,20 +198,13 @@ final class PickleValueEncoding: Encoder {
     private struct Unkeyed: UnkeyedEncodingContainer {
         let encoding: PickleValueEncoding
         var codingPath: [any CodingKey] { encoding.codingPath }
-        var count: Int {
-            guard case .unkeyed(let items) = encoding.slot.content else { return 0 }
-            return items.count
-        }
+        var count: Int { encoding.slot.children.count }
 
-        private func add(_ slot: Slot) {
-            guard case .unkeyed(var items) = encoding.slot.content else { return }
-            items.append(slot)
-            encoding.slot.content = .unkeyed(items)
-        }
+        private func add(_ slot: Slot) { encoding.slot.children.append(slot) }
 
         private func add(_ value: MP.PickleValue) {
             let slot = Slot()
-            slot.content = .value(value)
+            slot.set(value)
             add(slot)
         }
 

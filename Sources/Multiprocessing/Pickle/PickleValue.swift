@@ -123,6 +123,6 @@ extension MP.PickleValue: Codable {
         guard let pickle = encoder as? PickleValueEncoding else {
             throw EncodingError.invalidValue(self, .init(codingPath: encoder.codingPath, debugDescription: "MP.PickleValue is encoded only by MP.PickleEncoder"))
         }
-        pickle.slot.content = .value(self)
+        pickle.slot.set(self)
     }
 }
