@@ -134,7 +134,7 @@ extension MP {
 
         /// Python's `close()`: stops listening, closes the handshakes under
         /// way, and removes the socket file; a thread or task waiting in
-        /// ``accept()`` throws ``MP/ConnectionError/closed``. Twice is harmless.
+        /// `accept()` throws ``MP/ConnectionError/closed``. Twice is harmless.
         public func close() {
             lock.withLock {
                 guard fd >= 0 else { return }
