@@ -155,12 +155,16 @@ print(pickle.dumps(Evil(), protocol=4).hex())
 print(pickle.dumps(Point(1), protocol=4).hex())
 print(pickle.dumps(datetime.datetime(2020, 1, 1), protocol=4).hex())
 print(pickle.dumps(Point(1), protocol=2).hex())
+print(pickle.dumps([float("nan"), float("-inf")], protocol=4).hex())
 """
 
 /// Reads our pickle (hex, argv[1]) and says whether it equals OBJ.
 let cpythonLoads = sharedObjectPython + "\n" + """
 import pickle, sys
 value = pickle.loads(bytes.fromhex(sys.argv[1]))
+import math
+special = pickle.loads(bytes.fromhex(sys.argv[2]))
+assert math.isnan(special[0]) and special[1] == float("-inf"), special
 print("equal" if value == OBJ and type(value["ba"]) is bytearray and type(value["fs"]) is frozenset and type(value["tuple"]) is tuple else "differs " + repr(value))
 """
 
@@ -201,13 +205,13 @@ struct PickleInteropTests {
         var lines: [String] = []
         while let line = peer.line() { lines.append(line) }
         #expect(peer.finish() == 0)
-        try #require(lines.count == 8, "\(python) printed \(lines.count) lines")
+        try #require(lines.count == 9, "\(python) printed \(lines.count) lines")
         for (index, line) in lines.prefix(4).enumerated() {
             let value = try MP.PickleDecoder().pickleValue(from: hexBytes(line))
             #expect(value == sharedObjectSwift, "protocol \(index + 2) from \(python)")
         }
         let refusals = ["posix.system", "__main__.Point", "datetime.datetime", "__main__.Point"]
-        for (line, name) in zip(lines.suffix(4), refusals) {
+        for (line, name) in zip(lines[4..<8], refusals) {
             do {
                 _ = try MP.PickleDecoder().pickleValue(from: hexBytes(line))
                 Issue.record("a pickle of \(name) decoded")
@@ -217,13 +221,28 @@ struct PickleInteropTests {
             }
         }
         #expect(access(marker, F_OK) != 0, "nothing ran")
+        let special = try MP.PickleDecoder().decode([Double].self, from: hexBytes(lines[8]))
+        #expect(special.count == 2 && special[0].isNaN && special[1] == -.infinity)
+        // CPython's own pickles, bytes flipped: no crash, no hang, only PickleErrors or values.
+        var generator = SystemRandomNumberGenerator()
+        for line in lines.prefix(8) {
+            let seed = hexBytes(line)
+            for _ in 0..<1_000 {
+                var flipped = seed
+                for _ in 0..<Int.random(in: 1...3, using: &generator) {
+                    flipped[Int.random(in: 0..<flipped.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+                }
+                _ = try? MP.PickleDecoder().pickleValue(from: flipped)
+            }
+        }
     }
 
     @Test("our pickles of every shared type load equal in CPython", arguments: pythonInterpreters)
     func cpythonLoadsOurs(python: String) throws {
         for version in [4, 5] {
             let bytes = try MP.PickleEncoder(protocolVersion: version).encode(sharedObjectSwift)
-            guard let peer = PythonPeer(cpythonLoads, [bytes.map { String(format: "%02x", $0) }.joined()], python: python) else { return }
+            let special = try MP.PickleEncoder(protocolVersion: version).encode([Double.nan, -.infinity])
+            guard let peer = PythonPeer(cpythonLoads, [bytes, special].map { $0.map { String(format: "%02x", $0) }.joined() }, python: python) else { return }
             let line = peer.line()
             // Protocol 5 is read by CPython 3.8 and later.
             #expect(line == "equal", "\(python), protocol \(version): \(line ?? "nothing")")
