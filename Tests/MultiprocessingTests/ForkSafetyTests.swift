@@ -156,6 +156,22 @@ struct ForkWatchdogTests {
         #expect(!hasAnyChild())
     }
 
+    @Test("with the watchdog off (nil) a start waits for no report and opens no pipe")
+    func watchdogOff() throws {
+        let old = MP.forkStartTimeout
+        MP.forkStartTimeout = nil
+        defer { MP.forkStartTimeout = old }
+        #expect(MP.forkStartTimeout == nil)
+        let pipe = TestPipe()
+        let before = openDescriptorCount()
+        let p = MP.Process { pipe.write("ran") }
+        try p.start()
+        #expect(openDescriptorCount() == before + 1, "only the child's pidfd")
+        try joinOrKill(p)
+        #expect(p.exitCode == 0)
+        #expect(pipe.readAll() == "ran")
+    }
+
     @Test("a closure pool's worker that stalls is replaced by a fresh fork; the task runs")
     func poolWorkerRestarted() throws {
         let before = MP.forkRestarts

@@ -14,7 +14,7 @@ enum ChildBootstrap {
     /// `crashLabel`: the process's name as a C string, made by the parent
     /// before the fork (building it in the child would cost page faults).
     /// `report`: the write end of the pipe on which the parent waits to
-    /// hear that this child got past the after-fork phase (``MP/forkStartTimeout``).
+    /// hear that this child got past the after-fork phase (``MP/forkStartTimeout``); -1 when it does not wait.
     static func run(_ process: MP.Process, parentPid: Int32, daemon: Bool, crashLabel: [CChar], report: Int32) -> Never {
         // A daemon dies with its parent, even a SIGKILLed one (PR_SET_PDEATHSIG);
         // signal mask, concurrency hooks and the exit guard are reset here too.
@@ -25,9 +25,11 @@ enum ChildBootstrap {
         if stallForTesting { while true { pause() } }
         // Past the phase where a lock held at the fork can stop us: say so
         // (a plain write of a stack byte: nothing of the runtime's).
-        var byte: UInt8 = 1
-        _ = write(report, &byte, 1)
-        _ = close(report)
+        if report >= 0 {
+            var byte: UInt8 = 1
+            _ = write(report, &byte, 1)
+            _ = close(report)
+        }
         var code: Int32 = 0
         do {
             try process.run()
@@ -43,12 +45,16 @@ enum ChildBootstrap {
 
 /// The bound and the count of ``ChildBootstrap``'s after-fork report.
 enum ForkWatchdog {
+    /// The bound's bits; 0: off.
     private static let bits = Atomic<UInt64>((1.0).bitPattern)
     static let restarts = Atomic<Int>(0)
 
-    static var timeout: Double {
-        get { Double(bitPattern: bits.load(ordering: .relaxed)) }
-        set { bits.store(newValue.bitPattern, ordering: .relaxed) }
+    static var timeout: Double? {
+        get {
+            let raw = bits.load(ordering: .relaxed)
+            return raw == 0 ? nil : Double(bitPattern: raw)
+        }
+        set { bits.store(newValue?.bitPattern ?? 0, ordering: .relaxed) }
     }
 }
 
@@ -59,10 +65,15 @@ extension MP {
     /// child can hang there on a Swift runtime lock another thread held at the
     /// fork; this is what notices it. A start that hangs three times in a row
     /// throws ``MP/ProcessError/startTimedOut(name:seconds:)``.
-    public static var forkStartTimeout: Double {
+    ///
+    /// The wait costs a fork start one more wake-up of the parent (60-100 µs
+    /// of a 550-700 µs start and join here). `nil` turns the watchdog off: a
+    /// start returns at once, as before, and a child stuck at the fork hangs
+    /// where it is.
+    public static var forkStartTimeout: Double? {
         get { ForkWatchdog.timeout }
         set {
-            precondition(newValue > 0 && newValue.isFinite, "forkStartTimeout must be a positive number of seconds, not \(newValue)")
+            if let newValue { precondition(newValue > 0 && newValue.isFinite, "forkStartTimeout must be a positive number of seconds or nil, not \(newValue)") }
             ForkWatchdog.timeout = newValue
         }
     }

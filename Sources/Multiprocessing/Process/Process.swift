@@ -338,10 +338,15 @@ extension MP {
         private func forkWatched(daemon: Bool, forkOnCurrentThread: Bool) throws(ProcessError) -> pid_t {
             let parentPid = Sys.getpid
             let crashLabel = Swift.Array(name.utf8CString)
-            let bound = ForkWatchdog.timeout
+            let watched = ForkWatchdog.timeout
+            let bound = watched ?? 0
             for attempt in 1...3 {
                 let report: (read: Int32, write: Int32)
-                do { report = try Sys.pipe() } catch { throw .system(error) }
+                if watched == nil {
+                    report = (-1, -1)
+                } else {
+                    do { report = try Sys.pipe() } catch { throw .system(error) }
+                }
                 let child: () -> Never = {
                     ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon, crashLabel: crashLabel, report: report.write)
                 }
@@ -357,11 +362,14 @@ extension MP {
                         if pid == 0 { child() }
                     }
                 } catch {
-                    Sys.close(report.read)
-                    Sys.close(report.write)
+                    if watched != nil {
+                        Sys.close(report.read)
+                        Sys.close(report.write)
+                    }
                     throw .system(error)
                 }
                 ChildBootstrap.stallForTesting = false
+                guard watched != nil else { return pid }
                 Sys.close(report.write)
                 // Readable: the report, or end-of-file (the child died; its end is seen by join).
                 let reported = (try? Sys.pollReadable(report.read, until: .after(validSeconds: bound))) ?? true
