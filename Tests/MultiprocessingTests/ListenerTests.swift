@@ -348,6 +348,32 @@ struct ListenerTests {
         acceptor.finished.wait()
     }
 
+    @Test("with every handshake slot held by silent peers, the next peer waits in the backlog without a busy loop, and gets in when a slot frees")
+    func fullHandshakeSlots() throws {
+        let listener = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: key, backlog: 16,
+                                       handshakeTimeout: 0.5, maxPendingHandshakes: 2)
+        defer { listener.close() }
+        guard case .tcp(_, let port) = listener.address else { return }
+        let silent = [rawConnect(port), rawConnect(port)]
+        defer { for fd in silent { close(fd) } }
+        let honest = MP.Process { _ = try MP.Client(address: listener.address, authkey: key).recvBytes() }
+        try honest.start()
+        var before = rusage(), after = rusage()
+        getrusage(1 /* RUSAGE_THREAD */, &before)
+        let began = Deadline.now
+        let connection = try listener.accept()
+        let waited = Double(Deadline.now - began) / 1e9
+        getrusage(1 /* RUSAGE_THREAD */, &after)
+        try connection.sendBytes([1])
+        try joinOrKill(honest)
+        #expect(honest.exitCode == 0)
+        #expect(waited >= 0.4, "the honest peer got a slot only when a silent one timed out (\(waited) s)")
+        let cpu = Double(after.ru_utime.tv_sec - before.ru_utime.tv_sec + after.ru_stime.tv_sec - before.ru_stime.tv_sec)
+            + Double(after.ru_utime.tv_usec - before.ru_utime.tv_usec + after.ru_stime.tv_usec - before.ru_stime.tv_usec) / 1e6
+        #expect(cpu < waited / 4, "accept used \(cpu) s of CPU in \(waited) s: a busy loop")
+        #expect(listener.refusedHandshakes >= 1)
+    }
+
     @Test("TCP connections send at once (TCP_NODELAY) on both sides")
     func noDelay() throws {
         let listener = try MP.Listener(address: .tcp(host: "127.0.0.1", port: 0), authkey: key)

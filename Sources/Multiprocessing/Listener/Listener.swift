@@ -55,6 +55,10 @@ extension MP {
         /// listening socket's own hang-up can vanish from the set when it is closed).
         private var closing: Int32 = -1
         private var epollOwner: pid_t = 0
+        /// Whether the listening socket is armed in the epoll set: not while
+        /// `maxPendingHandshakes` are under way (it would be ready, and
+        /// waking, for ever), again when one ends.
+        private var listeningArmed = false
         private var refused = 0
         /// The epoll tokens of the listening socket and of `closing` (the others are descriptors).
         private static let listeningToken = UInt64.max
@@ -204,8 +208,9 @@ extension MP {
                 let count = tokens.withUnsafeMutableBufferPointer { cmp_epoll_wait_tokens(epfd, $0.baseAddress, 64, 0) }
                 for token in tokens.prefix(max(0, Int(count))) {
                     if token == Self.listeningToken {
+                        listeningArmed = false
                         try acceptWaiting()
-                        rearm(fd, Self.listeningToken)
+                        armListening()
                     } else if token == Self.closingToken {
                         continue
                     } else {
@@ -248,6 +253,7 @@ extension MP {
                 throw .system(error)
             }
             epollOwner = Sys.getpid
+            listeningArmed = true
             if cmp_epoll_add_readable_oneshot(epfd, fd, Self.listeningToken) < 0
                 || cmp_epoll_add_readable_oneshot(epfd, closing, Self.closingToken) < 0 {
                 throw .system(Sys.failure("epoll_ctl", errno))
@@ -256,6 +262,13 @@ extension MP {
 
         private func rearm(_ descriptor: Int32, _ token: UInt64) {
             _ = cmp_epoll_rearm_readable_oneshot(epfd, descriptor, token)
+        }
+
+        /// Watches the listening socket again if there is room for another handshake (lock held).
+        private func armListening() {
+            guard !listeningArmed, pending.count < maxPending, fd >= 0 else { return }
+            listeningArmed = true
+            rearm(fd, Self.listeningToken)
         }
 
         /// Accepts every waiting peer while there is room (lock held).
@@ -301,6 +314,7 @@ extension MP {
             case .authenticated:
                 pending[descriptor] = nil
                 _ = cmp_epoll_remove(epfd, descriptor)
+                armListening()
                 ready.append((Connection(fd: descriptor, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python), handshake.peer))
             case .failed(let error):
                 refuse(descriptor, handshake.peer, error)
@@ -311,6 +325,7 @@ extension MP {
             pending[descriptor] = nil
             _ = cmp_epoll_remove(epfd, descriptor)
             Sys.close(descriptor)
+            armListening()
             refused += 1
             LibraryLog.log(.info, "listener \(address): handshake with \(peer) refused: \(error)")
         }
