@@ -27,30 +27,15 @@ final class PythonRounds {
 
     /// Starts `script`, which prints `ready` when it can measure; nil when python3 is missing or fails.
     init?(_ script: String) {
-        var template = Array("/tmp/mp-bench-XXXXXX.py".utf8CString)
-        let file = mkstemps(&template, 3)
-        guard file >= 0 else { return nil }
-        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let bytes = Array(script.utf8)
-        guard write(file, bytes, bytes.count) == bytes.count else { close(file); return nil }
-        close(file)
+        guard let path = writeScript(script) else { return nil }
         var toChild: [Int32] = [-1, -1], fromChild: [Int32] = [-1, -1]
         guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { return nil }
         // Close-on-exec: the script gets only its standard input and output.
         for fd in toChild + fromChild { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toChild[0], STDIN_FILENO)
-        posix_spawn_file_actions_adddup2(&actions, fromChild[1], STDOUT_FILENO)
-        let arguments = ["python3", path]
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        let spawned = posix_spawnp(&child, "python3", &actions, nil, &argv, environ)
+        let child = spawnPython(path, stdin: toChild[0], stdout: fromChild[1])
         close(toChild[0])
         close(fromChild[1])
-        guard spawned == 0, let stream = fdopen(fromChild[0], "r") else {
+        guard let child, let stream = fdopen(fromChild[0], "r") else {
             close(toChild[1]); close(fromChild[0])
             return nil
         }
@@ -141,29 +126,15 @@ func interleavedMedians(_ rounds: Int, _ bodies: [() throws -> Double]) throws -
 /// python3 is missing or fails. The script is a file, not `-c`: CPython's
 /// spawn and forkserver children import the main module by its path.
 func runPython(_ script: String) -> String? {
-    var template = Array("/tmp/mp-bench-XXXXXX.py".utf8CString)
-    let file = mkstemps(&template, 3)
-    guard file >= 0 else { return nil }
-    let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let path = writeScript(script) else { return nil }
     defer { unlink(path) }
-    let bytes = Array(script.utf8)
-    guard write(file, bytes, bytes.count) == bytes.count else { close(file); return nil }
-    close(file)
     var fds: [Int32] = [-1, -1]
     guard pipe(&fds) == 0 else { return nil }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
-    posix_spawn_file_actions_addclose(&actions, fds[0])
-    let arguments = ["python3", path]
-    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let spawned = posix_spawnp(&pid, "python3", &actions, nil, &argv, environ)
+    _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+    let pid = spawnPython(path, stdin: nil, stdout: fds[1])
     close(fds[1])
     defer { close(fds[0]) }
-    guard spawned == 0 else { return nil }
+    guard let pid else { return nil }
     var output: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 4096)
     while true {
@@ -176,6 +147,33 @@ func runPython(_ script: String) -> String? {
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     guard status == 0 else { return nil }
     return String(decoding: output, as: UTF8.self)
+}
+
+/// `script` in a new file under /tmp (CPython's spawn and forkserver
+/// children import the main module by its path); its path.
+func writeScript(_ script: String) -> String? {
+    var template = Array("/tmp/mp-bench-XXXXXX.py".utf8CString)
+    let file = mkstemps(&template, 3)
+    guard file >= 0 else { return nil }
+    let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let bytes = Array(script.utf8)
+    defer { close(file) }
+    guard write(file, bytes, bytes.count) == bytes.count else { unlink(path); return nil }
+    return path
+}
+
+/// `python3 path` with its standard input and output on the given descriptors; its pid.
+func spawnPython(_ path: String, stdin: Int32?, stdout: Int32) -> pid_t? {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    if let stdin { posix_spawn_file_actions_adddup2(&actions, stdin, STDIN_FILENO) }
+    posix_spawn_file_actions_adddup2(&actions, stdout, STDOUT_FILENO)
+    let arguments: [String] = ["python3", path]
+    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    return posix_spawnp(&pid, "python3", &actions, nil, &argv, environ) == 0 ? pid : nil
 }
 
 /// Parses `name value` lines printed by a Python benchmark script.

@@ -397,6 +397,7 @@ struct ClusterTests {
     func killsUnderLoad() async throws {
         let db = try TestDatabase.shared()
         var workers = try (0..<2).map { _ in try startWorker(db.url, lease: 1) }
+        defer { for worker in workers { try? stopWorker(worker) } }
         // Two attempts: before, a packed row lost twice failed every task in it.
         let pool = try await MP.ClusterPool(database: db.url, maxAttempts: 2)
         _ = try await pool.apply(ClusterSquare(x: 1))
@@ -415,7 +416,6 @@ struct ClusterTests {
         #expect(failed == 0, "\(failed) of 600 healthy tasks failed")
         pool.close()
         try await pool.join()
-        for worker in workers { try? stopWorker(worker) }
     }
 
     @Test("fencing: a result from a worker whose lease passed to another attempt is refused")

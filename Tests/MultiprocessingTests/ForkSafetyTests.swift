@@ -142,8 +142,8 @@ struct ForkWatchdogTests {
     func processRestarted() throws {
         let before = MP.forkRestarts
         let old = MP.forkStartTimeout
-        MP.forkStartTimeout = 0.2
         defer { MP.forkStartTimeout = old }
+        MP.forkStartTimeout = 0.2
         let pipe = TestPipe()
         ChildBootstrap.stallForTesting = true
         let p = MP.Process { pipe.write("ran") }

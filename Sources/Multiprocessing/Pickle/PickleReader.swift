@@ -21,7 +21,7 @@ struct PickleReader {
     /// Containers are references while the machine runs (a memoized list
     /// gets its items after it was memoized, as in CPython); values after.
     final class Node {
-        enum Kind { case value(MP.PickleValue), list, tuple, dict, set, frozenset, mark, global(String, String) }
+        enum Kind { case value(MP.PickleValue), list, tuple, dict, set, frozenset, global(String, String) }
         let kind: Kind
         var items: [Node] = []
         init(_ kind: Kind) { self.kind = kind }
@@ -273,7 +273,7 @@ struct PickleReader {
         case .set: return .set(items)
         case .frozenset: return .frozenset(items)
         case .dict: return .dict(stride(from: 0, to: items.count, by: 2).map { .init(items[$0], items[$0 + 1]) })
-        case .mark, .global, .value: throw .malformed("a global left as a value")
+        case .global, .value: throw .malformed("a global left as a value")
         }
     }
 
