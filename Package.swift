@@ -40,9 +40,22 @@ let package = Package(
         .target(name: "_CMultiprocessingSync"),
         // The raw-C floors of mp-bench; no user's binary links them.
         .target(name: "_CMultiprocessingBench", dependencies: ["_CMultiprocessingSync"]),
+        // The platform layer: one wrapper per system call (one errno rule), OSError,
+        // deadlines, fork-safe locks, the descriptor watcher. Package-internal:
+        // the library and the cluster use it; users never import it.
+        .target(
+            name: "MultiprocessingPlatform",
+            dependencies: [
+                "_CMultiprocessingShims",
+                "_CMultiprocessingSync",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         .target(
             name: "Multiprocessing",
             dependencies: [
+                "MultiprocessingPlatform",
                 "_CMultiprocessingShims",
                 "_CMultiprocessingSync",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -55,6 +68,7 @@ let package = Package(
             name: "MultiprocessingCluster",
             dependencies: [
                 "Multiprocessing",
+                "MultiprocessingPlatform",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -95,12 +109,12 @@ let package = Package(
         .target(name: "NetworkLab", path: "Tests/NetworkLab", swiftSettings: [.swiftLanguageMode(.v6)]),
         .testTarget(
             name: "MultiprocessingTests",
-            dependencies: ["Multiprocessing", "NetworkLab"],
+            dependencies: ["Multiprocessing", "MultiprocessingPlatform", "NetworkLab"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
             name: "MultiprocessingClusterTests",
-            dependencies: ["MultiprocessingCluster", "Multiprocessing", "NetworkLab", .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["MultiprocessingCluster", "Multiprocessing", "MultiprocessingPlatform", "NetworkLab", .product(name: "PostgresNIO", package: "postgres-nio")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

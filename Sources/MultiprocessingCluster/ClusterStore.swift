@@ -1,4 +1,5 @@
 import Foundation
+import MultiprocessingPlatform
 import NIOCore
 import NIOPosix
 import PostgresNIO
@@ -550,9 +551,9 @@ final class DeadlineWatch: @unchecked Sendable {
 
     static var current: DeadlineWatch {
         lock.locked {
-            if let instance, instance.pid == getpid() { return instance.watch }
+            if let instance, instance.pid == Sys.getpid { return instance.watch }
             let watch = DeadlineWatch()
-            instance = (getpid(), watch)
+            instance = (Sys.getpid, watch)
             return watch
         }
     }

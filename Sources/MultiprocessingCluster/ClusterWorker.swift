@@ -1,5 +1,6 @@
 @_spi(Cluster) import Multiprocessing
 import Foundation
+import MultiprocessingPlatform
 import PostgresNIO
 import Synchronization
 
@@ -78,15 +79,16 @@ final class ClusterWorker: @unchecked Sendable {
         self.processes = processes
         self.lease = lease
         let host = ProcessInfo.processInfo.hostName
-        info = .init(id: "\(host):\(getpid()):\(UUID().uuidString.prefix(8))", build: build, host: host, pid: getpid(),
+        info = .init(id: "\(host):\(Sys.getpid):\(UUID().uuidString.prefix(8))", build: build, host: host, pid: Sys.getpid,
                      concurrency: Int32(processes), lease: lease)
     }
 
     func run() async throws(MP.ClusterError) {
         Self.stopRequested.store(false, ordering: .sequentiallyConsistent)
-        let previous = signal(SIGTERM) { _ in ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
+        let terminate = MP.Signal.terminate.rawValue
+        let previous = Sys.handle(signal: terminate) { _ in ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
         defer {
-            signal(SIGTERM, previous)
+            Sys.restoreHandler(previous, for: terminate)
             pool.terminate()
             try? pool.join()
             store.shutdown()

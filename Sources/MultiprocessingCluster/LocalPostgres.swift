@@ -1,4 +1,5 @@
 import Foundation
+import MultiprocessingPlatform
 
 extension MP.Cluster {
     /// A throwaway PostgreSQL server: `initdb` into a new temporary folder,
@@ -59,7 +60,7 @@ extension MP.Cluster {
             asUser = getuid() == 0 ? "postgres" : nil
             self.listenAddress = listenAddress
             self.port = port ?? Int.random(in: 20_000..<60_000)
-            directory = "/tmp/mp-postgres-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+            directory = "/tmp/mp-postgres-\(Sys.getpid)-\(UInt32.random(in: 0 ... .max))"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false,
                                                     attributes: [.posixPermissions: 0o700])
             if let asUser {
@@ -132,25 +133,15 @@ extension MP.Cluster {
         /// no pipe of ours open); its output goes to a file, read on failure.
         private func run(_ program: String, _ arguments: [String], asUser: String?, quiet: Bool = false) throws {
             let argv = (asUser.map { ["/sbin/runuser", "-u", $0, "--", program] } ?? [program]) + arguments
-            let outputPath = "/tmp/mp-postgres-command-\(getpid())-\(UInt32.random(in: 0 ... .max)).log"
-            defer { unlink(outputPath) }
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO)
-            let cArguments = argv.map { strdup($0) } + [nil]
-            defer { cArguments.forEach { free($0) } }
-            var pid: pid_t = 0
-            let spawned = posix_spawn(&pid, argv[0], &actions, nil, cArguments, environ)
-            guard spawned == 0 else {
-                throw MP.ClusterError.database("cannot run \(argv[0]): errno \(spawned)")
+            let outputPath = "/tmp/mp-postgres-command-\(Sys.getpid)-\(UInt32.random(in: 0 ... .max)).log"
+            defer { Sys.unlink(outputPath) }
+            let status: Int32
+            do {
+                status = try Sys.run(argv, outputPath: outputPath)
+            } catch {
+                throw MP.ClusterError.database("cannot run \(argv[0]): \(error)")
             }
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            let exitedCleanly = (status & 0x7f) == 0 && (status >> 8) & 0xff == 0
-            guard exitedCleanly else {
+            guard Sys.exitedCleanly(status) else {
                 if quiet { return }
                 let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
                 throw MP.ClusterError.database("\((program as NSString).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")

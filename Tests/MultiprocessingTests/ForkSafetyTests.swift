@@ -3,6 +3,7 @@ import Glibc
 #endif
 @testable import Multiprocessing
 import Testing
+import MultiprocessingPlatform
 
 /// A thread that takes `locks`, reports that it holds them, and keeps them
 /// until `release()`: what another thread of a busy program does at the moment

@@ -4,6 +4,7 @@ import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 // MP.Listener and MP.Client against real CPython (the machine's python3,
 // 3.11: HMAC-MD5 without a digest prefix) and against a Python peer that

@@ -4,6 +4,7 @@ import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// A swift-log backend that keeps the messages, holding a lock while it does
 /// (a lock a fork can copy held).

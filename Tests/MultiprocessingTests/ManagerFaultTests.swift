@@ -3,6 +3,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// A value whose encoding fails.
 struct Unencodable: Codable, Sendable {

@@ -4,6 +4,7 @@ import NetworkLab
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 @Suite("Manager across network namespaces", .serialized, .enabled(if: NetworkLab.available, "needs root and iproute2"))
 struct ManagerNetworkTests {

@@ -3,6 +3,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 // MP.Manager: a server process with shared objects behind proxies, used
 // from forked, spawned and forkserver children, pool workers, and other

@@ -1,5 +1,6 @@
 import Testing
 @testable import Multiprocessing
+import MultiprocessingPlatform
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -3,6 +3,7 @@ import Glibc
 #endif
 @testable import Multiprocessing
 import Testing
+import MultiprocessingPlatform
 
 /// What a main-actor caller writes (`@main struct App { static func main() async throws }`):
 /// it must compile in Swift 6 mode and work.

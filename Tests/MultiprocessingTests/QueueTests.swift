@@ -3,6 +3,7 @@ import Glibc
 #endif
 @testable import Multiprocessing
 import Testing
+import MultiprocessingPlatform
 
 struct Job: Codable, Equatable, Sendable { var id: Int; var name: String; var payload: [Double] }
 

@@ -4,6 +4,7 @@ import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 // Named tasks used by these tests: found by name in the test binary's
 // conformance records by every spawned or forkserver child.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 @testable import Multiprocessing
 import Testing
+import MultiprocessingPlatform
 
 /// At the test process's exit, kills any child a failed test left running,
 /// so the exit handling (which joins children) cannot wait forever. Registered

@@ -3,6 +3,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 // Named tasks for the task pool's tests: every worker (spawned, forkserver or
 // forked) finds them by name in the test binary.

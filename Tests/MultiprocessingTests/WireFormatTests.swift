@@ -3,6 +3,7 @@ import Glibc
 #endif
 @testable import Multiprocessing
 import Testing
+import MultiprocessingPlatform
 
 struct Inner: Codable, Equatable { var flag: Bool; var tags: Set<String> }
 enum Shape: Codable, Equatable { case circle(radius: Double), square(Int), none }

@@ -4,6 +4,7 @@ import Glibc
 import _CMultiprocessingShims
 import _CMultiprocessingSync
 import Synchronization
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `multiprocessing.Pipe(duplex)`: two connected ends.

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `multiprocessing.connection.wait(object_list, timeout)` for

@@ -4,6 +4,7 @@ import Glibc
 import _CMultiprocessingShims
 import _CMultiprocessingSync
 import SystemPackage
+import MultiprocessingPlatform
 
 extension MP {
     /// Why a queue operation failed.

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 /// The one binary format for every value that crosses a process boundary.
 ///
 /// Not self-describing: both sides know the type. Fixed-width little-endian

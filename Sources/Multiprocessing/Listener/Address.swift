@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// Where a ``MP/Listener`` listens and a ``MP/Client(address:authkey:legacyDigest:handshakeTimeout:maxMessageSize:codec:)``
     /// connects: Python's `address` (a path, a `'\0name'`, or a `(host, port)` tuple).

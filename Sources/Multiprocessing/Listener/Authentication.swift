@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Crypto
+import MultiprocessingPlatform
 
 /// CPython's connection handshake (`deliver_challenge`, `answer_challenge`
 /// in `Lib/multiprocessing/connection.py`), byte for byte, on a socket

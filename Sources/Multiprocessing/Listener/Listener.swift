@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingShims
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `multiprocessing.connection.Listener`: accepts connections

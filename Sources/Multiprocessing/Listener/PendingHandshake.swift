@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// The listener's side of CPython's handshake (`deliver_challenge`, then
 /// `answer_challenge`) for one accepted peer, driven without blocking: it

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Logging
 import Synchronization
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `multiprocessing.get_logger()`: the library's logger, for its

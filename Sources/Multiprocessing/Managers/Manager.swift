@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// Python's `multiprocessing.Manager()` (a started `SyncManager`): a
     /// server process that holds shared objects, and proxies to them that
@@ -366,7 +367,7 @@ struct ManagerServerTask: MP.NamedTask {
         }
         // Ignore SIGINT as CPython's manager does: a ^C in the terminal reaches
         // the owner, which shuts the manager down.
-        Sys.ignore(.interrupt)
+        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
         try report.send(ManagerReady.listening(listener.address))
         report.close()
         ManagerServer(listener: listener).serveForever()

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// One authenticated connection between a manager and a client, carrying
 /// CPython-framed messages (a big-endian `i32` length, or `-1` and a `u64`).

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// What a ``MP/Manager`` or one of its proxies throws.
     ///

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// A manager's server (Python's `multiprocessing.managers.Server`): holds
 /// the shared objects and serves each authenticated connection on its own

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 /// The manager's request-reply protocol, inside CPython's framing (a
 /// big-endian `i32` length per message) on a socket that passed CPython's
 /// authentication handshake.

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 /// What every proxy holds: its manager's link and its object's id.
 ///
 /// A proxy is `Codable`, so it crosses into a child as a named task's

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 /// The objects a manager's server holds. Type-agnostic: keys and values are
 /// the bytes of their wire encoding, so one server serves every element type
 /// (and any build of the library); only a registered type (``ManagedBox``)

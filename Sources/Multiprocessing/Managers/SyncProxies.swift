@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// Python's proxy of `manager.Lock()` and `manager.RLock()`. A lock is
     /// held by a thread of a process; when every process of a client is

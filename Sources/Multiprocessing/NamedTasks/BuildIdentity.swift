@@ -1,4 +1,5 @@
 import _CMultiprocessingShims
+import MultiprocessingPlatform
 
 /// Which build of the program this process is: the executable's GNU build id
 /// (a hash the linker writes into every Swift binary on Linux), read from the

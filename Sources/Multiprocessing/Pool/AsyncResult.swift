@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `AsyncResult`: the future of one `applyAsync` or `mapAsync`.

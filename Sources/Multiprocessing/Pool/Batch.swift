@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// One submitted task: what a worker runs, and what the parent does with its outcome.
 @usableFromInline

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// The pool's thread and the state it shares with the ``MP/Pool`` handle:
 /// submitted tasks, the pool's state, the wake-up pipe. The thread holds

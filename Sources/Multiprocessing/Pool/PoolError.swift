@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// Why a pool task or operation failed.
     public enum PoolError: Error, Hashable, Sendable, CustomStringConvertible {

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// Python's `multiprocessing.pool.ThreadPool` (`multiprocessing.dummy.Pool`):
     /// the pool API on threads of this process, for I/O-bound work (a task

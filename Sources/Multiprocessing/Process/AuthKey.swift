@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 /// The process's authentication key (Python's `current_process().authkey`):
 /// 32 random bytes made in the main process, inherited by every child
 /// (forked ones by memory, spawned and forkserver ones in their launch

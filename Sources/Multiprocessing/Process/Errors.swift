@@ -1,24 +1,10 @@
 import SystemPackage
+import MultiprocessingPlatform
 
 extension MP {
-    /// An operating-system call failed: which call, and the `errno` it set.
-    ///
-    /// Python raises `OSError` with the same two facts.
-    public struct OSError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// The call that failed, e.g. `"fork"` or `"waitpid"`.
-        public let operation: String
-        /// The error number the call reported.
-        public let errno: Errno
-
-        public init(_ operation: String, errno: Errno) {
-            self.operation = operation
-            self.errno = errno
-        }
-
-        public var description: String {
-            "\(operation) failed: \(errno) (errno \(errno.rawValue))"
-        }
-    }
+    /// An operating-system call failed: which call, and the `errno` it set
+    /// (Python's `OSError`). Defined in the platform layer, whose every call throws it.
+    public typealias OSError = MultiprocessingPlatform.OSError
 
     /// Misuse of a ``MP/Process`` (Python's `AssertionError` and `ValueError`),
     /// or an operating-system failure while managing it.

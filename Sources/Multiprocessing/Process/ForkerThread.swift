@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// A thread that lives as long as the process and forks on request.
 ///

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 extension MP {
     /// What `fork()` returns: which side of the fork this is.

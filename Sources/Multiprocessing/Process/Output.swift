@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 extension MP {
     /// Flushes every C stdio stream. Swift's `print` writes through stdout's

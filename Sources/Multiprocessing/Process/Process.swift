@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `multiprocessing.Process`, started with the fork start method.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// Per-process library state: the current process object, the children this
 /// process started and has not reaped yet, and the exit handling.
@@ -29,7 +30,6 @@ final class Runtime: @unchecked Sendable {
     /// its own exit handling), not through the C library's `exit`.
     private(set) var isLaunchedChild = false
     /// Started on first use, per process; a child starts its own.
-    private var watcher: FDWatcher?
     private var forker: ForkerThread?
 
     private init() {
@@ -44,16 +44,6 @@ final class Runtime: @unchecked Sendable {
             return (parentObject, parentPid)
         }
         return found.map { MP.ParentProcess(name: $0.0.name, pid: $0.1) }
-    }
-
-    /// The process's epoll thread, started on first use.
-    func fdWatcher() throws(MP.OSError) -> FDWatcher {
-        try lock.withLock { () throws(MP.OSError) -> FDWatcher in
-            if let watcher { return watcher }
-            let started = try FDWatcher()
-            watcher = started
-            return started
-        }
     }
 
     /// The process's long-lived forking thread, started on first use.
@@ -153,11 +143,7 @@ final class Runtime: @unchecked Sendable {
             for child in children { child.closeInheritedDescriptor() }
             children = []
         }
-        if watcher != nil || forker != nil {
-            watcher?.abandonAfterFork() // its thread is gone
-            watcher = nil
-            forker = nil
-        }
+        forker = nil // its thread is gone
         if let process {
             parentObject = currentProcess
             self.parentPid = parentPid

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// CPython's resource tracker: a helper process that unlinks the named
 /// segments this program created and did not unlink, once every process of
@@ -84,8 +85,8 @@ enum ResourceTracker {
     /// The tracker's life: read registrations until end-of-file, then unlink the rest.
     static func serve(_ readEnd: Int32) -> Never {
         Sys.closeAll(except: readEnd)
-        Sys.ignore(.interrupt)
-        Sys.ignore(.terminate)
+        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
+        Sys.ignore(signal: MP.Signal.terminate.rawValue)
         LibraryLog.adopt(getenv(LibraryLog.environment).map { String(cString: $0) })
         var registered: [String: Int] = [:]
         var input = PipeLines(readEnd)

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// A block of shared memory: inherited by children forked after its
 /// creation and, when `shareable`, passed to spawned and forkserver children

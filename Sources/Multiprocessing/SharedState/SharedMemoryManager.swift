@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 extension MP {
     /// Python's `multiprocessing.managers.SharedMemoryManager`: segments and
@@ -100,8 +101,8 @@ enum SegmentKeeper {
 
     static func serve(_ readEnd: Int32, owner: pid_t) -> Never {
         Sys.closeAll(except: readEnd)
-        Sys.ignore(.interrupt)
-        Sys.ignore(.terminate)
+        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
+        Sys.ignore(signal: MP.Signal.terminate.rawValue)
         var kept: Set<String> = []
         let ownerFd = (try? Sys.pidfdOpen(owner)) ?? -1
         var input = PipeLines(readEnd)

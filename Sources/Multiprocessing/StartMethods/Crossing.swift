@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 /// How library objects cross into a spawned or forkserver child.
 ///
 /// CPython pickles a lock or a queue into a spawned child by duplicating its

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingShims
 import SystemPackage
+import MultiprocessingPlatform
 
 /// CPython's `forkserver`: a fresh copy of the program, started on first
 /// use, that forks every child from a process which has only ever had one

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import MultiprocessingPlatform
 
 /// What a spawned or forkserver child is told: which task, with which
 /// arguments, as which process. Written by the parent into a memfd that

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingShims
+import MultiprocessingPlatform
 
 /// A spawned or forkserver child, from its first instruction to its exit:
 /// reads its launch message, becomes the process it was told to be, runs the

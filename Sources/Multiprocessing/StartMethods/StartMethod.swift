@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// How a child process is created: Python's three start methods.
     ///

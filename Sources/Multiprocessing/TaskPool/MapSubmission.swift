@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// The jobs of one `map`, and how their results come together.
 ///

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// The parent's side of one ``MP/TaskPool`` worker: its process, its
 /// channel (non-blocking here), its control block, the orders it holds.

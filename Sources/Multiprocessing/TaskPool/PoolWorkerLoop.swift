@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// Shared memory between a pool and one worker (64-bit slots): which order
 /// runs, and which orders were cancelled before they started.

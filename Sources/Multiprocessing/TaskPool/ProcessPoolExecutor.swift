@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// Python's `concurrent.futures.ProcessPoolExecutor`, for named tasks, on
     /// a ``MP/TaskPool``.

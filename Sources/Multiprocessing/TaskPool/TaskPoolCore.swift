@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Synchronization
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// The state of a ``MP/TaskPool`` and its thread. The thread holds this
 /// object, not the handle, so a pool the program drops is closed (its

@@ -1,3 +1,4 @@
+import MultiprocessingPlatform
 extension MP {
     /// The results of ``MP/TaskPool/imap(_:chunksize:bufferSize:timeout:)``
     /// or ``MP/TaskPool/imapUnordered(_:chunksize:bufferSize:timeout:)``:

@@ -10,7 +10,7 @@ extension Sys {
     /// `posix_spawn(path, argv, envp)` with `descriptors[i]` at `3 + i` in
     /// the child and every other descriptor from 3 up closed (`cmp_spawn`);
     /// the environment is this process's plus `addedEnvironment` (`NAME=value`).
-    static func spawn(_ path: String, arguments: [String], descriptors: [Int32], addedEnvironment: [String] = [], resetSignals: Bool = true) throws(MP.OSError) -> pid_t {
+    package static func spawn(_ path: String, arguments: [String], descriptors: [Int32], addedEnvironment: [String] = [], resetSignals: Bool = true) throws(OSError) -> pid_t {
         // Every source above the target range first, so no dup2 overwrites a later source.
         let floor = Int32(3 + descriptors.count)
         var lifted: [Int32] = []
@@ -39,23 +39,53 @@ extension Sys {
         return pid
     }
 
+    /// Runs `arguments[0]` (a path) to its end: `posix_spawn` with standard
+    /// input from `/dev/null` and standard output and error into the file
+    /// `outputPath` (created or truncated), then `waitpid` on its pid (never
+    /// a wait for any child: the library reaps its own). Returns the raw wait
+    /// status. For helper commands (`initdb`, `pg_ctl`) whose output is read
+    /// only when they fail, and which may leave a server running that must
+    /// hold no pipe of ours.
+    package static func run(_ arguments: [String], outputPath: String) throws(OSError) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO)
+        var cArguments = arguments.map { strdup($0) }
+        cArguments.append(nil)
+        defer { for argument in cArguments { free(argument) } }
+        var pid: pid_t = 0
+        let error = posix_spawn(&pid, arguments[0], &actions, nil, cArguments, environ)
+        if error != 0 { throw failure("posix_spawn", error) }
+        var status: Int32 = 0
+        _ = try waitpid(pid, &status, 0)
+        return status
+    }
+
+    /// Whether a raw wait status is a normal exit with code 0.
+    package static func exitedCleanly(_ status: Int32) -> Bool {
+        (status & 0x7f) == 0 && (status >> 8) & 0xff == 0
+    }
+
     /// `memfd_create(name, MFD_CLOEXEC)`.
-    static func memoryFile(_ name: String) throws(MP.OSError) -> Int32 {
+    package static func memoryFile(_ name: String) throws(OSError) -> Int32 {
         try check("memfd_create") { cmp_memfd(name) }
     }
 
     /// `open(path, O_RDONLY | O_CLOEXEC)`.
-    static func openReadOnly(_ path: String) throws(MP.OSError) -> Int32 {
+    package static func openReadOnly(_ path: String) throws(OSError) -> Int32 {
         try check("open") { open(path, O_RDONLY | O_CLOEXEC) }
     }
 
     /// `dup(fd)` with close-on-exec (`F_DUPFD_CLOEXEC`).
-    static func duplicate(_ fd: Int32) throws(MP.OSError) -> Int32 {
+    package static func duplicate(_ fd: Int32) throws(OSError) -> Int32 {
         try check("fcntl(F_DUPFD_CLOEXEC)") { cmp_dup_above(fd, 0) }
     }
 
     /// Writes all of `bytes` to `fd` at `offset` onwards (`pwrite`, EINTR retried).
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: Int) throws(MP.OSError) {
+    package static func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: Int) throws(OSError) {
         var written = 0
         while written < bytes.count {
             let done = written
@@ -71,7 +101,7 @@ extension Sys {
     }
 
     /// All bytes of the file behind `fd`, from offset 0 (`pread`, EINTR retried).
-    static func readWholeFile(_ fd: Int32) throws(MP.OSError) -> [UInt8] {
+    package static func readWholeFile(_ fd: Int32) throws(OSError) -> [UInt8] {
         let size = try fileSize(fd)
         var bytes = [UInt8](repeating: 0, count: size)
         var done = 0
@@ -91,7 +121,7 @@ extension Sys {
     }
 
     /// One message with `descriptors` attached (`sendmsg` with SCM_RIGHTS).
-    static func send(_ socket: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(MP.OSError) {
+    package static func send(_ socket: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(OSError) {
         let sent = bytes.withUnsafeBytes { raw in
             cmp_send_with_descriptors(socket, raw.baseAddress, raw.count, descriptors, Int32(descriptors.count), 0)
         }
@@ -100,7 +130,7 @@ extension Sys {
 
     /// One message of at most `capacity` bytes, with the descriptors attached
     /// to it (close-on-exec). Empty bytes: the peer closed its end.
-    static func receive(_ socket: Int32, capacity: Int, maxDescriptors: Int, blocking: Bool = true) throws(MP.OSError) -> (bytes: [UInt8], descriptors: [Int32]) {
+    package static func receive(_ socket: Int32, capacity: Int, maxDescriptors: Int, blocking: Bool = true) throws(OSError) -> (bytes: [UInt8], descriptors: [Int32]) {
         var bytes = [UInt8](repeating: 0, count: capacity)
         var fds = [Int32](repeating: -1, count: max(1, maxDescriptors))
         var count: Int32 = 0
@@ -116,7 +146,7 @@ extension Sys {
     }
 
     /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`; true when the parent is still `parent`.
-    static func dieWithParent(_ parent: pid_t) -> Bool {
+    package static func dieWithParent(_ parent: pid_t) -> Bool {
         cmp_die_with_parent(parent) == 1
     }
 }

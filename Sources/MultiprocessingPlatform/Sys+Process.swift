@@ -6,44 +6,55 @@ import _CMultiprocessingShims
 /// Processes and signals beyond `fork`/`waitpid`/`kill` (in `Syscall.swift`).
 extension Sys {
     /// `exit(code)`: the C library's exit (atexit handlers, stdio flushed).
-    static func exitNormally(_ code: Int32) -> Never { Glibc.exit(code) }
+    package static func exitNormally(_ code: Int32) -> Never { Glibc.exit(code) }
 
     /// `_exit(code)`: no atexit handlers, no stdio flush (a helper process).
-    static func exitImmediately(_ code: Int32) -> Never { Glibc._exit(code) }
+    package static func exitImmediately(_ code: Int32) -> Never { Glibc._exit(code) }
 
     /// `atexit(handler)`: runs at the normal exit of this process.
-    static func atExit(_ handler: @escaping @convention(c) () -> Void) { _ = Glibc.atexit(handler) }
+    package static func atExit(_ handler: @escaping @convention(c) () -> Void) { _ = Glibc.atexit(handler) }
 
     /// `usleep`: only for the fallback poll where a kernel has no pidfds.
-    static func sleep(microseconds: UInt32) { _ = Glibc.usleep(microseconds) }
+    package static func sleep(microseconds: UInt32) { _ = Glibc.usleep(microseconds) }
 
     /// Ignores `signal` in this process (`signal(sig, SIG_IGN)`).
-    static func ignore(_ signal: MP.Signal) { _ = Glibc.signal(signal.rawValue, SIG_IGN) }
+    package static func ignore(signal number: Int32) { _ = Glibc.signal(number, SIG_IGN) }
+
+    /// Installs `handler` for `signal` (`signal(2)`); returns the handler it
+    /// replaced, for ``restoreHandler(_:for:)``.
+    package static func handle(signal number: Int32, with handler: @escaping @convention(c) (Int32) -> Void) -> sighandler_t? {
+        Glibc.signal(number, handler)
+    }
+
+    /// Puts back a handler ``handle(signal:with:)`` returned.
+    package static func restoreHandler(_ previous: sighandler_t?, for number: Int32) {
+        _ = Glibc.signal(number, previous)
+    }
 
     /// The online CPUs (`sysconf(_SC_NPROCESSORS_ONLN)`).
-    static var onlineCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+    package static var onlineCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
     /// `sched_setaffinity(pid, cpus)`.
-    static func setAffinity(_ pid: pid_t, _ cpus: [Int32]) throws(MP.OSError) {
+    package static func setAffinity(_ pid: pid_t, _ cpus: [Int32]) throws(OSError) {
         _ = try check("sched_setaffinity") { cmp_set_affinity(pid, cpus, Int32(cpus.count)) }
     }
 
     /// `sched_getaffinity(pid)`: the CPU numbers, ascending.
-    static func affinity(_ pid: pid_t) throws(MP.OSError) -> [Int32] {
+    package static func affinity(_ pid: pid_t) throws(OSError) -> [Int32] {
         var cpus = [Int32](repeating: 0, count: 1 << 16)
         let count = try check("sched_getaffinity") { cmp_get_affinity(pid, &cpus, Int32(cpus.count)) }
         return Swift.Array(cpus[..<Int(count)])
     }
 
     /// The CPUs this thread may run on (`sched_getaffinity`); nil on failure.
-    static var affinityCPUs: Int? {
+    package static var affinityCPUs: Int? {
         let count = Int(cmp_affinity_cpu_count())
         return count > 0 ? count : nil
     }
 
     /// The CPU quota of this process's cgroup (v2 `cpu.max`, the tightest
     /// along its path), rounded up to whole CPUs; nil without a limit.
-    static var cgroupCPUQuota: Int? {
+    package static var cgroupCPUQuota: Int? {
         guard let membership = readSmallFile("/proc/self/cgroup"),
               let line = membership.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { return nil }
         var path = String(line.dropFirst(3))
@@ -64,7 +75,7 @@ extension Sys {
     }
 
     /// A small text file's contents (a /proc or /sys file); nil if unreadable.
-    static func readSmallFile(_ path: String) -> String? {
+    package static func readSmallFile(_ path: String) -> String? {
         guard let fd = try? openReadOnly(path) else { return nil }
         defer { close(fd) }
         var bytes: [UInt8] = []

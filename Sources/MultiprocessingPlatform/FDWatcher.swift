@@ -9,10 +9,10 @@ import SystemPackage
 ///
 /// One epoll thread per process, started on first use. Each wait watches a
 /// duplicate of the caller's descriptor, so several tasks may wait on the same
-/// descriptor (two tasks joining one process). `Runtime` owns the instance; in
-/// a forked child the thread is gone, so the child drops the inherited instance
-/// and starts its own when needed. Dispatch is not used, so it works in forked children too.
-final class FDWatcher: @unchecked Sendable {
+/// descriptor (two tasks joining one process). In a forked child the thread
+/// is gone, so the child drops the inherited instance (an ``AfterFork``
+/// handler) and starts its own when needed. Dispatch is not used, so it works in forked children too.
+package final class FDWatcher: @unchecked Sendable {
     private enum Phase {
         case created
         case cancelled
@@ -25,12 +25,30 @@ final class FDWatcher: @unchecked Sendable {
     private var phases: [UInt64: Phase] = [:]
     private var nextToken: UInt64 = 0
 
-    static func current() throws(MP.OSError) -> FDWatcher { try Runtime.shared.fdWatcher() }
+    private static let sharedLock = ForkSafeLock()
+    nonisolated(unsafe) private static var shared: FDWatcher?
+    private static let forgetInChild: Void = AfterFork.register { FDWatcher.abandonAfterFork() }
 
-    /// In a forked child: the thread and the waiters belong to the parent.
-    func abandonAfterFork() { Sys.close(epfd) }
+    /// This process's watcher, started on first use. A forked child starts
+    /// its own: the parent's thread and waiters do not exist there.
+    package static func current() throws(OSError) -> FDWatcher {
+        forgetInChild
+        return try sharedLock.withLock { () throws(OSError) -> FDWatcher in
+            if let shared { return shared }
+            let started = try FDWatcher()
+            shared = started
+            return started
+        }
+    }
 
-    init() throws(MP.OSError) {
+    /// In a forked child (single-threaded, in the after-fork handlers): the
+    /// inherited watcher's thread is gone; its epoll set is closed and forgotten.
+    private static func abandonAfterFork() {
+        if let shared { Sys.close(shared.epfd) }
+        shared = nil
+    }
+
+    package init() throws(OSError) {
         epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
         do {
             try startThread { [self] in serve() }.get()
@@ -71,17 +89,17 @@ final class FDWatcher: @unchecked Sendable {
     }
 
     /// Why an await for readiness ended without it.
-    enum WaitError: Error {
+    package enum WaitError: Error {
         case cancelled
-        case system(MP.OSError)
+        case system(OSError)
     }
 
     /// The one way the library awaits a descriptor: suspends until `fd` is
     /// readable, on this process's epoll thread.
-    static func readable(_ fd: Int32) async throws(WaitError) {
+    package static func readable(_ fd: Int32) async throws(WaitError) {
         do {
             try await current().waitReadable(fd)
-        } catch let error as MP.OSError {
+        } catch let error as OSError {
             throw .system(error)
         } catch {
             throw .cancelled
@@ -89,7 +107,7 @@ final class FDWatcher: @unchecked Sendable {
     }
 
     /// ``readable(_:)`` with its two failures in the caller's error type.
-    static func readable<E: Error>(_ fd: Int32, cancelled: E, system: (MP.OSError) -> E) async throws(E) {
+    package static func readable<E: Error>(_ fd: Int32, cancelled: E, system: (OSError) -> E) async throws(E) {
         do {
             try await readable(fd)
         } catch {
@@ -103,8 +121,8 @@ final class FDWatcher: @unchecked Sendable {
     /// Calls `handler` on this process's epoll thread once `fd` is readable
     /// (a pidfd: the process ended). The handler must be short and must not
     /// wait for anything: every await of the process shares the thread.
-    func whenReadable(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(MP.OSError) {
-        try lock.withLock { () throws(MP.OSError) in
+    package func whenReadable(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(OSError) {
+        try lock.withLock { () throws(OSError) in
             nextToken += 1
             let copy = try Sys.check("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
             if cmp_epoll_add_readable_oneshot(epfd, copy, nextToken) < 0 {
@@ -117,8 +135,8 @@ final class FDWatcher: @unchecked Sendable {
     }
 
     /// Suspends until `fd` is readable. Throws `CancellationError` when the task
-    /// is cancelled, `MP.OSError` when the descriptor cannot be watched.
-    func waitReadable(_ fd: Int32) async throws {
+    /// is cancelled, `OSError` when the descriptor cannot be watched.
+    package func waitReadable(_ fd: Int32) async throws {
         let token = lock.withLock { () -> UInt64 in
             nextToken += 1
             phases[nextToken] = .created

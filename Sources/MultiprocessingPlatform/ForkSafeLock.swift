@@ -15,10 +15,10 @@ import _CMultiprocessingShims
 ///
 /// What a lock protects may have been mid-update at the fork; state that
 /// cannot be trusted then registers a reset with ``AfterFork/register(_:)``.
-final class ForkSafeLock: @unchecked Sendable {
+package final class ForkSafeLock: @unchecked Sendable {
     private let storage: UnsafeMutablePointer<cmp_fork_safe_mutex>
 
-    init() {
+    package init() {
         storage = .allocate(capacity: 1)
         cmp_fork_safe_mutex_init(storage)
     }
@@ -36,34 +36,34 @@ final class ForkSafeLock: @unchecked Sendable {
         withUnsafeMutablePointer(to: &storage.pointee.condition) { $0 }
     }
 
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
+    package func lock() { pthread_mutex_lock(mutex) }
+    package func unlock() { pthread_mutex_unlock(mutex) }
 
     @inline(__always)
-    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+    package func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
 
     /// With the lock held: waits for a broadcast.
-    func wait() { pthread_cond_wait(condition, mutex) }
+    package func wait() { pthread_cond_wait(condition, mutex) }
 
     /// With the lock held: waits for a broadcast until `deadline` (nil: forever).
-    func wait(until deadline: Deadline?) {
+    package func wait(until deadline: Deadline?) {
         guard let deadline else { return wait() }
         var until = deadline.absoluteTimespec
         pthread_cond_timedwait(condition, mutex, &until)
     }
 
-    func broadcast() { pthread_cond_broadcast(condition) }
+    package func broadcast() { pthread_cond_broadcast(condition) }
 }
 
 /// Per-process state that a forked child must reset (CPython's
 /// `util.register_after_fork`). Handlers run in every forked child, on its
 /// only thread, after every ``ForkSafeLock`` has been reset, in the order
 /// they were registered.
-enum AfterFork {
+package enum AfterFork {
     private static let lock = ForkSafeLock()
     nonisolated(unsafe) private static var handlers: [@Sendable () -> Void] = []
 
@@ -72,7 +72,7 @@ enum AfterFork {
     }()
 
     /// Registers `handler` to run in every child forked from now on.
-    static func register(_ handler: @escaping @Sendable () -> Void) {
+    package static func register(_ handler: @escaping @Sendable () -> Void) {
         installed
         lock.withLock {
             handlers.append(handler)
@@ -86,7 +86,7 @@ enum AfterFork {
     }
 
     /// How many ``ForkSafeLock``s exist (each is in the registry).
-    static var registeredLockCount: Int { cmp_fork_registry_count() }
+    package static var registeredLockCount: Int { cmp_fork_registry_count() }
 
     private static func runInChild() {
         for handler in handlers { handler() }
@@ -95,12 +95,14 @@ enum AfterFork {
 
 /// A one-shot flag a thread can block on, or a task await (Dispatch-free:
 /// usable in a forked child).
-final class OneShotEvent: @unchecked Sendable {
+package final class OneShotEvent: @unchecked Sendable {
     private let lock = ForkSafeLock()
     private var isSet = false
     private var continuations: [CheckedContinuation<Void, Never>] = []
 
-    func set() {
+    package init() {}
+
+    package func set() {
         let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
             isSet = true
             lock.broadcast()
@@ -111,7 +113,7 @@ final class OneShotEvent: @unchecked Sendable {
     }
 
     /// Suspends until the flag is set, blocking no thread.
-    func wait() async {
+    package func wait() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let ready = lock.withLock { () -> Bool in
                 if isSet { return true }
@@ -122,14 +124,14 @@ final class OneShotEvent: @unchecked Sendable {
         }
     }
 
-    func wait() {
+    package func wait() {
         lock.withLock {
             while !isSet { lock.wait() }
         }
     }
 
     /// Blocks until the flag is set or `deadline` passes (nil: no limit); whether it is set.
-    func wait(until deadline: Deadline?) -> Bool {
+    package func wait(until deadline: Deadline?) -> Bool {
         lock.withLock {
             while !isSet {
                 if let deadline, deadline.hasPassed { return false }

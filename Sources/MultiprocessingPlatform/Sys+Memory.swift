@@ -7,50 +7,50 @@ import SystemPackage
 /// Memory and shared memory: anonymous shared mappings, named segments.
 extension Sys {
     /// The page size (`sysconf(_SC_PAGESIZE)`).
-    static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+    package static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     /// `mmap(MAP_SHARED | MAP_ANONYMOUS)` of `size` zeroed bytes, inherited by children forked later.
-    static func mapShared(_ size: Int) throws(MP.OSError) -> UnsafeMutableRawPointer {
+    package static func mapShared(_ size: Int) throws(OSError) -> UnsafeMutableRawPointer {
         guard let address = cmp_shared_map(size) else { throw failure("mmap", errno) }
         return address
     }
 
     /// `munmap`.
-    static func unmap(_ address: UnsafeMutableRawPointer, _ size: Int) {
+    package static func unmap(_ address: UnsafeMutableRawPointer, _ size: Int) {
         _ = cmp_shared_unmap(address, size)
     }
 
     /// `shm_open(path, flags, mode)`; `EEXIST` and `ENOENT` come back as the errno for the caller to name.
-    static func sharedMemoryOpen(_ path: String, flags: Int32, mode: mode_t) throws(MP.OSError) -> Int32 {
+    package static func sharedMemoryOpen(_ path: String, flags: Int32, mode: mode_t) throws(OSError) -> Int32 {
         try check("shm_open") { shm_open(path, flags, mode) }
     }
 
     /// `shm_unlink(path)`.
-    static func sharedMemoryUnlink(_ path: String) throws(MP.OSError) {
+    package static func sharedMemoryUnlink(_ path: String) throws(OSError) {
         _ = try check("shm_unlink") { shm_unlink(path) }
     }
 
     /// `ftruncate(fd, size)`.
-    static func truncate(_ fd: Int32, to size: Int) throws(MP.OSError) {
+    package static func truncate(_ fd: Int32, to size: Int) throws(OSError) {
         _ = try check("ftruncate") { ftruncate(fd, off_t(size)) }
     }
 
     /// The size of the file behind `fd` (`fstat`).
-    static func fileSize(_ fd: Int32) throws(MP.OSError) -> Int {
+    package static func fileSize(_ fd: Int32) throws(OSError) -> Int {
         var info = stat()
         _ = try check("fstat") { fstat(fd, &info) }
         return Int(info.st_size)
     }
 
     /// `mmap(PROT_READ | PROT_WRITE, MAP_SHARED)` of `size` bytes of `fd`.
-    static func mapShared(_ fd: Int32, size: Int) throws(MP.OSError) -> UnsafeMutableRawPointer {
+    package static func mapShared(_ fd: Int32, size: Int) throws(OSError) -> UnsafeMutableRawPointer {
         let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let address, address != MAP_FAILED else { throw failure("mmap", errno) }
         return address
     }
 
     /// Raises the soft `RLIMIT_NOFILE` to the hard limit (`setrlimit`); failures are ignored.
-    static func raiseDescriptorLimit() {
+    package static func raiseDescriptorLimit() {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
         limit.rlim_cur = limit.rlim_max

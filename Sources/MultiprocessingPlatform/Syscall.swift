@@ -19,13 +19,13 @@ import SystemPackage
 /// - `EBADF` and `EFAULT` are programming errors (a descriptor or pointer
 ///   the library got wrong): they stop the program with the call's name;
 /// - anything else throws ``MP/OSError`` with the call's name and its errno.
-enum Sys {
-    /// Runs `body`; a `-1` result throws `MP.OSError(operation, errno)`.
+package enum Sys {
+    /// Runs `body`; a `-1` result throws `OSError(operation, errno)`.
     /// `EINTR` is retried unless `retryOnInterrupt` is false.
     @inline(__always)
-    static func check<T: FixedWidthInteger>(
+    package static func check<T: FixedWidthInteger>(
         _ operation: String, retryOnInterrupt: Bool = true, _ body: () -> T
-    ) throws(MP.OSError) -> T {
+    ) throws(OSError) -> T {
         while true {
             let result = body()
             if result != -1 { return result }
@@ -37,7 +37,7 @@ enum Sys {
 
     /// Like ``check(_:retryOnInterrupt:_:)``, but `EAGAIN`/`EWOULDBLOCK` is nil.
     @inline(__always)
-    static func checkAgain<T: FixedWidthInteger>(_ operation: String, _ body: () -> T) throws(MP.OSError) -> T? {
+    package static func checkAgain<T: FixedWidthInteger>(_ operation: String, _ body: () -> T) throws(OSError) -> T? {
         while true {
             let result = body()
             if result != -1 { return result }
@@ -50,62 +50,62 @@ enum Sys {
 
     /// The error for a failed call: `EBADF`/`EFAULT` stop the program (a bug
     /// in the library, not a condition to handle).
-    static func failure(_ operation: String, _ code: Int32) -> MP.OSError {
+    package static func failure(_ operation: String, _ code: Int32) -> OSError {
         precondition(code != EBADF && code != EFAULT,
                      "\(operation) failed with \(Errno(rawValue: code)): a bad descriptor or address is a bug in swift-multiprocessing")
-        return MP.OSError(operation, errno: Errno(rawValue: code))
+        return OSError(operation, errno: Errno(rawValue: code))
     }
 
     /// A result code (pthreads return the error instead of setting errno) as an error; nil for 0.
-    static func failure(_ operation: String, result: Int32) -> MP.OSError? {
+    package static func failure(_ operation: String, result: Int32) -> OSError? {
         result == 0 ? nil : failure(operation, result)
     }
 
     // MARK: processes
 
-    static func fork() throws(MP.OSError) -> pid_t { try check("fork") { Glibc.fork() } }
+    package static func fork() throws(OSError) -> pid_t { try check("fork") { Glibc.fork() } }
 
     /// `waitpid`; returns 0 with `WNOHANG` when nothing has changed.
-    static func waitpid(_ pid: pid_t, _ status: inout Int32, _ options: Int32) throws(MP.OSError) -> pid_t {
+    package static func waitpid(_ pid: pid_t, _ status: inout Int32, _ options: Int32) throws(OSError) -> pid_t {
         try check("waitpid") { Glibc.waitpid(pid, &status, options) }
     }
 
-    static func kill(_ pid: pid_t, _ signal: Int32) throws(MP.OSError) {
+    package static func kill(_ pid: pid_t, _ signal: Int32) throws(OSError) {
         _ = try check("kill") { Glibc.kill(pid, signal) }
     }
 
-    static func pidfdOpen(_ pid: pid_t) throws(MP.OSError) -> Int32 {
+    package static func pidfdOpen(_ pid: pid_t) throws(OSError) -> Int32 {
         try check("pidfd_open") { cmp_pidfd_open(pid) }
     }
 
-    static func pidfdSendSignal(_ pidfd: Int32, _ signal: Int32) throws(MP.OSError) {
+    package static func pidfdSendSignal(_ pidfd: Int32, _ signal: Int32) throws(OSError) {
         _ = try check("pidfd_send_signal") { cmp_pidfd_send_signal(pidfd, signal) }
     }
 
-    static func setChildSubreaper(_ on: Bool) throws(MP.OSError) {
+    package static func setChildSubreaper(_ on: Bool) throws(OSError) {
         _ = try check("prctl(PR_SET_CHILD_SUBREAPER)") { cmp_set_child_subreaper(on ? 1 : 0) }
     }
 
-    static func isChildSubreaper() throws(MP.OSError) -> Bool {
+    package static func isChildSubreaper() throws(OSError) -> Bool {
         try check("prctl(PR_GET_CHILD_SUBREAPER)") { cmp_get_child_subreaper() } == 1
     }
 
-    static var getpid: pid_t { Glibc.getpid() }
-    static var getppid: pid_t { Glibc.getppid() }
-    static var gettid: pid_t { cmp_gettid() }
+    package static var getpid: pid_t { Glibc.getpid() }
+    package static var getppid: pid_t { Glibc.getppid() }
+    package static var gettid: pid_t { cmp_gettid() }
 
     // MARK: descriptors
 
     /// `close(fd)` through swift-system's `FileDescriptor`, which never
     /// retries (Linux closes the descriptor even when close reports EINTR).
-    static func close(_ fd: Int32) {
+    package static func close(_ fd: Int32) {
         try? FileDescriptor(rawValue: fd).close()
     }
 
     /// Waits until at least one of `fds` is readable (or at end-of-file) or
     /// `deadline` passes (nil: forever); returns the ready ones. A signal
     /// interrupting the wait resumes it with the time that is left.
-    static func pollReadable(_ fds: [Int32], until deadline: Deadline?) throws(MP.OSError) -> [Int32] {
+    package static func pollReadable(_ fds: [Int32], until deadline: Deadline?) throws(OSError) -> [Int32] {
         var entries = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         while true {
             if try poll(&entries, until: deadline) > 0 { return entries.filter { $0.revents != 0 }.map(\.fd) }
@@ -115,14 +115,14 @@ enum Sys {
 
     /// Waits until `fd` is readable or `deadline` (nil = forever) passes.
     /// Returns whether it became readable.
-    static func pollReadable(_ fd: Int32, until deadline: Deadline?) throws(MP.OSError) -> Bool {
+    package static func pollReadable(_ fd: Int32, until deadline: Deadline?) throws(OSError) -> Bool {
         try !pollReadable([fd], until: deadline).isEmpty
     }
 
     /// `poll` until one of `fds` has an event or `deadline` passes; returns the
     /// count ready (0 at the deadline). A signal resumes the wait with the time left.
     @discardableResult
-    static func poll(_ fds: inout [pollfd], until deadline: Deadline?) throws(MP.OSError) -> Int {
+    package static func poll(_ fds: inout [pollfd], until deadline: Deadline?) throws(OSError) -> Int {
         while true {
             let ready = Glibc.poll(&fds, nfds_t(fds.count), deadline?.remainingMilliseconds ?? -1)
             if ready >= 0 { return Int(ready) }
@@ -133,25 +133,25 @@ enum Sys {
 
     /// Reads and drops what is waiting on a non-blocking-enough descriptor
     /// (a wake-up pipe): one `read` of up to 256 bytes.
-    static func drain(_ fd: Int32) {
+    package static func drain(_ fd: Int32) {
         var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         _ = withUnsafeMutableBytes(of: &scratch) { Glibc.read(fd, $0.baseAddress, $0.count) }
     }
 
     /// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE)`: each `read`
     /// takes one count.
-    static func eventSemaphore() throws(MP.OSError) -> Int32 {
+    package static func eventSemaphore() throws(OSError) -> Int32 {
         try check("eventfd") { cmp_eventfd_semaphore() }
     }
 
     /// Adds one count to an eventfd (an 8-byte write).
-    static func giveEvent(_ fd: Int32) {
+    package static func giveEvent(_ fd: Int32) {
         var one: UInt64 = 1
         while Glibc.write(fd, &one, 8) < 0 && errno == EINTR {}
     }
 
     /// Takes one count from an eventfd semaphore; false when it has none (`EAGAIN`).
-    static func takeEvent(_ fd: Int32) -> Bool {
+    package static func takeEvent(_ fd: Int32) -> Bool {
         var value: UInt64 = 0
         while true {
             if Glibc.read(fd, &value, 8) == 8 { return true }
@@ -159,67 +159,67 @@ enum Sys {
         }
     }
 
-    static func pipe() throws(MP.OSError) -> (read: Int32, write: Int32) {
+    package static func pipe() throws(OSError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
         _ = try check("pipe2") { cmp_pipe_cloexec(&fds) }
         return (fds[0], fds[1])
     }
 
     /// Clears `FD_CLOEXEC` on `fd`: children that exec keep it too.
-    static func setInheritable(_ fd: Int32) {
+    package static func setInheritable(_ fd: Int32) {
         _ = try? check("fcntl(F_SETFD)") { fcntl(fd, F_SETFD, 0) }
     }
 
     /// Closes every descriptor from 3 up except `keep` (`close_range`).
-    static func closeAll(except keep: Int32) { cmp_close_all_except(keep) }
+    package static func closeAll(except keep: Int32) { cmp_close_all_except(keep) }
 
     /// Writes one byte to a wake-up pipe; a full pipe already wakes its reader.
-    static func poke(_ fd: Int32) {
+    package static func poke(_ fd: Int32) {
         var byte: UInt8 = 1
         _ = try? checkAgain("write") { Glibc.write(fd, &byte, 1) }
     }
 
     /// `dup2(from, to)`.
-    static func dup2(_ from: Int32, _ to: Int32) throws(MP.OSError) {
+    package static func dup2(_ from: Int32, _ to: Int32) throws(OSError) {
         _ = try check("dup2") { Glibc.dup2(from, to) }
     }
 
     /// One `read` into `buffer`: the count read, 0 at end of file or on a
     /// failure other than `EINTR` (for pass-through pipes whose errors end
     /// the stream).
-    static func readSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    package static func readSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         (try? FileDescriptor(rawValue: fd).read(into: buffer, retryOnInterrupt: true)) ?? 0
     }
 
     /// Writes all of `bytes` to `fd`, ignoring failures (diagnostics on stderr).
-    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+    package static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
         _ = try? FileDescriptor(rawValue: fd).writeAll(bytes)
     }
 
     /// Writes all of `text` to `fd`, ignoring failures (for diagnostics on stderr).
-    static func writeAll(_ fd: Int32, _ text: String) {
+    package static func writeAll(_ fd: Int32, _ text: String) {
         var text = text
         text.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
     }
 
     /// `setvbuf(stdout, NULL, mode, 0)`: `_IOLBF`, `_IOFBF` or `_IONBF`.
-    static func setStdoutBuffering(_ mode: Int32) { cmp_stdout_set_buffering(mode) }
+    package static func setStdoutBuffering(_ mode: Int32) { cmp_stdout_set_buffering(mode) }
 
     /// Flushes every C stdio stream (Swift's `print` writes through stdout's buffer).
-    static func flushStdio() { _ = fflush(nil) }
+    package static func flushStdio() { _ = fflush(nil) }
 }
 
 /// The lines a helper process reads from its pipe (the resource tracker, a
 /// shared-memory manager's keeper): one `read`, then the complete lines.
-struct PipeLines {
-    let fd: Int32
+package struct PipeLines {
+    package let fd: Int32
     private var pending: [UInt8] = []
     private var buffer = [UInt8](repeating: 0, count: 4096)
 
-    init(_ fd: Int32) { self.fd = fd }
+    package init(_ fd: Int32) { self.fd = fd }
 
     /// Reads once (blocking) and returns the complete lines; nil at end-of-file.
-    mutating func next() -> [String]? {
+    package mutating func next() -> [String]? {
         let fd = self.fd
         let count = buffer.withUnsafeMutableBytes { Sys.readSome(fd, into: $0) }
         if count <= 0 { return nil }

@@ -8,7 +8,7 @@ import SystemPackage
 /// calls) are plain pthreads, so they work in forked children, where Dispatch
 /// and the concurrency pool's threads do not exist.
 @discardableResult
-func startThread(_ body: @escaping @Sendable () -> Void) -> Result<Void, MP.OSError> {
+package func startThread(_ body: @escaping @Sendable () -> Void) -> Result<Void, OSError> {
     final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
     var thread = pthread_t()
     let context = Unmanaged.passRetained(Box(body)).toOpaque()
@@ -18,7 +18,7 @@ func startThread(_ body: @escaping @Sendable () -> Void) -> Result<Void, MP.OSEr
     }, context)
     guard result == 0 else {
         Unmanaged<Box>.fromOpaque(context).release()
-        return .failure(MP.OSError("pthread_create", errno: Errno(rawValue: result)))
+        return .failure(OSError("pthread_create", errno: Errno(rawValue: result)))
     }
     pthread_detach(thread)
     return .success(())

@@ -7,8 +7,8 @@ import _CMultiprocessingShims
 /// the sockaddr work is in `listener.c`; here, one error path.
 extension Sys {
     /// Why an address could not be used: a system call's errno, or a host name that does not resolve.
-    enum AddressFailure: Error {
-        case system(MP.OSError)
+    package enum AddressFailure: Error {
+        case system(OSError)
         case unresolved(String)
     }
 
@@ -19,35 +19,35 @@ extension Sys {
     }
 
     /// `socket` + `bind` + `listen` on a Unix path or abstract name; the file gets `mode`.
-    static func listenUnix(_ name: String, abstract: Bool, backlog: Int, mode: UInt32) throws(AddressFailure) -> Int32 {
+    package static func listenUnix(_ name: String, abstract: Bool, backlog: Int, mode: UInt32) throws(AddressFailure) -> Int32 {
         try socketResult("bind", cmp_listen_unix(name, abstract ? 1 : 0, Int32(backlog), mode))
     }
 
     /// `socket` + `connect` to a Unix path or abstract name.
-    static func connectUnix(_ name: String, abstract: Bool) throws(AddressFailure) -> Int32 {
+    package static func connectUnix(_ name: String, abstract: Bool) throws(AddressFailure) -> Int32 {
         try socketResult("connect", cmp_connect_unix(name, abstract ? 1 : 0))
     }
 
     /// `getaddrinfo` + `socket` + `bind` + `listen` on TCP; the descriptor and the port it got.
-    static func listenTCP(host: String, port: Int, backlog: Int) throws(AddressFailure) -> (Int32, port: Int) {
+    package static func listenTCP(host: String, port: Int, backlog: Int) throws(AddressFailure) -> (Int32, port: Int) {
         var bound: Int32 = 0
         let fd = try socketResult("bind", cmp_listen_tcp(host, Int32(port), Int32(backlog), &bound))
         return (fd, Int(bound))
     }
 
     /// `getaddrinfo` + `socket` + `connect` over TCP (IPv4 or IPv6).
-    static func connectTCP(host: String, port: Int) throws(AddressFailure) -> Int32 {
+    package static func connectTCP(host: String, port: Int) throws(AddressFailure) -> Int32 {
         try socketResult("connect", cmp_connect_tcp(host, Int32(port)))
     }
 
     /// ``connectTCP(host:port:)`` that fails with `ETIMEDOUT` after `timeout` seconds (a dead link).
-    static func connectTCP(host: String, port: Int, timeout: Double) throws(AddressFailure) -> Int32 {
+    package static func connectTCP(host: String, port: Int, timeout: Double) throws(AddressFailure) -> Int32 {
         try socketResult("connect", cmp_connect_tcp_within(host, Int32(port), Int32(clamping: Int((timeout * 1000).rounded(.up)))))
     }
 
     /// `accept4` on a non-blocking listening socket: the connection and the
     /// peer's "host port" (TCP), or nil when none is waiting.
-    static func accept(_ listener: Int32) throws(MP.OSError) -> (Int32, peer: String)? {
+    package static func accept(_ listener: Int32) throws(OSError) -> (Int32, peer: String)? {
         var peer = [CChar](repeating: 0, count: 128)
         let fd = cmp_accept(listener, &peer, Int32(peer.count))
         if fd >= 0 { return (fd, String(decoding: peer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
@@ -56,14 +56,14 @@ extension Sys {
     }
 
     /// `unlink(path)`, ignoring a file already gone.
-    static func unlink(_ path: String) {
+    package static func unlink(_ path: String) {
         _ = Glibc.unlink(path)
     }
 }
 
 extension Sys {
     /// `count` bytes from the kernel's random source (`getrandom`), in one call for a challenge-sized request.
-    static func randomBytes(_ count: Int) -> [UInt8] {
+    package static func randomBytes(_ count: Int) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var filled = 0
         while filled < count {
