@@ -49,7 +49,7 @@ package final class FDWatcher: @unchecked Sendable {
     }
 
     package init() throws(OSError) {
-        epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
+        epfd = try Sys.epollCreate()
         do {
             try startThread { [self] in serve() }.get()
         } catch {
@@ -60,10 +60,10 @@ package final class FDWatcher: @unchecked Sendable {
 
     private func serve() -> Never {
         let capacity = 64
-        let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: capacity)
+        let tokens = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: capacity)
         while true {
-            let count = cmp_epoll_wait_tokens(epfd, tokens, Int32(capacity), -1)
-            if count < 0 { continue } // EINTR
+            // Only EINTR (0 here) can end a wait on a valid set; anything else is a bug.
+            let count = try! Sys.epollWait(epfd, tokens: tokens, timeoutMilliseconds: -1)
             var ready: [CheckedContinuation<Void, any Error>] = []
             var handlers: [@Sendable () -> Void] = []
             lock.withLock {
@@ -71,11 +71,11 @@ package final class FDWatcher: @unchecked Sendable {
                     let token = tokens[index]
                     switch phases.removeValue(forKey: token) {
                     case .registered(let fd, let continuation)?:
-                        _ = cmp_epoll_remove(epfd, fd)
+                        try? Sys.epollRemove(epfd, fd)
                         Sys.close(fd)
                         ready.append(continuation)
                     case .callback(let fd, let handler)?:
-                        _ = cmp_epoll_remove(epfd, fd)
+                        try? Sys.epollRemove(epfd, fd)
                         Sys.close(fd)
                         handlers.append(handler)
                     default:
@@ -124,11 +124,12 @@ package final class FDWatcher: @unchecked Sendable {
     package func whenReadable(_ fd: Int32, _ handler: @escaping @Sendable () -> Void) throws(OSError) {
         try lock.withLock { () throws(OSError) in
             nextToken += 1
-            let copy = try Sys.check("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
-            if cmp_epoll_add_readable_oneshot(epfd, copy, nextToken) < 0 {
-                let failure = Sys.failure("epoll_ctl", errno)
+            let copy = try Sys.duplicate(fd)
+            do throws(OSError) {
+                try Sys.epollAddReadableOnce(epfd, copy, token: nextToken)
+            } catch {
                 Sys.close(copy)
-                throw failure
+                throw error
             }
             phases[nextToken] = .callback(fd: copy, handler: handler)
         }
@@ -150,9 +151,9 @@ package final class FDWatcher: @unchecked Sendable {
                         return CancellationError()
                     }
                     do {
-                        let copy = try Sys.check("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+                        let copy = try Sys.duplicate(fd)
                         do {
-                            _ = try Sys.check("epoll_ctl") { cmp_epoll_add_readable_oneshot(epfd, copy, token) }
+                            try Sys.epollAddReadableOnce(epfd, copy, token: token)
                         } catch {
                             Sys.close(copy)
                             throw error
@@ -174,7 +175,7 @@ package final class FDWatcher: @unchecked Sendable {
                     return nil
                 case .registered(let fd, let continuation)?:
                     phases[token] = nil
-                    _ = cmp_epoll_remove(epfd, fd)
+                    try? Sys.epollRemove(epfd, fd)
                     Sys.close(fd)
                     return continuation
                 default:

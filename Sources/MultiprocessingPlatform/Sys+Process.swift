@@ -14,6 +14,33 @@ extension Sys {
     /// `atexit(handler)`: runs at the normal exit of this process.
     package static func atExit(_ handler: @escaping @convention(c) () -> Void) { _ = Glibc.atexit(handler) }
 
+    /// Waits for signals for ever (`pause` in a loop): a test's stalled child.
+    package static func pauseForever() -> Never {
+        while true { _ = Glibc.pause() }
+    }
+
+    /// `clone3(CLONE_PARENT)` in the forkserver (`cmp_forkserver_clone`):
+    /// a child of the server's own parent, with glibc's thread id and robust
+    /// list repaired. Returns like `fork`: 0 in the child, its pid in the server.
+    package static func cloneIntoParent() throws(OSError) -> pid_t {
+        try check("clone3") { cmp_forkserver_clone() }
+    }
+
+    /// A copy of `text` as a C string that lives as long as the process (for
+    /// C code that keeps the pointer: a child's crash label).
+    package static func permanentCString(_ text: String) -> UnsafeMutablePointer<CChar> {
+        let bytes = Swift.Array(text.utf8CString)
+        let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count)
+        copy.initialize(from: bytes, count: bytes.count)
+        return copy
+    }
+
+    /// Whether the C string `text` starts with `prefix` (no copy of `text`:
+    /// the entry hook looks at every program's first argument).
+    package static func cString(_ text: UnsafePointer<CChar>, hasPrefix prefix: StaticString) -> Bool {
+        Glibc.strncmp(text, UnsafeRawPointer(prefix.utf8Start).assumingMemoryBound(to: CChar.self), prefix.utf8CodeUnitCount) == 0
+    }
+
     /// `usleep`: only for the fallback poll where a kernel has no pidfds.
     package static func sleep(microseconds: UInt32) { _ = Glibc.usleep(microseconds) }
 

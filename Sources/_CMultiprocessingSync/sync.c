@@ -321,6 +321,8 @@ static void ring_consume(cmp_ring *ring, uint32_t length) {
     if (wake) cmp_futex_wake(&ring->space_seq, INT_MAX);
 }
 
+void cmp_ring_free_copy(void *copy) { free(copy); }
+
 int cmp_ring_get(cmp_ring *ring, void **out, uint32_t *length, int64_t timeout_ns, int *owner_died) {
     int result = ring_wait_item(ring, timeout_ns, owner_died);
     if (result != CMP_RING_OK) return result;

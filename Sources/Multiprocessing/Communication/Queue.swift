@@ -178,7 +178,7 @@ extension MP {
                 }
                 var bytes: UnsafeMutableRawPointer?
                 try check(get: cmp_ring_get(ring, &bytes, &length, nanoseconds, &ownerDied))
-                defer { free(bytes) }
+                defer { cmp_ring_free_copy(bytes) }
                 return try decode(UnsafeRawBufferPointer(start: bytes, count: Int(length)))
             }
         }

@@ -206,8 +206,15 @@ extension MP {
                 guard fd >= 0 else { throw .closed }
                 if epollOwner != Sys.getpid { try makeEpoll() }
                 var tokens = [UInt64](repeating: 0, count: 64)
-                let count = tokens.withUnsafeMutableBufferPointer { cmp_epoll_wait_tokens(epfd, $0.baseAddress, 64, 0) }
-                for token in tokens.prefix(max(0, Int(count))) {
+                let count: Int
+                do throws(OSError) {
+                    count = try tokens.withUnsafeMutableBufferPointer { (buffer) throws(OSError) -> Int in
+                        try Sys.epollWait(epfd, tokens: buffer, timeoutMilliseconds: 0)
+                    }
+                } catch {
+                    throw .system(error)
+                }
+                for token in tokens.prefix(count) {
                     if token == Self.listeningToken {
                         listeningArmed = false
                         try acceptWaiting()
@@ -248,21 +255,22 @@ extension MP {
                 Sys.close(closing)
             }
             do {
-                epfd = try Sys.check("epoll_create1") { cmp_epoll_create() }
+                epfd = try Sys.epollCreate()
                 closing = try Sys.eventSemaphore()
+                epollOwner = Sys.getpid
+                listeningArmed = true
+                try Sys.epollAddReadableOnce(epfd, fd, token: Self.listeningToken)
+                try Sys.epollAddReadableOnce(epfd, closing, token: Self.closingToken)
             } catch {
                 throw .system(error)
             }
-            epollOwner = Sys.getpid
-            listeningArmed = true
-            if cmp_epoll_add_readable_oneshot(epfd, fd, Self.listeningToken) < 0
-                || cmp_epoll_add_readable_oneshot(epfd, closing, Self.closingToken) < 0 {
-                throw .system(Sys.failure("epoll_ctl", errno))
-            }
         }
 
+        /// Watches `descriptor` (in the set) for one more readiness. It cannot
+        /// fail for a descriptor the set holds; if the kernel refuses
+        /// (`ENOMEM`), the next `step()` finds its handshake past the deadline.
         private func rearm(_ descriptor: Int32, _ token: UInt64) {
-            _ = cmp_epoll_rearm_readable_oneshot(epfd, descriptor, token)
+            try? Sys.epollRearmReadableOnce(epfd, descriptor, token: token)
         }
 
         /// Watches the listening socket again if there is room for another handshake (lock held).
@@ -292,7 +300,7 @@ extension MP {
                     // The socket stays blocking for the connection; the
                     // handshake reads with MSG_DONTWAIT.
                     let handshake = try PendingHandshake(fd: socket, peer: peer, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout)
-                    if cmp_epoll_add_readable_oneshot(epfd, socket, UInt64(socket)) < 0 { throw ConnectionError.system(Sys.failure("epoll_ctl", errno)) }
+                    do { try Sys.epollAddReadableOnce(epfd, socket, token: UInt64(socket)) } catch { throw ConnectionError.system(error) }
                     pending[socket] = handshake
                 } catch let error as ConnectionError {
                     refused += 1
@@ -314,7 +322,7 @@ extension MP {
                 rearm(descriptor, UInt64(descriptor))
             case .authenticated:
                 pending[descriptor] = nil
-                _ = cmp_epoll_remove(epfd, descriptor)
+                try? Sys.epollRemove(epfd, descriptor)
                 armListening()
                 ready.append((Connection(fd: descriptor, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python), handshake.peer))
             case .failed(let error):
@@ -324,7 +332,7 @@ extension MP {
 
         private func refuse(_ descriptor: Int32, _ peer: Address, _ error: ConnectionError) {
             pending[descriptor] = nil
-            _ = cmp_epoll_remove(epfd, descriptor)
+            try? Sys.epollRemove(epfd, descriptor)
             Sys.close(descriptor)
             armListening()
             refused += 1

@@ -4,6 +4,7 @@ import Glibc
 import _CMultiprocessingShims
 import _CMultiprocessingSync
 import Synchronization
+import MultiprocessingPlatform
 
 /// What a forked ``MP/Process`` child does, from the fork to `_exit`.
 enum ChildBootstrap {
@@ -22,13 +23,12 @@ enum ChildBootstrap {
         Runtime.shared.afterForkInChild(process: process, parentPid: parentPid)
         // A crash (fatalError, an index out of range) says which process it was.
         crashLabel.withUnsafeBufferPointer { cmp_child_name_crashes($0.baseAddress) } // the array lives until _exit
-        if stallForTesting { while true { pause() } }
+        if stallForTesting { Sys.pauseForever() }
         // Past the phase where a lock held at the fork can stop us: say so
         // (a plain write of a stack byte: nothing of the runtime's).
         if report >= 0 {
-            var byte: UInt8 = 1
-            _ = write(report, &byte, 1)
-            _ = close(report)
+            Sys.poke(report)
+            Sys.close(report)
         }
         var code: Int32 = 0
         do {

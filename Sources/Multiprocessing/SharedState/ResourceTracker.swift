@@ -87,7 +87,7 @@ enum ResourceTracker {
         Sys.closeAll(except: readEnd)
         Sys.ignore(signal: MP.Signal.interrupt.rawValue)
         Sys.ignore(signal: MP.Signal.terminate.rawValue)
-        LibraryLog.adopt(getenv(LibraryLog.environment).map { String(cString: $0) })
+        LibraryLog.adopt(Sys.environment(LibraryLog.environment))
         var registered: [String: Int] = [:]
         var input = PipeLines(readEnd)
         while let lines = input.next() {

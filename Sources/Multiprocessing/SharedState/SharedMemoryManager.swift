@@ -89,7 +89,7 @@ extension MP {
             Sys.writeAll(fd, "SHUTDOWN\n")
             Sys.close(fd)
             var status: Int32 = 0
-            while (try? Sys.waitpid(keeper, &status, 0)) == nil && errno == EINTR {}
+            _ = try? Sys.waitpid(keeper, &status, 0) // EINTR is retried there
         }
     }
 }

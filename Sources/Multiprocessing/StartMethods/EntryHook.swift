@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingShims
+import MultiprocessingPlatform
 
 /// The library's hook before `main`: a function pointer in `.init_array`,
 /// which the dynamic loader calls with `argc` and `argv` in every process of
@@ -25,7 +26,7 @@ enum EntryHook {
 
     static func run(_ argc: Int32, _ argv: Arguments, _ envp: Arguments) {
         guard argc >= 3, let argv, let flag = argv[1], let value = argv[2] else { return }
-        guard strncmp(flag, "--swift-multiprocessing-", 24) == 0 else { return }
+        guard Sys.cString(flag, hasPrefix: "--swift-multiprocessing-") else { return }
         // This process never returns to the C library: first the constructors
         // that would have run after this hook (with -static-stdlib, those of
         // the runtime, Dispatch and Foundation).
@@ -41,7 +42,7 @@ enum EntryHook {
         case SegmentKeeper.flag where number == 3 && argc >= 4:
             SegmentKeeper.serve(3, owner: argv[3].flatMap { pid_t(String(cString: $0)) } ?? 0)
         case ForkServer.flag where number > 0:
-            let boundNow = argc >= 4 && argv[3].map { strcmp($0, "bound") == 0 } == true
+            let boundNow = argc >= 4 && argv[3].map { String(cString: $0) == "bound" } == true
             ForkServer.serve(socket: 3, parent: number, boundNow: boundNow)
         default:
             return

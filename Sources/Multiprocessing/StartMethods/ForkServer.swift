@@ -27,11 +27,11 @@ enum ForkServer {
         // first call of a function the server never called would otherwise
         // search every library, in every child. Not passed on to what the
         // children start.
-        if boundNow { unsetenv("LD_BIND_NOW") }
+        if boundNow { Sys.unsetEnvironment("LD_BIND_NOW") }
         // A test's fault injection: die between a child's clone and the
         // reply, the window in which a client could start a task twice.
-        let dieAfterClone = getenv(faultVariable).map { String(cString: $0) } == "die-after-clone"
-        if dieAfterClone { unsetenv(faultVariable) }
+        let dieAfterClone = Sys.environment(faultVariable) == "die-after-clone"
+        if dieAfterClone { Sys.unsetEnvironment(faultVariable) }
         let prepared = cmp_forkserver_prepare()
         warmUp()
         reply(socket, prepared == 0 ? Sys.getpid : -prepared)
@@ -50,7 +50,12 @@ enum ForkServer {
                 reply(socket, -EPROTO)
                 continue
             }
-            let pid = cmp_forkserver_clone()
+            let pid: pid_t
+            do { pid = try Sys.cloneIntoParent() } catch {
+                for fd in message.descriptors { Sys.close(fd) }
+                reply(socket, -error.errno.rawValue)
+                continue
+            }
             if pid == 0 {
                 Sys.close(socket)
                 // The child tells the client its pid before it runs anything:
@@ -65,10 +70,9 @@ enum ForkServer {
                 Sys.close(note)
                 LaunchedChild.run(descriptors: Swift.Array(message.descriptors.dropFirst()))
             }
-            let error = errno
-            if pid > 0 && dieAfterClone { try? Sys.kill(Sys.getpid, SIGKILL) }
+            if dieAfterClone { try? Sys.kill(Sys.getpid, SIGKILL) }
             for fd in message.descriptors { Sys.close(fd) }
-            reply(socket, pid > 0 ? pid : -error)
+            reply(socket, pid)
         }
     }
 
@@ -211,7 +215,7 @@ final class ForkServerClient: @unchecked Sendable {
     private static func start() throws(MP.TaskError) -> Started {
         let ours: Int32, theirs: Int32
         do { (ours, theirs) = try Sys.socketPair(SOCK_SEQPACKET) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
-        let bindNow = getenv("LD_BIND_NOW") == nil
+        let bindNow = Sys.environment("LD_BIND_NOW") == nil
         let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid), bindNow ? "bound" : "inherited"]
         let pid: pid_t, pidfd: Int32
         do {

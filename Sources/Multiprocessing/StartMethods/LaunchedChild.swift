@@ -26,7 +26,7 @@ enum LaunchedChild {
         ProcessAuthKey.adopt(info.authkey)
         let process = MP.Process(launchedAs: info.processName, identity: info.identity, daemon: info.daemon, parentPid: info.parentPid)
         Runtime.shared.becomeLaunchedChild(process: process, parentPid: info.parentPid, parentName: info.parentName)
-        crashLabel = strdup(info.processName)
+        crashLabel = Sys.permanentCString(info.processName)
         cmp_child_name_crashes(crashLabel)
         let objects = ReceivedDescriptors(Swift.Array(descriptors.dropFirst()))
         let task: any MP.NamedTask

@@ -125,6 +125,8 @@ int cmp_ring_put(cmp_ring *ring, const void *bytes, uint32_t length, int64_t tim
 /// (free it) of `*length` bytes. Returns CMP_RING_OK, CMP_RING_EMPTY (timed
 /// out or not blocking), or a negated error number.
 int cmp_ring_get(cmp_ring *ring, void **out, uint32_t *length, int64_t timeout_ns, int *owner_died);
+/// Frees a copy `cmp_ring_get` returned.
+void cmp_ring_free_copy(void *copy);
 /// Like `cmp_ring_get`, but copies into `buffer` (of `capacity` bytes). When
 /// the oldest message is larger, returns CMP_RING_TOO_LARGE with `*length`
 /// set to its size and leaves it in the ring.
