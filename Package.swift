@@ -32,9 +32,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
-        // The thin C shim only the library imports: the Linux calls Swift's Glibc module cannot reach
-        // (prctl, pidfd_*, epoll, variadic calls), the after-fork lock registry, the child-side executor.
+        // The thin C shim of the platform layer: one wrapper per Linux call Swift's Glibc module
+        // cannot reach (raw syscalls, variadic prctl/fcntl, CMSG and CPU_SET macros, epoll_event).
         .target(name: "_CMultiprocessingShims"),
+        // The runtime pieces that must be C: the after-fork lock registry, a forked child's first
+        // steps and crash naming, the child-side executor for Swift concurrency, named-task
+        // discovery, the forkserver's clone3 repair, a launched child's start.
+        .target(name: "_CMultiprocessingRuntime"),
         // The synchronisation algorithms that need C: robust process-shared mutexes, futexes,
         // atomics on shared memory, the queue's ring.
         .target(name: "_CMultiprocessingSync"),
@@ -47,6 +51,7 @@ let package = Package(
             name: "MultiprocessingPlatform",
             dependencies: [
                 "_CMultiprocessingShims",
+                "_CMultiprocessingRuntime",
                 "_CMultiprocessingSync",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
@@ -56,7 +61,7 @@ let package = Package(
             name: "Multiprocessing",
             dependencies: [
                 "MultiprocessingPlatform",
-                "_CMultiprocessingShims",
+                "_CMultiprocessingRuntime",
                 "_CMultiprocessingSync",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 
 /// A mutex (with a condition variable) that every forked child resets.
 ///

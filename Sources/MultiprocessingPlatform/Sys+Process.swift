@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 
 /// Processes and signals beyond `fork`/`waitpid`/`kill` (in `Syscall.swift`).
 extension Sys {
@@ -17,6 +18,13 @@ extension Sys {
     /// Waits for signals for ever (`pause` in a loop): a test's stalled child.
     package static func pauseForever() -> Never {
         while true { _ = Glibc.pause() }
+    }
+
+    /// In the forkserver, before its first child (`cmp_forkserver_prepare`):
+    /// learns where glibc keeps the thread id and robust list, and checks with
+    /// one trial clone that a raw child can be repaired. `ENOTSUP`: it cannot.
+    package static func prepareCloneIntoParent() throws(OSError) {
+        _ = try check("clone3 (forkserver preparation)") { cmp_forkserver_prepare() }
     }
 
     /// `clone3(CLONE_PARENT)` in the forkserver (`cmp_forkserver_clone`):

@@ -6,13 +6,17 @@ import SystemPackage
 
 /// Sockets: the connected pairs behind ``MP/Pipe(duplex:maxMessageSize:)``.
 extension Sys {
-    /// `socketpair(AF_UNIX, type | SOCK_CLOEXEC)`: a byte stream by default;
-    /// `SOCK_SEQPACKET` keeps message boundaries (the forkserver's channel).
-    package static func socketPair(_ type: __socket_type = SOCK_STREAM) throws(OSError) -> (Int32, Int32) {
+    /// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)` (a byte stream), or
+    /// with `keepingMessages`, `SOCK_SEQPACKET`: message boundaries kept (the forkserver's channel).
+    package static func socketPair(keepingMessages: Bool = false) throws(OSError) -> (Int32, Int32) {
         var fds: [Int32] = [-1, -1]
+        let type = keepingMessages ? SOCK_SEQPACKET : SOCK_STREAM
         _ = try check("socketpair") { socketpair(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
         return (fds[0], fds[1])
     }
+
+    /// The most descriptors one message carries (the kernel's `SCM_MAX_FD`).
+    package static var maxPassedDescriptors: Int { Int(CMP_MAX_PASSED_DESCRIPTORS) }
 
     /// `sendmsg(fd, message, MSG_NOSIGNAL)`: the bytes sent. A closed peer is
     /// `EPIPE` or `ECONNRESET` in the thrown error (no SIGPIPE).

@@ -32,10 +32,11 @@ extension Sys {
         }
         defer { for variable in cEnvironment { free(variable) } }
         var pid: pid_t = 0
-        let error = cEnvironment.isEmpty
-            ? cmp_spawn(&pid, path, cArguments, nil, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
-            : cmp_spawn(&pid, path, cArguments, cEnvironment, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
-        if error != 0 { throw failure("posix_spawn", error) }
+        _ = try check("posix_spawn") {
+            cEnvironment.isEmpty
+                ? cmp_spawn(&pid, path, cArguments, nil, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
+                : cmp_spawn(&pid, path, cArguments, cEnvironment, lifted, Int32(lifted.count), resetSignals ? 1 : 0)
+        }
         return pid
     }
 

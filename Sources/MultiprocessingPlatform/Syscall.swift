@@ -92,7 +92,8 @@ package enum Sys {
 
     package static var getpid: pid_t { Glibc.getpid() }
     package static var getppid: pid_t { Glibc.getppid() }
-    package static var gettid: pid_t { cmp_gettid() }
+    /// The calling thread's kernel id (cached per thread by the synchronisation layer, reset in a forked child).
+    package static var gettid: pid_t { cmp_current_tid() }
 
     // MARK: descriptors
 

@@ -1,4 +1,4 @@
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import MultiprocessingPlatform
 
 /// Which build of the program this process is: the executable's GNU build id

@@ -1,4 +1,4 @@
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 
 /// The named tasks of this program, by name: every non-generic type that
 /// conforms to ``MP/NamedTask``, found in the Swift runtime's conformance

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import _CMultiprocessingSync
 
 /// Gathers the chunks of a map, in order or as they come.

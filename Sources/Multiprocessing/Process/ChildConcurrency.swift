@@ -1,4 +1,4 @@
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 /// Runs async work from the synchronous start of a forked child.
 enum ChildConcurrency {
     private final class Outcome: @unchecked Sendable {

@@ -1,4 +1,4 @@
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import _CMultiprocessingSync
 #if compiler(>=6.3)
 @_spi(ExperimentalCustomExecutors) @_spi(ExperimentalScheduling) import _Concurrency

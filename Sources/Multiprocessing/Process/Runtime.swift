@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import _CMultiprocessingSync
 import MultiprocessingPlatform
 

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import MultiprocessingPlatform
 
 /// The library's hook before `main`: a function pointer in `.init_array`,

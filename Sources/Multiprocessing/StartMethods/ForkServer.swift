@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import SystemPackage
 import MultiprocessingPlatform
 
@@ -32,14 +32,15 @@ enum ForkServer {
         // reply, the window in which a client could start a task twice.
         let dieAfterClone = Sys.environment(faultVariable) == "die-after-clone"
         if dieAfterClone { Sys.unsetEnvironment(faultVariable) }
-        let prepared = cmp_forkserver_prepare()
+        let prepared: Int32
+        do { try Sys.prepareCloneIntoParent(); prepared = 0 } catch { prepared = error.errno.rawValue }
         warmUp()
         reply(socket, prepared == 0 ? Sys.getpid : -prepared)
         if prepared != 0 { Sys.exitImmediately(0) }
         while true {
             let message: (bytes: [UInt8], descriptors: [Int32])
             do {
-                message = try Sys.receive(socket, capacity: 16, maxDescriptors: Int(CMP_MAX_PASSED_DESCRIPTORS))
+                message = try Sys.receive(socket, capacity: 16, maxDescriptors: Sys.maxPassedDescriptors)
             } catch {
                 Sys.exitImmediately(0)
             }
@@ -214,7 +215,7 @@ final class ForkServerClient: @unchecked Sendable {
     /// A new server, ready; `.died` when it ended before saying so (the caller retries once).
     private static func start() throws(MP.TaskError) -> Started {
         let ours: Int32, theirs: Int32
-        do { (ours, theirs) = try Sys.socketPair(SOCK_SEQPACKET) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
+        do { (ours, theirs) = try Sys.socketPair(keepingMessages: true) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
         let bindNow = Sys.environment("LD_BIND_NOW") == nil
         let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid), bindNow ? "bound" : "inherited"]
         let pid: pid_t, pidfd: Int32
@@ -279,7 +280,7 @@ final class ForkServerClient: @unchecked Sendable {
     /// the child (then adopted) or not (then the caller launches again).
     private func request(_ descriptors: [Int32]) -> Outcome {
         let note: (read: Int32, write: Int32)
-        do { note = try Sys.socketPair(SOCK_SEQPACKET) } catch { return .failed(error.errno.rawValue) }
+        do { note = try Sys.socketPair(keepingMessages: true) } catch { return .failed(error.errno.rawValue) }
         defer { Sys.close(note.read) }
         do {
             try Sys.send(socket, ForkServer.request, descriptors: [note.write] + descriptors)

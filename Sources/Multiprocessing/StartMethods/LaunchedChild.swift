@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import _CMultiprocessingShims
+import _CMultiprocessingRuntime
 import MultiprocessingPlatform
 
 /// A spawned or forkserver child, from its first instruction to its exit:

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "_CMultiprocessingShims.h"
+#include "_CMultiprocessingRuntime.h"
 
 #include <elf.h>
 #include <link.h>

@@ -4,7 +4,7 @@
 // default global executor. Jobs are kept in malloc'd FIFO nodes, so nothing
 // here depends on the layout of the runtime's Job type.
 #define _GNU_SOURCE
-#include "_CMultiprocessingShims.h"
+#include "_CMultiprocessingRuntime.h"
 
 #include <dlfcn.h>
 #include <pthread.h>

@@ -9,7 +9,7 @@
 // mutex is held across the fork (the prepare handler), so the child never
 // sees it half-linked.
 #define _GNU_SOURCE
-#include "_CMultiprocessingShims.h"
+#include "_CMultiprocessingRuntime.h"
 
 #include <pthread.h>
 #include <time.h>
