@@ -15,6 +15,49 @@ extension Sys {
         return address
     }
 
+    /// Maps the pages of a shared region into this process's page table by
+    /// reading one byte per page (`cmp_shared_prefault`): one read fault maps
+    /// neighbours too, a write fault one page.
+    package static func prefaultShared(_ address: UnsafeRawPointer, _ size: Int) {
+        cmp_shared_prefault(address, size)
+    }
+
+    /// What `madvise` did with a range.
+    @usableFromInline
+    package enum Advice { case applied, noWholePage, refused }
+
+    /// `madvise(MADV_WIPEONFORK)` (or, without `wipe`, `MADV_KEEPONFORK`) on
+    /// the whole pages inside the range.
+    @inlinable
+    package static func setWipeOnFork(_ address: UnsafeMutableRawPointer?, _ size: Int, wipe: Bool) -> Advice {
+        switch cmp_wipe_on_fork(address, size, wipe ? 1 : 0) {
+        case 0: return .applied
+        case 1: return .noWholePage
+        default: return .refused
+        }
+    }
+
+    /// `madvise(MADV_POPULATE_WRITE)`: the write faults of the range taken
+    /// now, in one call. A hint: an older kernel's refusal is ignored.
+    @inlinable
+    package static func populateWritable(_ address: UnsafeMutableRawPointer?, _ size: Int) {
+        cmp_populate_writable(address, size)
+    }
+
+    /// `futex(FUTEX_WAIT)` on a word of shared memory: sleeps while `*word`
+    /// holds `expected`, until `deadline` (nil: no limit). Returns whether the
+    /// deadline passed; a wake-up, a changed word or a signal return false
+    /// (the caller looks at the word again).
+    package static func futexSleep(_ word: UnsafeMutablePointer<UInt32>, _ expected: UInt32, until deadline: Deadline?) -> Bool {
+        if let deadline, deadline.hasPassed { return true }
+        return cmp_futex_wait(word, expected, deadline.cTimeoutNanoseconds) == ETIMEDOUT
+    }
+
+    /// `futex(FUTEX_WAKE)`: wakes up to `count` sleepers on `word`.
+    package static func futexWake(_ word: UnsafeMutablePointer<UInt32>, _ count: Int32) {
+        cmp_futex_wake(word, count)
+    }
+
     /// `munmap`.
     package static func unmap(_ address: UnsafeMutableRawPointer, _ size: Int) {
         _ = cmp_shared_unmap(address, size)

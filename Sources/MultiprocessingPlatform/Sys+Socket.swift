@@ -46,49 +46,76 @@ extension Sys {
     }
 }
 
-/// A pool's worker channel: a stream socket whose messages may carry
-/// descriptors, written without blocking on the parent's side.
+/// Messages that carry descriptors (`SCM_RIGHTS`): a pool's worker channel,
+/// the forkserver's requests and birth notes. One send and one receive
+/// primitive; the rest is built on them.
 extension Sys {
-    /// `sendmsg(fd, bytes, MSG_NOSIGNAL | MSG_DONTWAIT)` with `descriptors`
-    /// attached (SCM_RIGHTS): the count sent, nil when the socket is full
-    /// (`EAGAIN`). A closed peer throws (`EPIPE`, `ECONNRESET`).
-    package static func sendSome(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, descriptors: [Int32] = []) throws(OSError) -> Int? {
+    /// `sendmsg(fd, bytes, MSG_NOSIGNAL)` with `descriptors` attached, blocking
+    /// or not: the count sent, nil when the socket is full (`EAGAIN`, only
+    /// without blocking). A closed peer throws (`EPIPE`, `ECONNRESET`), never SIGPIPE.
+    package static func sendSome(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, descriptors: [Int32] = [], blocking: Bool = false) throws(OSError) -> Int? {
         try checkAgain("sendmsg") {
-            cmp_send_with_descriptors(fd, bytes.baseAddress, bytes.count, descriptors, Int32(descriptors.count), Int32(MSG_DONTWAIT))
+            cmp_send_with_descriptors(fd, bytes.baseAddress, bytes.count, descriptors, Int32(descriptors.count), blocking ? 0 : Int32(MSG_DONTWAIT))
         }
     }
 
-    /// Sends all of `bytes`, blocking while the socket is full (a worker's reports).
-    package static func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws(OSError) {
+    /// Sends all of `bytes` (and `descriptors`, with the first part), blocking
+    /// while the socket is full: a worker's reports, a forkserver request.
+    package static func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, descriptors: [Int32] = []) throws(OSError) {
         var offset = 0
-        while offset < bytes.count {
+        var attached = descriptors
+        repeat {
             let part = UnsafeRawBufferPointer(rebasing: bytes[offset...])
-            offset += try check("sendmsg") { cmp_send_with_descriptors(fd, part.baseAddress, part.count, nil, 0, 0) }
-        }
+            offset += try sendSome(fd, part, descriptors: attached, blocking: true) ?? 0
+            attached = []
+        } while offset < bytes.count
     }
 
-    /// `recvmsg(fd, buffer)`, blocking or not: the bytes read, with the
-    /// descriptors that came with them (close-on-exec) appended to `descriptors`.
+    /// ``sendAll(_:_:descriptors:)`` of an array.
+    package static func sendAll(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32] = []) throws(OSError) {
+        try bytes.withUnsafeBytes { raw in Result { () throws(OSError) in try sendAll(fd, raw, descriptors: descriptors) } }.get()
+    }
+
+    /// `recvmsg(fd, buffer)`, blocking or not: the bytes read, with up to
+    /// `maxDescriptors` descriptors that came with them (close-on-exec)
+    /// appended to `descriptors`; any beyond are closed, never leaked. A
+    /// reset connection is end-of-file.
     package static func receiveSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32],
-                            blocking: Bool) throws(OSError) -> Received {
-        var passed: (Int32, Int32, Int32, Int32) = (-1, -1, -1, -1)
+                                    maxDescriptors: Int = 4, blocking: Bool) throws(OSError) -> Received {
+        var passed = [Int32](repeating: -1, count: max(1, maxDescriptors))
         var count: Int32 = 0
         let flags = blocking ? 0 : Int32(MSG_DONTWAIT)
         let received: Int?
-        do {
-            received = try withUnsafeMutableBytes(of: &passed) { (fds) throws(OSError) -> Int? in
+        do throws(OSError) {
+            received = try passed.withUnsafeMutableBufferPointer { (fds) throws(OSError) -> Int? in
                 try checkAgain("recvmsg") {
-                    cmp_receive_with_descriptors(fd, buffer.baseAddress, buffer.count, fds.baseAddress!.assumingMemoryBound(to: Int32.self), 4, &count, flags)
+                    cmp_receive_with_descriptors(fd, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(maxDescriptors), &count, flags)
                 }
             }
         } catch where error.errno == .connectionReset {
             return .endOfFile
         }
-        withUnsafeBytes(of: passed) { fds in
-            for index in 0..<Int(count) { descriptors.append(fds.load(fromByteOffset: index * 4, as: Int32.self)) }
-        }
+        descriptors += passed[..<Int(count)]
         guard let received else { return .wouldBlock }
         return received == 0 ? .endOfFile : .bytes(received)
+    }
+
+    /// One message of at most `capacity` bytes with its descriptors (a
+    /// `SOCK_SEQPACKET` socket's unit); empty bytes at end-of-file, nil when
+    /// nothing is waiting (only without blocking).
+    package static func receiveMessage(_ fd: Int32, capacity: Int, maxDescriptors: Int, blocking: Bool = true) throws(OSError) -> (bytes: [UInt8], descriptors: [Int32])? {
+        var bytes = [UInt8](repeating: 0, count: capacity)
+        var descriptors: [Int32] = []
+        let received = try bytes.withUnsafeMutableBytes { raw in
+            Result { () throws(OSError) -> Received in
+                try receiveSome(fd, into: raw, descriptors: &descriptors, maxDescriptors: maxDescriptors, blocking: blocking)
+            }
+        }.get()
+        switch received {
+        case .bytes(let count): return (Swift.Array(bytes[..<count]), descriptors)
+        case .endOfFile: return ([], descriptors)
+        case .wouldBlock: return nil
+        }
     }
 
     /// `fcntl(fd, F_SETFL, O_NONBLOCK)`: this end's reads and writes never block.

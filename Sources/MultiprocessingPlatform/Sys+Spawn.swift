@@ -121,31 +121,6 @@ extension Sys {
         return Swift.Array(bytes[..<done])
     }
 
-    /// One message with `descriptors` attached (`sendmsg` with SCM_RIGHTS).
-    package static func send(_ socket: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(OSError) {
-        let sent = bytes.withUnsafeBytes { raw in
-            cmp_send_with_descriptors(socket, raw.baseAddress, raw.count, descriptors, Int32(descriptors.count), 0)
-        }
-        if sent < 0 { throw failure("sendmsg", errno) }
-    }
-
-    /// One message of at most `capacity` bytes, with the descriptors attached
-    /// to it (close-on-exec). Empty bytes: the peer closed its end.
-    package static func receive(_ socket: Int32, capacity: Int, maxDescriptors: Int, blocking: Bool = true) throws(OSError) -> (bytes: [UInt8], descriptors: [Int32]) {
-        var bytes = [UInt8](repeating: 0, count: capacity)
-        var fds = [Int32](repeating: -1, count: max(1, maxDescriptors))
-        var count: Int32 = 0
-        let received = bytes.withUnsafeMutableBytes { raw in
-            cmp_receive_with_descriptors(socket, raw.baseAddress, raw.count, &fds, Int32(maxDescriptors), &count, blocking ? 0 : Int32(MSG_DONTWAIT))
-        }
-        if received < 0 {
-            let code = errno
-            if code == ECONNRESET { return ([], []) }
-            throw failure("recvmsg", code)
-        }
-        return (Swift.Array(bytes[..<received]), Swift.Array(fds[..<Int(count)]))
-    }
-
     /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`; true when the parent is still `parent`.
     package static func dieWithParent(_ parent: pid_t) -> Bool {
         cmp_die_with_parent(parent) == 1

@@ -19,6 +19,7 @@ import SystemPackage
 /// - `EBADF` and `EFAULT` are programming errors (a descriptor or pointer
 ///   the library got wrong): they stop the program with the call's name;
 /// - anything else throws ``MP/OSError`` with the call's name and its errno.
+@usableFromInline
 package enum Sys {
     /// Runs `body`; a `-1` result throws `OSError(operation, errno)`.
     /// `EINTR` is retried unless `retryOnInterrupt` is false.
@@ -97,10 +98,14 @@ package enum Sys {
 
     // MARK: descriptors
 
-    /// `close(fd)` through swift-system's `FileDescriptor`, which never
-    /// retries (Linux closes the descriptor even when close reports EINTR).
+    /// `close(fd)`, never retried (Linux closes the descriptor even when
+    /// close reports `EINTR`). NIO's rule: `EBADF` is a bug (a descriptor
+    /// closed twice may by then be someone else's), and stops the program;
+    /// `EIO` and the like are dropped (the descriptor is gone either way).
     package static func close(_ fd: Int32) {
-        try? FileDescriptor(rawValue: fd).close()
+        if Glibc.close(fd) == 0 { return }
+        let code = errno
+        precondition(code != EBADF, "close(\(fd)) failed with EBADF: a descriptor closed twice is a bug in swift-multiprocessing")
     }
 
     /// Waits until at least one of `fds` is readable (or at end-of-file) or
@@ -192,15 +197,17 @@ package enum Sys {
         (try? FileDescriptor(rawValue: fd).read(into: buffer, retryOnInterrupt: true)) ?? 0
     }
 
-    /// Writes all of `bytes` to `fd`, ignoring failures (diagnostics on stderr).
-    package static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+    /// Writes all of `bytes` to `fd` (standard error, a helper's pipe) on a
+    /// best-effort basis: a diagnostic or a line to a helper that has gone
+    /// has nowhere else to go, so a failure is dropped by design.
+    package static func writeBestEffort(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
         _ = try? FileDescriptor(rawValue: fd).writeAll(bytes)
     }
 
-    /// Writes all of `text` to `fd`, ignoring failures (for diagnostics on stderr).
-    package static func writeAll(_ fd: Int32, _ text: String) {
+    /// ``writeBestEffort(_:_:)`` of a string's UTF-8.
+    package static func writeBestEffort(_ fd: Int32, _ text: String) {
         var text = text
-        text.withUTF8 { writeAll(fd, UnsafeRawBufferPointer($0)) }
+        text.withUTF8 { writeBestEffort(fd, UnsafeRawBufferPointer($0)) }
     }
 
     /// `setvbuf(stdout, NULL, mode, 0)`: `_IOLBF`, `_IOFBF` or `_IONBF`.

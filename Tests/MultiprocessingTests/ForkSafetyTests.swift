@@ -224,7 +224,7 @@ struct ChildFailureTests {
                     MP.exit(3)
                 } catch let error as MP.PoolError {
                     guard case .workerDied(let how) = error, how.contains("Fatal error: the worker gave up") else {
-                        Sys.writeAll(STDERR_FILENO, "unexpected: \(error)\n")
+                        Sys.writeBestEffort(STDERR_FILENO, "unexpected: \(error)\n")
                         MP.exit(4)
                     }
                 }

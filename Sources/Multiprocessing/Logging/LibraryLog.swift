@@ -116,7 +116,7 @@ struct StderrHandler: LogHandler {
         case .error: name = "ERROR"
         case .critical: name = "CRITICAL"
         }
-        Sys.writeAll(STDERR_FILENO, "[\(name)/\(MP.currentProcess().name)] \(message)\n")
+        Sys.writeBestEffort(STDERR_FILENO, "[\(name)/\(MP.currentProcess().name)] \(message)\n")
     }
 }
 

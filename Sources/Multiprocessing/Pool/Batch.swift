@@ -231,7 +231,7 @@ final class WorkerStderr {
         while (try? Sys.pollReadable(fd, until: Deadline.after(validSeconds: 0))) == true {
             let count = buffer.withUnsafeMutableBytes { Sys.readSome(fd, into: $0) }
             guard count > 0 else { return }
-            buffer.withUnsafeBytes { Sys.writeAll(STDERR_FILENO, UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            buffer.withUnsafeBytes { Sys.writeBestEffort(STDERR_FILENO, UnsafeRawBufferPointer(rebasing: $0[..<count])) }
             scan(buffer[..<count])
         }
     }

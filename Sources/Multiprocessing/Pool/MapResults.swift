@@ -3,6 +3,7 @@ import Glibc
 #endif
 import _CMultiprocessingRuntime
 import _CMultiprocessingSync
+import MultiprocessingPlatform
 
 /// Gathers the chunks of a map, in order or as they come.
 ///
@@ -38,7 +39,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     /// `map`'s array is allocated here, before the workers are forked.
     ///
     /// Returns a plain `map`'s array as a memory range, for
-    /// `cmp_populate_writable` once the chunks are submitted.
+    /// `Sys.populateWritable` once the chunks are submitted.
     @inlinable
     func gather(from base: UnsafeMutableRawPointer, count: Int,
                 release: @escaping @Sendable () -> Void) -> UnsafeMutableRawBufferPointer? {
@@ -167,7 +168,7 @@ final class ForkExcludedArray<R> {
     init(count: Int) {
         array = [R](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
         bytes = array.withUnsafeMutableBytes { $0 }
-        marked = cmp_wipe_on_fork(bytes.baseAddress, bytes.count, 1) == 0
+        marked = Sys.setWipeOnFork(bytes.baseAddress, bytes.count, wipe: true) == .applied
     }
 
     /// Copies the results at `range` from the workers' shared memory.
@@ -186,7 +187,7 @@ final class ForkExcludedArray<R> {
     func unmark() -> Bool {
         guard marked else { return true }
         marked = false
-        return array.withUnsafeMutableBytes { cmp_wipe_on_fork($0.baseAddress, $0.count, 0) } >= 0
+        return array.withUnsafeMutableBytes { Sys.setWipeOnFork($0.baseAddress, $0.count, wipe: false) } != .refused
     }
 
     /// The filled array, unmarked.

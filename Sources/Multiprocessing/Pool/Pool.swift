@@ -367,7 +367,7 @@ extension MP {
             // the array the results are copied into (its pages are new, or
             // write-protected by an earlier fork): the copies then run at
             // memory speed. A hint on memory; harmless if the map is over.
-            if prefaultResults, let destination { cmp_populate_writable(destination.baseAddress, destination.count) }
+            if prefaultResults, let destination { Sys.populateWritable(destination.baseAddress, destination.count) }
         }
 
         /// Shared memory of at least `bytes` for a map's results, and how to give it back.

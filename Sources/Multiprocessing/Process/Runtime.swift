@@ -204,7 +204,7 @@ final class Runtime: @unchecked Sendable {
         var text = ""
         if let processName { text += "Process \(processName):\n" }
         text += "\(type(of: error)): \(error)\n"
-        Sys.writeAll(STDERR_FILENO, text)
+        Sys.writeBestEffort(STDERR_FILENO, text)
     }
 }
 

@@ -33,7 +33,7 @@ enum ResourceTracker {
     private static func send(_ line: String) {
         lock.withLock {
             if writeEnd < 0 { start() }
-            if writeEnd >= 0 { Sys.writeAll(writeEnd, line) } // lines are short: one atomic pipe write
+            if writeEnd >= 0 { Sys.writeBestEffort(writeEnd, line) } // lines are short: one atomic pipe write
         }
     }
 
@@ -108,7 +108,7 @@ enum ResourceTracker {
         }
         let segments = registered.keys.filter { !$0.hasPrefix(filePrefix) }
         if !segments.isEmpty {
-            Sys.writeAll(STDERR_FILENO, "resource tracker: \(segments.count) leaked shared memory segment(s) to clean up at shutdown\n")
+            Sys.writeBestEffort(STDERR_FILENO, "resource tracker: \(segments.count) leaked shared memory segment(s) to clean up at shutdown\n")
             for path in segments {
                 try? Sys.sharedMemoryUnlink(path)
                 LibraryLog.log(.warning, "resource tracker unlinked the leaked shared memory segment \(path)")

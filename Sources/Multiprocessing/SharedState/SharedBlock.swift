@@ -60,11 +60,11 @@ final class SharedBlock: @unchecked Sendable {
     private static let raisedDescriptorLimit: Void = Sys.raiseDescriptorLimit()
 
     /// Maps `bytes` bytes from `offset` into this process's page table before
-    /// they are written: cheaper than a write fault per page (see `cmp_shared_prefault`).
+    /// they are written: cheaper than a write fault per page (see `Sys.prefaultShared`).
     @usableFromInline
     func prefault(offset: Int, bytes: Int) {
         precondition(offset >= 0 && bytes >= 0 && offset + bytes <= size, "prefault range outside the block")
-        cmp_shared_prefault(base + offset, bytes)
+        Sys.prefaultShared(base + offset, bytes)
     }
 
     deinit {

@@ -73,7 +73,7 @@ extension MP {
                     try? Sys.sharedMemoryUnlink("/" + name)
                     throw .closed("the SharedMemoryManager is shut down")
                 }
-                Sys.writeAll(channel, "KEEP /\(name)\n")
+                Sys.writeBestEffort(channel, "KEEP /\(name)\n")
             }
         }
 
@@ -86,7 +86,7 @@ extension MP {
                 return channel
             }
             guard fd >= 0, Sys.getpid == owner else { return }
-            Sys.writeAll(fd, "SHUTDOWN\n")
+            Sys.writeBestEffort(fd, "SHUTDOWN\n")
             Sys.close(fd)
             var status: Int32 = 0
             _ = try? Sys.waitpid(keeper, &status, 0) // EINTR is retried there

@@ -113,7 +113,7 @@ final class SharedSyncState: @unchecked Sendable {
     /// With the lock held: bumps the sequence and wakes every sleeper.
     func notifyAll() {
         state.pointee.seq &+= 1
-        if state.pointee.waiters > 0 { cmp_futex_wake(&state.pointee.seq, Int32.max) }
+        if state.pointee.waiters > 0 { Sys.futexWake(&state.pointee.seq, Int32.max) }
     }
 
     /// With the lock held: releases it, sleeps until the sequence moves or the
@@ -137,8 +137,7 @@ func deadline(after timeout: Double?) throws(MP.SyncError) -> Deadline? {
 /// Sleeps on a futex word while it holds `expected`, until `deadline`.
 /// Returns whether the deadline passed (a wake-up or a changed word: false).
 func futexSleep(_ word: UnsafeMutablePointer<UInt32>, _ expected: UInt32, until deadline: Deadline?) -> Bool {
-    if let deadline, deadline.hasPassed { return true }
-    return cmp_futex_wait(word, expected, deadline.cTimeoutNanoseconds) == ETIMEDOUT
+    Sys.futexSleep(word, expected, until: deadline)
 }
 
 /// Locks a robust mutex with a Python-style timeout.
@@ -429,7 +428,7 @@ extension MP {
             try checkOwned()
             _ = cmp_atomic_add_u32(&shared.state.pointee.seq, 1)
             if cmp_atomic_load_u32(&shared.state.pointee.waiters) > 0 {
-                cmp_futex_wake(&shared.state.pointee.seq, Int32(clamping: count))
+                Sys.futexWake(&shared.state.pointee.seq, Int32(clamping: count))
             }
         }
 

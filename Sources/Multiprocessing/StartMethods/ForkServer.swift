@@ -40,7 +40,8 @@ enum ForkServer {
         while true {
             let message: (bytes: [UInt8], descriptors: [Int32])
             do {
-                message = try Sys.receive(socket, capacity: 16, maxDescriptors: Sys.maxPassedDescriptors)
+                guard let received = try Sys.receiveMessage(socket, capacity: 16, maxDescriptors: Sys.maxPassedDescriptors) else { continue }
+                message = received
             } catch {
                 Sys.exitImmediately(0)
             }
@@ -67,7 +68,7 @@ enum ForkServer {
                 // closed its end already, having had the server's reply.)
                 let note = message.descriptors[0]
                 var me = Sys.getpid
-                try? Sys.send(note, withUnsafeBytes(of: &me) { Swift.Array($0) }, descriptors: [])
+                try? Sys.sendAll(note, withUnsafeBytes(of: &me) { Swift.Array($0) })
                 Sys.close(note)
                 LaunchedChild.run(descriptors: Swift.Array(message.descriptors.dropFirst()))
             }
@@ -100,7 +101,7 @@ enum ForkServer {
     private static func reply(_ socket: Int32, _ value: Int32) {
         var value = value
         let bytes = withUnsafeBytes(of: &value) { Swift.Array($0) }
-        try? Sys.send(socket, bytes, descriptors: [])
+        try? Sys.sendAll(socket, bytes)
     }
 }
 
@@ -283,7 +284,7 @@ final class ForkServerClient: @unchecked Sendable {
         do { note = try Sys.socketPair(keepingMessages: true) } catch { return .failed(error.errno.rawValue) }
         defer { Sys.close(note.read) }
         do {
-            try Sys.send(socket, ForkServer.request, descriptors: [note.write] + descriptors)
+            try Sys.sendAll(socket, ForkServer.request, descriptors: [note.write] + descriptors)
         } catch {
             Sys.close(note.write)
             return .gone(retire(), adopted: nil)
@@ -302,7 +303,7 @@ final class ForkServerClient: @unchecked Sendable {
     /// The pid a cloned child wrote, or nil at end-of-file (no child).
     private static func readBirthNote(_ fd: Int32) -> pid_t? {
         guard (try? Sys.pollReadable(fd, until: .after(validSeconds: birthNoteTimeout))) == true,
-              let message = try? Sys.receive(fd, capacity: 4, maxDescriptors: 0, blocking: false),
+              let message = try? Sys.receiveMessage(fd, capacity: 4, maxDescriptors: 0, blocking: false),
               message.bytes.count == MemoryLayout<pid_t>.size else { return nil }
         let pid = message.bytes.withUnsafeBytes { $0.loadUnaligned(as: pid_t.self) }
         return pid > 0 ? pid : nil
@@ -319,7 +320,7 @@ final class ForkServerClient: @unchecked Sendable {
             if ready.isEmpty { return .timedOut }
             // A reply sent just before the end is still queued: read it
             // first. Nothing queued (EAGAIN) or end-of-file: it has ended.
-            guard let message = try? Sys.receive(socket, capacity: 4, maxDescriptors: 0, blocking: false),
+            guard let message = try? Sys.receiveMessage(socket, capacity: 4, maxDescriptors: 0, blocking: false),
                   !message.bytes.isEmpty else { return .gone }
             if message.bytes.count == 4 { return .value(message.bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }) }
         }

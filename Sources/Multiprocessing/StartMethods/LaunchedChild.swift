@@ -106,7 +106,7 @@ enum LaunchedChild {
     }
 
     private static func fail(_ reason: String) -> Never {
-        Sys.writeAll(STDERR_FILENO, "swift-multiprocessing child \(Sys.getpid): \(reason)\n")
+        Sys.writeBestEffort(STDERR_FILENO, "swift-multiprocessing child \(Sys.getpid): \(reason)\n")
         Sys.exitImmediately(1)
     }
 }

@@ -124,7 +124,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     /// Submitted: a waiting caller maps the result array's pages meanwhile.
     func submitted() {
         if callerWaits, let destinationBytes, destinationBytes.count > 0 {
-            cmp_populate_writable(destinationBytes.baseAddress, destinationBytes.count)
+            Sys.populateWritable(destinationBytes.baseAddress, destinationBytes.count)
         }
     }
 
