@@ -28,9 +28,14 @@ package enum Sys {
         _ operation: String, retryOnInterrupt: Bool = true, _ body: () -> T
     ) throws(OSError) -> T {
         while true {
-            let result = body()
-            if result != -1 { return result }
-            let code = errno
+            let code: Int32
+            if let injected = SyscallFaults.take(operation) {
+                code = injected
+            } else {
+                let result = body()
+                if result != -1 { return result }
+                code = errno
+            }
             if code == EINTR && retryOnInterrupt { continue }
             throw failure(operation, code)
         }
@@ -40,9 +45,14 @@ package enum Sys {
     @inline(__always)
     package static func checkAgain<T: FixedWidthInteger>(_ operation: String, _ body: () -> T) throws(OSError) -> T? {
         while true {
-            let result = body()
-            if result != -1 { return result }
-            let code = errno
+            let code: Int32
+            if let injected = SyscallFaults.take(operation) {
+                code = injected
+            } else {
+                let result = body()
+                if result != -1 { return result }
+                code = errno
+            }
             if code == EINTR { continue }
             if code == EAGAIN || code == EWOULDBLOCK { return nil }
             throw failure(operation, code)
