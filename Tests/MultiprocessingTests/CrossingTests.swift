@@ -184,7 +184,9 @@ struct CrossingTests {
         }
         // And in a real child: the good one runs, each bad one exits with 1.
         for (info, code) in [(good, 3), (unknown, 1), (otherBuild, 1), (wrongArguments, 1)] as [(LaunchInfo, Int32)] {
-            let pid = try Launcher.launch(info, objects: [], method: method, daemon: false)
+            let message = try LaunchMessage(info, objects: [], method: method)
+            defer { message.close() }
+            let pid = method == .spawn ? try SpawnPopen.launch(message, daemon: false) : try ForkServerPopen.launch(message, daemon: false)
             #expect(try waitOrKill(pid) == .exited(code))
         }
     }

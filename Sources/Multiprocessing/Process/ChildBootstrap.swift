@@ -82,3 +82,62 @@ extension MP {
     /// the after-fork phase within ``forkStartTimeout`` (since the program started).
     public static var forkRestarts: Int { ForkWatchdog.restarts.load(ordering: .relaxed) }
 }
+
+extension ForkWatchdog {
+    /// Forks the child of `process` and waits until it reports that it got
+    /// past the after-fork phase. A child of a busy multithreaded program
+    /// can hang there on a Swift runtime lock (a metadata or conformance
+    /// cache) that another thread held at the fork, before any line of the
+    /// user's code; no library can take those locks first. One that has not
+    /// reported within ``MP/forkStartTimeout`` is killed, reaped, counted
+    /// (``MP/forkRestarts``), logged, and forked again, up to three times in all.
+    static func fork(_ process: MP.Process, _ request: StartRequest) throws(MP.ProcessError) -> pid_t {
+        let parentPid = Sys.getpid
+        let crashLabel = Swift.Array(process.name.utf8CString)
+        let watched = timeout
+        let bound = watched ?? 0
+        for attempt in 1...3 {
+            let report: (read: Int32, write: Int32)
+            if watched == nil {
+                report = (-1, -1)
+            } else {
+                do { report = try Sys.pipe() } catch { throw .system(error) }
+            }
+            let child: () -> Never = {
+                ChildBootstrap.run(process, parentPid: parentPid, daemon: request.daemon, crashLabel: crashLabel, report: report.write)
+            }
+            let pid: Int32
+            do {
+                // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon
+                // started from a short-lived thread is forked by a thread that
+                // lives as long as the process.
+                if request.daemon && !request.forkOnCurrentThread && Sys.gettid != parentPid {
+                    pid = try ForkerThread.shared().fork(child)
+                } else {
+                    pid = try Runtime.forkFlushingStdio()
+                    if pid == 0 { child() }
+                }
+            } catch {
+                if watched != nil {
+                    Sys.close(report.read)
+                    Sys.close(report.write)
+                }
+                throw .system(error)
+            }
+            ChildBootstrap.stallForTesting = false
+            guard watched != nil else { return pid }
+            Sys.close(report.write)
+            // Readable: the report, or end-of-file (the child died; its end is seen by join).
+            let reported = (try? Sys.pollReadable(report.read, until: .after(validSeconds: bound))) ?? true
+            Sys.close(report.read)
+            if reported { return pid }
+            try? Sys.kill(pid, SIGKILL)
+            var status: Int32 = 0
+            _ = try? Sys.waitpid(pid, &status, 0)
+            restarts.add(1, ordering: .relaxed)
+            LibraryLog.log(.warning, "\(process.name): forked child \(pid) did not get past the after-fork phase within \(bound) s (a runtime lock held by another thread at the fork); killed, forking again (attempt \(attempt + 1) of 3)")
+        }
+        throw .startTimedOut(name: process.name, seconds: bound)
+
+    }
+}

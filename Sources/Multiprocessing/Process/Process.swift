@@ -40,9 +40,9 @@ extension MP {
         enum State {
             case initial
             case starting
-            case running(pid: Int32, pidfd: Int32)
+            case running(any Popen)
             /// `status` is nil when somebody else reaped the child without telling us.
-            case finished(pid: Int32, pidfd: Int32, status: ExitStatus?)
+            case finished(any Popen, status: ExitStatus?)
             case closed
         }
 
@@ -144,8 +144,7 @@ extension MP {
 
         deinit {
             switch state {
-            case .running(_, let pidfd), .finished(_, let pidfd, _):
-                if pidfd >= 0 { Sys.close(pidfd) }
+            case .running(let popen), .finished(let popen, _): popen.close()
             default: break
             }
         }
@@ -220,7 +219,7 @@ extension MP {
         var startedPid: Int32? {
             lock.withLock {
                 switch state {
-                case .running(let pid, _), .finished(let pid, _, _): return pid
+                case .running(let popen), .finished(let popen, _): return popen.pid
                 default: return nil
                 }
             }
@@ -231,7 +230,7 @@ extension MP {
         public var exitCode: Int32? {
             if !isCurrent && creatorPid == Sys.getpid { reap(blocking: false) }
             return lock.withLock {
-                if case .finished(_, _, let status) = state { return status?.exitCode }
+                if case .finished(_, let status) = state { return status?.exitCode }
                 return nil
             }
         }
@@ -240,7 +239,7 @@ extension MP {
         public var exitStatus: ExitStatus? {
             _ = exitCode
             return lock.withLock {
-                if case .finished(_, _, let status) = state { return status }
+                if case .finished(_, let status) = state { return status }
                 return nil
             }
         }
@@ -266,7 +265,7 @@ extension MP {
                     switch state {
                     case .initial, .starting: throw .notStarted(name: unlockedName)
                     case .closed: throw .closed(name: unlockedName)
-                    case .running(_, let pidfd), .finished(_, let pidfd, _): return pidfd
+                    case .running(let popen), .finished(let popen, _): return popen.sentinel
                     }
                 }
             }
@@ -280,15 +279,15 @@ extension MP {
         /// `forkOnCurrentThread`: the caller vouches that this thread lives as
         /// long as the child may (the pool's own thread), so a daemon needs no
         /// hand-off to the forker thread.
+        ///
+        /// The start method's ``Popen`` checks and launches; what follows a
+        /// start (the state, the registry of children, the log) is written
+        /// once, here.
         func start(forkOnCurrentThread: Bool) throws(ProcessError) {
             let runtime = Runtime.shared
             try runtime.checkMayStartChildren()
-            let method = startMethod
-            if namedTask == nil && method != .fork { throw .task(.needsFork(process: name, method: method)) }
-            if method == .fork && (asyncTarget != nil || namedTask != nil) && !ChildExecutors.isAvailable {
-                throw .concurrencyUnavailable(name: name)
-            }
-            if let namedTask { do { try namedTask.check() } catch { throw .task(error) } }
+            let popenType = startMethod.popen
+            try popenType.check(self)
             let daemon = try lock.withLock { () throws(ProcessError) -> Bool in
                 switch state {
                 case .initial:
@@ -301,108 +300,51 @@ extension MP {
                 }
             }
             runtime.reapFinishedChildren()
-            if method != .fork, let namedTask {
-                let pid: pid_t
-                do {
-                    pid = try launch(namedTask, method: method, daemon: daemon)
-                } catch {
-                    lock.withLock { state = .initial }
-                    throw .task(error)
-                }
-                let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
-                lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
-                runtime.register(self)
-                LibraryLog.log(.info, "started \(name) (pid \(pid), \(method))")
-                return
-            }
-            let pid: Int32
+            let popen: any Popen
             do {
-                pid = try forkWatched(daemon: daemon, forkOnCurrentThread: forkOnCurrentThread)
+                popen = try popenType.start(self, StartRequest(daemon: daemon, forkOnCurrentThread: forkOnCurrentThread))
             } catch {
                 lock.withLock { state = .initial }
                 throw error
             }
-            let pidfd = (try? Sys.pidfdOpen(pid)) ?? -1
-            lock.withLock { state = .running(pid: pid, pidfd: pidfd) }
+            lock.withLock { state = .running(popen) }
             runtime.register(self)
-            LibraryLog.log(.info, "started \(name) (pid \(pid), fork)")
+            LibraryLog.log(.info, "started \(name) (pid \(popen.pid), \(popenType.method))")
         }
 
-        /// Forks the child and waits until it reports that it got past the
-        /// after-fork phase. A child of a busy multithreaded program can
-        /// hang there on a Swift runtime lock (a metadata or conformance
-        /// cache) that another thread held at the fork, before any line of
-        /// the user's code; no library can take those locks first. One that
-        /// has not reported within ``MP/forkStartTimeout`` is killed, reaped,
-        /// counted (``MP/forkRestarts``), logged, and forked again, up to
-        /// three times in all.
-        private func forkWatched(daemon: Bool, forkOnCurrentThread: Bool) throws(ProcessError) -> pid_t {
-            let parentPid = Sys.getpid
-            let crashLabel = Swift.Array(name.utf8CString)
-            let watched = ForkWatchdog.timeout
-            let bound = watched ?? 0
-            for attempt in 1...3 {
-                let report: (read: Int32, write: Int32)
-                if watched == nil {
-                    report = (-1, -1)
-                } else {
-                    do { report = try Sys.pipe() } catch { throw .system(error) }
-                }
-                let child: () -> Never = {
-                    ChildBootstrap.run(self, parentPid: parentPid, daemon: daemon, crashLabel: crashLabel, report: report.write)
-                }
-                let pid: Int32
-                do {
-                    // PR_SET_PDEATHSIG fires when the forking *thread* ends: a daemon
-                    // started from a short-lived thread is forked by a thread that
-                    // lives as long as the process.
-                    if daemon && !forkOnCurrentThread && Sys.gettid != parentPid {
-                        pid = try ForkerThread.shared().fork(child)
-                    } else {
-                        pid = try Runtime.forkFlushingStdio()
-                        if pid == 0 { child() }
-                    }
-                } catch {
-                    if watched != nil {
-                        Sys.close(report.read)
-                        Sys.close(report.write)
-                    }
-                    throw .system(error)
-                }
-                ChildBootstrap.stallForTesting = false
-                guard watched != nil else { return pid }
-                Sys.close(report.write)
-                // Readable: the report, or end-of-file (the child died; its end is seen by join).
-                let reported = (try? Sys.pollReadable(report.read, until: .after(validSeconds: bound))) ?? true
-                Sys.close(report.read)
-                if reported { return pid }
-                try? Sys.kill(pid, SIGKILL)
-                var status: Int32 = 0
-                _ = try? Sys.waitpid(pid, &status, 0)
-                ForkWatchdog.restarts.add(1, ordering: .relaxed)
-                LibraryLog.log(.warning, "\(name): forked child \(pid) did not get past the after-fork phase within \(bound) s (a runtime lock held by another thread at the fork); killed, forking again (attempt \(attempt + 1) of 3)")
-            }
-            throw .startTimedOut(name: name, seconds: bound)
+        /// Whether the child runs Swift concurrency (an async target or a
+        /// named task): under fork it needs the child executors.
+        var needsChildExecutors: Bool { asyncTarget != nil || namedTask != nil }
+
+        /// The named task's own checks (registered, sendable), if it is one.
+        func checkNamedTask() throws(ProcessError) {
+            if let namedTask { do { try namedTask.check() } catch { throw .task(error) } }
         }
 
-        /// Encodes the task with its objects' descriptors and starts it with `method`.
-        private func launch(_ task: NamedTaskTarget, method: StartMethod, daemon: Bool) throws(TaskError) -> pid_t {
-            let table = DescriptorTable()
+        /// Spawn and forkserver start only named tasks (a closure cannot cross into a fresh program).
+        func checkLaunchable(_ method: StartMethod) throws(ProcessError) {
+            guard namedTask != nil else { throw .task(.needsFork(process: name, method: method)) }
+            try checkNamedTask()
+        }
+
+        /// What a spawned or forkserver child is told (with the descriptors
+        /// of the objects its task holds); nil for a closure.
+        func launchInfo(daemon: Bool, objects table: DescriptorTable) throws(TaskError) -> LaunchInfo? {
+            guard let namedTask else { return nil }
             let arguments: [UInt8]
             do {
-                arguments = try task.encode(table)
+                arguments = try namedTask.encode(table)
             } catch let error as TaskError {
                 throw error
             } catch {
-                throw .cannotCross("the arguments of named task '\(task.name)' do not encode: \(error)")
+                throw .cannotCross("the arguments of named task '\(namedTask.name)' do not encode: \(error)")
             }
-            let info = LaunchInfo(
-                build: BuildIdentity.current, task: task.name, arguments: arguments,
+            return LaunchInfo(
+                build: BuildIdentity.current, task: namedTask.name, arguments: arguments,
                 processName: name, identity: identity, daemon: daemon,
                 parentPid: Sys.getpid, parentName: Runtime.shared.current.name,
                 lineBuffered: OutputMode.lineBuffered, logLevel: LibraryLog.currentLevel?.rawValue,
                 authkey: ProcessAuthKey.current)
-            return try Launcher.launch(info, objects: table.descriptors, method: method, daemon: daemon)
         }
 
         /// Python's `join()`: blocks until the child ends, then reaps it.
@@ -415,10 +357,10 @@ extension MP {
         @discardableResult
         public func join(timeout: Double?) throws(ProcessError) -> Bool {
             let deadline = try Deadline.after(timeout) { ProcessError.negativeTimeout($0) }
-            guard let pidfd = try joinableDescriptor() else { return true }
-            if pidfd >= 0 {
+            guard let popen = try joinable() else { return true }
+            if popen.sentinel >= 0 {
                 let ended: Bool
-                do { ended = try Sys.pollReadable(pidfd, until: deadline) } catch { throw .system(error) }
+                do { ended = try popen.wait(until: deadline) } catch { throw .system(error) }
                 if !ended { return false }
                 reap(blocking: true)
                 return true
@@ -434,23 +376,28 @@ extension MP {
 
         /// `try await p.join()`: suspends, without blocking a thread, until the child ends.
         public func join() async throws(ProcessError) {
-            guard let pidfd = try joinableDescriptor() else { return }
-            if pidfd >= 0 {
-                try await FDWatcher.readable(pidfd, cancelled: ProcessError.cancelled, system: { .system($0) })
+            guard let popen = try joinable() else { return }
+            do {
+                try await popen.wait()
+            } catch {
+                switch error {
+                case .cancelled: throw .cancelled
+                case .system(let os): throw .system(os)
+                }
             }
             reap(blocking: true)
         }
 
-        /// The pidfd to wait on, or nil when already reaped; throws on misuse.
-        private func joinableDescriptor() throws(ProcessError) -> Int32? {
-            try lock.withLock { () throws(ProcessError) -> Int32? in
+        /// The child to wait for, or nil when already reaped; throws on misuse.
+        private func joinable() throws(ProcessError) -> (any Popen)? {
+            try lock.withLock { () throws(ProcessError) -> (any Popen)? in
                 if isCurrent { throw .joinSelf(name: unlockedName) }
                 if creatorPid != Sys.getpid { throw .notParent(name: unlockedName) }
                 switch state {
                 case .initial, .starting: throw .notStarted(name: unlockedName)
                 case .closed: throw .closed(name: unlockedName)
                 case .finished: return nil
-                case .running(_, let pidfd): return pidfd
+                case .running(let popen): return popen
                 }
             }
         }
@@ -474,14 +421,8 @@ extension MP {
                 case .initial, .starting: throw .notStarted(name: unlockedName)
                 case .closed: throw .closed(name: unlockedName)
                 case .finished: return
-                case .running(let pid, let pidfd):
-                    do throws(OSError) {
-                        if pidfd >= 0 { try Sys.pidfdSendSignal(pidfd, signal.rawValue) } else { try Sys.kill(pid, signal.rawValue) }
-                    } catch where error.errno == .noSuchProcess {
-                        return // already exited, not yet reaped
-                    } catch {
-                        throw .system(error)
-                    }
+                case .running(let popen):
+                    do throws(OSError) { try popen.send(signal) } catch { throw .system(error) }
                 }
             }
         }
@@ -493,8 +434,8 @@ extension MP {
             try lock.withLock { () throws(ProcessError) in
                 switch state {
                 case .running: throw .stillRunning(name: unlockedName)
-                case .finished(_, let pidfd, _):
-                    if pidfd >= 0 { Sys.close(pidfd) }
+                case .finished(let popen, _):
+                    popen.close()
                     state = .closed
                 case .initial: state = .closed
                 case .starting: throw .stillRunning(name: unlockedName)
@@ -510,19 +451,16 @@ extension MP {
             var finished = false
             var logged: (pid: Int32, status: ExitStatus)?
             lock.withLock {
-                guard case .running(let pid, let pidfd) = state else { return }
-                var raw: Int32 = 0
+                guard case .running(let popen) = state else { return }
                 do {
-                    var reaped = try Sys.waitpid(pid, &raw, WNOHANG)
-                    if reaped == 0 && blocking { reaped = try Sys.waitpid(pid, &raw, 0) }
-                    if reaped == pid {
-                        state = .finished(pid: pid, pidfd: pidfd, status: ExitStatus(rawValue: raw))
+                    if let status = try popen.poll(blocking: blocking) {
+                        state = .finished(popen, status: status)
                         finished = true
-                        logged = (pid, ExitStatus(rawValue: raw))
+                        logged = (popen.pid, status)
                     }
                 } catch {
                     // ECHILD: reaped behind our back; MP.wait() hands us the status if it did.
-                    state = .finished(pid: pid, pidfd: pidfd, status: nil)
+                    state = .finished(popen, status: nil)
                     finished = true
                 }
             }
@@ -534,9 +472,9 @@ extension MP {
         func recordReaped(status: ExitStatus) {
             let reaped = lock.withLock { () -> Int32? in
                 switch state {
-                case .running(let pid, let pidfd), .finished(let pid, let pidfd, nil):
-                    state = .finished(pid: pid, pidfd: pidfd, status: status)
-                    return pid
+                case .running(let popen), .finished(let popen, nil):
+                    state = .finished(popen, status: status)
+                    return popen.pid
                 default: return nil
                 }
             }
@@ -548,8 +486,8 @@ extension MP {
 
         /// In a forked child: the parent's view of this sibling is meaningless here.
         func closeInheritedDescriptor() {
-            if case .running(_, let pidfd) = state, pidfd >= 0 { Sys.close(pidfd) }
-            if case .finished(_, let pidfd, _) = state, pidfd >= 0 { Sys.close(pidfd) }
+            if case .running(let popen) = state { popen.close() }
+            if case .finished(let popen, _) = state { popen.close() }
             state = .closed
         }
 
@@ -568,8 +506,8 @@ extension MP {
                 case _ where creatorPid != Sys.getpid: status = "unknown"
                 case .closed: status = "closed"
                 case .initial, .starting: status = "initial"
-                case .running(let pid, _): info.append("pid=\(pid)"); status = "started"
-                case .finished(let pid, _, _): info.append("pid=\(pid)"); status = "stopped"
+                case .running(let popen): info.append("pid=\(popen.pid)"); status = "started"
+                case .finished(let popen, _): info.append("pid=\(popen.pid)"); status = "stopped"
                 }
                 info.append("parent=\(creatorPid)")
                 info.append(status)

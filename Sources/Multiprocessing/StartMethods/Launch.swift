@@ -39,32 +39,43 @@ struct NamedTaskTarget: @unchecked Sendable {
     }
 }
 
-/// Starting a child under spawn or forkserver (CPython's `popen_spawn_posix`
-/// and `popen_forkserver`): the launch message, its descriptors, the method.
-enum Launcher {
-    /// Starts `info`'s child with `method` and returns its pid. The child is
-    /// this process's own child under both methods.
-    static func launch(_ info: LaunchInfo, objects: [Int32], method: MP.StartMethod, daemon: Bool) throws(MP.TaskError) -> pid_t {
+/// The launch message of a spawned or forkserver child, ready to pass: a
+/// memfd holding the ``LaunchInfo`` (the child's descriptor 3), then the
+/// descriptors of the objects its task holds.
+struct LaunchMessage {
+    let descriptors: [Int32]
+    private let launchFile: Int32
+
+    init(_ process: MP.Process, daemon: Bool, method: MP.StartMethod) throws(MP.TaskError) {
+        let table = DescriptorTable()
+        guard let info = try process.launchInfo(daemon: daemon, objects: table) else {
+            throw .needsFork(process: process.name, method: method)
+        }
+        try self.init(info, objects: table.descriptors, method: method)
+    }
+
+    init(_ info: LaunchInfo, objects: [Int32], method: MP.StartMethod) throws(MP.TaskError) {
         let message: [UInt8]
         do { message = try WireFormat.encode(info) } catch { throw .cannotCross("the launch message does not encode: \(error)") }
-        let launchFile: Int32
         do {
             launchFile = try Sys.memoryFile("mp-launch")
-            try Sys.writeAll(launchFile, message, at: 0)
         } catch {
             throw .startFailed(method: method, reason: error.description)
         }
-        defer { Sys.close(launchFile) }
-        let descriptors = [launchFile] + objects
-        switch method {
-        case .spawn: return try Spawner.spawn(descriptors, daemon: daemon)
-        case .forkserver: return try ForkServerClient.launch(descriptors)
-        case .fork: preconditionFailure("a fork is not launched")
+        do {
+            try Sys.writeAll(launchFile, message, at: 0)
+        } catch {
+            Sys.close(launchFile)
+            throw .startFailed(method: method, reason: error.description)
         }
+        descriptors = [launchFile] + objects
     }
+
+    /// Closes the launch file (the child has its own copy).
+    func close() { Sys.close(launchFile) }
 }
 
-/// CPython's `popen_spawn_posix`: `posix_spawn` of `/proc/self/exe`, which
+/// The spawn of ``SpawnPopen``: `posix_spawn` of `/proc/self/exe`, which
 /// runs the task from its `.init_array` hook and never reaches `main`.
 enum Spawner {
     static let flag = "--swift-multiprocessing-spawn"
