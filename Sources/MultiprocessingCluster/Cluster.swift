@@ -10,43 +10,7 @@ extension MP {
     /// in every worker (your own program, in worker mode).
     public enum Cluster {}
 
-    /// What the cluster pool and its workers throw.
-    public enum ClusterError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// A task threw: its type and description, as recorded by the worker.
-        case taskFailed(type: String, description: String)
-        /// The task's worker (or its machine) was lost on every attempt.
-        case workerLost(attempts: Int, reason: String)
-        /// The task cannot run on the workers of this build (unknown name,
-        /// undecodable arguments, an unencodable result).
-        case unrunnable(String)
-        /// The pool was terminated, or the call cancelled.
-        case cancelled
-        /// The pool is closed: no more tasks.
-        case closed
-        /// The result did not come within the timeout.
-        case timeout
-        /// The database refused or failed a query (the pool reconnects; this
-        /// is thrown only where a call cannot go on).
-        case database(String)
-        /// A task type that another process cannot find by name, or a value that does not encode.
-        case task(String)
-        /// An argument outside its domain.
-        case invalidArgument(String)
 
-        public var description: String {
-            switch self {
-            case .taskFailed(let type, let description): return "task failed: \(type): \(description)"
-            case .workerLost(let attempts, let reason): return "the task's worker was lost \(attempts) time(s): \(reason)"
-            case .unrunnable(let why): return "the task cannot run on the workers: \(why)"
-            case .cancelled: return "the task was cancelled (the pool was terminated)"
-            case .closed: return "the pool is closed"
-            case .timeout: return "timed out waiting for the result"
-            case .database(let why): return "database: \(why)"
-            case .task(let why): return why
-            case .invalidArgument(let why): return "invalid argument: \(why)"
-            }
-        }
-    }
 }
 
 /// A PostgreSQL URL as a client configuration: `postgres://user:password@host:port/database`,
@@ -63,7 +27,7 @@ struct DatabaseAddress: Sendable {
     /// Over TCP (not a Unix socket).
     let isTCP: Bool
 
-    init(_ url: String) throws(MP.ClusterError) {
+    init(_ url: String) throws(MP.Error) {
         guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme ?? "") else {
             throw .invalidArgument("'\(url)' is not a postgres:// URL")
         }
@@ -122,7 +86,7 @@ struct DatabaseAddress: Sendable {
     /// libpq's `sslmode`: `prefer` and `require` encrypt without checking
     /// the certificate; `verify-ca` checks it against the trusted roots;
     /// `verify-full` also checks that it names the host.
-    static func tls(mode: String, rootCertificate: String?) throws(MP.ClusterError)
+    static func tls(mode: String, rootCertificate: String?) throws(MP.Error)
         -> (client: PostgresClient.Configuration.TLS, connection: PostgresConnection.Configuration.TLS) {
         var tls = TLSConfiguration.makeClientConfiguration()
         switch mode {

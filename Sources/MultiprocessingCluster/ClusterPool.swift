@@ -49,7 +49,7 @@ extension MP {
 
         enum State { case open, closed, terminated }
 
-        typealias Delivery = (Result<[UInt8], ClusterError>) -> Void
+        typealias Delivery = (Result<[UInt8], MP.Error>) -> Void
 
         /// One submission: an `applyAsync`'s task or a map's chunk.
         struct Unsent {
@@ -72,18 +72,18 @@ extension MP {
         ///     lost (SIGKILL, a dead machine, a cut link) before it fails.
         ///   - retryErrors: also retry a task that throws (Python does not);
         ///     the row it travels in (submissions packed together) runs again whole.
-        public convenience init(database: String, maxAttempts: Int = 3, retryErrors: Bool = false) async throws(ClusterError) {
+        public convenience init(database: String, maxAttempts: Int = 3, retryErrors: Bool = false) async throws(MP.Error) {
             try await self.init(address: DatabaseAddress(database), maxAttempts: maxAttempts, retryErrors: retryErrors)
         }
 
         /// The same, given postgres-nio's client configuration instead of a
         /// URL (your own TLS settings, timeouts, connection limits).
         public convenience init(database: PostgresClient.Configuration, maxAttempts: Int = 3,
-                                retryErrors: Bool = false) async throws(ClusterError) {
+                                retryErrors: Bool = false) async throws(MP.Error) {
             try await self.init(address: DatabaseAddress(configuration: database), maxAttempts: maxAttempts, retryErrors: retryErrors)
         }
 
-        init(address: DatabaseAddress, maxAttempts: Int, retryErrors: Bool) async throws(ClusterError) {
+        init(address: DatabaseAddress, maxAttempts: Int, retryErrors: Bool) async throws(MP.Error) {
             guard maxAttempts >= 1 else { throw .invalidArgument("maxAttempts must be at least 1 (got \(maxAttempts))") }
             store = try ClusterStore(address: address)
             self.maxAttempts = maxAttempts
@@ -94,7 +94,7 @@ extension MP {
                 slots = try await store.slots(build: build)
             } catch {
                 store.shutdown()
-                if let error = error as? ClusterError { throw error }
+                if let error = error as? MP.Error { throw error }
                 throw .database("cannot prepare the cluster's tables at \(store.address.description): \(String(reflecting: error))")
             }
             loops = [
@@ -126,8 +126,8 @@ extension MP {
 
         /// Queues one submission (a part of some row); `deliver` gets its
         /// chunk's encoded results (or how it failed).
-        private func submit(task: String, payload: [UInt8], items: Int, _ deliver: @escaping Delivery) throws(ClusterError) {
-            try lock.locked { () throws(ClusterError) in
+        private func submit(task: String, payload: [UInt8], items: Int, _ deliver: @escaping Delivery) throws(MP.Error) {
+            try lock.locked { () throws(MP.Error) in
                 guard state == .open else { throw state == .closed ? .closed : .cancelled }
                 unsent.append(Unsent(task: task, part: .init(items: items, payload: payload), deliver: deliver))
             }
@@ -169,7 +169,7 @@ extension MP {
             }
         }
 
-        private func encode<T: NamedTask>(_ tasks: [T]) throws(ClusterError) -> [UInt8] {
+        private func encode<T: NamedTask>(_ tasks: [T]) throws(MP.Error) -> [UInt8] {
             do { try _NamedTaskChunks.check(T.self) } catch { throw .task("\(error)") }
             do { return try _NamedTaskChunks.encode(tasks) } catch { throw .task("the task's arguments do not encode: \(error)") }
         }
@@ -180,13 +180,16 @@ extension MP {
             do {
                 try submit(task: T.name, payload: try encode([task]), items: 1) { outcome in
                     result.resolve(outcome.flatMap { bytes in
-                        Result { () throws(ClusterError) in
+                        Result { () throws(MP.Error) in
                             do {
                                 guard let first = try _NamedTaskChunks.decodeResults(T.self, from: bytes).first else {
-                                    throw ClusterError.unrunnable("a worker returned no result")
+                                    throw MP.Error.unrunnable("a worker returned no result")
                                 }
                                 return first
-                            } catch let error as ClusterError { throw error } catch { throw .unrunnable("the result does not decode: \(error)") }
+                            } catch {
+                                if let error = error as? MP.Error, error.code == .unknownTask { throw error }
+                                throw .unrunnable("the result does not decode: \(error)")
+                            }
                         }
                     })
                 }
@@ -197,12 +200,12 @@ extension MP {
         }
 
         /// Python's `apply(f, args)`: blocks until `task` ran on some worker.
-        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) throws(ClusterError) -> T.Result where T.Result: Sendable {
+        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) throws(MP.Error) -> T.Result where T.Result: Sendable {
             try applyAsync(task).get(timeout: timeout)
         }
 
         /// `try await pool.apply(task)`.
-        public func apply<T: NamedTask>(_ task: T) async throws(ClusterError) -> T.Result where T.Result: Sendable {
+        public func apply<T: NamedTask>(_ task: T) async throws(MP.Error) -> T.Result where T.Result: Sendable {
             try await applyAsync(task).value
         }
 
@@ -234,18 +237,18 @@ extension MP {
         }
 
         /// Python's `map(f, iterable, chunksize)`: every result, in order.
-        public func map<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil, timeout: Double? = nil) throws(ClusterError) -> [T.Result] where T.Result: Sendable {
+        public func map<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil, timeout: Double? = nil) throws(MP.Error) -> [T.Result] where T.Result: Sendable {
             try mapAsync(tasks, chunksize: chunksize).get(timeout: timeout)
         }
 
         /// `try await pool.map(tasks)`.
-        public func map<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil) async throws(ClusterError) -> [T.Result] where T.Result: Sendable {
+        public func map<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil) async throws(MP.Error) -> [T.Result] where T.Result: Sendable {
             try await mapAsync(tasks, chunksize: chunksize).value
         }
 
         /// Python's `starmap`: `pool.starmap(pairs, Add.init)`.
         public func starmap<each A, T: NamedTask>(_ arguments: [(repeat each A)], _ make: (repeat each A) -> T,
-                                                   chunksize: Int? = nil) async throws(ClusterError) -> [T.Result] where T.Result: Sendable {
+                                                   chunksize: Int? = nil) async throws(MP.Error) -> [T.Result] where T.Result: Sendable {
             try await map(arguments.map { make(repeat each $0) }, chunksize: chunksize)
         }
 
@@ -263,11 +266,11 @@ extension MP {
         }
 
         /// Submits one chunk for ``ClusterResults``.
-        func submitChunk<T: NamedTask>(_ chunk: [T], _ deliver: @escaping (Result<[T.Result], ClusterError>) -> Void) where T.Result: Sendable {
+        func submitChunk<T: NamedTask>(_ chunk: [T], _ deliver: @escaping (Result<[T.Result], MP.Error>) -> Void) where T.Result: Sendable {
             do {
                 try submit(task: T.name, payload: try encode(chunk), items: chunk.count) { outcome in
                     deliver(outcome.flatMap { bytes in
-                        Result { () throws(ClusterError) in
+                        Result { () throws(MP.Error) in
                             do { return try _NamedTaskChunks.decodeResults(T.self, from: bytes) } catch {
                                 throw .unrunnable("the results do not decode: \(error)")
                             }
@@ -288,7 +291,7 @@ extension MP {
 
         /// Python's `terminate()`: queued tasks are cancelled, running ones
         /// told to stop (their workers kill the local processes running
-        /// them); every pending result fails with ``MP/ClusterError/cancelled``.
+        /// them); every pending result fails with ``MP/Error/Code/cancelled``.
         public func terminate() async {
             let dropped = lock.locked { () -> [Delivery] in
                 state = .terminated
@@ -305,7 +308,7 @@ extension MP {
 
         /// Python's `join()`: after `close()` (or `terminate()`), waits until
         /// every submitted task has its result, then removes the pool's rows.
-        public func join() async throws(ClusterError) {
+        public func join() async throws(MP.Error) {
             let open = lock.locked { state == .open }
             if open { throw .invalidArgument("join() needs close() or terminate() first, as in Python") }
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -405,7 +408,7 @@ extension MP {
         private func deliver(_ finished: [ClusterStore.Finished]) async throws {
             let lost = finished.filter { $0.state == "failed" && $0.errorType == ClusterStore.splitMarker }
             if !lost.isEmpty { try await split(lost) }
-            var deliveries: [(Delivery, Result<[UInt8], ClusterError>)] = []
+            var deliveries: [(Delivery, Result<[UInt8], MP.Error>)] = []
             lock.locked {
                 for row in finished where !(row.state == "failed" && row.errorType == ClusterStore.splitMarker) {
                     guard let parts = pending.removeValue(forKey: row.seq) else { continue } // already delivered
@@ -469,7 +472,7 @@ extension MP {
         /// the row's parts leave `pending` here or in ``deliver(_:)``).
         private func deliverNotified(seq: Int64, result: [UInt8]) {
             let row = ClusterStore.Finished(seq: seq, state: "done", result: result, errorType: nil, error: nil, attempt: 0)
-            let deliveries = lock.locked { () -> [(Delivery, Result<[UInt8], ClusterError>)] in
+            let deliveries = lock.locked { () -> [(Delivery, Result<[UInt8], MP.Error>)] in
                 guard let parts = pending.removeValue(forKey: seq) else { return [] }
                 return Swift.Array(zip(parts, Self.outcomes(of: row, parts: parts.count)))
             }
@@ -479,8 +482,8 @@ extension MP {
 
         /// Each part's outcome: its own results or error in a done row; the
         /// row's failure for every part of a failed or cancelled one.
-        static func outcomes(of row: ClusterStore.Finished, parts: Int) -> [Result<[UInt8], ClusterError>] {
-            let failure: ClusterError
+        static func outcomes(of row: ClusterStore.Finished, parts: Int) -> [Result<[UInt8], MP.Error>] {
+            let failure: MP.Error
             switch row.state {
             case "done":
                 do {
@@ -502,9 +505,9 @@ extension MP {
             default:
                 let type = row.errorType ?? "error"
                 let description = row.error ?? ""
-                if type == "MP.ClusterError.workerLost" {
+                if type == "MP.Error.workerLost" {
                     failure = .workerLost(attempts: Int(row.attempt), reason: description)
-                } else if type == "MP.ClusterError.unrunnable" {
+                } else if type == "MP.Error.unrunnable" {
                     failure = .unrunnable(description)
                 } else {
                     failure = .taskFailed(type: type, description: description)
@@ -521,23 +524,23 @@ final class MapCollector<T: MP.NamedTask>: @unchecked Sendable where T.Result: S
     private var parts: [[T.Result]?]
     private var left: Int
     private var finished = false
-    private let done: (Result<[T.Result], MP.ClusterError>) -> Void
+    private let done: (Result<[T.Result], MP.Error>) -> Void
 
-    init(chunks: Int, done: @escaping (Result<[T.Result], MP.ClusterError>) -> Void) {
+    init(chunks: Int, done: @escaping (Result<[T.Result], MP.Error>) -> Void) {
         parts = Array(repeating: nil, count: chunks)
         left = chunks
         self.done = done
     }
 
-    func deliver(_ index: Int, _ outcome: Result<[UInt8], MP.ClusterError>) {
-        let decoded: Result<[T.Result], MP.ClusterError> = outcome.flatMap { bytes in
-            Result { () throws(MP.ClusterError) in
+    func deliver(_ index: Int, _ outcome: Result<[UInt8], MP.Error>) {
+        let decoded: Result<[T.Result], MP.Error> = outcome.flatMap { bytes in
+            Result { () throws(MP.Error) in
                 do { return try _NamedTaskChunks.decodeResults(T.self, from: bytes) } catch {
                     throw .unrunnable("the results do not decode: \(error)")
                 }
             }
         }
-        let final: Result<[T.Result], MP.ClusterError>? = lock.locked {
+        let final: Result<[T.Result], MP.Error>? = lock.locked {
             guard !finished else { return nil }
             switch decoded {
             case .failure(let error):

@@ -5,12 +5,12 @@ extension MP {
     /// of one `applyAsync`, or of a map's whole set of chunks.
     public final class ClusterResult<Value: Sendable>: @unchecked Sendable {
         private let condition = NSCondition()
-        private var outcome: Result<Value, ClusterError>?
-        private var waiters: [CheckedContinuation<Result<Value, ClusterError>, Never>] = []
+        private var outcome: Result<Value, MP.Error>?
+        private var waiters: [CheckedContinuation<Result<Value, MP.Error>, Never>] = []
 
         init() {}
 
-        func resolve(_ result: Result<Value, ClusterError>) {
+        func resolve(_ result: Result<Value, MP.Error>) {
             condition.lock()
             guard outcome == nil else {
                 condition.unlock()
@@ -32,8 +32,8 @@ extension MP {
         }
 
         /// Python's `get(timeout)`: the value, or the task's error;
-        /// ``MP/ClusterError/timeout`` when the timeout passed first.
-        public func get(timeout: Double? = nil) throws(ClusterError) -> Value {
+        /// ``MP/Error/Code/timeout`` when the timeout passed first.
+        public func get(timeout: Double? = nil) throws(MP.Error) -> Value {
             if let timeout, !(timeout >= 0) { throw .invalidArgument("timeout must be nil or at least 0 (got \(timeout))") }
             let deadline = timeout.map { Date().addingTimeInterval($0) }
             condition.lock()
@@ -51,14 +51,14 @@ extension MP {
         /// Python's `wait(timeout)`: whether it is ready.
         @discardableResult
         public func wait(timeout: Double? = nil) -> Bool {
-            do { _ = try get(timeout: timeout) } catch .timeout { return false } catch {}
+            do { _ = try get(timeout: timeout) } catch { if error == .timeout { return false } }
             return true
         }
 
         /// `try await result.value`: waits without blocking a thread.
         public var value: Value {
-            get async throws(ClusterError) {
-                let result: Result<Value, ClusterError> = await withCheckedContinuation { continuation in
+            get async throws(MP.Error) {
+                let result: Result<Value, MP.Error> = await withCheckedContinuation { continuation in
                     condition.lock()
                     if let outcome {
                         condition.unlock()

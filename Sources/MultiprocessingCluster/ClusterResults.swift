@@ -7,7 +7,7 @@ extension MP {
     /// chunks complete. A failed task ends the iteration with its error.
     public struct ClusterResults<Task: NamedTask>: AsyncSequence, Sendable where Task.Result: Sendable {
         public typealias Element = Task.Result
-        public typealias Failure = any Error
+        public typealias Failure = any Swift.Error
         let state: ClusterResultsState<Task>
 
         init<S: Sequence & Sendable>(pool: ClusterPool, tasks: S, chunksize: Int, window: Int, ordered: Bool) where S.Element == Task {
@@ -33,7 +33,7 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
     private var submitted = 0
     private var inputDone = false
     private var nextToYield = 0
-    private var arrived: [Int: Result<[Task.Result], MP.ClusterError>] = [:]
+    private var arrived: [Int: Result<[Task.Result], MP.Error>] = [:]
     private var arrivalOrder: [Int] = []
     private var ready: [Task.Result] = []
     private var waiter: CheckedContinuation<Void, Never>?
@@ -66,7 +66,7 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
         }
     }
 
-    private func arrive(_ index: Int, _ outcome: Result<[Task.Result], MP.ClusterError>) {
+    private func arrive(_ index: Int, _ outcome: Result<[Task.Result], MP.Error>) {
         let waiter = lock.locked { () -> CheckedContinuation<Void, Never>? in
             arrived[index] = outcome
             arrivalOrder.append(index)
@@ -79,7 +79,7 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
     func next() async throws -> Task.Result? {
         while true {
             refill()
-            let step: Result<Task.Result?, MP.ClusterError>? = lock.locked {
+            let step: Result<Task.Result?, MP.Error>? = lock.locked {
                 if !ready.isEmpty { return .success(ready.removeFirst()) }
                 let index: Int?
                 if ordered {

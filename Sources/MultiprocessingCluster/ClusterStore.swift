@@ -26,8 +26,8 @@ final class ClusterStore: Sendable {
     /// submissions: not a failure its tasks see, but a request to the pool's
     /// owner to run its parts again in two rows of half as many (so a task
     /// that kills every worker is alone in a row after a few rounds, and only
-    /// then counts attempts toward ``MP/ClusterError/workerLost(attempts:reason:)``).
-    static let splitMarker = "MP.ClusterError.split"
+    /// then counts attempts toward ``MP/Error/Code/workerDied``).
+    static let splitMarker = "MP.Error.split"
 
     /// A row's number of parts, in SQL: the payload's first `u32`, little-endian (1 for a malformed payload).
     static let partsSQL = """
@@ -56,11 +56,11 @@ final class ClusterStore: Sendable {
     static let newChannel = "mp_cluster_new"
     static let cancelChannel = "mp_cluster_cancel"
 
-    convenience init(url: String) throws(MP.ClusterError) {
+    convenience init(url: String) throws(MP.Error) {
         try self.init(address: DatabaseAddress(url))
     }
 
-    init(address: DatabaseAddress) throws(MP.ClusterError) {
+    init(address: DatabaseAddress) throws(MP.Error) {
         self.address = address
         // NIO resolves a TCP address on Dispatch, whose threads a child forked
         // from a Dispatch-using parent lacks: every connection would time out.
@@ -100,7 +100,7 @@ final class ClusterStore: Sendable {
                 try await probe.close()
             }
         } catch {
-            throw MP.ClusterError.database("cannot connect to PostgreSQL at \(address.description): \(Self.reason(error))")
+            throw MP.Error.database("cannot connect to PostgreSQL at \(address.description): \(Self.reason(error))")
         }
         try await withDeadline(timeout, "cannot reach PostgreSQL at \(address.description) within \(Int(timeout)) s") {
             try await self.createTables()
@@ -122,7 +122,7 @@ final class ClusterStore: Sendable {
     }
 
     /// A PostgreSQL error's useful part (its server message, or the socket error).
-    static func reason(_ error: any Error) -> String {
+    static func reason(_ error: any Swift.Error) -> String {
         if let error = error as? PSQLError {
             if let message = error.serverInfo?[.message] { return message }
             if let underlying = error.underlying { return "\(underlying)" }
@@ -449,7 +449,7 @@ final class ClusterStore: Sendable {
             UPDATE mp_cluster_tasks t SET
                 state = CASE WHEN e.parts > 1 OR t.attempt >= t.max_attempts THEN 'failed' ELSE 'queued' END,
                 error_type = CASE WHEN e.parts > 1 THEN \(Self.splitMarker)
-                                  WHEN t.attempt >= t.max_attempts THEN 'MP.ClusterError.workerLost' END,
+                                  WHEN t.attempt >= t.max_attempts THEN 'MP.Error.workerLost' END,
                 error = CASE WHEN e.parts > 1 THEN 'its lease expired while it held ' || e.parts || ' submissions'
                              WHEN t.attempt >= t.max_attempts
                              THEN 'its lease expired on each of ' || t.attempt || ' attempts (the worker or its machine died, or lost the database)' END,
@@ -512,7 +512,7 @@ final class ClusterStore: Sendable {
     }
 }
 
-/// Runs `operation`, or throws ``MP/ClusterError/database(_:)`` with `message`
+/// Runs `operation`, or throws `MP.Error.Code.database` with `message`
 /// after `seconds`. Unstructured on purpose: a query stuck on a connection
 /// that never comes does not answer cancellation, and a task group would wait
 /// for it; here the caller goes on and the stuck task is left to end or not.
@@ -521,7 +521,7 @@ final class ClusterStore: Sendable {
 func withDeadline<T: Sendable>(_ seconds: Double, _ message: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
     let gate = OnceGate()
     let watch = DeadlineWatch.current
-    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Swift.Error>) in
         let work = Task {
             do {
                 let value = try await operation()
@@ -533,7 +533,7 @@ func withDeadline<T: Sendable>(_ seconds: Double, _ message: String, _ operation
         let id = watch.add(after: seconds) {
             if gate.claim() {
                 work.cancel()
-                continuation.resume(throwing: MP.ClusterError.database(message))
+                continuation.resume(throwing: MP.Error.database(message))
             }
         }
         Task {

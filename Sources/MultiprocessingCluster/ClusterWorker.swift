@@ -26,19 +26,19 @@ extension MP.Cluster {
     ///   - lease: seconds a claimed task is this worker's without renewal; a
     ///     dead worker's tasks run elsewhere after it. At least 1.
     public static func runWorker(database: String, concurrency: Int? = nil, startMethod: MP.StartMethod? = nil,
-                                 lease: Double = 10) async throws(MP.ClusterError) {
+                                 lease: Double = 10) async throws(MP.Error) {
         try await runWorker(address: DatabaseAddress(database), concurrency: concurrency, startMethod: startMethod, lease: lease)
     }
 
     /// The same, given postgres-nio's client configuration instead of a URL.
     public static func runWorker(database: PostgresClient.Configuration, concurrency: Int? = nil,
-                                 startMethod: MP.StartMethod? = nil, lease: Double = 10) async throws(MP.ClusterError) {
+                                 startMethod: MP.StartMethod? = nil, lease: Double = 10) async throws(MP.Error) {
         try await runWorker(address: DatabaseAddress(configuration: database), concurrency: concurrency,
                             startMethod: startMethod, lease: lease)
     }
 
     static func runWorker(address: DatabaseAddress, concurrency: Int?, startMethod: MP.StartMethod?,
-                          lease: Double) async throws(MP.ClusterError) {
+                          lease: Double) async throws(MP.Error) {
         guard lease >= 1 else { throw .invalidArgument("lease must be at least 1 s (got \(lease))") }
         let processes = concurrency ?? MP.processCpuCount()
         guard processes >= 1 else { throw .invalidArgument("concurrency must be at least 1 (got \(processes))") }
@@ -69,7 +69,7 @@ final class ClusterWorker: @unchecked Sendable {
     /// Results dropped because their lease had passed on (shown in `mp_cluster_workers`).
     private var lateResults = 0
 
-    init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.ClusterError) {
+    init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.Error) {
         store = try ClusterStore(address: address)
         do {
             pool = try MP.TaskPool(processes: processes, startMethod: startMethod)
@@ -83,7 +83,7 @@ final class ClusterWorker: @unchecked Sendable {
                      concurrency: Int32(processes), lease: lease)
     }
 
-    func run() async throws(MP.ClusterError) {
+    func run() async throws(MP.Error) {
         Self.stopRequested.store(false, ordering: .sequentiallyConsistent)
         let terminate = MP.Signal.terminate.rawValue
         let previous = Sys.handle(signal: terminate) { _ in ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
@@ -97,7 +97,7 @@ final class ClusterWorker: @unchecked Sendable {
             try await store.migrate()
             try await store.beat(info, lateResults: lock.locked { lateResults })
         } catch {
-            if let error = error as? MP.ClusterError { throw error }
+            if let error = error as? MP.Error { throw error }
             throw .database("cannot prepare the cluster's tables at \(store.address.description): \(String(reflecting: error))")
         }
         let listeners = [
@@ -181,7 +181,7 @@ final class ClusterWorker: @unchecked Sendable {
                 lock.locked {
                     running[claim.id] = (claim, [])
                     outcomes.append(.init(id: claim.id, attempt: claim.attempt, result: nil,
-                                          failure: (.unrunnable, "MP.ClusterError.unrunnable", "the row is malformed: \(error)")))
+                                          failure: (.unrunnable, "MP.Error.unrunnable", "the row is malformed: \(error)")))
                 }
             }
         }
@@ -210,7 +210,7 @@ final class ClusterWorker: @unchecked Sendable {
         if cancelled { return nil }
         if let lost {
             return .init(id: claim.id, attempt: claim.attempt, result: nil,
-                         failure: (.lost, "MP.ClusterError.workerLost", "a worker process died running it: \(lost)"))
+                         failure: (.lost, "MP.Error.workerLost", "a worker process died running it: \(lost)"))
         }
         if claim.retryErrors, claim.attempt < claim.maxAttempts {
             for case .threw(let type, let description) in parts {

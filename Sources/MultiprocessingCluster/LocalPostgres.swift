@@ -51,10 +51,10 @@ extension MP.Cluster {
         public init(listenAddress: String? = nil, port: Int? = nil, trustedNetworks: [String] = [],
                     certificateFile: String? = nil, privateKeyFile: String? = nil) throws {
             guard (certificateFile == nil) == (privateKeyFile == nil) else {
-                throw MP.ClusterError.invalidArgument("certificateFile and privateKeyFile go together")
+                throw MP.Error.invalidArgument("certificateFile and privateKeyFile go together")
             }
             guard let binaries = Self.binDirectory else {
-                throw MP.ClusterError.database("PostgreSQL's server programs (initdb, pg_ctl) are not installed (Debian: apt-get install postgresql)")
+                throw MP.Error.database("PostgreSQL's server programs (initdb, pg_ctl) are not installed (Debian: apt-get install postgresql)")
             }
             self.binaries = binaries
             asUser = getuid() == 0 ? "postgres" : nil
@@ -79,7 +79,7 @@ extension MP.Cluster {
             if !trustedNetworks.isEmpty {
                 let lines = trustedNetworks.map { "host all all \($0) trust\n" }.joined()
                 guard let handle = FileHandle(forWritingAtPath: "\(directory)/data/pg_hba.conf") else {
-                    throw MP.ClusterError.database("cannot open \(directory)/data/pg_hba.conf")
+                    throw MP.Error.database("cannot open \(directory)/data/pg_hba.conf")
                 }
                 defer { try? handle.close() }
                 try handle.seekToEnd()
@@ -139,12 +139,12 @@ extension MP.Cluster {
             do {
                 status = try Sys.run(argv, outputPath: outputPath)
             } catch {
-                throw MP.ClusterError.database("cannot run \(argv[0]): \(error)")
+                throw MP.Error.database("cannot run \(argv[0]): \(error)")
             }
             guard Sys.exitedCleanly(status) else {
                 if quiet { return }
                 let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
-                throw MP.ClusterError.database("\((program as NSString).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")
+                throw MP.Error.database("\((program as NSString).lastPathComponent) \(arguments.joined(separator: " ")) failed: \(text)")
             }
         }
     }

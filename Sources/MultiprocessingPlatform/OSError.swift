@@ -4,7 +4,7 @@ import SystemPackage
 ///
 /// Python raises `OSError` with the same two facts. The library spells it
 /// `MP.OSError`; it is defined here, in the platform layer, because every
-/// wrapper in ``Sys`` throws it.
+/// wrapper in `Sys` throws it.
 public struct OSError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The call that failed, e.g. `"fork"` or `"waitpid"`.
     public let operation: String

@@ -55,7 +55,7 @@ struct BenchCommand: ParsableCommand {
         }
         try child.start()
         sender.close()
-        let received = Result { () throws(MP.ConnectionError) in try receiver.recv([Metric].self) }
+        let received = Result { () throws(MP.Error) in try receiver.recv([Metric].self) }
         try? child.join()
         do {
             return try received.get()

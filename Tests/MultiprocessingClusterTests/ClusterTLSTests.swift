@@ -81,20 +81,20 @@ struct ClusterTLSTests {
             _ = try await MP.ClusterPool(database: "postgres://mp@localhost:\(db.port)/postgres?sslmode=verify-ca&sslrootcert=\(stranger.authority)")
             Issue.record("a certificate from an untrusted authority was accepted")
         } catch {
-            guard case .database(let why) = error else { Issue.record("unexpected \(error)"); return }
-            #expect(why.contains("cannot connect"), "\(why)")
+            guard error.code == .database else { Issue.record("unexpected \(error)"); return }
+            #expect(error.message.contains("cannot connect"), "\(error)")
         }
     }
 
     @Test("bad TLS settings: an unknown sslmode, a missing root certificate")
     func badSettings() async throws {
-        await #expect(throws: MP.ClusterError.invalidArgument("sslmode must be disable, prefer, require, verify-ca or verify-full (got 'always')")) {
+        await #expect(throws: MP.Error.invalidArgument("sslmode must be disable, prefer, require, verify-ca or verify-full (got 'always')")) {
             _ = try await MP.ClusterPool(database: "postgres://mp@localhost/postgres?sslmode=always")
         }
-        await #expect(throws: MP.ClusterError.invalidArgument("sslrootcert '/nonexistent/ca.crt' is not a readable file")) {
+        await #expect(throws: MP.Error.invalidArgument("sslrootcert '/nonexistent/ca.crt' is not a readable file")) {
             _ = try await MP.ClusterPool(database: "postgres://mp@localhost/postgres?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt")
         }
-        #expect(throws: MP.ClusterError.invalidArgument("certificateFile and privateKeyFile go together")) {
+        #expect(throws: MP.Error.invalidArgument("certificateFile and privateKeyFile go together")) {
             _ = try MP.Cluster.LocalPostgres(certificateFile: "/tmp/x.crt")
         }
     }

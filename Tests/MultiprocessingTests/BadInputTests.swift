@@ -46,14 +46,14 @@ struct BadInputTests {
         #expect {
             _ = try MP.encode(huge)
         } throws: { error in
-            (error as? MP.WireError).map { "\($0)".contains("32-bit lengths") } ?? false
+            (error as? MP.Error).map { "\($0)".contains("32-bit lengths") } ?? false
         }
         let queue = try MP.Queue<[UInt8]>(capacityBytes: 1 << 16)
-        #expect(throws: MP.QueueError.self) { try queue.put(huge) }
+        #expect(throws: MP.Error.self) { try queue.put(huge) }
         #expect(queue.qsize == 0, "nothing was put")
         var writer = ByteWriter()
         writer.writeLength(Int(UInt32.max) + 2)
-        #expect(throws: MP.WireError.self) { try writer.checkLengths([Int].self) }
+        #expect(throws: MP.Error.self) { try writer.checkLengths([Int].self) }
     }
 
     @Test("10,000 levels of nesting are refused on both sides, without overflowing the stack")
@@ -66,7 +66,7 @@ struct BadInputTests {
         #expect("\(error)".contains("nested deeper than 512"))
         var chain: Node? = nil
         for _ in 0..<10_000 { chain = Node(next: chain) }
-        #expect(throws: MP.WireError.self) { try MP.encode(chain!) }
+        #expect(throws: MP.Error.self) { try MP.encode(chain!) }
         // What the limit allows still round-trips.
         var shallow: Node? = nil
         for _ in 0..<100 { shallow = Node(next: shallow) }
@@ -106,16 +106,16 @@ struct BadInputTests {
 
     @Test("absurd sizes throw instead of trapping")
     func absurdSizes() throws {
-        #expect(throws: MP.QueueError.self) { _ = try MP.Queue<Int>(capacityBytes: Int.max) }
-        #expect(throws: MP.QueueError.self) { _ = try MP.Queue<Int>(capacityBytes: -1) }
-        #expect(throws: MP.QueueError.self) { _ = try MP.Queue<Int>(maxsize: -1) }
-        #expect(throws: MP.SyncError.self) { _ = try MP.Array(repeating: 0, count: Int.max / 4) }
-        #expect(throws: MP.SyncError.self) { _ = try MP.Array(repeating: UInt8(0), count: Int.max) }
+        #expect(throws: MP.Error.self) { _ = try MP.Queue<Int>(capacityBytes: Int.max) }
+        #expect(throws: MP.Error.self) { _ = try MP.Queue<Int>(capacityBytes: -1) }
+        #expect(throws: MP.Error.self) { _ = try MP.Queue<Int>(maxsize: -1) }
+        #expect(throws: MP.Error.self) { _ = try MP.Array(repeating: 0, count: Int.max / 4) }
+        #expect(throws: MP.Error.self) { _ = try MP.Array(repeating: UInt8(0), count: Int.max) }
     }
 
     @Test("a shared-memory name with a NUL byte is refused, not cut")
     func nulInSharedMemoryName() throws {
-        #expect(throws: MP.SharedMemoryError.invalidName("a\u{0}b")) {
+        #expect(throws: MP.Error.invalidName("a\u{0}b")) {
             _ = try MP.SharedMemory(name: "a\u{0}b", create: true, size: 16)
         }
     }
@@ -151,9 +151,9 @@ struct BadInputTests {
             guard try producer.join(timeout: .infinity) else { MP.exit(7) }
             guard try MP.wait(for: [], timeout: 1e300).isEmpty else { MP.exit(8) }
         }
-        #expect(throws: MP.QueueError.negativeTimeout(-1)) { try queue.get(timeout: -1) }
-        #expect(throws: MP.SyncError.self) { try event.wait(timeout: .nan) }
-        #expect(throws: MP.SyncError.self) { _ = try MP.Barrier(parties: 2, timeout: -1) }
-        #expect(throws: MP.ConnectionError.self) { _ = try MP.Pipe().0.poll(timeout: -.infinity) }
+        #expect(throws: MP.Error.negativeTimeout(-1)) { try queue.get(timeout: -1) }
+        #expect(throws: MP.Error.self) { try event.wait(timeout: .nan) }
+        #expect(throws: MP.Error.self) { _ = try MP.Barrier(parties: 2, timeout: -1) }
+        #expect(throws: MP.Error.self) { _ = try MP.Pipe().0.poll(timeout: -.infinity) }
     }
 }

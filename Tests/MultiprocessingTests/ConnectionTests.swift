@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Multiprocessing
+@testable import Multiprocessing
 import Testing
 
 @Suite("Pipe and Connection")
@@ -26,9 +26,9 @@ struct ConnectionTests {
         }
         #expect(value == 1000)
         try parentEnd.send(-1)
-        #expect(throws: MP.ConnectionError.endOfFile) { _ = try parentEnd.recv(Int.self) }
+        #expect(throws: MP.Error.endOfFile) { _ = try parentEnd.recv(Int.self) }
         try joinOrKill(p)
-        #expect(throws: MP.ConnectionError.brokenPipe) { try parentEnd.send(1) }
+        #expect(throws: MP.Error.brokenPipe) { try parentEnd.send(1) }
     }
 
     @Test("bytes, bitwise values, structured values, and kind/type mismatches")
@@ -41,13 +41,13 @@ struct ConnectionTests {
         try a.send(WireFormatTests.sample)
         #expect(try b.recv(Everything.self) == WireFormatTests.sample)
         try a.send("text")
-        #expect(throws: MP.ConnectionError.typeMismatch(expected: "Int")) { _ = try b.recv(Int.self) }
+        #expect(throws: MP.Error.typeMismatch(expected: "Int")) { _ = try b.recv(Int.self) }
         try a.sendBytes([9])
-        #expect(throws: MP.ConnectionError.self) { _ = try b.recv(Int.self) }
+        #expect(throws: MP.Error.self) { _ = try b.recv(Int.self) }
         try a.send(5)
-        #expect(throws: MP.ConnectionError.self) { _ = try b.recvBytes() }
+        #expect(throws: MP.Error.self) { _ = try b.recvBytes() }
         try a.sendBytes([UInt8](repeating: 1, count: 100))
-        #expect(throws: MP.ConnectionError.messageTooLarge(size: 100, limit: 10)) { _ = try b.recvBytes(maxLength: 10) }
+        #expect(throws: MP.Error.messageTooLarge(size: 100, limit: 10)) { _ = try b.recvBytes(maxLength: 10) }
         try a.send(6)
         #expect(try b.recv(Int.self) == 6) // every failure consumed its message: still in step
     }
@@ -55,7 +55,7 @@ struct ConnectionTests {
     @Test("an oversized frame is refused by the sender, skipped by the receiver")
     func sizeLimits() throws {
         let (small, _) = try MP.Pipe(maxMessageSize: 16)
-        #expect(throws: MP.ConnectionError.messageTooLarge(size: 100, limit: 16)) { try small.sendBytes([UInt8](repeating: 0, count: 100)) }
+        #expect(throws: MP.Error.messageTooLarge(size: 100, limit: 16)) { try small.sendBytes([UInt8](repeating: 0, count: 100)) }
         // A peer with a larger limit sends a big frame: this end skips it and goes on.
         let (big, strict) = try MP.Pipe(maxMessageSize: 1 << 20)
         let receiver = try rewrap(strict, maxMessageSize: 1024)
@@ -64,7 +64,7 @@ struct ConnectionTests {
             try big.send(77)
         }
         try sender.start()
-        #expect(throws: MP.ConnectionError.messageTooLarge(size: 200_000, limit: 1024)) { _ = try receiver.recvBytes() }
+        #expect(throws: MP.Error.messageTooLarge(size: 200_000, limit: 1024)) { _ = try receiver.recvBytes() }
         #expect(try receiver.recv(Int.self) == 77)
         try joinOrKill(sender)
     }
@@ -72,11 +72,11 @@ struct ConnectionTests {
     @Test("one-way pipes: each end in its own direction; poll with timeouts")
     func simplexAndPoll() throws {
         let (reader, writer) = try MP.Pipe(duplex: false)
-        #expect(throws: MP.ConnectionError.self) { try reader.send(1) }
-        #expect(throws: MP.ConnectionError.self) { _ = try writer.recv(Int.self) }
+        #expect(throws: MP.Error.self) { try reader.send(1) }
+        #expect(throws: MP.Error.self) { _ = try writer.recv(Int.self) }
         #expect(try reader.poll() == false)
         #expect(try reader.poll(timeout: 0.02) == false)
-        #expect(throws: MP.ConnectionError.negativeTimeout(-1)) { _ = try reader.poll(timeout: -1) }
+        #expect(throws: MP.Error.negativeTimeout(-1)) { _ = try reader.poll(timeout: -1) }
         let p = MP.Process { try writer.send(3) }
         try p.start()
         #expect(try reader.poll(timeout: 20))
@@ -85,7 +85,7 @@ struct ConnectionTests {
         reader.close()
         reader.close()
         #expect(reader.isClosed)
-        #expect(throws: MP.ConnectionError.closed) { _ = try reader.recv(Int.self) }
+        #expect(throws: MP.Error.connectionClosed) { _ = try reader.recv(Int.self) }
     }
 
     @Test("truncated frames and garbage on the wire are clear errors, never a hang")
@@ -96,12 +96,12 @@ struct ConnectionTests {
         _ = header.withUnsafeBytes { write(a.fileno, $0.baseAddress, 8) }
         _ = [UInt8](repeating: 1, count: 10).withUnsafeBytes { write(a.fileno, $0.baseAddress, 10) }
         a.close()
-        #expect(throws: MP.ConnectionError.truncatedFrame(expected: 108, received: 18)) { _ = try b.recvBytes() }
-        #expect(throws: MP.ConnectionError.endOfFile) { _ = try b.recvBytes() }
+        #expect(throws: MP.Error.truncatedFrame(expected: 108, received: 18)) { _ = try b.recvBytes() }
+        #expect(throws: MP.Error.endOfFile) { _ = try b.recvBytes() }
 
         let (c, d) = try MP.Pipe()
         _ = [UInt8](repeating: 0xAB, count: 32).withUnsafeBytes { write(c.fileno, $0.baseAddress, 32) }
-        #expect(throws: MP.ConnectionError.self) { _ = try d.recv(Int.self) }
+        #expect(throws: MP.Error.self) { _ = try d.recv(Int.self) }
 
         // Random bytes for a bounded time: every outcome is a thrown error or a value.
         var generator = SystemRandomNumberGenerator()

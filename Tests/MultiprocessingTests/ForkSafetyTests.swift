@@ -222,8 +222,8 @@ struct ChildFailureTests {
                 do {
                     _ = try result.get(timeout: 20)
                     MP.exit(3)
-                } catch let error as MP.PoolError {
-                    guard case .workerDied(let how) = error, how.contains("Fatal error: the worker gave up") else {
+                } catch let error as MP.Error {
+                    guard error.code == .workerDied, error.message.contains("Fatal error: the worker gave up") else {
                         Sys.writeBestEffort(STDERR_FILENO, "unexpected: \(error)\n")
                         MP.exit(4)
                     }

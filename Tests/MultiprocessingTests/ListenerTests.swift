@@ -170,7 +170,7 @@ struct ListenerInteropTests {
     func refusals() throws {
         if let peer = PythonPeer(pythonListener, ["secret"]) {
             let port = try #require(peer.line().flatMap { Int($0) })
-            #expect(throws: MP.ConnectionError.authentication(Handshake.legacyRefused)) {
+            #expect(throws: MP.Error.authentication(Handshake.legacyRefused)) {
                 try MP.Client(address: .tcp(host: "127.0.0.1", port: port), authkey: key)
             }
             #expect(peer.line()?.hasPrefix("refused") == true)
@@ -178,7 +178,7 @@ struct ListenerInteropTests {
         }
         if let peer = PythonPeer(pythonListener, ["secret"]) {
             let port = try #require(peer.line().flatMap { Int($0) })
-            #expect(throws: MP.ConnectionError.authentication("digest sent was rejected")) {
+            #expect(throws: MP.Error.authentication("digest sent was rejected")) {
                 try MP.Client(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("wrong".utf8), legacyDigest: true)
             }
             #expect(peer.line() == "refused AuthenticationError")
@@ -395,15 +395,15 @@ struct ListenerTests {
 
     @Test("bad addresses and closed listeners are clear errors")
     func misuse() throws {
-        #expect(throws: MP.ConnectionError.self) { try MP.Client(address: .unix("/tmp/mp-no-such-listener-\(getpid())")) }
-        #expect(throws: MP.ConnectionError.self) { try MP.Client(address: .tcp(host: "no-such-host.invalid", port: 1)) }
-        #expect(throws: MP.ConnectionError.address("127.0.0.1:70000: port 70000 is outside 1...65535")) {
+        #expect(throws: MP.Error.self) { try MP.Client(address: .unix("/tmp/mp-no-such-listener-\(getpid())")) }
+        #expect(throws: MP.Error.self) { try MP.Client(address: .tcp(host: "no-such-host.invalid", port: 1)) }
+        #expect(throws: MP.Error.address("127.0.0.1:70000: port 70000 is outside 1...65535")) {
             try MP.Client(address: .tcp(host: "127.0.0.1", port: 70000))
         }
-        #expect(throws: MP.ConnectionError.negativeTimeout(-1)) { try MP.Listener(handshakeTimeout: -1) }
+        #expect(throws: MP.Error.negativeTimeout(-1)) { try MP.Listener(handshakeTimeout: -1) }
         let listener = try MP.Listener()
         listener.close()
-        #expect(throws: MP.ConnectionError.closed) { try listener.accept() }
+        #expect(throws: MP.Error.connectionClosed) { try listener.accept() }
     }
 
     @Test("an async accept from the main actor")
@@ -464,7 +464,7 @@ struct PythonFramingTests {
         #expect(try reader.recvBytes() == Array("abc".utf8))
         #expect(try reader.recvBytes() == Array("de".utf8))
         close(fds[1])
-        #expect(throws: MP.ConnectionError.endOfFile) { try reader.recvBytes() }
+        #expect(throws: MP.Error.endOfFile) { try reader.recvBytes() }
 
         var header = [UInt8](repeating: 0, count: 16)
         let long = header.withUnsafeMutableBytes {
@@ -484,7 +484,7 @@ struct PythonFramingTests {
         let reader = MP.Connection(fd: fds[0], readable: true, writable: true, maxMessageSize: 1 << 20, framing: .python)
         var frame: [UInt8] = [0xff, 0xff, 0xff, 0xfe]
         #expect(write(fds[1], &frame, frame.count) == 4)
-        #expect(throws: MP.ConnectionError.corruptStream("a frame claims -2 bytes")) { try reader.recvBytes() }
+        #expect(throws: MP.Error.corruptStream("a frame claims -2 bytes")) { try reader.recvBytes() }
         close(fds[1])
     }
 }

@@ -87,7 +87,7 @@ struct LoggingTests {
         MP.setLogger(logger)
         defer { MP.setLogger(nil) }
         let pool = try MP.TaskPool(processes: 1)
-        #expect(throws: MP.PoolError.self) { try pool.apply(DieMidTask(how: .sigkill)) }
+        #expect(throws: MP.Error.self) { try pool.apply(DieMidTask(how: .sigkill)) }
         #expect(try pool.apply(Square(x: 2)) == 4)
         pool.terminate()
         #expect(try pool.join(timeout: 20))

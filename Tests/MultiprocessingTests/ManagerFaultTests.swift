@@ -50,17 +50,17 @@ struct ManagerFaultTests {
         switch inParent {
         case .success: Issue.record("a get from a dead manager returned")
         case .failure(let error):
-            if case MP.ManagerError.disconnected = error {} else { Issue.record("unexpected \(error)") }
+            if !isError(error, .disconnected) { Issue.record("unexpected \(error)") }
         }
         do {
             try q.putNowait(1)
             Issue.record("a call to a dead manager succeeded")
         } catch let error {
-            guard case .disconnected(let why) = error else { Issue.record("unexpected \(error)"); return }
-            #expect(why.contains("SIGKILL") || why.contains("signal 9"), "names how it ended: \(why)")
+            guard error.code == .disconnected else { Issue.record("unexpected \(error)"); return }
+            #expect(error.message.contains("SIGKILL") || error.message.contains("signal 9"), "names how it ended: \(error)")
         }
         manager.shutdown()
-        #expect(throws: MP.ManagerError.shutDown) { try q.putNowait(2) }
+        #expect(throws: MP.Error.shutDown) { try q.putNowait(2) }
     }
 
     @Test("the manager dies with its SIGKILLed owner and its socket file is removed")
@@ -92,10 +92,10 @@ struct ManagerFaultTests {
     func badInput() throws {
         let path = "/tmp/mp-manager-bad-\(getpid()).sock"
         try MP.Manager.with(address: .unix(path), authkey: Array("right".utf8)) { manager in
-            #expect(throws: MP.ManagerError.self) { _ = try MP.Manager.connect(address: .unix(path), authkey: Array("wrong".utf8)) }
+            #expect(throws: MP.Error.self) { _ = try MP.Manager.connect(address: .unix(path), authkey: Array("wrong".utf8)) }
             do {
                 _ = try MP.Manager.connect(address: .unix(path), authkey: Array("wrong".utf8))
-            } catch let error as MP.ManagerError {
+            } catch let error as MP.Error {
                 guard case .authentication = error else { Issue.record("unexpected \(error)"); return }
             }
             // The server goes on after refusing.
@@ -104,44 +104,44 @@ struct ManagerFaultTests {
             #expect(try d[1] == 1)
 
             let q: MP.QueueProxy<Int> = try manager.Queue()
-            #expect(throws: MP.ManagerError.invalidArgument("timeout must be nil or at least 0 (got -1.0)")) { try q.get(timeout: -1) }
-            #expect(throws: MP.ManagerError.invalidArgument("timeout must be nil or at least 0 (got nan)")) { try q.get(timeout: .nan) }
-            #expect(throws: MP.ManagerError.invalidArgument("a Barrier needs at least 1 party (got 0)")) { try manager.Barrier(0) }
-            #expect(throws: MP.ManagerError.invalidArgument("a semaphore's initial value must be at least 0 (got -1)")) {
+            #expect(throws: MP.Error.invalidArgument("timeout must be nil or at least 0 (got -1.0)")) { try q.get(timeout: -1) }
+            #expect(throws: MP.Error.invalidArgument("timeout must be nil or at least 0 (got nan)")) { try q.get(timeout: .nan) }
+            #expect(throws: MP.Error.invalidArgument("a Barrier needs at least 1 party (got 0)")) { try manager.Barrier(0) }
+            #expect(throws: MP.Error.invalidArgument("a semaphore's initial value must be at least 0 (got -1)")) {
                 try manager.Semaphore(-1)
             }
-            #expect(throws: MP.ManagerError.invalidArgument("a name must not be empty")) { let _: MP.ListProxy<Int> = try manager.list(named: "") }
+            #expect(throws: MP.Error.invalidArgument("a name must not be empty")) { let _: MP.ListProxy<Int> = try manager.list(named: "") }
             let condition = try manager.Condition()
-            #expect(throws: MP.ManagerError.invalidUse("cannot wait on a Condition whose lock this thread does not hold")) {
+            #expect(throws: MP.Error.invalidUse("cannot wait on a Condition whose lock this thread does not hold")) {
                 try condition.wait(timeout: 1)
             }
             let unencodable: MP.ListProxy<Unencodable> = try manager.list()
-            #expect(throws: MP.ManagerError.self) { try unencodable.append(Unencodable()) }
+            #expect(throws: MP.Error.self) { try unencodable.append(Unencodable()) }
             #expect(try unencodable.count == 0)
             // A value of another type under a known name is a decoding error, not a crash.
             let asStrings: MP.DictProxy<Int, String> = MP.DictProxy(handle: d.handle)
-            #expect(throws: MP.ManagerError.self) { _ = try asStrings[1] }
+            #expect(throws: MP.Error.self) { _ = try asStrings[1] }
 
             try MP.Manager.with { other in
                 let foreign = try other.Lock()
-                #expect(throws: MP.ManagerError.invalidArgument("the Condition's lock belongs to another manager")) {
+                #expect(throws: MP.Error.invalidArgument("the Condition's lock belongs to another manager")) {
                     try manager.Condition(foreign)
                 }
             }
             // A second manager on the same path cannot listen.
-            #expect(throws: MP.ManagerError.self) { _ = try MP.Manager(address: .unix(path)) }
+            #expect(throws: MP.Error.self) { _ = try MP.Manager(address: .unix(path)) }
         }
-        #expect(throws: MP.ManagerError.self) { _ = try MP.Manager.connect(address: .unix(path), authkey: Array("right".utf8)) }
+        #expect(throws: MP.Error.self) { _ = try MP.Manager.connect(address: .unix(path), authkey: Array("right".utf8)) }
         do {
             _ = try MP.Manager.connect(address: .unix(path), authkey: Array("right".utf8))
         } catch {
             guard case .disconnected = error else { Issue.record("unexpected \(error)"); return }
         }
-        #expect(throws: MP.ManagerError.invalidArgument("a manager listens on TCP only with an explicit authkey (anyone who can reach the port could use it)")) {
+        #expect(throws: MP.Error.invalidArgument("a manager listens on TCP only with an explicit authkey (anyone who can reach the port could use it)")) {
             _ = try MP.Manager(address: .tcp(host: "127.0.0.1", port: 0))
         }
-        #expect(throws: MP.ManagerError.invalidArgument("authkey must not be empty")) { _ = try MP.Manager(authkey: []) }
-        #expect(throws: MP.ManagerError.invalidArgument("linkTimeout must be nil or above 0 (got 0.0)")) { _ = try MP.Manager(linkTimeout: 0) }
+        #expect(throws: MP.Error.invalidArgument("authkey must not be empty")) { _ = try MP.Manager(authkey: []) }
+        #expect(throws: MP.Error.invalidArgument("linkTimeout must be nil or above 0 (got 0.0)")) { _ = try MP.Manager(linkTimeout: 0) }
     }
 
     @Test("garbage after the handshake closes only that connection; an oversized claim is refused")

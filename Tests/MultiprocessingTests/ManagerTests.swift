@@ -168,12 +168,12 @@ struct ManagerTests {
             #expect(try l.firstIndex(of: 4) == 3)
             #expect(try l.firstIndex(of: 77) == nil)
             try l.remove(4)
-            #expect(throws: MP.ManagerError.valueNotFound) { try l.remove(4) }
+            #expect(throws: MP.Error.valueNotFound) { try l.remove(4) }
             try l.insert(4, at: 3)
-            #expect(throws: MP.ManagerError.indexOutOfRange(index: 6, count: 6)) { try l.get(6) }
-            #expect(throws: MP.ManagerError.indexOutOfRange(index: -7, count: 6)) { try l.set(-7, 0) }
+            #expect(throws: MP.Error.indexOutOfRange(index: 6, count: 6)) { try l.get(6) }
+            #expect(throws: MP.Error.indexOutOfRange(index: -7, count: 6)) { try l.set(-7, 0) }
             let empty: MP.ListProxy<Int> = try manager.list()
-            #expect(throws: MP.ManagerError.indexOutOfRange(index: -1, count: 0)) { try empty.pop() }
+            #expect(throws: MP.Error.indexOutOfRange(index: -1, count: 0)) { try empty.pop() }
 
             let v = try manager.Value(41)
             #expect(try v.modify { $0 += 1; return $0 } == 42)
@@ -183,7 +183,7 @@ struct ManagerTests {
             #expect(try a.count == 2)
             try a.modify(0) { $0 = 1.5 }
             #expect(try a.toArray() == [1.5, 2.0])
-            #expect(throws: MP.ManagerError.indexOutOfRange(index: 2, count: 2)) { try a.get(2) }
+            #expect(throws: MP.Error.indexOutOfRange(index: 2, count: 2)) { try a.get(2) }
 
             let ns = try manager.Namespace()
             try ns.set("x", 1)
@@ -203,15 +203,15 @@ struct ManagerTests {
             try q.put(1)
             try q.putNowait(2)
             #expect(try q.full())
-            #expect(throws: MP.ManagerError.full) { try q.putNowait(3) }
-            #expect(throws: MP.ManagerError.full) { try q.put(3, timeout: 0.05) }
+            #expect(throws: MP.Error.full) { try q.putNowait(3) }
+            #expect(throws: MP.Error.full) { try q.put(3, timeout: 0.05) }
             #expect(try q.qsize() == 2)
             #expect(try q.get() == 1)
             #expect(try q.getNowait() == 2)
             #expect(try q.empty())
-            #expect(throws: MP.ManagerError.empty) { try q.getNowait() }
-            #expect(throws: MP.ManagerError.empty) { try q.get(timeout: 0.05) }
-            #expect(throws: MP.ManagerError.invalidUse("taskDone() belongs to a JoinableQueue")) { try q.taskDone() }
+            #expect(throws: MP.Error.empty) { try q.getNowait() }
+            #expect(throws: MP.Error.empty) { try q.get(timeout: 0.05) }
+            #expect(throws: MP.Error.invalidUse("taskDone() belongs to a JoinableQueue")) { try q.taskDone() }
 
             let jobs: MP.QueueProxy<Int> = try manager.JoinableQueue()
             for n in 0..<5 { try jobs.put(n) }
@@ -225,7 +225,7 @@ struct ManagerTests {
             try worker.start()
             #expect(try jobs.join(timeout: 20))
             try joinOrKill(worker)
-            #expect(throws: MP.ManagerError.invalidUse("taskDone() called too many times")) { try jobs.taskDone() }
+            #expect(throws: MP.Error.invalidUse("taskDone() called too many times")) { try jobs.taskDone() }
         }
     }
 
@@ -238,14 +238,14 @@ struct ManagerTests {
             #expect(try !lock.acquire(block: false))
             #expect(try !lock.acquire(timeout: 0.05))
             try lock.release()
-            #expect(throws: MP.ManagerError.invalidUse("release of an unlocked Lock")) { try lock.release() }
+            #expect(throws: MP.Error.invalidUse("release of an unlocked Lock")) { try lock.release() }
 
             let rlock = try manager.RLock()
             #expect(try rlock.acquire())
             #expect(try rlock.acquire()) // reentrant on this thread
             let otherThread = try MP.Manager.runOnThread { try rlock.acquire(timeout: 0.05) }
             #expect(otherThread == false)
-            #expect(throws: MP.ManagerError.invalidUse("cannot release an RLock held by another thread")) {
+            #expect(throws: MP.Error.invalidUse("cannot release an RLock held by another thread")) {
                 try MP.Manager.runOnThread { try rlock.release() }
             }
             try rlock.release()
@@ -256,7 +256,7 @@ struct ManagerTests {
             #expect(try bounded.acquire())
             #expect(try bounded.value() == 1)
             try bounded.release()
-            #expect(throws: MP.ManagerError.invalidUse("Semaphore released too many times")) { try bounded.release() }
+            #expect(throws: MP.Error.invalidUse("Semaphore released too many times")) { try bounded.release() }
             let semaphore = try manager.Semaphore(0)
             #expect(try !semaphore.acquire(timeout: 0.05))
             try semaphore.release(3)
@@ -280,7 +280,7 @@ struct ManagerTests {
                 try ready.set(true)
                 try condition.notifyAll()
             }
-            #expect(throws: MP.ManagerError.invalidUse("cannot notify on a Condition whose lock this thread does not hold")) {
+            #expect(throws: MP.Error.invalidUse("cannot notify on a Condition whose lock this thread does not hold")) {
                 try condition.notify()
             }
             try event.set()
@@ -291,9 +291,9 @@ struct ManagerTests {
             #expect(children.allSatisfy { $0.exitCode == 0 })
 
             let lonely = try manager.Barrier(2)
-            #expect(throws: MP.ManagerError.brokenBarrier) { try lonely.wait(timeout: 0.05) }
+            #expect(throws: MP.Error.brokenBarrier) { try lonely.wait(timeout: 0.05) }
             #expect(try lonely.broken)
-            #expect(throws: MP.ManagerError.brokenBarrier) { try lonely.wait() }
+            #expect(throws: MP.Error.brokenBarrier) { try lonely.wait() }
             try lonely.reset()
             #expect(try !lonely.broken)
             #expect(try lonely.parties == 2)
@@ -341,7 +341,7 @@ struct ManagerTests {
             let cancelled = Task { try await q.get() }
             cancelled.cancel()
             let outcome = await cancelled.result
-            #expect(throws: MP.ManagerError.cancelled) { try outcome.get() }
+            #expect(throws: MP.Error.cancelled) { try outcome.get() }
             try q.putNowait("kept again")
             #expect(try q.get(block: true, timeout: 5) == "kept again")
             #expect(try q.qsize() == 0)
@@ -375,7 +375,7 @@ struct ManagerTests {
             for child in children { try child.start() }
             for child in children { try joinOrKill(child, within: 60) }
             #expect(try tally.call(.read) == 200)
-            #expect(throws: MP.ManagerError.remote(type: "MultiprocessingTests.Tally.Refused", description: "refused on purpose")) {
+            #expect(throws: MP.Error.remote(type: "MultiprocessingTests.Tally.Refused", description: "refused on purpose")) {
                 try tally.call(.fail)
             }
             #expect(try tally.call(.add(1)) == 201) // the object is intact
@@ -407,8 +407,8 @@ struct ManagerTests {
             #expect(other.exitCode == 0)
             #expect(try inbox["from"] == "another program")
             // The same name as another kind or element type is refused.
-            #expect(throws: MP.ManagerError.self) { let _: MP.ListProxy<String> = try manager.list(named: "inbox") }
-            #expect(throws: MP.ManagerError.self) { let _: MP.DictProxy<String, Int> = try manager.dict(named: "inbox") }
+            #expect(throws: MP.Error.self) { let _: MP.ListProxy<String> = try manager.list(named: "inbox") }
+            #expect(throws: MP.Error.self) { let _: MP.DictProxy<String, Int> = try manager.dict(named: "inbox") }
         }
         #expect(access(path, F_OK) != 0, "the socket file is removed at shutdown")
     }

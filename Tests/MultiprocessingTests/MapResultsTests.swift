@@ -79,7 +79,7 @@ struct MapResultsTests {
         try MP.Pool.with(processes: 2) { (pool: MP.Pool) throws -> Void in
             let squares = try pool.map(0..<1_000_000) { $0 * $0 }
             #expect(wipeOnForkRanges(besides: others).isEmpty)
-            #expect(throws: MP.PoolError.taskFailed(type: "PoolBoom", description: "boom")) {
+            #expect(throws: MP.Error.taskFailed(type: "PoolBoom", description: "boom")) {
                 _ = try pool.map(0..<1_000_000) { (x: Int) throws -> Int in if x == 999_999 { throw PoolBoom() }; return x }
             }
             #expect(wipeOnForkRanges(besides: others).isEmpty)
@@ -97,10 +97,10 @@ struct MapResultsTests {
         #expect(!wipeOnForkRanges(besides: others).isEmpty, "marked while the map runs")
         pool.terminate()
         try pool.join()
-        #expect(throws: MP.PoolError.terminated) { _ = try pending.get(timeout: 20) }
+        #expect(throws: MP.Error.terminated) { _ = try pending.get(timeout: 20) }
         #expect(wipeOnForkRanges(besides: others).isEmpty)
         // Refused before any worker exists: the array allocated for it is unmarked too.
-        #expect(throws: MP.PoolError.terminated) { _ = try pool.map(0..<1_000_000) { $0 } }
+        #expect(throws: MP.Error.terminated) { _ = try pool.map(0..<1_000_000) { $0 } }
         #expect(wipeOnForkRanges(besides: others).isEmpty)
     }
 }

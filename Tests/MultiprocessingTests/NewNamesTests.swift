@@ -60,7 +60,7 @@ struct NewNamesTests {
         #expect(try waiting.get(timeout: 20) == true)
         #expect(try pool.join(timeout: 20) == true)
         let open = try MP.Pool(processes: 1)
-        #expect(throws: MP.PoolError.invalidArgument("join() needs close() or terminate() first")) { try open.join(timeout: 0) }
+        #expect(throws: MP.Error.invalidArgument("join() needs close() or terminate() first")) { try open.join(timeout: 0) }
         open.terminate()
         try open.join()
     }
@@ -81,7 +81,7 @@ struct RawSharedStateTests {
         #expect(value.value == 42)
         #expect(array.snapshot == [0, 1.5, 3, 4.5])
         #expect(try MP.RawArray([1, 2, 3]).reduce(0, +) == 6)
-        #expect(throws: MP.SyncError.invalidArgument("array count must be >= 0 (got -1)")) { try MP.RawArray(repeating: 0, count: -1) }
+        #expect(throws: MP.Error.invalidArgument("array count must be >= 0 (got -1)")) { try MP.RawArray(repeating: 0, count: -1) }
     }
 
     @Test("RawValue and RawArray cross into a spawned child as a named task's arguments")
@@ -104,8 +104,8 @@ struct RawSharedStateTests {
         #expect(try a.recvBytes(into: &buffer, offset: 2) == 5)
         #expect(buffer == [0, 0] + Array("hello".utf8) + [0])
         try b.sendBytes(Array("too long for it".utf8))
-        #expect(throws: MP.ConnectionError.bufferTooShort(Array("too long for it".utf8))) { try a.recvBytes(into: &buffer) }
-        #expect(throws: MP.ConnectionError.invalidArgument("offset 9 is outside the buffer of 8 bytes")) { try a.recvBytes(into: &buffer, offset: 9) }
+        #expect(throws: MP.Error.bufferTooShort(Array("too long for it".utf8))) { try a.recvBytes(into: &buffer) }
+        #expect(throws: MP.Error.invalidArgument("offset 9 is outside the buffer of 8 bytes")) { try a.recvBytes(into: &buffer, offset: 9) }
     }
 }
 
@@ -134,9 +134,9 @@ struct ThreadPoolTests {
         for try await value in pool.imapUnordered(0..<20, { $0 + 1 }) { unordered.append(value) }
         #expect(unordered.sorted() == Array(1...20))
         struct Oops: Error {}
-        #expect(throws: MP.PoolError.taskFailed(type: "Oops", description: "Oops()")) { try pool.applyAsync { () throws -> Int in throw Oops() }.get() }
+        #expect(throws: MP.Error.taskFailed(type: "Oops", description: "Oops()")) { try pool.applyAsync { () throws -> Int in throw Oops() }.get() }
         pool.close()
-        #expect(throws: MP.PoolError.closed) { try pool.applyAsync { 1 }.get() }
+        #expect(throws: MP.Error.poolClosed) { try pool.applyAsync { 1 }.get() }
         #expect(try pool.join(timeout: 10))
     }
 
@@ -160,7 +160,7 @@ struct ThreadPoolTests {
         let queued = pool.applyAsync { 2 }
         #expect(started.wait(10))
         pool.terminate()
-        #expect(throws: MP.PoolError.terminated) { try queued.get(timeout: 5) }
+        #expect(throws: MP.Error.terminated) { try queued.get(timeout: 5) }
         gate.set()
         #expect(try running.get(timeout: 10) == 1)
         #expect(try pool.join(timeout: 10))

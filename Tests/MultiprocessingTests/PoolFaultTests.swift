@@ -92,14 +92,14 @@ struct PoolFaultTests {
         }
         for (i, result) in results.enumerated() {
             if i % 7 == 3 {
-                #expect(throws: MP.PoolError.self) { _ = try result.get(timeout: 30) }
+                #expect(throws: MP.Error.self) { _ = try result.get(timeout: 30) }
             } else {
                 #expect(try result.get(timeout: 30) == i)
             }
         }
         pool.close()
         let joined = pool.applyAsync { 0 } // refused: closed
-        #expect(throws: MP.PoolError.closed) { _ = try joined.get(timeout: 5) }
+        #expect(throws: MP.Error.poolClosed) { _ = try joined.get(timeout: 5) }
     }
 
     @Test("a pool that cannot start workers fails its tasks with a clear error (a pool inside a daemon)")
@@ -111,8 +111,8 @@ struct PoolFaultTests {
             do {
                 _ = try result.get(timeout: 10)
                 report.write("ran")
-            } catch let error as MP.PoolError {
-                if case .cannotStartWorker(let why) = error, why.contains("daemonic") { report.write("refused") } else { report.write("\(error)") }
+            } catch let error as MP.Error {
+                if error.code == .startFailed, error.message.contains("daemonic") { report.write("refused") } else { report.write("\(error)") }
             }
             pool.terminate()
         }
@@ -129,8 +129,8 @@ struct PoolFaultTests {
             defer { pool.terminate(); try? pool.join() }
             let result = pool.applyAsync { 1 }
             #expect(performing: { _ = try result.get(timeout: 20) }, throws: { error in
-                guard case .initializerFailed(let type, let text)? = error as? MP.PoolError else { return false }
-                return type == "workerDied" && text.contains(how == "exit" ? "exited with 7" : "SIGKILL")
+                guard let error = error as? MP.Error, error.message.hasPrefix("the pool initializer failed") else { return false }
+                return error.errorType == "workerDied" && error.message.contains(how == "exit" ? "exited with 7" : "SIGKILL")
             })
         }
     }
@@ -140,8 +140,7 @@ struct PoolFaultTests {
         try MP.Pool.with(processes: 1) { (pool: MP.Pool) throws -> Void in
             let big = pool.applyAsync { [UInt8](repeating: 1, count: MP.Connection.defaultMaxMessageSize + 1) }
             #expect(performing: { _ = try big.get(timeout: 30) }, throws: { error in
-                guard case .result(let wire)? = error as? MP.PoolError else { return false }
-                return "\(wire)".contains("over the pool's message limit")
+                isError(error, .encoding, containing: "the result could not be sent back", "over the pool's message limit")
             })
             #expect(try pool.apply { 3 } == 3)
         }

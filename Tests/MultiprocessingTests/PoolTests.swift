@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Multiprocessing
+@testable import Multiprocessing
 import Testing
 
 nonisolated(unsafe) var initializationsInThisProcess = 0
@@ -19,7 +19,7 @@ struct PoolTests {
             #expect(try pool.map(Set([3]), chunksize: 1) { $0 + 1 } == [4])
             #expect(try pool.map([Int]()) { $0 } == [])
             #expect(try pool.starmap([(1, 2), (3, 4)]) { $0 + $1 } == [3, 7])
-            #expect(throws: MP.PoolError.invalidArgument("chunksize must be at least 1 (got 0)")) { _ = try pool.map(0..<3, chunksize: 0) { $0 } }
+            #expect(throws: MP.Error.invalidArgument("chunksize must be at least 1 (got 0)")) { _ = try pool.map(0..<3, chunksize: 0) { $0 } }
         }
     }
 
@@ -37,8 +37,8 @@ struct PoolTests {
             let gate = TestPipe()
             let slow = pool.applyAsync({ () -> Int in gate.awaitSignal(); return 7 }, callback: { seen.store($0) })
             #expect(!slow.ready)
-            #expect(throws: MP.PoolError.notReady) { _ = try slow.successful }
-            #expect(throws: MP.PoolError.timeout) { _ = try slow.get(timeout: 0.05) }
+            #expect(throws: MP.Error.notReady) { _ = try slow.successful }
+            #expect(throws: MP.Error.resultTimeout) { _ = try slow.get(timeout: 0.05) }
             #expect(slow.wait(timeout: 0.01) == false)
             gate.signal()
             #expect(try slow.get(timeout: 20) == 7)
@@ -57,11 +57,11 @@ struct PoolTests {
             let errors = try MP.Value(0)
             let failing = pool.applyAsync({ () throws -> Int in throw PoolBoom() }, errorCallback: { _ in errors.add(1) })
             let fine = pool.applyAsync { 5 }
-            #expect(throws: MP.PoolError.taskFailed(type: "PoolBoom", description: "boom")) { _ = try failing.get(timeout: 20) }
+            #expect(throws: MP.Error.taskFailed(type: "PoolBoom", description: "boom")) { _ = try failing.get(timeout: 20) }
             #expect(try !failing.successful)
             #expect(errors.load() == 1)
             #expect(try fine.get(timeout: 20) == 5)
-            #expect(throws: MP.PoolError.taskFailed(type: "PoolBoom", description: "boom")) {
+            #expect(throws: MP.Error.taskFailed(type: "PoolBoom", description: "boom")) {
                 _ = try pool.map(0..<10, chunksize: 1) { (i: Int) throws -> Int in if i == 4 { throw PoolBoom() }; return i }
             }
         }
@@ -130,7 +130,7 @@ struct PoolTests {
         #expect(initializationsInThisProcess == 0, "never in the parent")
 
         let broken = try MP.Pool(processes: 2, initializer: { throw PoolBoom() })
-        #expect(throws: MP.PoolError.initializerFailed(type: "PoolBoom", description: "boom")) { _ = try broken.apply { 1 } }
+        #expect(throws: MP.Error.initializerFailed(type: "PoolBoom", description: "boom")) { _ = try broken.apply { 1 } }
         broken.terminate()
         try broken.join()
     }
@@ -163,37 +163,37 @@ struct PoolTests {
         #expect(!workers.isEmpty)
         #expect(workers.allSatisfy { processState($0) == nil }, "no worker left running or unreaped")
         #expect(MP.activeChildren().isEmpty)
-        #expect(throws: MP.PoolError.terminated) { _ = try pending.get(timeout: 20) }
+        #expect(throws: MP.Error.terminated) { _ = try pending.get(timeout: 20) }
     }
 
     @Test("close, join and terminate: misuse, pending results, no process left behind")
     func lifecycle() throws {
         let pool = try MP.Pool(processes: 2)
-        #expect(throws: MP.PoolError.invalidArgument("join() needs close() or terminate() first")) { try pool.join() }
+        #expect(throws: MP.Error.invalidArgument("join() needs close() or terminate() first")) { try pool.join() }
         let gate = TestPipe()
         let stuck = pool.applyAsync { () -> Int in gate.awaitSignal(); return 1 }
         while MP.activeChildren().isEmpty { sched_yield() }
         let workers = MP.activeChildren().compactMap(\.pid)
         pool.terminate()
         try pool.join()
-        #expect(throws: MP.PoolError.terminated) { _ = try stuck.get(timeout: 20) }
-        #expect(throws: MP.PoolError.terminated) { _ = try pool.apply { 1 } }
+        #expect(throws: MP.Error.terminated) { _ = try stuck.get(timeout: 20) }
+        #expect(throws: MP.Error.terminated) { _ = try pool.apply { 1 } }
         #expect(workers.allSatisfy { processState($0) == nil }, "terminated workers were reaped")
 
         let closing = try MP.Pool(processes: 1)
         let last = closing.applyAsync { 3 }
         closing.close()
-        #expect(throws: MP.PoolError.closed) { _ = try closing.apply { 1 } }
+        #expect(throws: MP.Error.poolClosed) { _ = try closing.apply { 1 } }
         try closing.join()
         #expect(try last.get() == 3)
-        #expect(throws: MP.PoolError.invalidArgument("processes must be at least 1 (got 0)")) { _ = try MP.Pool(processes: 0) }
+        #expect(throws: MP.Error.invalidArgument("processes must be at least 1 (got 0)")) { _ = try MP.Pool(processes: 0) }
     }
 }
 
-/// Matches ``MP/PoolError/workerDied(_:)`` naming a pool worker and how it ended.
+/// Matches a `.workerDied` error naming a pool worker and how it ended.
 func diedOf(_ how: String) -> (any Error) -> Bool {
     { error in
-        guard case .workerDied(let text)? = error as? MP.PoolError else { return false }
-        return text.hasPrefix("PoolWorker-") && text.hasSuffix(how)
+        guard let error = error as? MP.Error, error.code == .workerDied else { return false }
+        return error.message.hasPrefix("the worker running the task died: PoolWorker-") && error.message.hasSuffix(how)
     }
 }

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import Multiprocessing
+@testable import Multiprocessing
 import Testing
 
 @Suite("Process lifecycle and exit codes")
@@ -118,7 +118,7 @@ struct ProcessLifecycleTests {
     func sentinel() throws {
         let gate = TestPipe()
         let p = MP.Process { gate.awaitSignal() }
-        #expect(throws: MP.ProcessError.notStarted(name: p.name)) { _ = try p.sentinel }
+        #expect(throws: MP.Error.notStarted(name: p.name)) { _ = try p.sentinel }
         try p.start()
         let sentinel = try p.sentinel
         #expect(try MP.wait(for: [sentinel], timeout: 0).isEmpty)
@@ -147,7 +147,7 @@ struct ProcessLifecycleTests {
         try p.start()
         let waiter = Task { try await p.join() }
         waiter.cancel()
-        await #expect(throws: MP.ProcessError.cancelled) { try await waiter.value }
+        await #expect(throws: MP.Error.cancelled) { try await waiter.value }
         #expect(p.isAlive)
         gate.signal()
         try joinOrKill(p)
@@ -171,15 +171,15 @@ struct ProcessLifecycleTests {
         let gate = TestPipe()
         let p = MP.Process(name: "closable") { gate.awaitSignal() }
         try p.start()
-        #expect(throws: MP.ProcessError.stillRunning(name: "closable")) { try p.close() }
+        #expect(throws: MP.Error.stillRunning(name: "closable")) { try p.close() }
         gate.signal()
         try joinOrKill(p)
         try p.close()
         try p.close() // twice is fine, like Python
-        #expect(throws: MP.ProcessError.closed(name: "closable")) { try p.join() }
-        #expect(throws: MP.ProcessError.closed(name: "closable")) { try p.start() }
-        #expect(throws: MP.ProcessError.closed(name: "closable")) { _ = try p.sentinel }
-        #expect(throws: MP.ProcessError.closed(name: "closable")) { try p.terminate() }
+        #expect(throws: MP.Error.closed(name: "closable")) { try p.join() }
+        #expect(throws: MP.Error.closed(name: "closable")) { try p.start() }
+        #expect(throws: MP.Error.closed(name: "closable")) { _ = try p.sentinel }
+        #expect(throws: MP.Error.closed(name: "closable")) { try p.terminate() }
         #expect(p.pid == nil)
         #expect(p.description.contains("closed"))
     }
@@ -191,27 +191,27 @@ struct ProcessMisuseTests {
     func startTwice() throws {
         let p = MP.Process(name: "twice") {}
         try p.start()
-        #expect(throws: MP.ProcessError.alreadyStarted(name: "twice")) { try p.start() }
+        #expect(throws: MP.Error.alreadyStarted(name: "twice")) { try p.start() }
         try joinOrKill(p)
-        #expect(throws: MP.ProcessError.alreadyStarted(name: "twice")) { try p.start() }
+        #expect(throws: MP.Error.alreadyStarted(name: "twice")) { try p.start() }
     }
 
     @Test("join, terminate and kill before start throw .notStarted")
     func beforeStart() throws {
         let p = MP.Process(name: "unstarted") {}
-        #expect(throws: MP.ProcessError.notStarted(name: "unstarted")) { try p.join() }
-        #expect(throws: MP.ProcessError.notStarted(name: "unstarted")) { try p.join(timeout: 1) }
-        #expect(throws: MP.ProcessError.notStarted(name: "unstarted")) { try p.terminate() }
-        #expect(throws: MP.ProcessError.notStarted(name: "unstarted")) { try p.kill() }
+        #expect(throws: MP.Error.notStarted(name: "unstarted")) { try p.join() }
+        #expect(throws: MP.Error.notStarted(name: "unstarted")) { try p.join(timeout: 1) }
+        #expect(throws: MP.Error.notStarted(name: "unstarted")) { try p.terminate() }
+        #expect(throws: MP.Error.notStarted(name: "unstarted")) { try p.kill() }
     }
 
     @Test("a negative or NaN timeout throws .negativeTimeout")
     func negativeTimeout() throws {
         let p = MP.Process {}
         try p.start()
-        #expect(throws: MP.ProcessError.negativeTimeout(-1)) { try p.join(timeout: -1) }
-        #expect(throws: MP.ProcessError.self) { try p.join(timeout: .nan) }
-        #expect(throws: MP.ProcessError.negativeTimeout(-0.5)) { _ = try MP.wait(for: [0], timeout: -0.5) }
+        #expect(throws: MP.Error.negativeTimeout(-1)) { try p.join(timeout: -1) }
+        #expect(throws: MP.Error.self) { try p.join(timeout: .nan) }
+        #expect(throws: MP.Error.negativeTimeout(-0.5)) { _ = try MP.wait(for: [0], timeout: -0.5) }
         try joinOrKill(p)
     }
 
@@ -221,7 +221,7 @@ struct ProcessMisuseTests {
         try p.setDaemon(true)
         try p.setDaemon(false)
         try p.start()
-        #expect(throws: MP.ProcessError.daemonAfterStart(name: "late-daemon")) { try p.setDaemon(true) }
+        #expect(throws: MP.Error.daemonAfterStart(name: "late-daemon")) { try p.setDaemon(true) }
         try joinOrKill(p)
         #expect(!p.daemon)
     }
@@ -232,8 +232,8 @@ struct ProcessMisuseTests {
             do {
                 try MP.currentProcess().join()
                 MP.exit(10)
-            } catch MP.ProcessError.joinSelf(name: "selfish") {
-                MP.exit(42)
+            } catch {
+                MP.exit(error as? MP.Error == .joinSelf(name: "selfish") ? 42 : 11)
             }
         }
         try p.start()
@@ -247,8 +247,8 @@ struct ProcessMisuseTests {
         let sibling = MP.Process(name: "sibling") { gate.awaitSignal() }
         try sibling.start()
         let p = MP.Process {
-            do { try sibling.join(); MP.exit(10) } catch MP.ProcessError.notParent(name: "sibling") {}
-            do { try sibling.terminate(); MP.exit(11) } catch MP.ProcessError.notParent(name: "sibling") {}
+            do { try sibling.join(); MP.exit(10) } catch { if error as? MP.Error != .notParent(name: "sibling") { MP.exit(13) } }
+            do { try sibling.terminate(); MP.exit(11) } catch { if error as? MP.Error != .notParent(name: "sibling") { MP.exit(14) } }
             MP.exit(sibling.isAlive ? 12 : 42)
         }
         try p.start()
@@ -265,8 +265,8 @@ struct ProcessMisuseTests {
             do {
                 try MP.Process {}.start()
                 MP.exit(10)
-            } catch MP.ProcessError.daemonCannotHaveChildren(name: "daemonic") {
-                MP.exit(42)
+            } catch {
+                MP.exit(error as? MP.Error == .daemonCannotHaveChildren(name: "daemonic") ? 42 : 11)
             }
         }
         try p.start()
@@ -276,9 +276,9 @@ struct ProcessMisuseTests {
 
     @Test("errors read clearly")
     func messages() {
-        #expect(MP.ProcessError.daemonAfterStart(name: "p").description == "cannot set daemon on 'p': process has already started")
-        #expect(MP.ProcessError.negativeTimeout(-2).description == "timeout must not be negative (got -2.0)")
-        #expect(MP.ProcessError.system(MP.OSError("fork", errno: .resourceTemporarilyUnavailable)).description
+        #expect(MP.Error.daemonAfterStart(name: "p").description == "cannot set daemon on 'p': process has already started")
+        #expect(MP.Error.negativeTimeout(-2).description == "timeout must not be negative (got -2.0)")
+        #expect(MP.Error.system(MP.OSError("fork", errno: .resourceTemporarilyUnavailable)).description
             == "fork failed: Resource temporarily unavailable (errno 11)")
     }
 }

@@ -51,24 +51,24 @@ struct QueueTests {
     @Test("timeouts, non-blocking calls, maxsize, sizes and close")
     func boundaries() throws {
         let queue = try MP.Queue<Int>(maxsize: 2)
-        #expect(throws: MP.QueueError.empty) { _ = try queue.getNowait() }
-        #expect(throws: MP.QueueError.empty) { _ = try queue.get(timeout: 0.02) }
+        #expect(throws: MP.Error.empty) { _ = try queue.getNowait() }
+        #expect(throws: MP.Error.empty) { _ = try queue.get(timeout: 0.02) }
         try queue.putNowait(1)
         try queue.put(2)
         #expect(queue.qsize == 2)
         #expect(queue.isFull)
-        #expect(throws: MP.QueueError.full) { try queue.putNowait(3) }
-        #expect(throws: MP.QueueError.full) { try queue.put(3, timeout: 0.02) }
-        #expect(throws: MP.QueueError.negativeTimeout(-1)) { try queue.put(3, timeout: -1) }
-        #expect(throws: MP.QueueError.negativeTimeout(-1)) { _ = try queue.get(timeout: -1) }
+        #expect(throws: MP.Error.full) { try queue.putNowait(3) }
+        #expect(throws: MP.Error.full) { try queue.put(3, timeout: 0.02) }
+        #expect(throws: MP.Error.negativeTimeout(-1)) { try queue.put(3, timeout: -1) }
+        #expect(throws: MP.Error.negativeTimeout(-1)) { _ = try queue.get(timeout: -1) }
         #expect(try queue.get() == 1)
         #expect(!queue.isFull)
         queue.close()
-        #expect(throws: MP.QueueError.closed) { _ = try queue.get() }
-        #expect(throws: MP.QueueError.closed) { try queue.put(1) }
+        #expect(throws: MP.Error.queueClosed) { _ = try queue.get() }
+        #expect(throws: MP.Error.queueClosed) { try queue.put(1) }
 
         let small = try MP.Queue<[UInt8]>(capacityBytes: 1024)
-        #expect(throws: MP.QueueError.self) { try small.put([UInt8](repeating: 0, count: 4096)) }
+        #expect(throws: MP.Error.self) { try small.put([UInt8](repeating: 0, count: 4096)) }
         try small.put([1, 2, 3]) // still usable
         #expect(try small.get() == [1, 2, 3])
     }
@@ -160,7 +160,7 @@ struct QueueTests {
         try worker.start()
         #expect(try queue.join(timeout: 20))
         try joinOrKill(worker)
-        #expect(throws: MP.QueueError.taskDoneTooOften) { try queue.taskDone() }
+        #expect(throws: MP.Error.taskDoneTooOften) { try queue.taskDone() }
     }
 
     @Test("SimpleQueue puts and gets")
@@ -182,7 +182,7 @@ struct QueueTests {
         try await p.join()
         let waiter = Task { try await queue.get() }
         waiter.cancel()
-        await #expect(throws: MP.QueueError.cancelled) { _ = try await waiter.value }
+        await #expect(throws: MP.Error.cancelled) { _ = try await waiter.value }
     }
 
     @Test("30 tasks awaiting get use no thread each and are woken by puts from another process")

@@ -66,8 +66,8 @@ struct ShareableListTests {
         try list.set(0, to: "seven")
         try list.set(2, to: 1.25)
         try list.set(-1, to: .bytes(Array("short".utf8)))
-        #expect(throws: MP.SharedMemoryError.itemTooLarge(index: 2, size: 9, capacity: 8)) { try list.set(2, to: "123456789") }
-        #expect(throws: MP.SharedMemoryError.indexOutOfRange(7, count: 7)) { try list.set(7, to: 1) }
+        #expect(throws: MP.Error.itemTooLarge(index: 2, size: 9, capacity: 8)) { try list.set(2, to: "123456789") }
+        #expect(throws: MP.Error.indexOutOfRange(7, count: 7)) { try list.set(7, to: 1) }
         peer.send("go\n")
         #expect(peer.line() == "['seven', -1.5, 1.25, b'ab\\x00c', True, None, b'short']")
         #expect(peer.finish() == 0)
@@ -77,7 +77,7 @@ struct ShareableListTests {
     func limits() throws {
         let list = try MP.ShareableList([1, "abc"])
         defer { try? list.unlink() }
-        #expect(throws: MP.SharedMemoryError.itemTooLarge(index: 1, size: 9, capacity: 8)) { try list.set(1, to: "abcdefghi") }
+        #expect(throws: MP.Error.itemTooLarge(index: 1, size: 9, capacity: 8)) { try list.set(1, to: "abcdefghi") }
         try list.set(1, to: "abcdefgh")
         #expect(list[1] == "abcdefgh")
         #expect(try list.item(at: -2) == 1)
@@ -85,7 +85,7 @@ struct ShareableListTests {
         let plain = try MP.SharedMemory(create: true, size: 64)
         defer { try? plain.unlink() }
         plain.buffer.storeBytes(of: Int64(1_000_000), as: Int64.self)
-        #expect(throws: MP.SharedMemoryError.self) { try MP.ShareableList(name: plain.name) }
+        #expect(throws: MP.Error.self) { try MP.ShareableList(name: plain.name) }
         let empty = try MP.ShareableList([])
         defer { try? empty.unlink() }
         #expect(empty.isEmpty)
@@ -136,11 +136,11 @@ struct SharedMemoryManagerTests {
             names = [shm.name, list.name]
             #expect(try MP.ShareableList(name: list.name)[1] == "two")
         }
-        for name in names { #expect(throws: MP.SharedMemoryError.notFound(name)) { try MP.SharedMemory(name: name) } }
+        for name in names { #expect(throws: MP.Error.notFound(name)) { try MP.SharedMemory(name: name) } }
         #expect(!hasAnyChild())
         let manager = try MP.SharedMemoryManager()
         manager.shutdown()
-        #expect(throws: MP.SharedMemoryError.closed("the SharedMemoryManager is shut down")) { try manager.SharedMemory(size: 8) }
+        #expect(throws: MP.Error.closed("the SharedMemoryManager is shut down")) { try manager.SharedMemory(size: 8) }
     }
 
     @Test("they are unlinked when the owner is SIGKILLed")
@@ -159,7 +159,7 @@ struct SharedMemoryManagerTests {
             let name = try #require(text.split(separator: "\n").first.map(String.init))
             // The keeper sees its owner gone, unlinks, exits; it comes back to us (subreaper).
             try reapAdoptedOrphans()
-            #expect(throws: MP.SharedMemoryError.notFound(name)) { try MP.SharedMemory(name: name) }
+            #expect(throws: MP.Error.notFound(name)) { try MP.SharedMemory(name: name) }
         }
     }
 }

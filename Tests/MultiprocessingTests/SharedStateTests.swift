@@ -50,7 +50,7 @@ struct SharedStateTests {
         #expect(zeros.allSatisfy { $0 == 0 })
         let empty = try MP.Array([Int]())
         #expect(empty.isEmpty)
-        #expect(throws: MP.SyncError.self) { _ = try MP.Array(repeating: 0, count: -1) }
+        #expect(throws: MP.Error.self) { _ = try MP.Array(repeating: 0, count: -1) }
     }
 
     @Test("SharedMemory: create, attach by name from another process, owner-only, close, unlink")
@@ -87,18 +87,18 @@ struct SharedStateTests {
         attached.close()
         #expect(attached.buffer.count == 0)
         try shm.unlink()
-        #expect(throws: MP.SharedMemoryError.notFound(name)) { _ = try MP.SharedMemory(name: name) }
-        #expect(throws: MP.SharedMemoryError.notFound(name)) { try shm.unlink() }
+        #expect(throws: MP.Error.notFound(name)) { _ = try MP.SharedMemory(name: name) }
+        #expect(throws: MP.Error.notFound(name)) { try shm.unlink() }
     }
 
     @Test("SharedMemory misuse: bad names, bad sizes, existing names")
     func namedSegmentMisuse() throws {
-        #expect(throws: MP.SharedMemoryError.invalidName("a/b")) { _ = try MP.SharedMemory(name: "a/b", create: true, size: 1) }
-        #expect(throws: MP.SharedMemoryError.invalidName("")) { _ = try MP.SharedMemory(name: "") }
-        #expect(throws: MP.SharedMemoryError.invalidSize(0)) { _ = try MP.SharedMemory(create: true, size: 0) }
+        #expect(throws: MP.Error.invalidName("a/b")) { _ = try MP.SharedMemory(name: "a/b", create: true, size: 1) }
+        #expect(throws: MP.Error.invalidName("")) { _ = try MP.SharedMemory(name: "") }
+        #expect(throws: MP.Error.invalidSize(0)) { _ = try MP.SharedMemory(create: true, size: 0) }
         let shm = try MP.SharedMemory(create: true, size: 16)
         defer { try? shm.unlink() }
-        #expect(throws: MP.SharedMemoryError.alreadyExists(shm.name)) { _ = try MP.SharedMemory(name: shm.name, create: true, size: 16) }
+        #expect(throws: MP.Error.alreadyExists(shm.name)) { _ = try MP.SharedMemory(name: shm.name, create: true, size: 16) }
     }
 
     @Test("the resource tracker unlinks a segment whose creator was SIGKILLed")
@@ -127,7 +127,7 @@ struct SharedStateTests {
             let tracker = try #require(words.last.flatMap { Int32($0) })
             // The tracker, orphaned to us, sees end-of-file, unlinks and exits.
             #expect(try waitOrKill(tracker, within: 20) == .exited(0))
-            #expect(throws: MP.SharedMemoryError.notFound(name)) { _ = try MP.SharedMemory(name: name) }
+            #expect(throws: MP.Error.notFound(name)) { _ = try MP.SharedMemory(name: name) }
             #expect(warnings.readAll().contains("resource tracker: 1 leaked shared memory segment(s) to clean up at shutdown"))
         }
     }

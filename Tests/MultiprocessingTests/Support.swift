@@ -171,3 +171,9 @@ struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
+
+/// Whether `error` is an `MP.Error` of `code` whose message contains each of `texts`.
+func isError(_ error: any Error, _ code: MP.Error.Code, containing texts: String...) -> Bool {
+    guard let error = error as? MP.Error, error.code == code else { return false }
+    return texts.allSatisfy { error.message.contains($0) }
+}

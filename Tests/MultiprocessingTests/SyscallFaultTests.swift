@@ -49,7 +49,7 @@ struct SyscallFaultTests {
         #expect {
             _ = try MP.Pipe()
         } throws: { error in
-            guard case MP.ConnectionError.system(let os)? = error as? MP.ConnectionError else { return false }
+            guard let failure = error as? MP.Error, failure.code == .system, let os = failure.underlying else { return false }
             return os.operation == "socketpair" && os.errno == .noMemory
                 && "\(error)".contains("socketpair failed: Cannot allocate memory")
         }
@@ -67,7 +67,7 @@ struct SyscallFaultTests {
         #expect {
             try process.start()
         } throws: { error in
-            guard case MP.ProcessError.system(let os)? = error as? MP.ProcessError else { return false }
+            guard let failure = error as? MP.Error, failure.code == .system, let os = failure.underlying else { return false }
             return os.operation == "fork" && os.errno == .noMemory
         }
         #expect(process.pid == nil)
@@ -87,7 +87,7 @@ struct SyscallFaultTests {
         await #expect {
             try await process.join()
         } throws: { error in
-            guard case MP.ProcessError.system(let os)? = error as? MP.ProcessError else { return false }
+            guard let failure = error as? MP.Error, failure.code == .system, let os = failure.underlying else { return false }
             return os.operation == "epoll_ctl(EPOLL_CTL_ADD)" && os.errno == .noMemory
         }
         gate.signal()

@@ -231,8 +231,8 @@ struct TaskPoolWorkerTests {
     func taskThrows() throws {
         let pool = try MP.TaskPool(processes: 2)
         defer { try? finish(pool) }
-        #expect(throws: MP.PoolError.taskFailed(type: "Failure", description: "boom at 13")) { try pool.apply(Boom(value: 13)) }
-        #expect(throws: MP.PoolError.taskFailed(type: "Failure", description: "boom at 13")) {
+        #expect(throws: MP.Error.taskFailed(type: "Failure", description: "boom at 13")) { try pool.apply(Boom(value: 13)) }
+        #expect(throws: MP.Error.taskFailed(type: "Failure", description: "boom at 13")) {
             try pool.map((0..<40).map { Boom(value: $0) }, chunksize: 4)
         }
         let errors = ErrorBox()
@@ -280,15 +280,15 @@ struct TaskPoolWorkerTests {
         // 10 consumed (5 chunks) + at most 3 chunks of 2 in flight.
         #expect(made.value <= 10 + 3 * 2)
         results.cancel()
-        #expect(throws: MP.PoolError.cancelled) { try results.next() }
+        #expect(throws: MP.Error.cancelled) { try results.next() }
     }
 }
 
 final class ErrorBox: @unchecked Sendable {
     private let lock = NSLockish()
-    private var errors: [MP.PoolError] = []
-    func add(_ error: MP.PoolError) { lock.with { errors.append(error) } }
-    var all: [MP.PoolError] { lock.with { errors } }
+    private var errors: [MP.Error] = []
+    func add(_ error: MP.Error) { lock.with { errors.append(error) } }
+    var all: [MP.Error] { lock.with { errors } }
 }
 
 final class Counter: @unchecked Sendable {
@@ -319,7 +319,7 @@ struct TaskPoolFaultTests {
         let before = Set(pool.workerPids)
         let slow = pool.applyAsync(Nap(seconds: 30), timeout: 0.3)
         let others = (0..<20).map { pool.applyAsync(Square(x: $0)) }
-        #expect(throws: MP.PoolError.taskTimeout(seconds: 0.3)) { try slow.get(timeout: 20) }
+        #expect(throws: MP.Error.taskTimeout(seconds: 0.3)) { try slow.get(timeout: 20) }
         #expect(try others.map { try $0.get(timeout: 20) } == (0..<20).map { $0 * $0 })
         let after = Set(pool.workerPids)
         #expect(after.count == 2)
@@ -337,9 +337,9 @@ struct TaskPoolFaultTests {
         #expect(started.wait())
         let victim = pool.workerPids
         queued.cancel()
-        #expect(throws: MP.PoolError.cancelled) { try queued.get(timeout: 1) }
+        #expect(throws: MP.Error.cancelled) { try queued.get(timeout: 1) }
         running.cancel()
-        #expect(throws: MP.PoolError.cancelled) { try running.get(timeout: 1) }
+        #expect(throws: MP.Error.cancelled) { try running.get(timeout: 1) }
         // The running task's worker was killed and replaced; the queued task never ran.
         let next = try pool.apply(CountHere())
         #expect(next.count == 1)
@@ -356,7 +356,7 @@ struct TaskPoolFaultTests {
         #expect(started.wait())
         let victim = pool.workerPids
         waiter.cancel()
-        await #expect(throws: MP.PoolError.cancelled) { try await waiter.value }
+        await #expect(throws: MP.Error.cancelled) { try await waiter.value }
         let next = try await pool.apply(WhoRuns())
         #expect(!victim.contains(next))
     }
@@ -372,7 +372,8 @@ struct TaskPoolFaultTests {
             _ = try doomed.get(timeout: 20)
             Issue.record("the dying task succeeded")
         } catch {
-            guard case .workerDied(let how) = error else { Issue.record("unexpected \(error)"); return }
+            guard error.code == .workerDied else { Issue.record("unexpected \(error)"); return }
+            let how = error.message
             switch how.contains("SIGKILL") ? DieMidTask.How.sigkill : how.contains("exited with 3") ? .exit : .fatal {
             case .sigkill: #expect(how.contains("killed by SIGKILL"))
             case .exit: #expect(how.contains("exited with 3"))
@@ -425,8 +426,8 @@ struct TaskPoolFaultTests {
             _ = try pool.apply(ReturnsUnencodable())
             Issue.record("an unencodable result came back")
         } catch {
-            guard case .result(let wire) = error else { Issue.record("unexpected \(error)"); return }
-            #expect(wire.description.contains("Refused"))
+            guard error.code == .encoding else { Issue.record("unexpected \(error)"); return }
+            #expect(error.message.contains("Refused"))
         }
         #expect(try pool.apply(Square(x: 2)) == 4)
     }
@@ -440,8 +441,9 @@ struct TaskPoolFaultTests {
             try pool.apply(HoldsQueue(queue: queue))
             Issue.record("a queue crossed as a task argument")
         } catch {
-            guard case .task(.cannotCross(let why)) = error else { Issue.record("unexpected \(error)"); return }
-            #expect(why.contains("can only cross"))
+            guard error.code == .cannotCross else { Issue.record("unexpected \(error)"); return }
+            #expect(error.message.hasPrefix("the task cannot be sent to a worker"), "\(error)")
+            #expect(error.message.contains("can only cross"))
         }
     }
 
@@ -449,31 +451,31 @@ struct TaskPoolFaultTests {
     func initializerFails() throws {
         let pool = try MP.TaskPool(processes: 2, initializer: FailingInitializer())
         defer { try? finish(pool) }
-        #expect(throws: MP.PoolError.initializerFailed(type: "Refused", description: "no database")) {
+        #expect(throws: MP.Error.initializerFailed(type: "Refused", description: "no database")) {
             try pool.apply(Square(x: 1))
         }
-        #expect(throws: MP.PoolError.initializerFailed(type: "Refused", description: "no database")) {
+        #expect(throws: MP.Error.initializerFailed(type: "Refused", description: "no database")) {
             try pool.map((0..<10).map { Square(x: $0) })
         }
     }
 
     @Test("bad arguments are refused with clear errors")
     func badArguments() throws {
-        #expect(throws: MP.PoolError.invalidArgument("processes must be at least 1 (got 0)")) { try MP.TaskPool(processes: 0) }
-        #expect(throws: MP.PoolError.invalidArgument("maxTasksPerChild must be at least 1 (got 0)")) {
+        #expect(throws: MP.Error.invalidArgument("processes must be at least 1 (got 0)")) { try MP.TaskPool(processes: 0) }
+        #expect(throws: MP.Error.invalidArgument("maxTasksPerChild must be at least 1 (got 0)")) {
             try MP.TaskPool(processes: 1, maxTasksPerChild: 0)
         }
         let pool = try MP.TaskPool(processes: 1)
         defer { try? finish(pool) }
-        #expect(throws: MP.PoolError.invalidArgument("timeout must be positive (got -1.0)")) { try pool.apply(Square(x: 1), timeout: -1) }
-        #expect(throws: MP.PoolError.invalidArgument("chunksize must be at least 1 (got 0)")) { try pool.map([Square(x: 1)], chunksize: 0) }
-        #expect(throws: MP.PoolError.invalidArgument("join() needs close() or terminate() first (the pool is still running)")) { try pool.join() }
-        #expect(throws: MP.PoolError.invalidArgument("bufferSize must be at least 1 (got 0)")) {
+        #expect(throws: MP.Error.invalidArgument("timeout must be positive (got -1.0)")) { try pool.apply(Square(x: 1), timeout: -1) }
+        #expect(throws: MP.Error.invalidArgument("chunksize must be at least 1 (got 0)")) { try pool.map([Square(x: 1)], chunksize: 0) }
+        #expect(throws: MP.Error.invalidArgument("join() needs close() or terminate() first (the pool is still running)")) { try pool.join() }
+        #expect(throws: MP.Error.invalidArgument("bufferSize must be at least 1 (got 0)")) {
             try pool.imap([Square(x: 1)], bufferSize: 0).collect()
         }
         #expect(try pool.map([Square]()) == [])
         pool.close()
-        #expect(throws: MP.PoolError.closed) { try pool.apply(Square(x: 1)) }
+        #expect(throws: MP.Error.poolClosed) { try pool.apply(Square(x: 1)) }
         #expect(try pool.join(timeout: 20))
     }
 
@@ -484,7 +486,7 @@ struct TaskPoolFaultTests {
         let pending = (0..<4).map { _ in pool.applyAsync(Nap(seconds: 30)) }
         pool.terminate()
         #expect(try pool.join(timeout: 20))
-        for result in pending { #expect(throws: MP.PoolError.terminated) { try result.get(timeout: 5) } }
+        for result in pending { #expect(throws: MP.Error.terminated) { try result.get(timeout: 5) } }
         for pid in workers { #expect(kill(pid, 0) != 0, "worker \(pid) is still there") }
         #expect(!hasAnyChild())
     }
@@ -568,7 +570,7 @@ struct TaskPoolFixedWidthTests {
     func fixedWidthFailure() throws {
         let pool = try MP.TaskPool(processes: 2)
         defer { try? finish(pool) }
-        #expect(throws: MP.PoolError.taskFailed(type: "Negative", description: "negative: -5")) {
+        #expect(throws: MP.Error.taskFailed(type: "Negative", description: "negative: -5")) {
             try pool.map(-5..<1000) { CheckedSquare(x: $0 == -5 ? -5 : abs($0)) }
         }
         #expect(try pool.map(0..<100) { CheckedSquare(x: $0) } == (0..<100).map { $0 * $0 })
@@ -579,7 +581,7 @@ struct TaskPoolFixedWidthTests {
         struct Stop: Error {}
         let pool = try MP.TaskPool(processes: 2)
         defer { try? finish(pool) }
-        #expect(throws: MP.PoolError.self) {
+        #expect(throws: MP.Error.self) {
             try pool.map(0..<1000, chunksize: 10) { x -> Square in
                 if x == 500 { throw Stop() }
                 return Square(x: x)
@@ -594,7 +596,7 @@ struct TaskPoolFixedWidthTests {
         defer { try? finish(pool) }
         let map = pool.mapAsync((0..<8).map { _ in Nap(seconds: 30) }, chunksize: 1)
         map.cancel()
-        #expect(throws: MP.PoolError.cancelled) { try map.get(timeout: 5) }
+        #expect(throws: MP.Error.cancelled) { try map.get(timeout: 5) }
         #expect(try pool.apply(Square(x: 3), timeout: 20) == 9)
     }
 }
@@ -676,7 +678,7 @@ struct TaskPoolAsyncIterationTests {
         }
         #expect(started.wait())
         iterating.cancel()
-        await #expect(throws: MP.PoolError.cancelled) { try await iterating.value }
+        await #expect(throws: MP.Error.cancelled) { try await iterating.value }
         #expect(try await pool.apply(Square(x: 2)) == 4)
     }
 }
@@ -721,7 +723,7 @@ struct ExecutorTests {
         try MP.ProcessPoolExecutor.with(maxWorkers: 2) { (executor) throws -> Void in
             let doomed = executor.submit(DieMidTask(how: .sigkill))
             let others = (0..<20).map { executor.submit(Square(x: $0)) }
-            guard case .workerDied? = try doomed.exception(timeout: 20) else {
+            guard try doomed.exception(timeout: 20)?.code == .workerDied else {
                 Issue.record("the dying task's future did not fail with workerDied")
                 return
             }
@@ -740,7 +742,7 @@ struct ExecutorTests {
         executor.shutdown(wait: true, cancelFutures: true)
         #expect(try running.result(timeout: 1) == 1)
         #expect(queued.allSatisfy { $0.cancelled })
-        #expect(throws: MP.PoolError.closed) { try executor.submit(Square(x: 1)).result(timeout: 5) }
+        #expect(throws: MP.Error.poolClosed) { try executor.submit(Square(x: 1)).result(timeout: 5) }
         #expect(!hasAnyChild())
     }
 

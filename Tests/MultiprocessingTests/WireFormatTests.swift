@@ -55,19 +55,19 @@ struct WireFormatTests {
     @Test("fields decoded out of order fail with a clear error, not swapped values")
     func fieldOrder() throws {
         let bytes = try WireFormat.encode(Swapped(a: 1, b: 2))
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode(Swapped.self, from: bytes) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode(Swapped.self, from: bytes) }
     }
 
     @Test("wrong types, truncation and leftovers are clear errors")
     func malformed() throws {
         let bytes = try WireFormat.encode(Self.sample)
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode(Everything.self, from: Swift.Array(bytes.dropLast())) }
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode(Int.self, from: bytes) }
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode(Bool.self, from: [7]) }
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode(String.self, from: [3, 0, 0, 0, 0xff, 0xfe, 0xfd]) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode(Everything.self, from: Swift.Array(bytes.dropLast())) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode(Int.self, from: bytes) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode(Bool.self, from: [7]) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode(String.self, from: [3, 0, 0, 0, 0xff, 0xfe, 0xfd]) }
         // A huge announced length is refused before anything is allocated.
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode([Int].self, from: [0xff, 0xff, 0xff, 0xff]) }
-        #expect(throws: MP.WireError.self) { _ = try WireFormat.decode([String].self, from: [0xff, 0xff, 0xff, 0x7f, 1]) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode([Int].self, from: [0xff, 0xff, 0xff, 0xff]) }
+        #expect(throws: MP.Error.self) { _ = try WireFormat.decode([String].self, from: [0xff, 0xff, 0xff, 0x7f, 1]) }
     }
 
     @Test("random and truncated bytes never crash, hang or over-allocate the decoder (bounded fuzz)")

@@ -20,9 +20,9 @@ extension MP {
     /// - Parameters:
     ///   - duplex: both ends send and receive (a socketpair either way).
     ///   - maxMessageSize: frames larger than this are refused on both
-    ///   sides with ``MP/ConnectionError/messageTooLarge(size:limit:)``.
+    ///   sides with ``MP/Error/Code/tooLarge``.
     public static func Pipe(duplex: Bool = true, maxMessageSize: Int = Connection.defaultMaxMessageSize)
-        throws(ConnectionError) -> (Connection, Connection) {
+        throws(MP.Error) -> (Connection, Connection) {
         var fds: [Int32] = [-1, -1]
         do {
             (fds[0], fds[1]) = try Sys.socketPair()
@@ -37,79 +37,7 @@ extension MP {
                 Connection(fd: fds[1], readable: duplex, writable: true, maxMessageSize: maxMessageSize))
     }
 
-    /// Why a connection operation failed.
-    public enum ConnectionError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// The peer closed its end and every message was read: Python's `EOFError`.
-        case endOfFile
-        /// This end was closed with `close()`.
-        case closed
-        /// The peer's end is gone; nothing more can be sent: Python's `BrokenPipeError`.
-        case brokenPipe
-        /// This end cannot do that (a one-way pipe's reading end cannot send).
-        case wrongDirection(String)
-        /// A frame over the size limit. A received one was skipped: the connection stays usable.
-        case messageTooLarge(size: Int, limit: Int)
-        /// The stream ended in the middle of a frame.
-        case truncatedFrame(expected: Int, received: Int)
-        /// The bytes on the connection are not frames (garbage, or a peer that is not this library).
-        /// The connection cannot find the next frame and is unusable.
-        case corruptStream(String)
-        /// A frame arrived whole but did not decode as the requested type; it was consumed.
-        case decoding(WireError)
-        /// The value could not be encoded; nothing was sent.
-        case encoding(WireError)
-        /// The message was sent as another type; it was consumed.
-        case typeMismatch(expected: String)
-        /// The message was sent with another method (`send`, `sendBytes` or `sendBitwise`).
-        case kindMismatch(sent: String, expected: String)
-        /// A timeout was negative.
-        case negativeTimeout(Double)
-        /// An async receive was cancelled.
-        case cancelled
-        case system(OSError)
-        /// The authentication handshake failed (a wrong key, a peer that
-        /// does not follow the protocol, a digest not accepted): Python's
-        /// `multiprocessing.AuthenticationError`. The connection is closed.
-        case authentication(String)
-        /// The peer did not finish the handshake in time: Python's `TimeoutError`.
-        case timeout
-        /// The address cannot be used (a name that does not resolve, a path too long).
-        case address(String)
-        /// A bad argument (Python's `ValueError`).
-        case invalidArgument(String)
-        /// A pickled message could not be read as the requested type, or the
-        /// value could not be pickled (a connection whose ``MP/Connection/codec``
-        /// is `.pickle`); the message was consumed, or nothing was sent.
-        case pickle(PickleError)
-        /// Python's `BufferTooShort`: the message did not fit the buffer given
-        /// to `recvBytes(into:offset:)`. It carries the whole
-        /// message: nothing is lost.
-        case bufferTooShort([UInt8])
 
-        public var description: String {
-            switch self {
-            case .endOfFile: return "end of file: the peer closed its end"
-            case .closed: return "the connection is closed"
-            case .brokenPipe: return "broken pipe: the peer's end is closed"
-            case .wrongDirection(let what): return what
-            case .messageTooLarge(let size, let limit): return "message of \(size) bytes exceeds the limit of \(limit) bytes"
-            case .truncatedFrame(let expected, let received): return "stream ended inside a frame: \(received) of \(expected) bytes"
-            case .corruptStream(let why): return "corrupt stream: \(why)"
-            case .decoding(let error), .encoding(let error): return error.description
-            case .typeMismatch(let expected): return "message was sent as another type than \(expected)"
-            case .kindMismatch(let sent, let expected): return "message was sent with \(sent); receive it with \(expected)"
-            case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
-            case .cancelled: return "the receive was cancelled"
-            case .system(let error): return error.description
-            case .authentication(let why): return "authentication failed: \(why)"
-            case .timeout: return "timed out"
-            case .address(let why): return "bad address: \(why)"
-            case .invalidArgument(let what): return what
-            case .pickle(let error): return error.description
-            case .bufferTooShort(let message): return "the buffer is too short for the message of \(message.count) bytes (the error carries it)"
-            }
-        }
-    }
 
     /// One end of a ``MP/Pipe(duplex:maxMessageSize:)``: Python's `Connection`.
     ///
@@ -224,7 +152,7 @@ extension MP {
         // MARK: sending
 
         /// Python's `send(obj)`: sends a `Codable` value (in the connection's ``codec``).
-        public func send<T: Encodable>(_ value: T) throws(ConnectionError) {
+        public func send<T: Encodable>(_ value: T) throws(MP.Error) {
             if codec == .pickle {
                 let bytes: [UInt8]
                 do { bytes = try PickleEncoder().encode(value) } catch { throw .pickle(error) }
@@ -235,7 +163,7 @@ extension MP {
             do { try WireFormat.encode(value, into: &writer) } catch { throw .encoding(error) }
             if framing == .python {
                 let result = writer.bytes.withUnsafeBytes { raw in
-                    Result { () throws(ConnectionError) in
+                    Result { () throws(MP.Error) in
                         try sendPayload(UnsafeRawBufferPointer(rebasing: raw[Self.headerSize...]), kind: .codable, type: WireFormat.typeTag(T.self))
                     }
                 }
@@ -245,17 +173,17 @@ extension MP {
         }
 
         /// Python's `send_bytes(buf)`.
-        public func sendBytes(_ bytes: some Collection<UInt8>) throws(ConnectionError) {
+        public func sendBytes(_ bytes: some Collection<UInt8>) throws(MP.Error) {
             let payloadSize = bytes.count
-            if let result = bytes.withContiguousStorageIfAvailable({ buffer -> Result<Void, ConnectionError> in
-                Result { () throws(ConnectionError) in try sendPayload(UnsafeRawBufferPointer(buffer), kind: .bytes, type: 0) }
+            if let result = bytes.withContiguousStorageIfAvailable({ buffer -> Result<Void, MP.Error> in
+                Result { () throws(MP.Error) in try sendPayload(UnsafeRawBufferPointer(buffer), kind: .bytes, type: 0) }
             }) {
                 return try result.get()
             }
             if framing == .python {
                 let contiguous = [UInt8](bytes)
                 let result = contiguous.withUnsafeBytes { raw in
-                    Result { () throws(ConnectionError) in try sendPayload(raw, kind: .bytes, type: 0) }
+                    Result { () throws(MP.Error) in try sendPayload(raw, kind: .bytes, type: 0) }
                 }
                 return try result.get()
             }
@@ -266,41 +194,41 @@ extension MP {
         }
 
         /// Sends the bytes of a `BitwiseCopyable` value as they are in memory: no encoding.
-        public func sendBitwise<T: BitwiseCopyable>(_ value: T) throws(ConnectionError) {
+        public func sendBitwise<T: BitwiseCopyable>(_ value: T) throws(MP.Error) {
             var value = value
             let result = withUnsafeBytes(of: &value) { raw in
-                Result { () throws(ConnectionError) in try sendPayload(raw, kind: .bitwise, type: WireFormat.typeTag(T.self)) }
+                Result { () throws(MP.Error) in try sendPayload(raw, kind: .bitwise, type: WireFormat.typeTag(T.self)) }
             }
             try result.get()
         }
 
         /// Sends a frame whose first `headerSize` bytes are reserved for the header.
-        private func sendFrame(_ frame: inout [UInt8], kind: Kind, type: UInt16) throws(ConnectionError) {
+        private func sendFrame(_ frame: inout [UInt8], kind: Kind, type: UInt16) throws(MP.Error) {
             let payloadSize = frame.count - Self.headerSize
             try checkSendable(payloadSize)
             Self.writeHeader(into: &frame, payloadSize: payloadSize, kind: kind, type: type)
             let result = frame.withUnsafeBytes { raw in
-                Result { () throws(ConnectionError) in
-                    try sendLock.withLock { () throws(ConnectionError) in try writeAll(raw, UnsafeRawBufferPointer(start: nil, count: 0)) }
+                Result { () throws(MP.Error) in
+                    try sendLock.withLock { () throws(MP.Error) in try writeAll(raw, UnsafeRawBufferPointer(start: nil, count: 0)) }
                 }
             }
             try result.get()
         }
 
         /// Sends header and payload with one `sendmsg`, without copying the payload.
-        private func sendPayload(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
+        private func sendPayload(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(MP.Error) {
             if framing == .python { return try sendPythonFrame(payload, kind: kind, type: type) }
             try checkSendable(payload.count)
             var header: UInt64 = 0 // headerSize bytes, on the stack
             assert(MemoryLayout.size(ofValue: header) == Self.headerSize)
             withUnsafeMutableBytes(of: &header) { Self.writeHeader(into: $0, payloadSize: payload.count, kind: kind, type: type) }
             let result = withUnsafeBytes(of: &header) { raw in
-                Result { () throws(ConnectionError) in try sendLock.withLock { () throws(ConnectionError) in try writeAll(raw, payload) } }
+                Result { () throws(MP.Error) in try sendLock.withLock { () throws(MP.Error) in try writeAll(raw, payload) } }
             }
             try result.get()
         }
 
-        private func checkSendable(_ payloadSize: Int) throws(ConnectionError) {
+        private func checkSendable(_ payloadSize: Int) throws(MP.Error) {
             guard writable else { throw .wrongDirection("this end of a one-way pipe only receives") }
             guard payloadSize <= maxMessageSize, framing == .python || payloadSize <= Int(UInt32.max) else {
                 throw .messageTooLarge(size: payloadSize, limit: maxMessageSize)
@@ -310,7 +238,7 @@ extension MP {
         /// CPython's `_send_bytes`: a big-endian `i32` length, or `-1` and a
         /// `u64` length over `Int32.max`; then, for a value (not bytes), this
         /// library's `[magic][kind][u16 type]`; then the payload. One `sendmsg`.
-        private func sendPythonFrame(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(ConnectionError) {
+        private func sendPythonFrame(_ payload: UnsafeRawBufferPointer, kind: Kind, type: UInt16) throws(MP.Error) {
             let prefix = kind == .bytes ? 0 : 4
             try checkSendable(payload.count + prefix)
             var header: (UInt64, UInt64) = (0, 0) // at most 12 + 4 bytes, on the stack
@@ -318,8 +246,8 @@ extension MP {
                 Self.writePythonHeader(into: raw, payloadSize: payload.count + prefix, kind: kind, type: type)
             }
             let result = withUnsafeBytes(of: &header) { raw in
-                Result { () throws(ConnectionError) in
-                    try sendLock.withLock { () throws(ConnectionError) in try writeAll(UnsafeRawBufferPointer(rebasing: raw[..<length]), payload) }
+                Result { () throws(MP.Error) in
+                    try sendLock.withLock { () throws(MP.Error) in try writeAll(UnsafeRawBufferPointer(rebasing: raw[..<length]), payload) }
                 }
             }
             try result.get()
@@ -366,8 +294,8 @@ extension MP {
         /// With the send lock held: writes every byte of `first`, then of
         /// `second`, with as few `sendmsg` calls as the socket allows. No
         /// arrays: a child's first send instantiates no generic metadata.
-        private func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(ConnectionError) {
-            guard fd >= 0 else { throw .closed }
+        private func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(MP.Error) {
+            guard fd >= 0 else { throw .connectionClosed }
             var vectors = (iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
                            iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count))
             var remaining = first.count + second.count
@@ -398,14 +326,14 @@ extension MP {
 
         // MARK: receiving
 
-        private static func unpickle<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws(ConnectionError) -> T {
+        private static func unpickle<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws(MP.Error) -> T {
             do { return try PickleDecoder().decode(T.self, from: bytes) } catch { throw .pickle(error) }
         }
 
         /// Python's `recv()`: receives a `Codable` value (in the connection's ``codec``). Blocks until a message arrives.
-        public func recv<T: Decodable>(_ type: T.Type = T.self) throws(ConnectionError) -> T {
+        public func recv<T: Decodable>(_ type: T.Type = T.self) throws(MP.Error) -> T {
             if codec == .pickle { return try Self.unpickle(T.self, try recvBytes()) }
-            return try recvLock.withLock { () throws(ConnectionError) -> T in
+            return try recvLock.withLock { () throws(MP.Error) -> T in
                 let (size, kind) = try nextFrameBlocking()
                 return try consume(size, kind, as: T.self)
             }
@@ -413,8 +341,8 @@ extension MP {
 
         /// Python's `recv_bytes(maxlength)`. A large message is read straight
         /// into the returned array, not through the connection's buffer.
-        public func recvBytes(maxLength: Int? = nil) throws(ConnectionError) -> [UInt8] {
-            try recvLock.withLock { () throws(ConnectionError) -> [UInt8] in
+        public func recvBytes(maxLength: Int? = nil) throws(MP.Error) -> [UInt8] {
+            try recvLock.withLock { () throws(MP.Error) -> [UInt8] in
                 guard let (size, kind) = try nextFrame(blocking: true, wholePayload: false) else { return [] }
                 start += header
                 guard kind == .bytes else {
@@ -432,9 +360,9 @@ extension MP {
 
         /// Python's `recv_bytes_into(buffer, offset)`: receives one message into
         /// `buffer` from `offset`; returns its length. A message longer than
-        /// the room left throws ``MP/ConnectionError/bufferTooShort(_:)``
+        /// the room left throws ``MP/Error/Code/bufferTooShort``
         /// carrying the whole message, as CPython's `BufferTooShort` does.
-        public func recvBytes(into buffer: UnsafeMutableRawBufferPointer, offset: Int = 0) throws(ConnectionError) -> Int {
+        public func recvBytes(into buffer: UnsafeMutableRawBufferPointer, offset: Int = 0) throws(MP.Error) -> Int {
             guard offset >= 0, offset <= buffer.count else {
                 throw .invalidArgument("offset \(offset) is outside the buffer of \(buffer.count) bytes")
             }
@@ -447,17 +375,17 @@ extension MP {
         }
 
         /// `recvBytes(into:offset:)` for an array (its length is the room; it is not grown).
-        public func recvBytes(into array: inout [UInt8], offset: Int = 0) throws(ConnectionError) -> Int {
+        public func recvBytes(into array: inout [UInt8], offset: Int = 0) throws(MP.Error) -> Int {
             let result = array.withUnsafeMutableBytes { raw in
-                Result { () throws(ConnectionError) -> Int in try recvBytes(into: raw, offset: offset) }
+                Result { () throws(MP.Error) -> Int in try recvBytes(into: raw, offset: offset) }
             }
             return try result.get()
         }
 
         /// The next `size` bytes: what is buffered, then the rest read directly.
-        private func takePayload(_ size: Int) throws(ConnectionError) -> [UInt8] {
+        private func takePayload(_ size: Int) throws(MP.Error) -> [UInt8] {
             let fromBuffer = min(size, buffered)
-            var failure: ConnectionError?
+            var failure: MP.Error?
             let bytes = [UInt8](unsafeUninitializedCapacity: size) { destination, initialized in
                 buffer.withUnsafeBytes { source in
                     UnsafeMutableRawBufferPointer(destination).copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<start + fromBuffer]))
@@ -484,8 +412,8 @@ extension MP {
         }
 
         /// Receives a value sent with ``sendBitwise(_:)``.
-        public func recvBitwise<T: BitwiseCopyable>(_ type: T.Type = T.self) throws(ConnectionError) -> T {
-            try recvLock.withLock { () throws(ConnectionError) -> T in
+        public func recvBitwise<T: BitwiseCopyable>(_ type: T.Type = T.self) throws(MP.Error) -> T {
+            try recvLock.withLock { () throws(MP.Error) -> T in
                 let (size, kind) = try nextFrameBlocking()
                 return try consumeBitwise(size, kind, as: T.self)
             }
@@ -493,34 +421,34 @@ extension MP {
 
         /// Python's `poll(timeout)`: whether a message (or end-of-file) can be
         /// received without blocking, waiting up to `timeout` seconds (nil: forever).
-        public func poll(timeout: Double? = 0) throws(ConnectionError) -> Bool {
-            let deadline = try Deadline.after(timeout) { ConnectionError.negativeTimeout($0) }
-            return try recvLock.withLock { () throws(ConnectionError) -> Bool in
+        public func poll(timeout: Double? = 0) throws(MP.Error) -> Bool {
+            let deadline = try Deadline.after(timeout) { MP.Error.negativeTimeout($0) }
+            return try recvLock.withLock { () throws(MP.Error) -> Bool in
                 guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
-                guard fd >= 0 else { throw .closed }
+                guard fd >= 0 else { throw .connectionClosed }
                 if end > start || sawEOF { return true }
                 do throws(OSError) { return try Sys.pollReadable(fd, until: deadline) } catch { throw .system(error) }
             }
         }
 
         /// `try await connection.recv(T.self)`: suspends, blocking no thread, until a message arrives.
-        public func recv<T: Decodable>(_ type: T.Type = T.self) async throws(ConnectionError) -> T {
+        public func recv<T: Decodable>(_ type: T.Type = T.self) async throws(MP.Error) -> T {
             if codec == .pickle {
                 while true {
                     if try poll(timeout: 0) { return try Self.unpickle(T.self, try recvBytes()) }
-                    guard fd >= 0 else { throw .closed }
-                    try await FDWatcher.readable(fd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                    guard fd >= 0 else { throw .connectionClosed }
+                    try await FDWatcher.readable(fd, cancelled: MP.Error.cancelled, system: { .system($0) })
                 }
             }
             while true {
-                if let value = try recvLock.withLock({ () throws(ConnectionError) -> T? in
+                if let value = try recvLock.withLock({ () throws(MP.Error) -> T? in
                     guard let (size, kind) = try nextFrame(blocking: false) else { return nil }
                     return try consume(size, kind, as: T.self)
                 }) {
                     return value
                 }
-                guard fd >= 0 else { throw .closed }
-                try await FDWatcher.readable(fd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                guard fd >= 0 else { throw .connectionClosed }
+                try await FDWatcher.readable(fd, cancelled: MP.Error.cancelled, system: { .system($0) })
             }
         }
 
@@ -558,9 +486,9 @@ extension MP {
         /// With the receive lock held: makes the next whole frame available in
         /// the buffer and returns its payload size and kind. `blocking: false`
         /// returns nil when that would need to wait.
-        private func nextFrame(blocking: Bool, wholePayload: Bool = true) throws(ConnectionError) -> (Int, Kind)? {
+        private func nextFrame(blocking: Bool, wholePayload: Bool = true) throws(MP.Error) -> (Int, Kind)? {
             guard readable else { throw .wrongDirection("this end of a one-way pipe only sends") }
-            guard fd >= 0 else { throw .closed }
+            guard fd >= 0 else { throw .connectionClosed }
             while true {
                 let minimum = framing == .native ? Self.headerSize : 4
                 if buffered < minimum {
@@ -582,7 +510,7 @@ extension MP {
             }
         }
 
-        private func nextFrameBlocking() throws(ConnectionError) -> (Int, Kind) {
+        private func nextFrameBlocking() throws(MP.Error) -> (Int, Kind) {
             try nextFrame(blocking: true)!
         }
 
@@ -594,7 +522,7 @@ extension MP {
         /// A CPython frame's payload length, and its kind: a payload that
         /// starts with `[magic][kind][u16 type]` of a value is that value;
         /// any other is bytes (what a CPython peer sends).
-        private func parsePythonHeader() throws(ConnectionError) -> (Int, Kind) {
+        private func parsePythonHeader() throws(MP.Error) -> (Int, Kind) {
             let length = pythonLength()
             let size: Int
             if length == -1 {
@@ -618,7 +546,7 @@ extension MP {
             return (kind, UInt16(b[at + 2]) | UInt16(b[at + 3]) << 8)
         }
 
-        private func parseHeader() throws(ConnectionError) -> (Int, Kind) {
+        private func parseHeader() throws(MP.Error) -> (Int, Kind) {
             if framing == .python { return try parsePythonHeader() }
             let b = buffer
             let size = Int(b[start]) | Int(b[start + 1]) << 8 | Int(b[start + 2]) << 16 | Int(b[start + 3]) << 24
@@ -633,7 +561,7 @@ extension MP {
 
         /// Reads until `minimum` bytes are buffered. Returns false when not
         /// blocking and no more bytes are ready. Throws at end-of-file.
-        private func fill(minimum: Int, blocking: Bool) throws(ConnectionError) -> Bool {
+        private func fill(minimum: Int, blocking: Bool) throws(MP.Error) -> Bool {
             if buffer.count - start < minimum {
                 // Compact, and grow to hold the whole frame (bounded by maxMessageSize).
                 // Uninitialized: bytes past `end` are only ever written by `recv` before
@@ -673,7 +601,7 @@ extension MP {
             return true
         }
 
-        private func endOfStream(expecting minimum: Int) throws(ConnectionError) -> Bool {
+        private func endOfStream(expecting minimum: Int) throws(MP.Error) -> Bool {
             if buffered == 0 { throw .endOfFile }
             let expected = buffered >= (framing == .native ? Self.headerSize : 4) ? (try parseHeader().0) + header : minimum
             let received = buffered
@@ -682,7 +610,7 @@ extension MP {
         }
 
         /// Skips `count` payload bytes of an oversized frame without storing them.
-        private func discard(_ count: Int, blocking: Bool) throws(ConnectionError) {
+        private func discard(_ count: Int, blocking: Bool) throws(MP.Error) {
             var left = count
             let fromBuffer = min(left, buffered)
             start += fromBuffer
@@ -710,20 +638,20 @@ extension MP {
             return (kind, frameType, first..<(first + size))
         }
 
-        private func consume<T: Decodable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {
+        private func consume<T: Decodable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(MP.Error) -> T {
             defer { start += header + size }
             let (kind, frameType, range) = frameContents(size, kind)
             guard kind == .codable else { throw .kindMismatch(sent: kind.method, expected: Kind.codable.method) }
             guard frameType == WireFormat.typeTag(T.self) else { throw .typeMismatch(expected: "\(T.self)") }
             let result = buffer.withUnsafeBytes { raw in
-                Result { () throws(WireError) -> T in
+                Result { () throws(MP.Error) -> T in
                     try WireFormat.decode(T.self, from: UnsafeRawBufferPointer(rebasing: raw[range]))
                 }
             }
             do { return try result.get() } catch { throw .decoding(error) }
         }
 
-        private func consumeBitwise<T: BitwiseCopyable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(ConnectionError) -> T {
+        private func consumeBitwise<T: BitwiseCopyable>(_ size: Int, _ kind: Kind, as type: T.Type) throws(MP.Error) -> T {
             defer { start += header + size }
             let (kind, frameType, range) = frameContents(size, kind)
             guard kind == .bitwise else { throw .kindMismatch(sent: kind.method, expected: Kind.bitwise.method) }

@@ -7,42 +7,7 @@ import SystemPackage
 import MultiprocessingPlatform
 
 extension MP {
-    /// Why a queue operation failed.
-    public enum QueueError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// Nothing to get within the timeout (Python's `queue.Empty`).
-        case empty
-        /// No room within the timeout (Python's `queue.Full`).
-        case full
-        /// This handle was closed with `close()`.
-        case closed
-        /// The encoded item can never fit in the queue's buffer.
-        case itemTooLarge(size: Int, capacity: Int)
-        /// `taskDone()` called more times than items were put.
-        case taskDoneTooOften
-        case encoding(WireError)
-        case decoding(WireError)
-        case negativeTimeout(Double)
-        /// An argument was out of range (a negative `maxsize`, an absurd `capacityBytes`).
-        case invalidArgument(String)
-        case cancelled
-        case system(OSError)
 
-        public var description: String {
-            switch self {
-            case .invalidArgument(let what): return what
-            case .empty: return "the queue is empty"
-            case .full: return "the queue is full"
-            case .closed: return "the queue is closed"
-            case .itemTooLarge(let size, let capacity):
-                return "an item of \(size) encoded bytes can never fit in this queue's \(capacity)-byte buffer (raise capacityBytes)"
-            case .taskDoneTooOften: return "task_done() called too many times"
-            case .encoding(let error), .decoding(let error): return error.description
-            case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
-            case .cancelled: return "the get was cancelled"
-            case .system(let error): return error.description
-            }
-        }
-    }
 
     /// Python's `multiprocessing.Queue`: multi-producer, multi-consumer, for
     /// processes forked after its creation.
@@ -72,7 +37,7 @@ extension MP {
         /// - Parameters:
         ///   - maxsize: Python's `maxsize`: the most items at once; 0 for no limit.
         ///   - capacityBytes: the shared buffer (pages are only used as filled).
-        public init(maxsize: Int = 0, capacityBytes: Int = 8 << 20) throws(QueueError) {
+        public init(maxsize: Int = 0, capacityBytes: Int = 8 << 20) throws(MP.Error) {
             guard maxsize >= 0 else { throw .invalidArgument("maxsize must be >= 0 (got \(maxsize))") }
             // A message's length is 32 bits in the ring.
             guard capacityBytes >= 0, capacityBytes <= Int(UInt32.max) else {
@@ -82,10 +47,7 @@ extension MP {
             do {
                 block = try SharedBlock(bytes: MemoryLayout<cmp_ring>.stride + capacity)
             } catch {
-                switch error {
-                case .system(let os): throw .system(os)
-                default: throw .invalidArgument(error.description)
-                }
+                throw error.code == .system ? error : .invalidArgument(error.description)
             }
             ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
             let error = cmp_ring_init(ring, UInt64(capacity), UInt64(maxsize))
@@ -105,7 +67,7 @@ extension MP {
             let event = try container.decode(Int.self, forKey: .event)
             let capacity = try container.decode(Int.self, forKey: .capacity)
             guard capacity > 0, reference.size >= MemoryLayout<cmp_ring>.stride + capacity else {
-                throw MP.TaskError.cannotCross("\(what) arrived with a ring of \(capacity) bytes in a block of \(reference.size)")
+                throw MP.Error.cannotCross("\(what) arrived with a ring of \(capacity) bytes in a block of \(reference.size)")
             }
             block = try SharedBlock(reference, from: decoder, for: what)
             ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
@@ -123,9 +85,9 @@ extension MP {
         }
 
         /// Python's `put(item, block, timeout)`: waits for room unless `blocking` is false.
-        public func put(_ item: Element, blocking: Bool = true, timeout: Double? = nil) throws(QueueError) {
-            let deadline = try Deadline.after(timeout) { QueueError.negativeTimeout($0) }
-            guard !isClosed else { throw .closed }
+        public func put(_ item: Element, blocking: Bool = true, timeout: Double? = nil) throws(MP.Error) {
+            let deadline = try Deadline.after(timeout) { MP.Error.negativeTimeout($0) }
+            guard !isClosed else { throw .queueClosed }
             let nanoseconds: Int64 = !blocking ? 0 : deadline.cTimeoutNanoseconds
             if elementIsPrimitive {
                 // A fixed-width number's bytes are its wire format: no encoder, no allocation.
@@ -146,7 +108,7 @@ extension MP {
             return cmp_ring_put(ring, raw.baseAddress, UInt32(truncatingIfNeeded: raw.count), nanoseconds, &ownerDied, eventFD)
         }
 
-        private func check(_ result: Int32, size: Int) throws(QueueError) {
+        private func check(_ result: Int32, size: Int) throws(MP.Error) {
             switch result {
             case Int32(CMP_RING_OK): return
             case Int32(CMP_RING_FULL): throw .full
@@ -156,19 +118,19 @@ extension MP {
         }
 
         /// Python's `put_nowait(item)`.
-        public func putNowait(_ item: Element) throws(QueueError) { try put(item, blocking: false) }
+        public func putNowait(_ item: Element) throws(MP.Error) { try put(item, blocking: false) }
 
         /// Python's `get(block, timeout)`: waits for an item unless `blocking` is false.
-        public func get(blocking: Bool = true, timeout: Double? = nil) throws(QueueError) -> Element {
-            let deadline = try Deadline.after(timeout) { QueueError.negativeTimeout($0) }
-            guard !isClosed else { throw .closed }
+        public func get(blocking: Bool = true, timeout: Double? = nil) throws(MP.Error) -> Element {
+            let deadline = try Deadline.after(timeout) { MP.Error.negativeTimeout($0) }
+            guard !isClosed else { throw .queueClosed }
             let nanoseconds: Int64 = !blocking ? 0 : deadline.cTimeoutNanoseconds
             // Small items are copied to the stack and decoded from there; a larger
             // one is fetched again into a buffer of its size. No generic wrapper
             // (Optional, Result) is built per item: unspecialized, each would
             // cost a metadata lookup.
             var storage = StackBuffer()
-            return try withUnsafeMutableBytes(of: &storage) { (buffer) throws(QueueError) -> Element in
+            return try withUnsafeMutableBytes(of: &storage) { (buffer) throws(MP.Error) -> Element in
                 var length: UInt32 = 0
                 var ownerDied: Int32 = 0
                 let result = cmp_ring_get_into(ring, buffer.baseAddress, UInt32(buffer.count), &length, nanoseconds, &ownerDied)
@@ -183,7 +145,7 @@ extension MP {
             }
         }
 
-        private func check(get result: Int32) throws(QueueError) {
+        private func check(get result: Int32) throws(MP.Error) {
             switch result {
             case Int32(CMP_RING_OK): return
             case Int32(CMP_RING_EMPTY): throw .empty
@@ -191,7 +153,7 @@ extension MP {
             }
         }
 
-        private func decode(_ raw: UnsafeRawBufferPointer) throws(QueueError) -> Element {
+        private func decode(_ raw: UnsafeRawBufferPointer) throws(MP.Error) -> Element {
             if elementIsPrimitive {
                 guard raw.count == MemoryLayout<Element>.size else {
                     throw .decoding(.malformed(type: "\(Element.self)", reason: "\(raw.count) bytes"))
@@ -202,7 +164,7 @@ extension MP {
         }
 
         /// Python's `get_nowait()`.
-        public func getNowait() throws(QueueError) -> Element { try get(blocking: false) }
+        public func getNowait() throws(MP.Error) -> Element { try get(blocking: false) }
 
         /// Python's `qsize()`.
         public var qsize: Int { Int(cmp_ring_count(ring)) }
@@ -222,7 +184,7 @@ extension MP {
 
     /// Python's `multiprocessing.SimpleQueue`: an unbounded ``MP/Queue`` with `put`, `get`, `empty`.
     public final class SimpleQueue<Element: Codable>: Queue<Element>, @unchecked Sendable {
-        public init(capacityBytes: Int = 8 << 20) throws(QueueError) {
+        public init(capacityBytes: Int = 8 << 20) throws(MP.Error) {
             try super.init(maxsize: 0, capacityBytes: capacityBytes)
         }
 
@@ -235,15 +197,15 @@ extension MP {
     /// call `taskDone()` per item, so producers can `join()` until all are done.
     public final class JoinableQueue<Element: Codable>: Queue<Element>, @unchecked Sendable {
         /// Python's `task_done()`.
-        public func taskDone() throws(QueueError) {
+        public func taskDone() throws(MP.Error) {
             if cmp_ring_task_done(ring) != 0 { throw .taskDoneTooOften }
         }
 
         /// Python's `join()`: waits until every item put was marked done.
         /// Returns false on timeout.
         @discardableResult
-        public func join(timeout: Double? = nil) throws(QueueError) -> Bool {
-            let deadline = try Deadline.after(timeout) { QueueError.negativeTimeout($0) }
+        public func join(timeout: Double? = nil) throws(MP.Error) -> Bool {
+            let deadline = try Deadline.after(timeout) { MP.Error.negativeTimeout($0) }
             return cmp_ring_join(ring, deadline.cTimeoutNanoseconds) == 0
         }
     }
@@ -253,8 +215,8 @@ extension MP.Queue where Element: Sendable {
         /// `try await queue.get()`: suspends, blocking no thread, until an item
         /// arrives. A put wakes it directly: while tasks await, each put counts
         /// up the queue's eventfd, which the process's epoll thread watches.
-        /// Cancellation ends the wait with ``MP/QueueError/cancelled``.
-        public func get() async throws(MP.QueueError) -> Element {
+        /// Cancellation ends the wait with ``MP/Error/Code/cancelled``.
+        public func get() async throws(MP.Error) -> Element {
             while true {
                 do { return try getNowait() } catch .empty {} catch { throw error }
                 // Counted as a waiter before looking again, so a put that
@@ -262,7 +224,7 @@ extension MP.Queue where Element: Sendable {
                 _ = cmp_atomic_add_u32(&ring.pointee.async_waiters, 1)
                 defer { _ = cmp_atomic_add_u32(&ring.pointee.async_waiters, UInt32.max) }
                 do { return try getNowait() } catch .empty {} catch { throw error }
-                try await FDWatcher.readable(eventFD, cancelled: MP.QueueError.cancelled, system: { .system($0) })
+                try await FDWatcher.readable(eventFD, cancelled: MP.Error.cancelled, system: { .system($0) })
                 _ = Sys.takeEvent(eventFD) // one put's count; another waiter may have taken it
             }
         }

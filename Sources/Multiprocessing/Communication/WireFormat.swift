@@ -6,19 +6,19 @@ import MultiprocessingPlatform
 /// numbers as one block of raw bytes. Keyed fields are written in order, each
 /// as its key's name and a presence byte, then the value: a decoder that reads
 /// fields in another order (or another type) fails with a clear
-/// ``MP/WireError``, and `allKeys` can name the next field, which is how enums
+/// ``MP/Error``, and `allKeys` can name the next field, which is how enums
 /// with associated values decode. Unkeyed elements carry a presence byte.
 /// Every length is checked against the bytes that remain before anything is
 /// allocated.
 @usableFromInline
 enum WireFormat {
-    static func encode<T: Encodable>(_ value: T) throws(MP.WireError) -> [UInt8] {
+    static func encode<T: Encodable>(_ value: T) throws(MP.Error) -> [UInt8] {
         var writer = ByteWriter()
         try encode(value, into: &writer)
         return writer.bytes
     }
 
-    static func encode<T: Encodable>(_ value: T, into writer: inout ByteWriter) throws(MP.WireError) {
+    static func encode<T: Encodable>(_ value: T, into writer: inout ByteWriter) throws(MP.Error) {
         if writer.writeFast(value) {
             try writer.checkLengths(T.self)
             return
@@ -26,7 +26,7 @@ enum WireFormat {
         let encoder = BinaryEncoder(writer: writer)
         do {
             try encoder.encodeValue(value)
-        } catch let error as MP.WireError {
+        } catch let error as MP.Error {
             throw error
         } catch {
             throw .encodingFailed(type: "\(T.self)", reason: "\(error)")
@@ -40,12 +40,12 @@ enum WireFormat {
     /// JSONDecoder stops near 512 as well.
     static let maximumDepth = 512
 
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(MP.WireError) -> T {
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: UnsafeRawBufferPointer) throws(MP.Error) -> T {
         var reader = ByteReader(bytes)
         let value: T
         do {
             value = try BinaryDecoder.decodeValue(T.self, from: &reader)
-        } catch let error as MP.WireError {
+        } catch let error as MP.Error {
             throw error
         } catch {
             throw .malformed(type: "\(T.self)", reason: "\(error)")
@@ -56,9 +56,9 @@ enum WireFormat {
         return value
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(MP.WireError) -> T {
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(MP.Error) -> T {
         let result = bytes.withUnsafeBytes { buffer in
-            Result { () throws(MP.WireError) -> T in try decode(type, from: buffer) }
+            Result { () throws(MP.Error) -> T in try decode(type, from: buffer) }
         }
         return try result.get()
     }
@@ -106,25 +106,14 @@ extension WireFormat {
 extension MP {
     /// Encodes `value` in the library's binary wire format (what `send`, `put`
     /// and the pool use), for storing or sending it yourself.
-    public static func encode<T: Encodable>(_ value: T) throws(WireError) -> [UInt8] { try WireFormat.encode(value) }
+    public static func encode<T: Encodable>(_ value: T) throws(MP.Error) -> [UInt8] { try WireFormat.encode(value) }
 
     /// Decodes bytes made by ``MP/encode(_:)``.
-    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(WireError) -> T {
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(MP.Error) -> T {
         try WireFormat.decode(type, from: bytes)
     }
 
-    /// A value could not be encoded, or bytes could not be decoded as the requested type.
-    public enum WireError: Error, Hashable, Sendable, CustomStringConvertible {
-        case encodingFailed(type: String, reason: String)
-        case malformed(type: String, reason: String)
 
-        public var description: String {
-            switch self {
-            case .encodingFailed(let type, let reason): return "cannot encode \(type): \(reason)"
-            case .malformed(let type, let reason): return "bytes do not decode as \(type): \(reason)"
-            }
-        }
-    }
 }
 
 // MARK: - bytes
@@ -158,7 +147,7 @@ extension WirePrimitive {
 /// Arrays of fixed-width numbers travel as one block of bytes.
 protocol WireFastArray {
     func writeBlock(into writer: inout ByteWriter)
-    static func readBlock(from reader: inout ByteReader) throws(MP.WireError) -> Self
+    static func readBlock(from reader: inout ByteReader) throws(MP.Error) -> Self
 }
 
 extension Array: WireFastArray where Element: WirePrimitive {
@@ -168,7 +157,7 @@ extension Array: WireFastArray where Element: WirePrimitive {
         withUnsafeBytes { writer.writeRaw($0) }
     }
 
-    static func readBlock(from reader: inout ByteReader) throws(MP.WireError) -> [Element] {
+    static func readBlock(from reader: inout ByteReader) throws(MP.Error) -> [Element] {
         let count = try reader.readLength()
         let size = MemoryLayout<Element>.stride
         guard count <= reader.remaining / size else {
@@ -202,7 +191,7 @@ extension Dictionary: WireDictionary where Key: Codable, Value: Codable {
     static func decodePairs(from decoder: BinaryDecoder) throws -> [Key: Value] {
         let count = try decoder.reader.readLength()
         guard count <= decoder.reader.remaining else {
-            throw MP.WireError.malformed(type: "[\(Key.self): \(Value.self)]", reason: "\(count) entries announced, \(decoder.reader.remaining) bytes left")
+            throw MP.Error.malformed(type: "[\(Key.self): \(Value.self)]", reason: "\(count) entries announced, \(decoder.reader.remaining) bytes left")
         }
         // Grows with what is actually decoded: a claimed count reserves
         // nothing (a 60 MiB input could otherwise reserve gigabytes).
@@ -252,7 +241,7 @@ struct ByteWriter {
     }
 
     /// Throws if a length did not fit the format.
-    func checkLengths<T>(_ type: T.Type) throws(MP.WireError) {
+    func checkLengths<T>(_ type: T.Type) throws(MP.Error) {
         if let overlong {
             throw .encodingFailed(type: "\(T.self)", reason: "a length of \(overlong) does not fit the wire format's 32-bit lengths (at most \(UInt32.max))")
         }
@@ -297,7 +286,7 @@ struct ByteReader {
 
     var remaining: Int { base.count - offset }
 
-    mutating func readRaw(_ count: Int) throws(MP.WireError) -> UnsafeRawBufferPointer {
+    mutating func readRaw(_ count: Int) throws(MP.Error) -> UnsafeRawBufferPointer {
         guard count >= 0, count <= remaining else {
             throw .malformed(type: "message", reason: "needs \(count) more bytes at offset \(offset), \(remaining) left")
         }
@@ -306,18 +295,18 @@ struct ByteReader {
     }
 
     @inline(__always)
-    mutating func read<T: WirePrimitive>(_ type: T.Type) throws(MP.WireError) -> T {
+    mutating func read<T: WirePrimitive>(_ type: T.Type) throws(MP.Error) -> T {
         let raw = try readRaw(MemoryLayout<T>.size)
         return raw.loadUnaligned(as: T.self)
     }
 
-    mutating func readByte() throws(MP.WireError) -> UInt8 { try read(UInt8.self) }
+    mutating func readByte() throws(MP.Error) -> UInt8 { try read(UInt8.self) }
 
     func peekByte() -> UInt8? { remaining > 0 ? base[offset] : nil }
 
-    mutating func readLength() throws(MP.WireError) -> Int { Int(try read(UInt32.self)) }
+    mutating func readLength() throws(MP.Error) -> Int { Int(try read(UInt32.self)) }
 
-    mutating func readString() throws(MP.WireError) -> String {
+    mutating func readString() throws(MP.Error) -> String {
         let length = try readLength()
         let raw = try readRaw(length)
         guard let string = String(validating: raw, as: UTF8.self) else {
@@ -326,7 +315,7 @@ struct ByteReader {
         return string
     }
 
-    mutating func readBool() throws(MP.WireError) -> Bool {
+    mutating func readBool() throws(MP.Error) -> Bool {
         switch try readByte() {
         case 0: return false
         case 1: return true
@@ -335,7 +324,7 @@ struct ByteReader {
     }
 
     /// Reads values that need no container; nil if `T` is not one of them.
-    mutating func readFast<T>(_ type: T.Type) throws(MP.WireError) -> T? {
+    mutating func readFast<T>(_ type: T.Type) throws(MP.Error) -> T? {
         if T.self == Int.self { return try read(Int.self) as? T }
         if T.self == String.self { return try readString() as? T }
         if T.self == Double.self { return try read(Double.self) as? T }
@@ -345,7 +334,7 @@ struct ByteReader {
         return nil
     }
 
-    private mutating func readPrimitive<P: WirePrimitive>(_ type: P.Type) throws(MP.WireError) -> P { try read(P.self) }
+    private mutating func readPrimitive<P: WirePrimitive>(_ type: P.Type) throws(MP.Error) -> P { try read(P.self) }
 }
 
 // MARK: - keys
@@ -400,7 +389,7 @@ final class BinaryEncoder: Encoder {
         depth += 1
         defer { depth -= 1 }
         if depth > WireFormat.maximumDepth {
-            throw MP.WireError.encodingFailed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
+            throw MP.Error.encodingFailed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
         }
         if let optional = value as? WireOptional {
             guard let wrapped = optional.wrappedValue else {
@@ -556,7 +545,7 @@ final class BinaryDecoder: Decoder {
         depth += 1
         defer { depth -= 1 }
         if depth > WireFormat.maximumDepth {
-            throw MP.WireError.malformed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
+            throw MP.Error.malformed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
         }
         if let optional = T.self as? WireOptional.Type {
             switch try reader.readByte() {
@@ -565,7 +554,7 @@ final class BinaryDecoder: Decoder {
                 let wrappedType = optional.wrappedType as! any Decodable.Type
                 return optional.make(try wrappedType.decodeWire(using: self)) as! T
             case let other:
-                throw MP.WireError.malformed(type: "\(T.self)", reason: "presence byte \(other) at offset \(reader.offset - 1)")
+                throw MP.Error.malformed(type: "\(T.self)", reason: "presence byte \(other) at offset \(reader.offset - 1)")
             }
         }
         if let value = try reader.readFast(T.self) { return value }
@@ -607,20 +596,20 @@ struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
         let offset = decoder.reader.offset
         guard Tag.matches(key, decoder.reader) else {
             let found = Tag.peekName(decoder.reader).map { "'\($0)'" } ?? "no field"
-            throw MP.WireError.malformed(type: "field '\(key.stringValue)'",
+            throw MP.Error.malformed(type: "field '\(key.stringValue)'",
                                          reason: "found \(found) at offset \(offset) (fields decoded out of order, or another type)")
         }
         decoder.reader.offset += 1 + Int(decoder.reader.peekByte()!)
         switch try decoder.reader.readByte() {
         case 0: return false
         case 1: return true
-        case let other: throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "presence byte \(other)")
+        case let other: throw MP.Error.malformed(type: "field '\(key.stringValue)'", reason: "presence byte \(other)")
         }
     }
 
     func decodeNil(forKey key: Key) throws -> Bool {
         guard Tag.matches(key, decoder.reader) else {
-            throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "missing or out of order at offset \(decoder.reader.offset)")
+            throw MP.Error.malformed(type: "field '\(key.stringValue)'", reason: "missing or out of order at offset \(decoder.reader.offset)")
         }
         let presence = decoder.reader.offset + 1 + Int(decoder.reader.peekByte()!)
         guard presence < decoder.reader.base.count, decoder.reader.base[presence] == 0 else { return false }
@@ -644,7 +633,7 @@ struct KeyedReader<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     private func decodeRequired<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
         guard try readTag(key) else {
-            throw MP.WireError.malformed(type: "field '\(key.stringValue)'", reason: "absent (nil) but \(T.self) is required")
+            throw MP.Error.malformed(type: "field '\(key.stringValue)'", reason: "absent (nil) but \(T.self) is required")
         }
         return try decoder.decodeValue(T.self)
     }
@@ -679,19 +668,19 @@ struct UnkeyedReader: UnkeyedDecodingContainer {
         total = try decoder.reader.readLength()
         // Every element takes at least its tag byte: a count beyond that is corrupt.
         guard total <= decoder.reader.remaining else {
-            throw MP.WireError.malformed(type: "sequence", reason: "\(total) elements announced, \(decoder.reader.remaining) bytes left")
+            throw MP.Error.malformed(type: "sequence", reason: "\(total) elements announced, \(decoder.reader.remaining) bytes left")
         }
     }
 
     private mutating func next() throws -> Bool {
         guard !isAtEnd else {
-            throw MP.WireError.malformed(type: "sequence", reason: "read past its \(total) elements")
+            throw MP.Error.malformed(type: "sequence", reason: "read past its \(total) elements")
         }
         currentIndex += 1
         switch try decoder.reader.readByte() {
         case 0: return false
         case Tag.present: return true
-        case let other: throw MP.WireError.malformed(type: "sequence element", reason: "tag \(other) at offset \(decoder.reader.offset - 1)")
+        case let other: throw MP.Error.malformed(type: "sequence element", reason: "tag \(other) at offset \(decoder.reader.offset - 1)")
         }
     }
 
@@ -709,7 +698,7 @@ struct UnkeyedReader: UnkeyedDecodingContainer {
 
     private mutating func decodeElement<T: Decodable>(_ type: T.Type) throws -> T {
         guard try next() else {
-            throw MP.WireError.malformed(type: "\(T.self)", reason: "element \(currentIndex - 1) is nil")
+            throw MP.Error.malformed(type: "\(T.self)", reason: "element \(currentIndex - 1) is nil")
         }
         return try decoder.decodeValue(T.self)
     }

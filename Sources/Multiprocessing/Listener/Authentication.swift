@@ -61,7 +61,7 @@ struct Handshake {
 
     /// CPython's `_get_digest_name_and_payload`: a 16- or 20-byte message is
     /// the legacy protocol (MD5); anything else must start `{name}`.
-    func digestAndPayload(_ message: [UInt8]) throws(MP.ConnectionError) -> (Digest, [UInt8]) {
+    func digestAndPayload(_ message: [UInt8]) throws(MP.Error) -> (Digest, [UInt8]) {
         if Self.legacyLengths.contains(message.count) {
             guard legacyDigest else { throw .authentication(Self.legacyRefused) }
             return (.md5, message)
@@ -82,13 +82,13 @@ struct Handshake {
     /// A connected socket as a CPython-framed ``MP/Connection``, authenticated
     /// first when there is a key; the socket is closed if that fails.
     static func authenticated(_ fd: Int32, key: [UInt8]?, legacyDigest: Bool, timeout: Double?, maxMessageSize: Int,
-                              side: Side) throws(MP.ConnectionError) -> MP.Connection {
+                              side: Side) throws(MP.Error) -> MP.Connection {
         try authenticate(fd, key: key, legacyDigest: legacyDigest, timeout: timeout, side: side)
         return MP.Connection(fd: fd, readable: true, writable: true, maxMessageSize: maxMessageSize, framing: .python)
     }
 
     /// Authenticates a connected socket when there is a key; closes it if that fails.
-    static func authenticate(_ fd: Int32, key: [UInt8]?, legacyDigest: Bool, timeout: Double?, side: Side) throws(MP.ConnectionError) {
+    static func authenticate(_ fd: Int32, key: [UInt8]?, legacyDigest: Bool, timeout: Double?, side: Side) throws(MP.Error) {
         if let key {
             let handshake = Handshake(fd: fd, key: key, legacyDigest: legacyDigest,
                                       deadline: timeout.flatMap { Deadline.after(validSeconds: $0) })
@@ -105,14 +105,14 @@ struct Handshake {
     }
 
     /// CPython's `deliver_challenge`: sends a challenge and checks the answer.
-    func deliverChallenge() throws(MP.ConnectionError) {
+    func deliverChallenge() throws(MP.Error) {
         let message = Self.newChallenge()
         try write([Self.challenge + message])
         try checkResponse(to: message)
     }
 
     /// CPython's `answer_challenge`: answers the peer's challenge and reads its verdict.
-    func answerChallenge() throws(MP.ConnectionError) {
+    func answerChallenge() throws(MP.Error) {
         try write([try response(to: try read())])
         guard try read() == Self.welcome else { throw .authentication("digest sent was rejected") }
     }
@@ -122,7 +122,7 @@ struct Handshake {
     /// the peer's welcome. The bytes and their order are CPython's (a CPython
     /// listener reads the answer, sends its welcome, then finds the
     /// challenge waiting); one round trip fewer.
-    func clientHandshake() throws(MP.ConnectionError) {
+    func clientHandshake() throws(MP.Error) {
         let answer = try response(to: try read())
         let message = Self.newChallenge()
         try write([answer, Self.challenge + message])
@@ -131,7 +131,7 @@ struct Handshake {
     }
 
     /// The listener's side: `deliver_challenge`, then `answer_challenge`.
-    func listenerHandshake() throws(MP.ConnectionError) {
+    func listenerHandshake() throws(MP.Error) {
         try deliverChallenge()
         try answerChallenge()
     }
@@ -141,7 +141,7 @@ struct Handshake {
     }
 
     /// Reads the peer's answer to `message`, and sends the verdict.
-    private func checkResponse(to message: [UInt8]) throws(MP.ConnectionError) {
+    private func checkResponse(to message: [UInt8]) throws(MP.Error) {
         let response = try read()
         let valid: Bool
         do {
@@ -159,13 +159,13 @@ struct Handshake {
     }
 
     /// Whether `response` is the right answer to `message` (thrown: a digest this side refuses).
-    func isValid(_ response: [UInt8], to message: [UInt8]) throws(MP.ConnectionError) -> Bool {
+    func isValid(_ response: [UInt8], to message: [UInt8]) throws(MP.Error) -> Bool {
         let (digest, mac) = try digestAndPayload(response)
         return digest.verify(mac, message, key: key)
     }
 
     /// CPython's `_create_response` for a challenge message.
-    func response(to message: [UInt8]) throws(MP.ConnectionError) -> [UInt8] {
+    func response(to message: [UInt8]) throws(MP.Error) -> [UInt8] {
         guard message.starts(with: Self.challenge) else {
             throw .authentication("protocol error: expected a challenge, got \(message.count) bytes")
         }
@@ -179,7 +179,7 @@ struct Handshake {
     // MARK: exact reads and writes on the raw socket
 
     /// One CPython frame of at most ``limit`` bytes.
-    private func read() throws(MP.ConnectionError) -> [UInt8] {
+    private func read() throws(MP.Error) -> [UInt8] {
         let header = try readExactly(4)
         var length = Int(Int32(bigEndian: header.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }))
         if length == -1 {
@@ -192,7 +192,7 @@ struct Handshake {
         return try readExactly(length)
     }
 
-    private func readExactly(_ count: Int) throws(MP.ConnectionError) -> [UInt8] {
+    private func readExactly(_ count: Int) throws(MP.Error) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var got = 0
         var spinUntil = Deadline.now + Self.spinNanoseconds
@@ -227,7 +227,7 @@ struct Handshake {
     }
 
     /// Writes CPython frames, all in one `sendmsg`.
-    func write(_ payloads: [[UInt8]]) throws(MP.ConnectionError) {
+    func write(_ payloads: [[UInt8]]) throws(MP.Error) {
         var frame: [UInt8] = []
         for payload in payloads { frame += withUnsafeBytes(of: Int32(payload.count).bigEndian) { Array($0) } + payload }
         let fd = self.fd

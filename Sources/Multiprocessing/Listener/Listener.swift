@@ -81,7 +81,7 @@ extension MP {
         public init(address: Address? = nil, authkey: [UInt8]? = nil, backlog: Int = 1, legacyDigest: Bool = false,
                     handshakeTimeout: Double? = 10, permissions: UInt32 = 0o600,
                     maxMessageSize: Int = Connection.defaultMaxMessageSize,
-                    maxPendingHandshakes: Int = 1024, codec: Connection.Codec = .native) throws(ConnectionError) {
+                    maxPendingHandshakes: Int = 1024, codec: Connection.Codec = .native) throws(MP.Error) {
             if let handshakeTimeout, !(handshakeTimeout >= 0) { throw .negativeTimeout(handshakeTimeout) }
             guard maxPendingHandshakes >= 1 else { throw .invalidArgument("maxPendingHandshakes must be at least 1, not \(maxPendingHandshakes)") }
             let address = address ?? .unix("/tmp/mp-listener-\(Sys.getpid)-\(UInt64.random(in: 0 ... .max)).sock")
@@ -139,7 +139,7 @@ extension MP {
 
         /// Python's `close()`: stops listening, closes the handshakes under
         /// way, and removes the socket file; a thread or task waiting in
-        /// `accept()` throws ``MP/ConnectionError/closed``. Twice is harmless.
+        /// `accept()` throws ``MP/Error/Code/closed``. Twice is harmless.
         public func close() {
             lock.withLock {
                 guard fd >= 0 else { return }
@@ -155,7 +155,7 @@ extension MP {
         }
 
         /// Python's `accept()`: waits for the next authenticated connection.
-        public func accept() throws(ConnectionError) -> Connection {
+        public func accept() throws(MP.Error) -> Connection {
             while true {
                 let (watched, deadline) = try step()
                 if let connection = watched.connection { return connection }
@@ -165,20 +165,20 @@ extension MP {
 
         /// `try await listener.accept()`: waits without blocking a thread; the
         /// handshakes advance whenever a peer's bytes arrive.
-        public func accept() async throws(ConnectionError) -> Connection {
+        public func accept() async throws(MP.Error) -> Connection {
             while true {
                 let (watched, deadline) = try step()
                 if let connection = watched.connection { return connection }
                 guard let deadline else {
-                    try await FDWatcher.readable(watched.epfd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                    try await FDWatcher.readable(watched.epfd, cancelled: MP.Error.cancelled, system: { .system($0) })
                     continue
                 }
                 // Readiness, or the first handshake's deadline (to close it).
                 let epfd = watched.epfd
-                let outcome: ConnectionError? = await withTaskGroup(of: ConnectionError?.self) { group in
+                let outcome: MP.Error? = await withTaskGroup(of: MP.Error?.self) { group in
                     group.addTask {
-                        do throws(ConnectionError) {
-                            try await FDWatcher.readable(epfd, cancelled: ConnectionError.cancelled, system: { .system($0) })
+                        do throws(MP.Error) {
+                            try await FDWatcher.readable(epfd, cancelled: MP.Error.cancelled, system: { .system($0) })
                         } catch {
                             return error
                         }
@@ -201,9 +201,9 @@ extension MP {
         /// challenge), advances the handshakes whose peers sent something,
         /// closes those past their deadline. Returns an authenticated
         /// connection if one is ready, else what to wait on and until when.
-        private func step() throws(ConnectionError) -> (watched: (connection: Connection?, epfd: Int32), deadline: Deadline?) {
-            try lock.withLock { () throws(ConnectionError) -> (watched: (connection: Connection?, epfd: Int32), deadline: Deadline?) in
-                guard fd >= 0 else { throw .closed }
+        private func step() throws(MP.Error) -> (watched: (connection: Connection?, epfd: Int32), deadline: Deadline?) {
+            try lock.withLock { () throws(MP.Error) -> (watched: (connection: Connection?, epfd: Int32), deadline: Deadline?) in
+                guard fd >= 0 else { throw .connectionClosed }
                 if epollOwner != Sys.getpid { try makeEpoll() }
                 var tokens = [UInt64](repeating: 0, count: 64)
                 let count: Int
@@ -246,7 +246,7 @@ extension MP {
 
         /// A new epoll set holding the listening socket (lock held). In a
         /// forked child the parent's handshakes are dropped: they are the parent's.
-        private func makeEpoll() throws(ConnectionError) {
+        private func makeEpoll() throws(MP.Error) {
             if epollOwner != 0 {
                 for descriptor in pending.keys { Sys.close(descriptor) }
                 pending = [:]
@@ -281,7 +281,7 @@ extension MP {
         }
 
         /// Accepts every waiting peer while there is room (lock held).
-        private func acceptWaiting() throws(ConnectionError) {
+        private func acceptWaiting() throws(MP.Error) {
             while pending.count < maxPending {
                 let taken: (Int32, peer: String)?
                 do { taken = try Sys.accept(fd) } catch {
@@ -300,9 +300,9 @@ extension MP {
                     // The socket stays blocking for the connection; the
                     // handshake reads with MSG_DONTWAIT.
                     let handshake = try PendingHandshake(fd: socket, peer: peer, key: authkey, legacyDigest: legacyDigest, timeout: handshakeTimeout)
-                    do { try Sys.epollAddReadableOnce(epfd, socket, token: UInt64(socket)) } catch { throw ConnectionError.system(error) }
+                    do { try Sys.epollAddReadableOnce(epfd, socket, token: UInt64(socket)) } catch { throw MP.Error.system(error) }
                     pending[socket] = handshake
-                } catch let error as ConnectionError {
+                } catch let error as MP.Error {
                     refused += 1
                     Sys.close(socket)
                     LibraryLog.log(.info, "listener \(address): handshake with \(peer) refused: \(error)")
@@ -330,7 +330,7 @@ extension MP {
             }
         }
 
-        private func refuse(_ descriptor: Int32, _ peer: Address, _ error: ConnectionError) {
+        private func refuse(_ descriptor: Int32, _ peer: Address, _ error: MP.Error) {
             pending[descriptor] = nil
             try? Sys.epollRemove(epfd, descriptor)
             Sys.close(descriptor)
@@ -351,7 +351,7 @@ extension MP {
         /// The next connection's socket, not yet authenticated, or nil when
         /// none came by `deadline` (a server authenticates each connection on
         /// its own thread, so a slow peer holds up no other).
-        func acceptSocket(until deadline: Deadline?) throws(ConnectionError) -> (Int32, Address)? {
+        func acceptSocket(until deadline: Deadline?) throws(MP.Error) -> (Int32, Address)? {
             let listening = try listeningDescriptor()
             do {
                 guard try Sys.pollReadable(listening, until: deadline) else { return nil }
@@ -370,9 +370,9 @@ extension MP {
             lock.withLock { if fd >= 0 { Sys.shutdownBoth(fd) } }
         }
 
-        private func listeningDescriptor() throws(ConnectionError) -> Int32 {
+        private func listeningDescriptor() throws(MP.Error) -> Int32 {
             let fd = lock.withLock { self.fd }
-            guard fd >= 0 else { throw .closed }
+            guard fd >= 0 else { throw .connectionClosed }
             return fd
         }
     }
@@ -388,12 +388,12 @@ extension MP {
     ///   - handshakeTimeout: seconds the listener has to authenticate (nil: no limit).
     ///   - maxMessageSize: the largest message the connection sends or accepts.
     ///   - codec: how `send`/`recv` encode values (`.pickle` for a CPython peer's `send(obj)`/`recv()`).
-    /// - Throws: ``MP/ConnectionError/authentication(_:)`` (a wrong key, a
-    ///   refused digest), ``MP/ConnectionError/timeout``, ``MP/ConnectionError/address(_:)``,
-    ///   ``MP/ConnectionError/system(_:)`` (`connect` refused, ...).
+    /// - Throws: ``MP/Error/Code/authentication`` (a wrong key, a
+    ///   refused digest), ``MP/Error/Code/timeout``, ``MP/Error/Code/address``,
+    ///   ``MP/Error/Code/system`` (`connect` refused, ...).
     public static func Client(address: Address, authkey: [UInt8]? = nil, legacyDigest: Bool = false, handshakeTimeout: Double? = 10,
                               maxMessageSize: Int = Connection.defaultMaxMessageSize,
-                              codec: Connection.Codec = .native) throws(ConnectionError) -> Connection {
+                              codec: Connection.Codec = .native) throws(MP.Error) -> Connection {
         if let handshakeTimeout, !(handshakeTimeout >= 0) { throw .negativeTimeout(handshakeTimeout) }
         let fd: Int32
         do throws(Sys.AddressFailure) {

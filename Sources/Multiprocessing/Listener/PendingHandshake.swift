@@ -25,7 +25,7 @@ struct PendingHandshake {
     enum Step {
         case waiting
         case authenticated
-        case failed(MP.ConnectionError)
+        case failed(MP.Error)
     }
 
     let fd: Int32
@@ -38,7 +38,7 @@ struct PendingHandshake {
     private var length: Int?
 
     /// Sends the challenge to a newly accepted peer.
-    init(fd: Int32, peer: MP.Address, key: [UInt8], legacyDigest: Bool, timeout: Double?) throws(MP.ConnectionError) {
+    init(fd: Int32, peer: MP.Address, key: [UInt8], legacyDigest: Bool, timeout: Double?) throws(MP.Error) {
         self.fd = fd
         self.peer = peer
         deadline = timeout.flatMap { Deadline.after(validSeconds: $0) }
@@ -64,7 +64,7 @@ struct PendingHandshake {
                     }
                     guard valid else {
                         try? handshake.write([Handshake.failure])
-                        throw MP.ConnectionError.authentication("digest received was wrong")
+                        throw MP.Error.authentication("digest received was wrong")
                     }
                     try handshake.write([Handshake.welcome])
                     stage = .challenge
@@ -72,12 +72,12 @@ struct PendingHandshake {
                     try handshake.write([try handshake.response(to: frame)])
                     stage = .verdict
                 case .verdict:
-                    guard frame == Handshake.welcome else { throw MP.ConnectionError.authentication("digest sent was rejected") }
+                    guard frame == Handshake.welcome else { throw MP.Error.authentication("digest sent was rejected") }
                     return .authenticated
                 }
             }
             return .waiting
-        } catch let error as MP.ConnectionError {
+        } catch let error as MP.Error {
             return .failed(error)
         } catch {
             return .failed(.authentication("\(error)"))
@@ -85,7 +85,7 @@ struct PendingHandshake {
     }
 
     /// The next whole frame, or nil when the socket has nothing more now.
-    private mutating func readFrame() throws(MP.ConnectionError) -> [UInt8]? {
+    private mutating func readFrame() throws(MP.Error) -> [UInt8]? {
         while true {
             let wanted: Int
             if let length {

@@ -28,7 +28,7 @@ extension MP {
     /// ``MP/Manager/init(address:authkey:startMethod:linkTimeout:)`` does;
     /// so does ``MP/Manager/serveForever(address:authkey:)`` in a copy of
     /// your program). It must not be generic. An error ``handle(_:)`` throws
-    /// reaches the caller as ``MP/ManagerError/remote(type:description:)``.
+    /// reaches the caller as ``MP/Error/Code/taskFailed``.
     public protocol ManagedObject: Codable, SendableMetatype {
         /// What a proxy asks for (often an enum of the type's methods).
         associatedtype Call: Codable & Sendable
@@ -48,8 +48,8 @@ extension MP.ManagedObject {
 }
 
 /// A registered type's value on the server, made from its encoding.
-func makeManagedBox(_ type: any MP.ManagedObject.Type, from bytes: [UInt8]) throws(MP.ManagerError) -> ServerObject {
-    func open<T: MP.ManagedObject>(_: T.Type) throws(MP.ManagerError) -> ServerObject {
+func makeManagedBox(_ type: any MP.ManagedObject.Type, from bytes: [UInt8]) throws(MP.Error) -> ServerObject {
+    func open<T: MP.ManagedObject>(_: T.Type) throws(MP.Error) -> ServerObject {
         do { return ManagedBox<T>(try WireFormat.decode(T.self, from: bytes)) } catch { throw .wire(error) }
     }
     return try open(type)
@@ -65,7 +65,7 @@ final class ManagedBox<Object: MP.ManagedObject>: ServerObject {
     }
 
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         guard call.op == .objectCall else { return try super.handle(&call) }
         let request = try call.arguments.decode(Object.Call.self)
         let reply: Object.Reply

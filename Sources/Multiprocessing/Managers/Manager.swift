@@ -18,7 +18,7 @@ extension MP {
     /// - Each proxy call is atomic on the server; `modify` gives an atomic
     ///   read-modify-write (a compare-and-set loop) without a lock.
     /// - A manager that dies makes every pending and later call fail at once
-    ///   with ``MP/ManagerError/disconnected(_:)`` (naming how its process
+    ///   with ``MP/Error/Code/disconnected`` (naming how its process
     ///   ended); no call hangs. Over TCP, `linkTimeout` bounds the silence of
     ///   a cut link (the server sends keep-alives while a call waits).
     /// - The manager's process dies with its owner, also a SIGKILLed one, and
@@ -37,7 +37,7 @@ extension MP {
         /// The key clients authenticate with (Python's `authkey`).
         public let authkey: [UInt8]
         /// How long a call may hear nothing from the server before it fails
-        /// with ``MP/ManagerError/timeout(seconds:)``; nil: no limit.
+        /// with ``MP/Error/Code/timeout``; nil: no limit.
         public let linkTimeout: Double?
         let link: ManagerLink
         private let process: Process?
@@ -58,11 +58,11 @@ extension MP {
         ///     the program, so no lock of the caller's threads is copied.
         ///   - linkTimeout: see ``linkTimeout``; nil: 30 s over TCP, no limit
         ///     over a Unix socket (a dead manager is seen at once there).
-        /// - Throws: ``MP/ManagerError/invalidArgument(_:)`` (TCP without a
-        ///   key), ``MP/ManagerError/disconnected(_:)`` (the server could not
+        /// - Throws: ``MP/Error/Code/invalidArgument`` (TCP without a
+        ///   key), ``MP/Error/Code/disconnected`` (the server could not
         ///   listen or did not start).
         public init(address: Address? = nil, authkey: [UInt8]? = nil, startMethod: StartMethod? = nil,
-                    linkTimeout: Double? = nil) throws(ManagerError) {
+                    linkTimeout: Double? = nil) throws(MP.Error) {
             if case .tcp = address, authkey == nil {
                 throw .invalidArgument("a manager listens on TCP only with an explicit authkey (anyone who can reach the port could use it)")
             }
@@ -85,12 +85,11 @@ extension MP {
                 guard try ready.poll(timeout: 60) else {
                     try? process.kill()
                     _ = try? process.join(timeout: 5)
-                    throw ManagerError.disconnected("the manager process did not report within 60 s")
+                    throw MP.Error.disconnected("the manager process did not report within 60 s")
                 }
                 outcome = try ready.recv(ManagerReady.self)
-            } catch let error as ManagerError {
-                throw error
             } catch {
+                if let error = error as? MP.Error, error.code == .disconnected { throw error }
                 _ = try? process.join(timeout: 5)
                 throw .disconnected("the manager process ended before it listened (\(process.exitStatus.map { "\($0)" } ?? "still running"))")
             }
@@ -128,8 +127,8 @@ extension MP {
 
         private static let counter = Counter()
 
-        private static func osError(_ error: ConnectionError) -> OSError {
-            if case .system(let os) = error { return os }
+        private static func osError(_ error: MP.Error) -> OSError {
+            if let os = error.underlying { return os }
             return OSError("socketpair", errno: .ioError)
         }
 
@@ -137,7 +136,7 @@ extension MP {
         /// already running (started by another process or program, or served
         /// by ``serveForever(address:authkey:)``). Checks the address and the
         /// key at once.
-        public static func connect(address: Address, authkey: [UInt8]? = nil, linkTimeout: Double? = nil) throws(ManagerError) -> Manager {
+        public static func connect(address: Address, authkey: [UInt8]? = nil, linkTimeout: Double? = nil) throws(MP.Error) -> Manager {
             if let linkTimeout, !(linkTimeout > 0) { throw .invalidArgument("linkTimeout must be nil or above 0 (got \(linkTimeout))") }
             let manager = Manager(connectingTo: address, authkey: authkey ?? ProcessAuthKey.current,
                                   linkTimeout: linkTimeout ?? defaultLinkTimeout(for: address))
@@ -148,7 +147,7 @@ extension MP {
         /// Python's `manager.get_server().serve_forever()`: serves in this
         /// process until a client calls ``shutdown()`` (a program that is only
         /// a manager, for other programs or machines).
-        public static func serveForever(address: Address, authkey: [UInt8]) throws(ManagerError) {
+        public static func serveForever(address: Address, authkey: [UInt8]) throws(MP.Error) {
             if authkey.isEmpty { throw .invalidArgument("authkey must not be empty") }
             let listener: Listener
             do { listener = try Listener(address: address, authkey: authkey, backlog: 64) } catch {
@@ -184,11 +183,11 @@ extension MP {
 
         /// Python's `shutdown()`. For the manager this process started: stops
         /// its server (pending calls everywhere fail with
-        /// ``MP/ManagerError/shutDown`` or ``MP/ManagerError/disconnected(_:)``),
+        /// ``MP/Error/Code/closed`` or ``MP/Error/Code/disconnected``),
         /// waits for its process (killing it after 2 s) and removes its
         /// socket file. For a connected one: asks that server to stop.
         /// Later calls through this manager's proxies in this process throw
-        /// ``MP/ManagerError/shutDown``. Twice is harmless.
+        /// ``MP/Error/Code/closed``. Twice is harmless.
         public func shutdown() {
             let first = lock.withLock { () -> Bool in
                 defer { stopped = true }
@@ -216,9 +215,9 @@ extension MP {
         // MARK: making objects
 
         func create(_ kind: ManagedKind, typeTag: String, named name: String?,
-                    _ fill: (inout ManagerMessage) throws(ManagerError) -> Void = { _ in }) throws(ManagerError) -> ProxyHandle {
+                    _ fill: (inout ManagerMessage) throws(MP.Error) -> Void = { _ in }) throws(MP.Error) -> ProxyHandle {
             if let name, name.isEmpty { throw .invalidArgument("a name must not be empty") }
-            var reply = try link.call(.create, object: 0) { (message) throws(ManagerError) in
+            var reply = try link.call(.create, object: 0) { (message) throws(MP.Error) in
                 message.append(Int(kind.rawValue))
                 message.append(typeTag)
                 message.append(name ?? "")
@@ -234,8 +233,8 @@ extension MP {
         /// other processes and programs find it.
         public func dict<Key: Codable & Hashable & Sendable, Value: Codable & Sendable>(
             _ initial: [Key: Value] = [:], named name: String? = nil
-        ) throws(ManagerError) -> DictProxy<Key, Value> {
-            DictProxy(handle: try create(.dict, typeTag: "\(Self.tag(Key.self)): \(Self.tag(Value.self))", named: name) { (message) throws(ManagerError) in
+        ) throws(MP.Error) -> DictProxy<Key, Value> {
+            DictProxy(handle: try create(.dict, typeTag: "\(Self.tag(Key.self)): \(Self.tag(Value.self))", named: name) { (message) throws(MP.Error) in
                 for (key, value) in initial {
                     try message.appendEncoded(key)
                     try message.appendEncoded(value)
@@ -244,74 +243,74 @@ extension MP {
         }
 
         /// Python's `manager.list()`.
-        public func list<Element: Codable & Sendable>(_ initial: [Element] = [], named name: String? = nil) throws(ManagerError) -> ListProxy<Element> {
-            ListProxy(handle: try create(.list, typeTag: Self.tag(Element.self), named: name) { (message) throws(ManagerError) in
+        public func list<Element: Codable & Sendable>(_ initial: [Element] = [], named name: String? = nil) throws(MP.Error) -> ListProxy<Element> {
+            ListProxy(handle: try create(.list, typeTag: Self.tag(Element.self), named: name) { (message) throws(MP.Error) in
                 for element in initial { try message.appendEncoded(element) }
             })
         }
 
         /// Python's `manager.Namespace()`: named attributes of any `Codable` type.
-        public func Namespace(named name: String? = nil) throws(ManagerError) -> NamespaceProxy {
+        public func Namespace(named name: String? = nil) throws(MP.Error) -> NamespaceProxy {
             NamespaceProxy(handle: try create(.namespace, typeTag: "Namespace", named: name))
         }
 
         /// Python's `manager.Queue(maxsize)`: `maxsize` 0 or less is unbounded.
-        public func Queue<Element: Codable & Sendable>(maxsize: Int = 0, named name: String? = nil) throws(ManagerError) -> QueueProxy<Element> {
+        public func Queue<Element: Codable & Sendable>(maxsize: Int = 0, named name: String? = nil) throws(MP.Error) -> QueueProxy<Element> {
             QueueProxy(handle: try create(.queue, typeTag: Self.tag(Element.self), named: name) { $0.append(max(0, maxsize)) })
         }
 
         /// Python's `manager.JoinableQueue(maxsize)`: a queue with `taskDone` and `join`.
-        public func JoinableQueue<Element: Codable & Sendable>(maxsize: Int = 0, named name: String? = nil) throws(ManagerError) -> QueueProxy<Element> {
+        public func JoinableQueue<Element: Codable & Sendable>(maxsize: Int = 0, named name: String? = nil) throws(MP.Error) -> QueueProxy<Element> {
             QueueProxy(handle: try create(.joinableQueue, typeTag: Self.tag(Element.self), named: name) { $0.append(max(0, maxsize)) })
         }
 
         /// Python's `manager.Lock()`.
-        public func Lock(named name: String? = nil) throws(ManagerError) -> LockProxy {
+        public func Lock(named name: String? = nil) throws(MP.Error) -> LockProxy {
             LockProxy(handle: try create(.lock, typeTag: "Lock", named: name))
         }
 
         /// Python's `manager.RLock()`: reentrant per thread.
-        public func RLock(named name: String? = nil) throws(ManagerError) -> LockProxy {
+        public func RLock(named name: String? = nil) throws(MP.Error) -> LockProxy {
             LockProxy(handle: try create(.rlock, typeTag: "RLock", named: name))
         }
 
         /// Python's `manager.Semaphore(value)`.
-        public func Semaphore(_ value: Int = 1, named name: String? = nil) throws(ManagerError) -> SemaphoreProxy {
+        public func Semaphore(_ value: Int = 1, named name: String? = nil) throws(MP.Error) -> SemaphoreProxy {
             SemaphoreProxy(handle: try create(.semaphore, typeTag: "Semaphore", named: name) { $0.append(value) })
         }
 
         /// Python's `manager.BoundedSemaphore(value)`: releasing above `value` throws.
-        public func BoundedSemaphore(_ value: Int = 1, named name: String? = nil) throws(ManagerError) -> SemaphoreProxy {
+        public func BoundedSemaphore(_ value: Int = 1, named name: String? = nil) throws(MP.Error) -> SemaphoreProxy {
             SemaphoreProxy(handle: try create(.boundedSemaphore, typeTag: "BoundedSemaphore", named: name) { $0.append(value) })
         }
 
         /// Python's `manager.Condition(lock)`: on `lock` (a Lock or RLock of
         /// this manager), or on a new RLock.
-        public func Condition(_ lock: LockProxy? = nil, named name: String? = nil) throws(ManagerError) -> ConditionProxy {
+        public func Condition(_ lock: LockProxy? = nil, named name: String? = nil) throws(MP.Error) -> ConditionProxy {
             if let lock, lock.handle.link !== link { throw .invalidArgument("the Condition's lock belongs to another manager") }
             return ConditionProxy(handle: try create(.condition, typeTag: "Condition", named: name) { $0.append(Int(lock?.handle.id ?? 0)) })
         }
 
         /// Python's `manager.Event()`.
-        public func Event(named name: String? = nil) throws(ManagerError) -> EventProxy {
+        public func Event(named name: String? = nil) throws(MP.Error) -> EventProxy {
             EventProxy(handle: try create(.event, typeTag: "Event", named: name))
         }
 
         /// Python's `manager.Barrier(parties)`.
-        public func Barrier(_ parties: Int, named name: String? = nil) throws(ManagerError) -> BarrierProxy {
+        public func Barrier(_ parties: Int, named name: String? = nil) throws(MP.Error) -> BarrierProxy {
             BarrierProxy(handle: try create(.barrier, typeTag: "Barrier", named: name) { $0.append(parties) })
         }
 
         /// Python's `manager.Value(typecode, value)`: one value of any `Codable` type.
-        public func Value<T: Codable & Sendable>(_ initial: T, named name: String? = nil) throws(ManagerError) -> ValueProxy<T> {
-            ValueProxy(handle: try create(.value, typeTag: Self.tag(T.self), named: name) { (message) throws(ManagerError) in
+        public func Value<T: Codable & Sendable>(_ initial: T, named name: String? = nil) throws(MP.Error) -> ValueProxy<T> {
+            ValueProxy(handle: try create(.value, typeTag: Self.tag(T.self), named: name) { (message) throws(MP.Error) in
                 try message.appendEncoded(initial)
             })
         }
 
         /// Python's `manager.Array(typecode, sequence)`: a fixed-length array.
-        public func Array<Element: Codable & Sendable>(_ initial: [Element], named name: String? = nil) throws(ManagerError) -> ArrayProxy<Element> {
-            ArrayProxy(handle: try create(.array, typeTag: Self.tag(Element.self), named: name) { (message) throws(ManagerError) in
+        public func Array<Element: Codable & Sendable>(_ initial: [Element], named name: String? = nil) throws(MP.Error) -> ArrayProxy<Element> {
+            ArrayProxy(handle: try create(.array, typeTag: Self.tag(Element.self), named: name) { (message) throws(MP.Error) in
                 for element in initial { try message.appendEncoded(element) }
             })
         }
@@ -319,11 +318,11 @@ extension MP {
         /// Python's `BaseManager.register(typeid, callable)` and
         /// `manager.typeid()`: serves `object` (a ``MP/ManagedObject``) on
         /// the server; the proxy calls its methods there.
-        public func register<Object: ManagedObject>(_ object: Object, named name: String? = nil) throws(ManagerError) -> ObjectProxy<Object> {
+        public func register<Object: ManagedObject>(_ object: Object, named name: String? = nil) throws(MP.Error) -> ObjectProxy<Object> {
             if _typeName(Object.self, qualified: true).contains("<") {
                 throw .typeMismatch("a generic MP.ManagedObject cannot be found by name in the manager's process; declare a non-generic type")
             }
-            return ObjectProxy(handle: try create(.object, typeTag: Object.name, named: name) { (message) throws(ManagerError) in
+            return ObjectProxy(handle: try create(.object, typeTag: Object.name, named: name) { (message) throws(MP.Error) in
                 try message.appendEncoded(object)
             })
         }
@@ -332,7 +331,7 @@ extension MP {
 
 extension MP.Context {
     /// Python's `ctx.Manager()`: a manager whose server starts by this context's method.
-    public func Manager(address: MP.Address? = nil, authkey: [UInt8]? = nil, linkTimeout: Double? = nil) throws(MP.ManagerError) -> MP.Manager {
+    public func Manager(address: MP.Address? = nil, authkey: [UInt8]? = nil, linkTimeout: Double? = nil) throws(MP.Error) -> MP.Manager {
         try MP.Manager(address: address, authkey: authkey, startMethod: startMethod, linkTimeout: linkTimeout)
     }
 }

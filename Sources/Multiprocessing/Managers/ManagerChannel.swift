@@ -12,7 +12,7 @@ import MultiprocessingPlatform
 /// deadline. Writes block (messages are small, and a full socket means a
 /// slow peer, which the reader's deadline catches).
 final class ManagerChannel: @unchecked Sendable {
-    enum Failure: Error {
+    enum Failure: Swift.Error {
         /// The peer closed the connection (or reset it).
         case closed
         /// Nothing arrived before the deadline.

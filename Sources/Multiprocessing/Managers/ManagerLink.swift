@@ -76,7 +76,7 @@ final class ManagerLink: @unchecked Sendable {
 
     var isShutDown: Bool { lock.withLock { shutDown } }
 
-    /// After the manager's shutdown: every later call fails with ``MP/ManagerError/shutDown``.
+    /// After the manager's shutdown: every later call fails with ``MP/Error/Code/closed``.
     func markShutDown() {
         let dropped = lock.withLock { () -> [ManagerChannel] in
             shutDown = true
@@ -99,7 +99,7 @@ final class ManagerLink: @unchecked Sendable {
     /// server's fault, a lost connection, or a silent link.
     func call(_ op: ManagerOp, object: UInt64, blocking: Bool = true, timeout: Double? = nil,
               cancellation: CallCancellation? = nil,
-              _ build: (inout ManagerMessage) throws(MP.ManagerError) -> Void = { _ in }) throws(MP.ManagerError) -> ManagerReader {
+              _ build: (inout ManagerMessage) throws(MP.Error) -> Void = { _ in }) throws(MP.Error) -> ManagerReader {
         if let timeout, !(timeout >= 0) { throw .invalidArgument("timeout must be nil or at least 0 (got \(timeout))") }
         var message = ManagerMessage(op, object: object, session: ClientIdentity.session, thread: ClientIdentity.thread,
                                      blocking: blocking, timeoutSeconds: timeout, keepAliveMillis: keepAliveMillis)
@@ -145,7 +145,7 @@ final class ManagerLink: @unchecked Sendable {
         throw Self.fault(reply)
     }
 
-    private func failure(_ error: ManagerChannel.Failure) -> MP.ManagerError {
+    private func failure(_ error: ManagerChannel.Failure) -> MP.Error {
         switch error {
         case .closed:
             if isShutDown { return .shutDown }
@@ -158,24 +158,14 @@ final class ManagerLink: @unchecked Sendable {
     }
 
     /// Decodes a fault reply into the error the server threw.
-    static func fault(_ reply: [UInt8]) -> MP.ManagerError {
+    static func fault(_ reply: [UInt8]) -> MP.Error {
         var reader = ManagerReader(reply, from: 4)
-        guard let code = ManagerWire.Fault(rawValue: reply[1]) else { return .invalidUse("the manager sent an unknown fault \(reply[1])") }
+        guard ManagerWire.Fault(rawValue: reply[1]) == .error else { return .invalidUse("the manager sent an unknown fault \(reply[1])") }
         do {
-            switch code {
-            case .remote: return .remote(type: try reader.string(), description: try reader.string())
-            case .empty: return .empty
-            case .full: return .full
-            case .indexOutOfRange: return .indexOutOfRange(index: try reader.int(), count: try reader.int())
-            case .keyNotFound: return .keyNotFound(try reader.string())
-            case .valueNotFound: return .valueNotFound
-            case .brokenBarrier: return .brokenBarrier
-            case .invalidUse: return .invalidUse(try reader.string())
-            case .typeMismatch: return .typeMismatch(try reader.string())
-            case .invalidArgument: return .invalidArgument(try reader.string())
-            case .wire: return .wire(.malformed(type: "a value the manager received", reason: try reader.string()))
-            case .shutDown: return .shutDown
-            }
+            let code = try reader.string()
+            let message = try reader.string()
+            let errorType = try reader.string()
+            return MP.Error(MP.Error.Code(code), message, errorType: errorType.isEmpty ? nil : errorType)
         } catch {
             return error
         }
@@ -183,8 +173,8 @@ final class ManagerLink: @unchecked Sendable {
 
     // MARK: connections
 
-    private func takeChannel() throws(MP.ManagerError) -> ManagerChannel {
-        let reused = try lock.withLock { () throws(MP.ManagerError) -> ManagerChannel? in
+    private func takeChannel() throws(MP.Error) -> ManagerChannel {
+        let reused = try lock.withLock { () throws(MP.Error) -> ManagerChannel? in
             if shutDown { throw .shutDown }
             guard let channel = idle.popLast() else { return nil }
             busy.insert(channel.fd)
@@ -204,7 +194,7 @@ final class ManagerLink: @unchecked Sendable {
     }
 
     /// A new authenticated connection.
-    func connect() throws(MP.ManagerError) -> ManagerChannel {
+    func connect() throws(MP.Error) -> ManagerChannel {
         let fd: Int32
         do throws(Sys.AddressFailure) {
             fd = try address.connectedSocket(timeout: linkTimeout)
@@ -221,10 +211,13 @@ final class ManagerLink: @unchecked Sendable {
         do {
             try Handshake.authenticate(fd, key: authkey, legacyDigest: false, timeout: linkTimeout ?? 10, side: .client)
         } catch {
-            switch error {
-            case .authentication(Handshake.peerClosed):
+            if error == .authentication(Handshake.peerClosed) {
                 throw .disconnected("the manager at \(address) closed the connection during authentication")
-            case .authentication(let why): throw .authentication(why)
+            }
+            switch error.code {
+            case .authentication:
+                let prefix = "authentication failed: "
+                throw .managerAuthentication(error.message.hasPrefix(prefix) ? String(error.message.dropFirst(prefix.count)) : error.message)
             case .timeout: throw .timeout(seconds: linkTimeout ?? 10)
             default: throw .disconnected("the manager at \(address) ended the connection during authentication: \(error)")
             }

@@ -171,7 +171,7 @@ final class ManagerServer: @unchecked Sendable {
     private func dispatch(_ call: ServerCall) -> ServerReply {
         var call = call
         do {
-            if shuttingDown && call.op != .shutdown { throw MP.ManagerError.shutDown }
+            if shuttingDown && call.op != .shutdown { throw MP.Error.shutDown }
             switch call.op {
             case .ping, .shutdown:
                 return .ok
@@ -179,11 +179,11 @@ final class ManagerServer: @unchecked Sendable {
                 return try create(&call)
             case .lookup:
                 let name = try call.arguments.string()
-                guard let id = names[name], let object = objects[id] else { throw MP.ManagerError.keyNotFound(name) }
+                guard let id = names[name], let object = objects[id] else { throw MP.Error.keyNotFound(name) }
                 return .with { $0.append(Int(id)); $0.append(Int(object.kind.rawValue)); $0.append(object.typeTag) }
             default:
                 guard let object = objects[call.object] else {
-                    throw MP.ManagerError.invalidUse("this manager holds no object \(call.object) (was it restarted?)")
+                    throw MP.Error.invalidUse("this manager holds no object \(call.object) (was it restarted?)")
                 }
                 return try object.handle(&call)
             }
@@ -192,7 +192,7 @@ final class ManagerServer: @unchecked Sendable {
         }
     }
 
-    private func create(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    private func create(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         guard let kind = ManagedKind(rawValue: UInt8(truncatingIfNeeded: try call.arguments.int())) else {
             throw .invalidArgument("an unknown kind of managed object")
         }
@@ -249,29 +249,15 @@ final class ManagerServer: @unchecked Sendable {
         return .with { $0.append(Int(id)) }
     }
 
-    /// A fault reply carrying `error`.
-    static func fault(_ error: any Error) -> ManagerMessage {
-        let managerError = error as? MP.ManagerError ?? .remote(type: String(reflecting: type(of: error)), description: "\(error)")
-        func reply(_ code: ManagerWire.Fault, _ fill: (inout ManagerMessage) -> Void = { _ in }) -> ManagerMessage {
-            var message = ManagerMessage(status: ManagerWire.fault, code: code.rawValue)
-            fill(&message)
-            return message
-        }
-        switch managerError {
-        case .remote(let type, let description): return reply(.remote) { $0.append(type); $0.append(description) }
-        case .empty: return reply(.empty)
-        case .full: return reply(.full)
-        case .indexOutOfRange(let index, let count): return reply(.indexOutOfRange) { $0.append(index); $0.append(count) }
-        case .keyNotFound(let key): return reply(.keyNotFound) { $0.append(key) }
-        case .valueNotFound: return reply(.valueNotFound)
-        case .brokenBarrier: return reply(.brokenBarrier)
-        case .invalidUse(let why): return reply(.invalidUse) { $0.append(why) }
-        case .typeMismatch(let why): return reply(.typeMismatch) { $0.append(why) }
-        case .invalidArgument(let why): return reply(.invalidArgument) { $0.append(why) }
-        case .wire(let error): return reply(.wire) { $0.append(error.description) }
-        case .shutDown: return reply(.shutDown)
-        default: return reply(.invalidUse) { $0.append(managerError.description) }
-        }
+    /// A fault reply carrying `error` (any error a managed object's method
+    /// threw becomes ``MP/Error/Code/taskFailed`` with its type's name).
+    static func fault(_ error: any Swift.Error) -> ManagerMessage {
+        let failure = error as? MP.Error ?? .remote(type: String(reflecting: type(of: error)), description: "\(error)")
+        var message = ManagerMessage(status: ManagerWire.fault, code: ManagerWire.Fault.error.rawValue)
+        message.append(failure.code.name)
+        message.append(failure.message)
+        message.append(failure.errorType ?? "")
+        return message
     }
 }
 

@@ -33,10 +33,10 @@ enum ManagerWire {
     static let blockingFlag: UInt8 = 1
     static let timeoutFlag: UInt8 = 2
 
-    /// Error codes of a fault reply; the arguments follow as in an `ok` reply.
+    /// The one fault of a fault reply: the server's ``MP/Error`` whole (its
+    /// code's name, its message, its error type or an empty string).
     enum Fault: UInt8 {
-        case remote = 1, empty, full, indexOutOfRange, keyNotFound, valueNotFound, brokenBarrier, invalidUse, typeMismatch,
-             invalidArgument, wire, shutDown
+        case error = 1
     }
 }
 
@@ -142,7 +142,7 @@ struct ManagerMessage {
     mutating func append(_ value: String) { append(Array(value.utf8)) }
     mutating func append(_ value: Bool) { append([value ? 1 : 0]) }
 
-    mutating func appendEncoded<T: Encodable>(_ value: T) throws(MP.ManagerError) {
+    mutating func appendEncoded<T: Encodable>(_ value: T) throws(MP.Error) {
         do { append(try WireFormat.encode(value)) } catch { throw .wire(error) }
     }
 
@@ -170,7 +170,7 @@ struct ManagerReader {
         bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: position, as: T.self)) }
     }
 
-    mutating func next() throws(MP.ManagerError) -> ArraySlice<UInt8> {
+    mutating func next() throws(MP.Error) -> ArraySlice<UInt8> {
         guard offset + 4 <= bytes.count else { throw .wire(.malformed(type: "manager message", reason: "an argument is missing")) }
         let length = Int(integer(at: offset, as: UInt32.self))
         guard offset + 4 + length <= bytes.count else {
@@ -180,27 +180,27 @@ struct ManagerReader {
         return bytes[(offset + 4)..<(offset + 4 + length)]
     }
 
-    mutating func bytesArgument() throws(MP.ManagerError) -> [UInt8] { Array(try next()) }
+    mutating func bytesArgument() throws(MP.Error) -> [UInt8] { Array(try next()) }
 
-    mutating func int() throws(MP.ManagerError) -> Int {
+    mutating func int() throws(MP.Error) -> Int {
         let slice = try next()
         guard slice.count == 8 else { throw .wire(.malformed(type: "manager message", reason: "an integer of \(slice.count) bytes")) }
         return Int(Int64(littleEndian: slice.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
     }
 
-    mutating func string() throws(MP.ManagerError) -> String { String(decoding: try next(), as: UTF8.self) }
+    mutating func string() throws(MP.Error) -> String { String(decoding: try next(), as: UTF8.self) }
 
-    mutating func bool() throws(MP.ManagerError) -> Bool { try next().first == 1 }
+    mutating func bool() throws(MP.Error) -> Bool { try next().first == 1 }
 
-    mutating func decode<T: Decodable>(_ type: T.Type) throws(MP.ManagerError) -> T {
+    mutating func decode<T: Decodable>(_ type: T.Type) throws(MP.Error) -> T {
         let slice = try next()
         let result = slice.withUnsafeBytes { raw in
-            Result { () throws(MP.WireError) -> T in try WireFormat.decode(T.self, from: raw) }
+            Result { () throws(MP.Error) -> T in try WireFormat.decode(T.self, from: raw) }
         }
         do { return try result.get() } catch { throw .wire(error) }
     }
 
-    mutating func rest() throws(MP.ManagerError) -> [[UInt8]] {
+    mutating func rest() throws(MP.Error) -> [[UInt8]] {
         var all: [[UInt8]] = []
         while !isAtEnd { all.append(try bytesArgument()) }
         return all

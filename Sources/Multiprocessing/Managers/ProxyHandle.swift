@@ -36,7 +36,7 @@ struct ProxyHandle: Sendable, Codable, Hashable {
         let address = try container.decode(MP.Address.self, forKey: .address)
         id = try container.decode(UInt64.self, forKey: .id)
         guard let kind = ManagedKind(rawValue: try container.decode(UInt8.self, forKey: .kind)) else {
-            throw MP.WireError.malformed(type: "a manager proxy", reason: "unknown kind")
+            throw MP.Error.malformed(type: "a manager proxy", reason: "unknown kind")
         }
         self.kind = kind
         let linkTimeout = try container.decodeIfPresent(Double.self, forKey: .linkTimeout)
@@ -57,19 +57,19 @@ struct ProxyHandle: Sendable, Codable, Hashable {
 
     @discardableResult
     func call(_ op: ManagerOp, blocking: Bool = true, timeout: Double? = nil, cancellation: CallCancellation? = nil,
-              _ build: (inout ManagerMessage) throws(MP.ManagerError) -> Void = { _ in }) throws(MP.ManagerError) -> ManagerReader {
+              _ build: (inout ManagerMessage) throws(MP.Error) -> Void = { _ in }) throws(MP.Error) -> ManagerReader {
         try link.call(op, object: id, blocking: blocking, timeout: timeout, cancellation: cancellation, build)
     }
 
     /// Runs a blocking call on a thread of its own, so an `await` from any
     /// actor blocks none; cancelling the awaiting task ends the call (its
     /// connection is closed: what the server took for it goes back).
-    func async<T: Sendable>(_ body: @escaping @Sendable (CallCancellation) throws(MP.ManagerError) -> T) async throws(MP.ManagerError) -> T {
+    func async<T: Sendable>(_ body: @escaping @Sendable (CallCancellation) throws(MP.Error) -> T) async throws(MP.Error) -> T {
         let cancellation = CallCancellation()
-        let result: Result<T, MP.ManagerError> = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, MP.ManagerError>, Never>) in
+        let result: Result<T, MP.Error> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, MP.Error>, Never>) in
                 let started = startThread {
-                    continuation.resume(returning: Result { () throws(MP.ManagerError) in try body(cancellation) })
+                    continuation.resume(returning: Result { () throws(MP.Error) in try body(cancellation) })
                 }
                 if case .failure(let error) = started { continuation.resume(returning: .failure(.system(error))) }
             }
@@ -84,25 +84,25 @@ struct ProxyHandle: Sendable, Codable, Hashable {
 
 extension ManagerReader {
     /// The next argument decoded as `T`.
-    mutating func value<T: Decodable>(_ type: T.Type = T.self) throws(MP.ManagerError) -> T { try decode(T.self) }
+    mutating func value<T: Decodable>(_ type: T.Type = T.self) throws(MP.Error) -> T { try decode(T.self) }
 
     /// The next argument decoded as `T`, or nil when the reply has none.
-    mutating func optionalValue<T: Decodable>(_ type: T.Type = T.self) throws(MP.ManagerError) -> T? {
+    mutating func optionalValue<T: Decodable>(_ type: T.Type = T.self) throws(MP.Error) -> T? {
         isAtEnd ? nil : try decode(T.self)
     }
 
     /// Every remaining argument decoded as `T`.
-    mutating func values<T: Decodable>(_ type: T.Type = T.self) throws(MP.ManagerError) -> [T] {
+    mutating func values<T: Decodable>(_ type: T.Type = T.self) throws(MP.Error) -> [T] {
         var all: [T] = []
         while !isAtEnd { all.append(try decode(T.self)) }
         return all
     }
 }
 
-func encoded<T: Encodable>(_ value: T) throws(MP.ManagerError) -> [UInt8] {
+func encoded<T: Encodable>(_ value: T) throws(MP.Error) -> [UInt8] {
     do { return try WireFormat.encode(value) } catch { throw .wire(error) }
 }
 
-func decoded<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws(MP.ManagerError) -> T {
+func decoded<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws(MP.Error) -> T {
     do { return try WireFormat.decode(T.self, from: bytes) } catch { throw .wire(error) }
 }

@@ -66,7 +66,7 @@ class ServerObject {
         self.typeTag = typeTag
     }
 
-    func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         throw .invalidUse("a manager \(kind.pythonName) has no operation \(call.op)")
     }
 
@@ -77,7 +77,7 @@ class ServerObject {
 extension ServerCall {
     /// The wait for a blocking call, mapped to the errors a client sees;
     /// true when `ready` holds, false at the call's timeout.
-    func waitUntil(_ ready: () -> Bool) throws(MP.ManagerError) -> Bool {
+    func waitUntil(_ ready: () -> Bool) throws(MP.Error) -> Bool {
         if ready() { return true }
         guard blocking else { return false }
         switch waiter.wait(self, until: ready) {
@@ -118,7 +118,7 @@ final class DictObject: ServerObject {
         entries.sorted { $0.value.order < $1.value.order }.map { ($0.key, $0.value.value) }
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .dictGet:
             let key = try call.arguments.bytesArgument()
@@ -193,18 +193,18 @@ final class ListObject: ServerObject {
         super.init(kind: kind, typeTag: typeTag)
     }
 
-    private func position(_ index: Int, inserting: Bool = false) throws(MP.ManagerError) -> Int {
+    private func position(_ index: Int, inserting: Bool = false) throws(MP.Error) -> Int {
         let resolved = index < 0 ? items.count + index : index
         let limit = inserting ? items.count : items.count - 1
         guard resolved >= 0, resolved <= limit else { throw .indexOutOfRange(index: index, count: items.count) }
         return resolved
     }
 
-    private func growable(_ op: ManagerOp) throws(MP.ManagerError) {
+    private func growable(_ op: ManagerOp) throws(MP.Error) {
         if kind == .array { throw .invalidUse("a manager Array has a fixed length (\(op) is a list's operation)") }
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .listAppend:
             try growable(call.op)
@@ -276,7 +276,7 @@ final class ValueObject: ServerObject {
         super.init(kind: .value, typeTag: typeTag)
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .valueGet:
             return .with { $0.append(value) }
@@ -332,7 +332,7 @@ final class QueueObject: ServerObject {
         }
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .queuePut:
             let item = try call.arguments.bytesArgument()
@@ -378,7 +378,7 @@ final class EventObject: ServerObject {
 
     init(typeTag: String) { super.init(kind: .event, typeTag: typeTag) }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .eventSet:
             flag = true

@@ -11,7 +11,7 @@ final class LockObject: ServerObject {
     override init(kind: ManagedKind, typeTag: String) { super.init(kind: kind, typeTag: typeTag) }
 
     /// Acquires for `call`'s owner; false at the call's timeout (or at once without blocking).
-    func acquire(_ call: ServerCall) throws(MP.ManagerError) -> Bool {
+    func acquire(_ call: ServerCall) throws(MP.Error) -> Bool {
         if recursive && owner == call.owner {
             count += 1
             return true
@@ -22,7 +22,7 @@ final class LockObject: ServerObject {
         return true
     }
 
-    func release(by caller: LockOwner) throws(MP.ManagerError) {
+    func release(by caller: LockOwner) throws(MP.Error) {
         guard let owner else { throw .invalidUse("release of an unlocked \(kind.pythonName)") }
         if recursive {
             guard owner == caller else { throw .invalidUse("cannot release an RLock held by another thread") }
@@ -34,7 +34,7 @@ final class LockObject: ServerObject {
     }
 
     /// A condition's wait: releases entirely, returning the recursion count to restore.
-    func releaseAll(by caller: LockOwner) throws(MP.ManagerError) -> Int {
+    func releaseAll(by caller: LockOwner) throws(MP.Error) -> Int {
         guard owner == caller else { throw .invalidUse("cannot wait on a Condition whose lock this thread does not hold") }
         let saved = count
         owner = nil
@@ -55,7 +55,7 @@ final class LockObject: ServerObject {
         }
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .acquire:
             let acquired = try acquire(call)
@@ -94,7 +94,7 @@ final class SemaphoreObject: ServerObject {
         super.init(kind: kind, typeTag: typeTag)
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .acquire:
             let acquired = try call.waitUntil({ value > 0 })
@@ -132,7 +132,7 @@ final class ConditionObject: ServerObject {
         super.init(kind: .condition, typeTag: typeTag)
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .acquire, .release, .lockStatus:
             return try lock.handle(&call)
@@ -153,13 +153,13 @@ final class ConditionObject: ServerObject {
 
     /// Python's `Condition.wait`: releases the lock, waits for a notify
     /// (or the timeout), and takes the lock back, however long that takes.
-    private func wait(_ call: ServerCall) throws(MP.ManagerError) -> ServerReply {
+    private func wait(_ call: ServerCall) throws(MP.Error) -> ServerReply {
         let saved = try lock.releaseAll(by: call.owner)
         call.waiter.changed()
         let ticket = nextTicket
         nextTicket += 1
         waiting.append(ticket)
-        let outcome = Result { () throws(MP.ManagerError) -> Bool in try call.waitUntil({ notified.contains(ticket) }) }
+        let outcome = Result { () throws(MP.Error) -> Bool in try call.waitUntil({ notified.contains(ticket) }) }
         waiting.removeAll { $0 == ticket }
         notified.remove(ticket)
         let wasNotified = try outcome.get()
@@ -204,7 +204,7 @@ final class BarrierObject: ServerObject {
         return outcome.passed
     }
 
-    override func handle(_ call: inout ServerCall) throws(MP.ManagerError) -> ServerReply {
+    override func handle(_ call: inout ServerCall) throws(MP.Error) -> ServerReply {
         switch call.op {
         case .barrierWait:
             if broken { throw .brokenBarrier }

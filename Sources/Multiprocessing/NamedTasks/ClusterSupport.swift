@@ -8,17 +8,17 @@ public enum _NamedTaskChunks {
     public static var build: String { BuildIdentity.current }
 
     /// Refuses a task type another process could not find by name.
-    public static func check<T: MP.NamedTask>(_ type: T.Type) throws(MP.TaskError) {
+    public static func check<T: MP.NamedTask>(_ type: T.Type) throws(MP.Error) {
         try TaskRegistry.shared.checkSendable(T.self)
     }
 
     /// A chunk of tasks of one type, encoded.
-    public static func encode<T: MP.NamedTask>(_ tasks: [T]) throws(MP.WireError) -> [UInt8] {
+    public static func encode<T: MP.NamedTask>(_ tasks: [T]) throws(MP.Error) -> [UInt8] {
         try WireFormat.encode(tasks)
     }
 
     /// A chunk's results, decoded: the bytes ``run(name:payload:on:)`` returned.
-    public static func decodeResults<T: MP.NamedTask>(_ type: T.Type, from bytes: [UInt8]) throws(MP.WireError) -> [T.Result] {
+    public static func decodeResults<T: MP.NamedTask>(_ type: T.Type, from bytes: [UInt8]) throws(MP.Error) -> [T.Result] {
         let parts = try WireFormat.decode([[UInt8]].self, from: bytes)
         var results: [T.Result] = []
         results.reserveCapacity(parts.count)
@@ -27,7 +27,7 @@ public enum _NamedTaskChunks {
     }
 
     /// How a chunk failed, as the cluster records it.
-    public enum Failure: Error, Sendable {
+    public enum Failure: Swift.Error, Sendable {
         /// A task threw: its type and description (not retried unless asked).
         case taskFailed(type: String, description: String)
         /// The local worker process running it died (the chunk may be run again).
@@ -71,21 +71,25 @@ public enum _NamedTaskChunks {
         }
         if tasks.count == 1 {
             let result = pool.applyAsync(tasks[0])
-            return Submission(wait: { encoded(T.self, Result { () throws(MP.PoolError) in [try result.get()] }) }, cancel: { result.cancel() })
+            return Submission(wait: { encoded(T.self, Result { () throws(MP.Error) in [try result.get()] }) }, cancel: { result.cancel() })
         }
         let result = pool.mapAsync(tasks, chunksize: max(1, tasks.count))
-        return Submission(wait: { encoded(T.self, Result { () throws(MP.PoolError) in try result.get() }) }, cancel: { result.cancel() })
+        return Submission(wait: { encoded(T.self, Result { () throws(MP.Error) in try result.get() }) }, cancel: { result.cancel() })
     }
 
-    private static func encoded<T: MP.NamedTask>(_ type: T.Type, _ outcome: Result<[T.Result], MP.PoolError>) -> Result<[UInt8], Failure> {
+    private static func encoded<T: MP.NamedTask>(_ type: T.Type, _ outcome: Result<[T.Result], MP.Error>) -> Result<[UInt8], Failure> {
         let results: [T.Result]
         switch outcome {
         case .success(let values): results = values
         case .failure(let error):
-            switch error {
-            case .taskFailed(let type, let description): return .failure(.taskFailed(type: type, description: description))
-            case .workerDied(let how): return .failure(.workerLost(how))
-            case .cancelled, .terminated, .closed: return .failure(.cancelled)
+            switch error.code {
+            case .taskFailed:
+                let type = error.errorType ?? "Error"
+                let prefix = "task failed: \(type): "
+                let description = error.message.hasPrefix(prefix) ? String(error.message.dropFirst(prefix.count)) : error.message
+                return .failure(.taskFailed(type: type, description: description))
+            case .workerDied: return .failure(.workerLost(error.message))
+            case .cancelled, .closed: return .failure(.cancelled)
             default: return .failure(.unrunnable("\(error)"))
             }
         }

@@ -28,7 +28,7 @@ extension MP {
     /// - The type must not be generic (a child cannot name its generic arguments).
     /// - ``name`` defaults to the type's qualified name (`MyApp.Greet`); give
     ///   your own when it must outlive a rename. Names are unique per program:
-    ///   two types with one name are refused on use (``MP/TaskError/duplicateName(_:types:)``).
+    ///   two types with one name are refused on use (``MP/Error/Code/unknownTask``).
     /// - A child runs only the task: `main` does not run there, and globals
     ///   start from their initial values (the forkserver's children are forks
     ///   of a fresh copy of the program, not of `main`).
@@ -48,9 +48,9 @@ extension MP {
         func run() async throws -> Result
 
         /// The result's wire encoding (provided: for a `Codable` result, or `Void`).
-        static func _encodeResult(_ result: Result) throws(MP.WireError) -> [UInt8]
+        static func _encodeResult(_ result: Result) throws(MP.Error) -> [UInt8]
         /// The result's wire decoding (provided: for a `Codable` result, or `Void`).
-        static func _decodeResult(_ bytes: [UInt8]) throws(MP.WireError) -> Result
+        static func _decodeResult(_ bytes: [UInt8]) throws(MP.Error) -> Result
 
         /// A pool worker's loop over a chunk of fixed-width tasks (provided):
         /// runs the `count` tasks stored bitwise at `tasks` and stores each
@@ -82,11 +82,11 @@ extension MP.NamedTask {
 }
 
 extension MP.NamedTask where Result: Codable {
-    public static func _encodeResult(_ result: Result) throws(MP.WireError) -> [UInt8] { try WireFormat.encode(result) }
-    public static func _decodeResult(_ bytes: [UInt8]) throws(MP.WireError) -> Result { try WireFormat.decode(Result.self, from: bytes) }
+    public static func _encodeResult(_ result: Result) throws(MP.Error) -> [UInt8] { try WireFormat.encode(result) }
+    public static func _decodeResult(_ bytes: [UInt8]) throws(MP.Error) -> Result { try WireFormat.decode(Result.self, from: bytes) }
 }
 
 extension MP.NamedTask where Result == Void {
-    public static func _encodeResult(_ result: Void) throws(MP.WireError) -> [UInt8] { [] }
-    public static func _decodeResult(_ bytes: [UInt8]) throws(MP.WireError) -> Void {}
+    public static func _encodeResult(_ result: Void) throws(MP.Error) -> [UInt8] { [] }
+    public static func _decodeResult(_ bytes: [UInt8]) throws(MP.Error) -> Void {}
 }

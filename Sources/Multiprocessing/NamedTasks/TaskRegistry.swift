@@ -59,7 +59,7 @@ struct TaskRegistry: Sendable {
     }
 
     /// The registered type a manager's server creates for `name`.
-    func managedObject(named name: String) throws(MP.ManagerError) -> any MP.ManagedObject.Type {
+    func managedObject(named name: String) throws(MP.Error) -> any MP.ManagedObject.Type {
         if let types = duplicateObjects[name] {
             throw .typeMismatch("two MP.ManagedObject types are named '\(name)' (\(types.joined(separator: ", "))): give one its own name")
         }
@@ -71,7 +71,7 @@ struct TaskRegistry: Sendable {
     }
 
     /// The type a child runs for `name`.
-    func task(named name: String) throws(MP.TaskError) -> any MP.NamedTask.Type {
+    func task(named name: String) throws(MP.Error) -> any MP.NamedTask.Type {
         if let types = duplicates[name] { throw .duplicateName(name, types: types) }
         guard let task = byName[name] else {
             if !isAvailable { throw .notDiscoverable(type: name, reason: Self.unavailable) }
@@ -82,11 +82,13 @@ struct TaskRegistry: Sendable {
 
     /// The parent's check before sending `T`: another process of this build
     /// will find exactly `T` under `T.name`.
-    func checkSendable<T: MP.NamedTask>(_ type: T.Type) throws(MP.TaskError) {
+    func checkSendable<T: MP.NamedTask>(_ type: T.Type) throws(MP.Error) {
         let found: any MP.NamedTask.Type
         do {
             found = try task(named: T.name)
-        } catch .unknownTask {
+        } catch {
+            // Another type by this name is the caller's error, said as it is.
+            guard error == .unknownTask(T.name) else { throw error }
             let typeName = _typeName(T.self, qualified: true)
             let reason = typeName.contains("<")
                 ? "a generic type cannot be found by name in another process; declare a non-generic type"

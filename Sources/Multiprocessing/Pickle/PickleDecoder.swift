@@ -1,12 +1,12 @@
 extension MP {
     /// Decodes `Decodable` values from CPython's pickles (protocols 2-5,
     /// written by CPython 3.8-3.14), safely: nothing in the pickle is ever
-    /// run or instantiated (see ``PickleError/refused(opcode:reason:)``).
+    /// run or instantiated (see `refused`).
     ///
     /// A `dict` with `str` keys decodes as a struct or `[String: T]`; a
     /// `list`, `tuple`, `set` or `frozenset` as an array or a `Set`; `bytes`
     /// and `bytearray` as `[UInt8]`; `None` as `nil`; an `int` as any Swift
-    /// integer it fits (``PickleError/doesNotFit(path:type:value:)`` when it
+    /// integer it fits (an error of code ``MP/Error/Code/typeMismatch`` when it
     /// does not) or as a `Double`; a `float` as `Double` or `Float`. Decode
     /// ``PickleValue`` to take whatever came.
     ///
@@ -21,12 +21,12 @@ extension MP {
         public init() {}
 
         /// The value `bytes` pickles, as `type`.
-        public func decode<T: Decodable>(_ type: T.Type = T.self, from bytes: [UInt8]) throws(PickleError) -> T {
+        public func decode<T: Decodable>(_ type: T.Type = T.self, from bytes: [UInt8]) throws(MP.Error) -> T {
             let value = try pickleValue(from: bytes)
             if T.self == PickleValue.self { return value as! T }
             do {
                 return try PickleValueDecoding.decode(T.self, from: value, path: [])
-            } catch let error as PickleError {
+            } catch let error as MP.Error {
                 throw error
             } catch {
                 throw .typeMismatch(path: "", expected: "\(T.self)", found: "\(error)")
@@ -34,7 +34,7 @@ extension MP {
         }
 
         /// The value `bytes` pickles, as it came.
-        public func pickleValue(from bytes: [UInt8]) throws(PickleError) -> PickleValue {
+        public func pickleValue(from bytes: [UInt8]) throws(MP.Error) -> PickleValue {
             var reader = PickleReader(bytes, maximumDepth: Self.maximumDepth)
             return try reader.read()
         }
@@ -80,7 +80,7 @@ struct PickleValueDecoding: Decoder {
             .trimmingPrefix(".").description
     }
 
-    static func mismatch(_ expected: String, _ value: MP.PickleValue, _ path: [any CodingKey]) -> MP.PickleError {
+    static func mismatch(_ expected: String, _ value: MP.PickleValue, _ path: [any CodingKey]) -> MP.Error {
         .typeMismatch(path: pathText(path), expected: expected, found: value.pythonType)
     }
 
@@ -91,7 +91,7 @@ struct PickleValueDecoding: Decoder {
             switch entry.key {
             case .string(let key): byKey[key] = entry.value
             case .int(let key): byKey[String(key)] = entry.value
-            default: throw MP.PickleError.typeMismatch(path: Self.pathText(codingPath), expected: "a dict with str (or int) keys",
+            default: throw MP.Error.typeMismatch(path: Self.pathText(codingPath), expected: "a dict with str (or int) keys",
                                                        found: "dict with a \(entry.key.pythonType) key")
             }
         }
@@ -127,7 +127,7 @@ struct PickleValueDecoding: Decoder {
 
         private func value(_ key: Key) throws -> MP.PickleValue {
             guard let value = entries[key.stringValue] else {
-                throw MP.PickleError.missingKey(path: PickleValueDecoding.pathText(codingPath), key: key.stringValue)
+                throw MP.Error.missingKey(path: PickleValueDecoding.pathText(codingPath), key: key.stringValue)
             }
             return value
         }
@@ -166,7 +166,7 @@ struct PickleValueDecoding: Decoder {
 
         private mutating func next() throws -> (MP.PickleValue, any CodingKey) {
             guard !isAtEnd else {
-                throw MP.PickleError.typeMismatch(path: PickleValueDecoding.pathText(codingPath), expected: "more than \(items.count) items",
+                throw MP.Error.typeMismatch(path: PickleValueDecoding.pathText(codingPath), expected: "more than \(items.count) items",
                                                   found: "sequence of \(items.count)")
             }
             defer { currentIndex += 1 }
@@ -234,7 +234,7 @@ struct PickleValueDecoding: Decoder {
             switch value {
             case .int(let number):
                 guard let fitted = I(exactly: number) else {
-                    throw MP.PickleError.doesNotFit(path: PickleValueDecoding.pathText(codingPath), type: "\(I.self)", value: String(number))
+                    throw MP.Error.doesNotFit(path: PickleValueDecoding.pathText(codingPath), type: "\(I.self)", value: String(number))
                 }
                 return fitted
             case .bigInt(let raw):
@@ -242,7 +242,7 @@ struct PickleValueDecoding: Decoder {
                 if I.bitWidth == 64 && !I.isSigned && raw.count == 9 && raw[8] == 0 {
                     return I(truncatingIfNeeded: raw[..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
                 }
-                throw MP.PickleError.doesNotFit(path: PickleValueDecoding.pathText(codingPath), type: "\(I.self)", value: "of \(raw.count * 8) bits")
+                throw MP.Error.doesNotFit(path: PickleValueDecoding.pathText(codingPath), type: "\(I.self)", value: "of \(raw.count * 8) bits")
             default:
                 throw PickleValueDecoding.mismatch("an int", value, codingPath)
             }

@@ -19,17 +19,17 @@ extension MP {
         }
 
         /// The pickle of `value`.
-        public func encode<T: Encodable>(_ value: T) throws(PickleError) -> [UInt8] {
+        public func encode<T: Encodable>(_ value: T) throws(MP.Error) -> [UInt8] {
             guard protocolVersion == 4 || protocolVersion == 5 else { throw .unsupported("protocol \(protocolVersion) (4 and 5 are written)") }
             var writer = PickleWriter(version: protocolVersion)
             return writer.write(try pickleValue(of: value))
         }
 
         /// The ``PickleValue`` that `value` pickles as.
-        public func pickleValue<T: Encodable>(of value: T) throws(PickleError) -> PickleValue {
+        public func pickleValue<T: Encodable>(of value: T) throws(MP.Error) -> PickleValue {
             do {
                 return try PickleValueEncoding.value(of: value, path: [])
-            } catch let error as PickleError {
+            } catch let error as MP.Error {
                 throw error
             } catch {
                 throw .unsupported("\(error)")

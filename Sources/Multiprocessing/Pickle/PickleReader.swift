@@ -46,7 +46,7 @@ struct PickleReader {
 
     static let stackLimit = 1 << 20
 
-    mutating func read() throws(MP.PickleError) -> MP.PickleValue {
+    mutating func read() throws(MP.Error) -> MP.PickleValue {
         while true {
             let opcode = try byte()
             switch opcode {
@@ -157,7 +157,7 @@ struct PickleReader {
     // MARK: the allow-list
 
     /// The globals a shared type's reduction names; anything else is refused here, before it is used.
-    private static func allowed(_ module: String, _ name: String, opcode: String) throws(MP.PickleError) -> String {
+    private static func allowed(_ module: String, _ name: String, opcode: String) throws(MP.Error) -> String {
         switch (module, name) {
         case ("builtins", "set"), ("__builtin__", "set"), ("builtins", "frozenset"), ("__builtin__", "frozenset"),
              ("builtins", "bytearray"), ("__builtin__", "bytearray"), ("collections", "OrderedDict"), ("_codecs", "encode"):
@@ -168,11 +168,11 @@ struct PickleReader {
     }
 
     /// The only calls made: a shared type's own reduction, with exactly its arguments.
-    private func reduce(_ callable: Node, _ arguments: Node) throws(MP.PickleError) -> Node {
+    private func reduce(_ callable: Node, _ arguments: Node) throws(MP.Error) -> Node {
         guard case .global(let module, let name) = callable.kind else { throw .refused(opcode: "REDUCE", reason: "a call of something that is not an allowed global") }
         guard case .tuple = arguments.kind else { throw .malformed("REDUCE without an argument tuple") }
         let args = arguments.items
-        func values(_ node: Node) throws(MP.PickleError) -> [Node] {
+        func values(_ node: Node) throws(MP.Error) -> [Node] {
             switch node.kind {
             case .list, .tuple, .set, .frozenset: return node.items
             default: throw .refused(opcode: "REDUCE", reason: "\(module).\(name) with an argument that is not a list, tuple or set")
@@ -217,25 +217,25 @@ struct PickleReader {
 
     // MARK: the machine
 
-    private mutating func push(_ node: Node) throws(MP.PickleError) {
+    private mutating func push(_ node: Node) throws(MP.Error) {
         guard stack.count < Self.stackLimit else { throw .tooLarge("more than \(Self.stackLimit) values on the stack") }
         stack.append(node)
     }
 
-    private mutating func pop() throws(MP.PickleError) -> Node {
+    private mutating func pop() throws(MP.Error) -> Node {
         guard let top = stack.last, stack.count > (marks.last ?? 0) else { throw .malformed("a value taken from an empty stack (or across a mark)") }
         stack.removeLast()
         return top
     }
 
-    private mutating func popMark() throws(MP.PickleError) -> [Node] {
+    private mutating func popMark() throws(MP.Error) -> [Node] {
         guard let mark = marks.popLast() else { throw .malformed("no MARK") }
         let items = Swift.Array(stack[mark...])
         stack.removeSubrange(mark...)
         return items
     }
 
-    private func container(for opcode: String, _ expected: Node.Kind) throws(MP.PickleError) -> Node {
+    private func container(for opcode: String, _ expected: Node.Kind) throws(MP.Error) -> Node {
         guard let top = stack.last, stack.count > (marks.last ?? 0) else { throw .malformed("\(opcode) with nothing to add to") }
         switch (top.kind, expected) {
         case (.list, .list), (.dict, .dict), (.set, .set): return top
@@ -243,20 +243,20 @@ struct PickleReader {
         }
     }
 
-    private mutating func put(_ index: Int) throws(MP.PickleError) {
+    private mutating func put(_ index: Int) throws(MP.Error) {
         guard let top = stack.last else { throw .malformed("PUT on an empty stack") }
         guard index <= memo.count + Self.stackLimit else { throw .tooLarge("memo index \(index)") }
         memo[index] = top
     }
 
-    private mutating func get(_ index: Int) throws(MP.PickleError) {
+    private mutating func get(_ index: Int) throws(MP.Error) {
         guard let node = memo[index] else { throw .malformed("GET of memo \(index), never put") }
         try push(node)
     }
 
     // MARK: values
 
-    private mutating func value(of node: Node, depth: Int, visiting: inout Set<ObjectIdentifier>) throws(MP.PickleError) -> MP.PickleValue {
+    private mutating func value(of node: Node, depth: Int, visiting: inout Set<ObjectIdentifier>) throws(MP.Error) -> MP.PickleValue {
         budget -= 1
         guard budget >= 0 else { throw .tooLarge("its shared references expand past \(max(1 << 16, bytes.count * 8)) values") }
         guard depth <= maximumDepth else { throw .tooLarge("nested deeper than \(maximumDepth)") }
@@ -296,13 +296,13 @@ struct PickleReader {
 
     // MARK: bytes
 
-    private mutating func byte() throws(MP.PickleError) -> UInt8 {
+    private mutating func byte() throws(MP.Error) -> UInt8 {
         guard position < bytes.count else { throw .malformed("it ends at byte \(position) without STOP") }
         defer { position += 1 }
         return bytes[position]
     }
 
-    private mutating func take(_ count: Int) throws(MP.PickleError) -> [UInt8] {
+    private mutating func take(_ count: Int) throws(MP.Error) -> [UInt8] {
         guard count >= 0, count <= bytes.count - position else {
             throw .malformed("a length of \(count) bytes where \(bytes.count - position) remain")
         }
@@ -310,26 +310,26 @@ struct PickleReader {
         return Swift.Array(bytes[position..<position + count])
     }
 
-    private mutating func uint16() throws(MP.PickleError) -> UInt16 {
+    private mutating func uint16() throws(MP.Error) -> UInt16 {
         let raw = try take(2)
         return UInt16(raw[0]) | UInt16(raw[1]) << 8
     }
 
-    private mutating func uint32() throws(MP.PickleError) -> UInt32 {
+    private mutating func uint32() throws(MP.Error) -> UInt32 {
         try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) }
     }
 
-    private mutating func uint64() throws(MP.PickleError) -> UInt64 {
+    private mutating func uint64() throws(MP.Error) -> UInt64 {
         try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) }
     }
 
-    private mutating func length64() throws(MP.PickleError) -> Int {
+    private mutating func length64() throws(MP.Error) -> Int {
         let length = try uint64()
         guard length <= UInt64(bytes.count - position) else { throw .malformed("a length of \(length) bytes where \(bytes.count - position) remain") }
         return Int(length)
     }
 
-    private mutating func text(_ count: Int) throws(MP.PickleError) -> String {
+    private mutating func text(_ count: Int) throws(MP.Error) -> String {
         let raw = try take(count)
         guard let text = String(validating: raw, as: UTF8.self) else {
             throw .malformed("a string that is not UTF-8 (a lone surrogate has no Swift counterpart)")
@@ -337,7 +337,7 @@ struct PickleReader {
         return text
     }
 
-    private mutating func line() throws(MP.PickleError) -> String {
+    private mutating func line() throws(MP.Error) -> String {
         guard let end = bytes[position...].prefix(256).firstIndex(of: 0x0a) else { throw .malformed("GLOBAL without a newline within 256 bytes") }
         defer { position = end + 1 }
         return String(decoding: bytes[position..<end], as: UTF8.self)

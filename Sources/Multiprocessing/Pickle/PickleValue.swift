@@ -73,39 +73,7 @@ extension MP {
         }
     }
 
-    /// Why a pickle could not be read or a value could not be pickled.
-    public enum PickleError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// The pickle asks for something this codec never does: run code,
-        /// make an instance of a class, look up a global outside the
-        /// allow-list. Nothing was run.
-        case refused(opcode: String, reason: String)
-        /// The bytes are not a well-formed pickle (truncated, a bad opcode, a
-        /// length larger than what remains, a stack that does not add up).
-        case malformed(String)
-        /// Nesting deeper than ``MP/PickleDecoder/maximumDepth``, or a value
-        /// that expands past the decoder's bound (shared references).
-        case tooLarge(String)
-        /// The value does not have the shape the `Decodable` type asks for.
-        case typeMismatch(path: String, expected: String, found: String)
-        /// A Python `int` does not fit the Swift integer type.
-        case doesNotFit(path: String, type: String, value: String)
-        /// A key the `Decodable` type needs is missing.
-        case missingKey(path: String, key: String)
-        /// A value this codec cannot write (a Swift type with no Python counterpart here).
-        case unsupported(String)
 
-        public var description: String {
-            switch self {
-            case .refused(let opcode, let reason): return "pickle refused at \(opcode): \(reason) (nothing was run)"
-            case .malformed(let why): return "malformed pickle: \(why)"
-            case .tooLarge(let why): return "pickle too large: \(why)"
-            case .typeMismatch(let path, let expected, let found): return "at \(path.isEmpty ? "the top" : path): expected \(expected), found a Python \(found)"
-            case .doesNotFit(let path, let type, let value): return "at \(path.isEmpty ? "the top" : path): the Python int \(value) does not fit \(type)"
-            case .missingKey(let path, let key): return "at \(path.isEmpty ? "the top" : path): no key '\(key)'"
-            case .unsupported(let what): return "cannot pickle: \(what)"
-            }
-        }
-    }
 }
 
 /// A ``MP/PickleValue`` inside a `Codable` type (`var args: [MP.PickleValue]`)

@@ -9,16 +9,16 @@ extension MP {
     /// Python's `AsyncResult`: the future of one `applyAsync` or `mapAsync`.
     public final class AsyncResult<Value: Sendable>: @unchecked Sendable {
         private let lock = ForkSafeLock()
-        private var outcome: Result<Value, PoolError>?
-        private var continuations: [CheckedContinuation<Result<Value, PoolError>, Never>] = []
+        private var outcome: Result<Value, MP.Error>?
+        private var continuations: [CheckedContinuation<Result<Value, MP.Error>, Never>] = []
         private var resolving = false
         private let onSuccess: (@Sendable (Value) -> Void)?
-        private let onFailure: (@Sendable (PoolError) -> Void)?
+        private let onFailure: (@Sendable (MP.Error) -> Void)?
         private var canceller: (@Sendable () -> Void)?
-        private var observers: [@Sendable (Result<Value, PoolError>) -> Void] = []
+        private var observers: [@Sendable (Result<Value, MP.Error>) -> Void] = []
 
         @usableFromInline
-        init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (PoolError) -> Void)?) {
+        init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (MP.Error) -> Void)?) {
             onSuccess = callback
             onFailure = errorCallback
         }
@@ -43,7 +43,7 @@ extension MP {
         }
 
         /// Cancels the task (Python's futures have `cancel()`; its `AsyncResult`
-        /// has none): the result fails with ``MP/PoolError/cancelled``.
+        /// has none): the result fails with ``MP/Error/Code/cancelled``.
         ///
         /// In a ``MP/TaskPool``, a task still queued never runs, and a running
         /// one is stopped: its worker is killed and replaced. In a closure
@@ -59,8 +59,8 @@ extension MP {
         /// Calls `body` with the outcome once it is ready (at once if it is):
         /// Python's `Future.add_done_callback`. It runs on the pool's thread
         /// (or the caller's, when already ready): keep it short.
-        public func whenReady(_ body: @escaping @Sendable (Result<Value, PoolError>) -> Void) {
-            let ready: Result<Value, PoolError>? = lock.withLock {
+        public func whenReady(_ body: @escaping @Sendable (Result<Value, MP.Error>) -> Void) {
+            let ready: Result<Value, MP.Error>? = lock.withLock {
                 if let outcome, !resolving { return outcome }
                 observers.append(body)
                 return nil
@@ -71,9 +71,9 @@ extension MP {
         /// Python's `ready()`.
         public var ready: Bool { lock.withLock { outcome != nil } }
 
-        /// Python's `successful()`: throws ``MP/PoolError/notReady`` before the result is ready.
+        /// Python's `successful()`: throws ``MP/Error/Code/invalidState`` before the result is ready.
         public var successful: Bool {
-            get throws(PoolError) {
+            get throws(MP.Error) {
                 guard let outcome = lock.withLock({ outcome }) else { throw .notReady }
                 if case .success = outcome { return true }
                 return false
@@ -97,10 +97,10 @@ extension MP {
             }
         }
 
-        /// Python's `get(timeout)`: the value, or the task's error; ``MP/PoolError/timeout`` on timeout.
-        public func get(timeout: Double? = nil) throws(PoolError) -> Value {
-            let until = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
-            guard wait(until: until) else { throw .timeout }
+        /// Python's `get(timeout)`: the value, or the task's error; ``MP/Error/Code/timeout`` on timeout.
+        public func get(timeout: Double? = nil) throws(MP.Error) -> Value {
+            let until = try Deadline.after(timeout) { MP.Error.invalidArgument("timeout must not be negative (got \($0))") }
+            guard wait(until: until) else { throw .resultTimeout }
             return try lock.withLock { outcome! }.get()
         }
 
@@ -110,9 +110,9 @@ extension MP {
         /// while the pool's thread still holds this object. The next map can
         /// then reuse its pages, which are writable (see `ForkExcludedArray`).
         @usableFromInline
-        func take() throws(PoolError) -> Value {
+        func take() throws(MP.Error) -> Value {
             wait()
-            let result = lock.withLock { () -> Result<Value, PoolError> in
+            let result = lock.withLock { () -> Result<Value, MP.Error> in
                 defer { outcome = .failure(.notReady) } // handed over
                 return outcome!
             }
@@ -121,10 +121,10 @@ extension MP {
 
         /// `try await result.value`: suspends until the result is ready.
         public var value: Value {
-            get async throws(PoolError) {
+            get async throws(MP.Error) {
                 let result = await withTaskCancellationHandler {
-                    await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, PoolError>, Never>) in
-                        let ready: Result<Value, PoolError>? = lock.withLock {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, MP.Error>, Never>) in
+                        let ready: Result<Value, MP.Error>? = lock.withLock {
                             if let outcome { return outcome }
                             continuations.append(continuation)
                             return nil
@@ -147,7 +147,7 @@ extension MP {
         /// keeps none), so a map's array freed by the caller goes back to the
         /// allocator right away, and the next map can reuse its pages.
         @usableFromInline
-        func resolve(_ result: consuming Result<Value, PoolError>) {
+        func resolve(_ result: consuming Result<Value, MP.Error>) {
             let first = lock.withLock { () -> Bool in
                 guard outcome == nil, !resolving else { return false }
                 resolving = true

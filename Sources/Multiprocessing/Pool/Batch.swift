@@ -20,11 +20,11 @@ struct TaskRecord: @unchecked Sendable {
     /// Called once, on the pool's thread, then released: it holds the
     /// caller's result (a map's array), which must not outlive the caller's
     /// use because a batch outlives its tasks until its workers are reaped.
-    private var onComplete: ((Int, Result<[UInt8], MP.PoolError>) -> Void)?
+    private var onComplete: ((Int, Result<[UInt8], MP.Error>) -> Void)?
 
     @usableFromInline
     init(quiet: Bool = false, argument: Int = 0, run: @escaping (Int) -> TaskOutcome,
-         complete: @escaping (Int, Result<[UInt8], MP.PoolError>) -> Void) {
+         complete: @escaping (Int, Result<[UInt8], MP.Error>) -> Void) {
         self.quiet = quiet
         self.argument = argument
         self.run = run
@@ -34,14 +34,14 @@ struct TaskRecord: @unchecked Sendable {
     /// In a worker.
     func execute() -> TaskOutcome { run(argument) }
 
-    mutating func complete(_ result: Result<[UInt8], MP.PoolError>) {
+    mutating func complete(_ result: Result<[UInt8], MP.Error>) {
         let body = onComplete
         onComplete = nil
         body?(argument, result)
     }
 
     /// Runs `body` and encodes its result (in a worker).
-    static func encoding<R: Encodable>(_ body: @escaping () throws -> R, complete: @escaping (Int, Result<[UInt8], MP.PoolError>) -> Void) -> TaskRecord {
+    static func encoding<R: Encodable>(_ body: @escaping () throws -> R, complete: @escaping (Int, Result<[UInt8], MP.Error>) -> Void) -> TaskRecord {
         // Asked here, in the parent, the runtime's conformance questions about
         // R are answered before the workers' fork: a worker that asked them
         // first would take the runtime's conformance lock, which another
@@ -71,7 +71,7 @@ final class Generation: @unchecked Sendable {
     var workers: [PoolWorker] = []
     var settled: [Bool]
     var settledCount = 0
-    var initializerFailure: MP.PoolError?
+    var initializerFailure: MP.Error?
     /// Every task below this index is settled (the parent's scan of the done bytes starts here).
     private var scanFrom = 0
 
@@ -89,7 +89,7 @@ final class Generation: @unchecked Sendable {
     static let initializing: Int64 = -4
     private static let mutexBytes = 64
 
-    init(tasks: [TaskRecord], slots: Int) throws(MP.SyncError) {
+    init(tasks: [TaskRecord], slots: Int) throws(MP.Error) {
         self.tasks = tasks
         self.slots = slots
         hasQuietTasks = tasks.contains { $0.quiet }
@@ -167,7 +167,7 @@ final class Generation: @unchecked Sendable {
     }
 
     /// In the parent: fails every task not claimed yet (no worker can be started for them).
-    func failUnclaimed(_ error: MP.PoolError) {
+    func failUnclaimed(_ error: MP.Error) {
         let from = withClaims { () -> Int in
             defer { next.pointee = Int64(tasks.count) }
             return Int(min(next.pointee, Int64(tasks.count)))
@@ -198,7 +198,7 @@ final class Generation: @unchecked Sendable {
     }
 
     /// Settles task `index` once.
-    func settle(_ index: Int, _ result: Result<[UInt8], MP.PoolError>) {
+    func settle(_ index: Int, _ result: Result<[UInt8], MP.Error>) {
         guard index >= 0, index < tasks.count, !settled[index] else { return }
         settled[index] = true
         settledCount += 1

@@ -43,11 +43,11 @@ final class PoolDispatcher: @unchecked Sendable {
         Sys.close(wakeWrite)
     }
 
-    func submit(_ records: [TaskRecord]) throws(MP.PoolError) {
-        let needsWake = try lock.withLock { () throws(MP.PoolError) -> Bool in
+    func submit(_ records: [TaskRecord]) throws(MP.Error) {
+        let needsWake = try lock.withLock { () throws(MP.Error) -> Bool in
             switch state {
             case .running: pending += records
-            case .closed: throw .closed
+            case .closed: throw .poolClosed
             case .terminated: throw .terminated
             }
             defer { wakeSignalled = true }
@@ -102,10 +102,7 @@ final class PoolDispatcher: @unchecked Sendable {
                 do {
                     generations.append(try Generation(tasks: batch, slots: processes))
                 } catch {
-                    let failure: MP.PoolError = switch error {
-                    case .system(let os): .system(os)
-                    default: .invalidArgument(error.description)
-                    }
+                    let failure: MP.Error = error.code == .system ? error : .invalidArgument(error.description)
                     for var record in batch { record.complete(.failure(failure)) }
                 }
             }
@@ -229,10 +226,11 @@ final class PoolDispatcher: @unchecked Sendable {
     /// result over its message limit) fails that task with the reason,
     /// instead of killing the worker with it.
     private static func send(_ outcome: TaskOutcome, index: Int, on connection: MP.Connection) throws {
-        do {
+        do throws(MP.Error) {
             try connection.sendBytes(outcome.frame(index: index))
-        } catch .messageTooLarge(let size, let limit) {
-            let reason = "the encoded result is \(size) bytes, over the pool's message limit of \(limit) bytes"
+        } catch {
+            guard error.code == .tooLarge else { throw error }
+            let reason = "the encoded result is over the pool's message limit: \(error.message)"
             try connection.sendBytes(TaskOutcome.failure(.result, "result", reason).frame(index: index))
         }
     }

@@ -14,13 +14,13 @@ import MultiprocessingPlatform
 final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     @usableFromInline let ordered: Bool
     @usableFromInline let deliver: (([R]) -> Void)?
-    @usableFromInline let finish: (consuming Result<[R], MP.PoolError>) -> Void
+    @usableFromInline let finish: (consuming Result<[R], MP.Error>) -> Void
     @usableFromInline var chunks: [[R]?] = []
     @usableFromInline var nextToDeliver = 0
     @usableFromInline var arrivedCount = 0
     @usableFromInline var failed = false
     /// `imap`: the earliest failed chunk, thrown once every chunk before it is delivered.
-    @usableFromInline var pendingFailure: (index: Int, error: MP.PoolError)?
+    @usableFromInline var pendingFailure: (index: Int, error: MP.Error)?
     /// Results written by the workers into shared memory (fixed-width types).
     @usableFromInline var sharedResults: UnsafeMutableRawPointer?
     @usableFromInline var releaseShared: (@Sendable () -> Void)?
@@ -28,7 +28,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     @usableFromInline var destination: ForkExcludedArray<R>?
 
     @inlinable
-    init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (consuming Result<[R], MP.PoolError>) -> Void) {
+    init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (consuming Result<[R], MP.Error>) -> Void) {
         self.ordered = ordered
         self.deliver = deliver
         self.finish = finish
@@ -53,7 +53,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
 
     /// `outcome` is handed on, not kept (see `AsyncResult.resolve`).
     @inlinable
-    func done(_ outcome: consuming Result<[R], MP.PoolError>) {
+    func done(_ outcome: consuming Result<[R], MP.Error>) {
         releaseShared?()
         releaseShared = nil
         destination = nil
@@ -96,7 +96,7 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     /// Called on the pool's thread only. Inlinable, as the whole map path is:
     /// specialized, it costs no generic metadata lookups per chunk.
     @inlinable
-    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>, range: Range<Int>) {
+    func arrived(_ index: Int, _ outcome: Result<[R], MP.Error>, range: Range<Int>) {
         guard !failed else { return }
         switch outcome {
         case .failure(let error):

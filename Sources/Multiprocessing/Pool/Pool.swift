@@ -27,9 +27,9 @@ extension MP {
     /// round trip each.
     ///
     /// **Failures.** A task that throws fails its own result with
-    /// ``MP/PoolError/taskFailed(type:description:)``. A worker killed mid-task
+    /// ``MP/Error/Code/taskFailed``. A worker killed mid-task
     /// (SIGKILL, a crash, `fatalError`) fails that task with
-    /// ``MP/PoolError/workerDied(_:)``, naming the signal or exit code; a
+    /// ``MP/Error/Code/workerDied``, naming the signal or exit code; a
     /// replacement worker finishes the batch and the pool stays usable
     /// (CPython's `Pool` hangs there). In `map`, a dead worker fails its chunk
     /// and so the whole `map` (it throws `workerDied`); `imap` delivers the
@@ -58,7 +58,7 @@ extension MP {
         ///   - processes: the number of workers (default: ``MP/cpuCount()``).
         ///   - initializer: run once in each worker before its first task.
         ///   - maxTasksPerChild: a worker exits after this many tasks.
-        public init(processes: Int? = nil, initializer: (() throws -> Void)? = nil, maxTasksPerChild: Int? = nil) throws(PoolError) {
+        public init(processes: Int? = nil, initializer: (() throws -> Void)? = nil, maxTasksPerChild: Int? = nil) throws(MP.Error) {
             let count = processes ?? MP.cpuCount()
             guard count >= 1 else { throw .invalidArgument("processes must be at least 1 (got \(count))") }
             if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -112,24 +112,24 @@ extension MP {
         // MARK: submitting
 
         @usableFromInline
-        func submit(_ records: [TaskRecord]) throws(PoolError) {
+        func submit(_ records: [TaskRecord]) throws(MP.Error) {
             guard Sys.getpid == owner else { throw .notOwner }
             try dispatcher.submit(records)
         }
 
         /// Python's `apply_async(f, args, callback=, error_callback=)`: runs `body` in a worker.
-        /// Submitting to a closed pool gives a result that fails with ``MP/PoolError/closed``.
+        /// Submitting to a closed pool gives a result that fails with ``MP/Error/Code/closed``.
         ///
         /// The callbacks run on the pool's thread, as Python's run on its result
         /// thread: they must return quickly and must not wait on this pool.
         @discardableResult
         public func applyAsync<R: Codable & Sendable>(_ body: @escaping () throws -> R,
                                                      callback: (@Sendable (R) -> Void)? = nil,
-                                                     errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<R> {
+                                                     errorCallback: (@Sendable (MP.Error) -> Void)? = nil) -> AsyncResult<R> {
             let result = AsyncResult<R>(callback: callback, errorCallback: errorCallback)
             let record = TaskRecord.encoding(body) { _, outcome in
                 result.resolve(outcome.flatMap { bytes in
-                    Result { () throws(WireError) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
+                    Result { () throws(MP.Error) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
                 })
             }
             do { try submit([record]) } catch { result.resolve(.failure(error)) }
@@ -137,12 +137,12 @@ extension MP {
         }
 
         /// Python's `apply(f, args)`: runs `body` in a worker and waits for its result.
-        public func apply<R: Codable & Sendable>(_ body: @escaping () throws -> R) throws(PoolError) -> R {
+        public func apply<R: Codable & Sendable>(_ body: @escaping () throws -> R) throws(MP.Error) -> R {
             try applyAsync(body).get()
         }
 
         /// `try await pool.apply { ... }`.
-        public func apply<R: Codable & Sendable>(_ body: sending @escaping () throws -> R) async throws(PoolError) -> R {
+        public func apply<R: Codable & Sendable>(_ body: sending @escaping () throws -> R) async throws(MP.Error) -> R {
             try await applyAsync(body).value
         }
 
@@ -153,7 +153,7 @@ extension MP {
         @inlinable
         public func mapAsync<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                                               callback: (@Sendable ([R]) -> Void)? = nil,
-                                                                              errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                                              errorCallback: (@Sendable (MP.Error) -> Void)? = nil,
                                                                               _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
             startMap(items, chunksize: chunksize, callback: callback, errorCallback: errorCallback, callerWaits: false, transform)
         }
@@ -164,10 +164,10 @@ extension MP {
         @inlinable
         func startMap<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int?,
                                                                        callback: (@Sendable ([R]) -> Void)?,
-                                                                       errorCallback: (@Sendable (PoolError) -> Void)?, callerWaits: Bool,
+                                                                       errorCallback: (@Sendable (MP.Error) -> Void)?, callerWaits: Bool,
                                                                        _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
             let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback)
-            let collector = ChunkCollector<R>(ordered: true) { (outcome: consuming Result<[R], PoolError>) in result.resolve(outcome) }
+            let collector = ChunkCollector<R>(ordered: true) { (outcome: consuming Result<[R], MP.Error>) in result.resolve(outcome) }
             do {
                 try submitChunks(items, chunksize: chunksize, collector: collector, prefaultResults: callerWaits, transform)
             } catch {
@@ -180,7 +180,7 @@ extension MP {
         @inlinable
         public func mapAsync<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
                                                                   callback: (@Sendable ([R]) -> Void)? = nil,
-                                                                  errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                                  errorCallback: (@Sendable (MP.Error) -> Void)? = nil,
                                                                   _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
             mapAsync(Swift.Array(items), chunksize: chunksize, callback: callback, errorCallback: errorCallback, transform)
         }
@@ -189,27 +189,27 @@ extension MP {
         /// the first failed chunk's error.
         @inlinable
         public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
-                                                             _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
+                                                             _ transform: @escaping (C.Element) throws -> R) throws(MP.Error) -> [R] {
             try map(Swift.Array(items), chunksize: chunksize, transform)
         }
 
         @inlinable
         public func map<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
-                                                                         _ transform: @escaping (C.Element) throws -> R) throws(PoolError) -> [R] {
+                                                                         _ transform: @escaping (C.Element) throws -> R) throws(MP.Error) -> [R] {
             try startMap(items, chunksize: chunksize, callback: nil, errorCallback: nil, callerWaits: true, transform).take()
         }
 
         /// `try await pool.map(items) { ... }`.
         @inlinable
         public func map<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
-                                                                         _ transform: sending @escaping (C.Element) throws -> R) async throws(PoolError) -> [R] {
+                                                                         _ transform: sending @escaping (C.Element) throws -> R) async throws(MP.Error) -> [R] {
             try await mapAsync(items, chunksize: chunksize, transform).value
         }
 
         /// `try await pool.map(items) { ... }` for any collection.
         @inlinable
         public func map<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = nil,
-                                                             _ transform: sending @escaping (C.Element) throws -> R) async throws(PoolError) -> [R] {
+                                                             _ transform: sending @escaping (C.Element) throws -> R) async throws(MP.Error) -> [R] {
             try await mapAsync(Swift.Array(items), chunksize: chunksize, transform).value
         }
 
@@ -219,68 +219,68 @@ extension MP {
         @discardableResult
         public func applyAsync(_ body: @escaping () throws -> Void,
                                callback: (@Sendable () -> Void)? = nil,
-                               errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<Void> {
+                               errorCallback: (@Sendable (MP.Error) -> Void)? = nil) -> AsyncResult<Void> {
             var onSuccess: (@Sendable (()) -> Void)?
             if let callback { onSuccess = { (_: ()) in callback() } }
             let result = AsyncResult<Void>(callback: onSuccess, errorCallback: errorCallback)
             let run: () throws -> NoResult = { try body(); return NoResult() }
-            let record = TaskRecord.encoding(run) { (_: Int, outcome: Result<[UInt8], PoolError>) in
-                let done: Result<Void, PoolError> = outcome.map { _ in () }
+            let record = TaskRecord.encoding(run) { (_: Int, outcome: Result<[UInt8], MP.Error>) in
+                let done: Result<Void, MP.Error> = outcome.map { _ in () }
                 result.resolve(done)
             }
-            do throws(PoolError) { try submit([record]) } catch { result.resolve(Result<Void, PoolError>.failure(error)) }
+            do throws(MP.Error) { try submit([record]) } catch { result.resolve(Result<Void, MP.Error>.failure(error)) }
             return result
         }
 
         /// `apply` of a task that returns nothing.
-        public func apply(_ body: @escaping () throws -> Void) throws(PoolError) {
+        public func apply(_ body: @escaping () throws -> Void) throws(MP.Error) {
             try applyAsync(body).get()
         }
 
         /// `try await pool.apply { ... }` of a task that returns nothing.
-        public func apply(_ body: sending @escaping () throws -> Void) async throws(PoolError) {
+        public func apply(_ body: sending @escaping () throws -> Void) async throws(MP.Error) {
             try await applyAsync(body).value
         }
 
         /// `map` of a transform that returns nothing: runs it on every element.
         @inlinable
         public func map<C: Collection>(_ items: C, chunksize: Int? = nil,
-                                       _ transform: @escaping (C.Element) throws -> Void) throws(PoolError) {
+                                       _ transform: @escaping (C.Element) throws -> Void) throws(MP.Error) {
             _ = try map(Swift.Array(items), chunksize: chunksize) { (item: C.Element) throws -> NoResult in try transform(item); return NoResult() }
         }
 
         /// `try await pool.map(items) { ... }` of a transform that returns nothing.
         @inlinable
         public func map<C: Collection>(_ items: C, chunksize: Int? = nil,
-                                       _ transform: sending @escaping (C.Element) throws -> Void) async throws(PoolError) {
+                                       _ transform: sending @escaping (C.Element) throws -> Void) async throws(MP.Error) {
             _ = try await mapAsync(Swift.Array(items), chunksize: chunksize) { (item: C.Element) throws -> NoResult in try transform(item); return NoResult() }.value
         }
 
         /// Python's `starmap(f, [(a, b), ...])`.
         @inlinable
         public func starmap<A, B, R: Codable & Sendable>(_ items: some Collection<(A, B)>, chunksize: Int? = nil,
-                                                        _ transform: @escaping (A, B) throws -> R) throws(PoolError) -> [R] {
+                                                        _ transform: @escaping (A, B) throws -> R) throws(MP.Error) -> [R] {
             try map(Swift.Array(items), chunksize: chunksize) { try transform($0.0, $0.1) }
         }
 
         /// Python's `imap(f, iterable, chunksize)`: results in order, as they become available.
         @inlinable
         public func imap<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = 1,
-                                                              _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
+                                                              _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Swift.Error> {
             stream(Swift.Array(items), chunksize: chunksize, ordered: true, transform)
         }
 
         /// Python's `imap_unordered(f, iterable, chunksize)`: results as they complete.
         @inlinable
         public func imapUnordered<C: Collection, R: Codable & Sendable>(_ items: C, chunksize: Int? = 1,
-                                                                       _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
+                                                                       _ transform: @escaping (C.Element) throws -> R) -> AsyncThrowingStream<R, any Swift.Error> {
             stream(Swift.Array(items), chunksize: chunksize, ordered: false, transform)
         }
 
         @inlinable
         func stream<Element, R: Codable & Sendable>(_ items: [Element], chunksize: Int?, ordered: Bool,
-                                                    _ transform: @escaping (Element) throws -> R) -> AsyncThrowingStream<R, any Error> {
-            let (stream, continuation) = AsyncThrowingStream<R, any Error>.makeStream()
+                                                    _ transform: @escaping (Element) throws -> R) -> AsyncThrowingStream<R, any Swift.Error> {
+            let (stream, continuation) = AsyncThrowingStream<R, any Swift.Error>.makeStream()
             let collector = ChunkCollector<R>(ordered: ordered, deliver: { chunk in for value in chunk { continuation.yield(value) } }) { outcome in
                 switch outcome {
                 case .success: continuation.finish()
@@ -296,7 +296,7 @@ extension MP {
         @inlinable
         func submitChunks<C: RandomAccessCollection, R: Codable & Sendable>(_ items: C, chunksize: Int?, collector: ChunkCollector<R>,
                                                                            prefaultResults: Bool = false,
-                                                                           _ transform: @escaping (C.Element) throws -> R) throws(PoolError) {
+                                                                           _ transform: @escaping (C.Element) throws -> R) throws(MP.Error) {
             if let chunksize, chunksize < 1 { throw .invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
             let count = items.count
             // Python's default: about four chunks per worker.
@@ -351,7 +351,7 @@ extension MP {
                 }
                 return TaskOutcome.encode(results)
             }
-            let complete: (Int, Result<[UInt8], PoolError>) -> Void = { chunk, outcome in
+            let complete: (Int, Result<[UInt8], MP.Error>) -> Void = { chunk, outcome in
                 let lower = chunk * size, upper = min(lower + size, count)
                 if shared != nil {
                     collector.arrived(chunk, outcome.map { _ in [] }, range: lower..<upper)
@@ -376,7 +376,7 @@ extension MP {
         /// are allocated by the workers as they write (in parallel), and this
         /// process maps them with cheap read faults while copying.
         @usableFromInline
-        func claimResultBlock(bytes: Int) throws(PoolError) -> (SharedBlock, release: @Sendable () -> Void) {
+        func claimResultBlock(bytes: Int) throws(MP.Error) -> (SharedBlock, release: @Sendable () -> Void) {
             let reused = lock.withLock { () -> SharedBlock? in
                 guard !arenaInUse, let arena, arena.size >= bytes else { return nil }
                 arenaInUse = true
@@ -388,10 +388,7 @@ extension MP {
             do {
                 block = try SharedBlock(bytes: bytes, shareable: false)
             } catch {
-                switch error {
-                case .system(let os): throw .system(os)
-                default: throw .invalidArgument(error.description)
-                }
+                throw error.code == .system ? error : .invalidArgument(error.description)
             }
             let keep = lock.withLock { () -> Bool in
                 guard !arenaInUse else { return false }
@@ -408,11 +405,11 @@ extension MP {
         /// Python's `close()`: no more tasks; the workers finish the submitted ones.
         public func close() { dispatcher.close() }
 
-        /// Python's `terminate()`: kills the workers now; unfinished tasks fail with ``MP/PoolError/terminated``.
+        /// Python's `terminate()`: kills the workers now; unfinished tasks fail with ``MP/Error/Code/closed``.
         public func terminate() { dispatcher.terminate() }
 
         /// Python's `join()`: waits for the workers to exit, after `close()` or `terminate()`.
-        public func join() throws(PoolError) {
+        public func join() throws(MP.Error) {
             try checkJoinable()
             dispatcher.finished.wait()
         }
@@ -422,19 +419,19 @@ extension MP {
         /// - Returns: whether they have (a negative timeout waits not at all,
         ///   as ``MP/AsyncResult/wait(timeout:)``; nil or `.infinity`, without limit).
         @discardableResult
-        public func join(timeout: Double?) throws(PoolError) -> Bool {
+        public func join(timeout: Double?) throws(MP.Error) -> Bool {
             try checkJoinable()
             return dispatcher.finished.wait(until: timeout.flatMap { Deadline.after(validSeconds: $0 >= 0 ? $0 : 0) })
         }
 
         /// `try await pool.join()`: waits for the workers to exit, after
         /// `close()` or `terminate()`, blocking no thread.
-        public func join() async throws(PoolError) {
+        public func join() async throws(MP.Error) {
             try checkJoinable()
             await dispatcher.finished.wait()
         }
 
-        private func checkJoinable() throws(PoolError) {
+        private func checkJoinable() throws(MP.Error) {
             guard Sys.getpid == owner else { throw .notOwner }
             guard dispatcher.lock.withLock({ dispatcher.state != .running }) else { throw .invalidArgument("join() needs close() or terminate() first") }
         }

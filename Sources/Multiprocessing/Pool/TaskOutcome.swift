@@ -62,11 +62,11 @@ enum TaskOutcome {
     }
 
     @usableFromInline
-    static func decode<R: Decodable>(_ type: R.Type, _ bytes: [UInt8]) -> Result<R, MP.PoolError> {
-        Result { () throws(MP.WireError) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
+    static func decode<R: Decodable>(_ type: R.Type, _ bytes: [UInt8]) -> Result<R, MP.Error> {
+        Result { () throws(MP.Error) -> R in try WireFormat.decode(R.self, from: bytes) }.mapError { .result($0) }
     }
 
-    var poolError: MP.PoolError? {
+    var poolError: MP.Error? {
         guard case .failure(let kind, let type, let text) = self else { return nil }
         switch kind {
         case .task: return .taskFailed(type: type, description: text)

@@ -15,7 +15,7 @@ extension MP {
     /// Swift concurrency's cooperative threads. Unlike a process pool,
     /// ``terminate()`` cannot stop a running task (a thread cannot be
     /// killed): it drops the queued ones (their results fail with
-    /// ``MP/PoolError/terminated``) and running ones finish.
+    /// ``MP/Error/Code/closed``) and running ones finish.
     public final class ThreadPool: @unchecked Sendable {
         /// The number of threads (Python's name).
         public let processes: Int
@@ -26,7 +26,7 @@ extension MP {
         /// - Parameters:
         ///   - processes: the number of threads (default: ``MP/cpuCount()``).
         ///   - initializer: run once on each thread before its first task.
-        public init(processes: Int? = nil, initializer: (@Sendable () throws -> Void)? = nil) throws(PoolError) {
+        public init(processes: Int? = nil, initializer: (@Sendable () throws -> Void)? = nil) throws(MP.Error) {
             let count = processes ?? MP.cpuCount()
             guard count >= 1 else { throw .invalidArgument("processes must be at least 1 (got \(count))") }
             self.processes = count
@@ -48,7 +48,7 @@ extension MP {
         }
 
         @usableFromInline
-        func submit(_ job: @escaping @Sendable () -> Void, abandon: @escaping @Sendable (PoolError) -> Void) {
+        func submit(_ job: @escaping @Sendable () -> Void, abandon: @escaping @Sendable (MP.Error) -> Void) {
             core.submit(ThreadPoolCore.Job(run: job, abandon: abandon))
         }
 
@@ -61,7 +61,7 @@ extension MP {
         @discardableResult
         public func applyAsync<R: Sendable>(_ body: @escaping @Sendable () throws -> R,
                                             callback: (@Sendable (R) -> Void)? = nil,
-                                            errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<R> {
+                                            errorCallback: (@Sendable (MP.Error) -> Void)? = nil) -> AsyncResult<R> {
             let result = AsyncResult<R>(callback: callback, errorCallback: errorCallback)
             submit({
                 do { result.resolve(.success(try body())) } catch {
@@ -72,12 +72,12 @@ extension MP {
         }
 
         /// Python's `apply(f, args)`.
-        public func apply<R: Sendable>(_ body: @escaping @Sendable () throws -> R) throws(PoolError) -> R {
+        public func apply<R: Sendable>(_ body: @escaping @Sendable () throws -> R) throws(MP.Error) -> R {
             try applyAsync(body).get()
         }
 
         /// `try await pool.apply { ... }`.
-        public func apply<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws(PoolError) -> R {
+        public func apply<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws(MP.Error) -> R {
             try await applyAsync(body).value
         }
 
@@ -118,35 +118,35 @@ extension MP {
         /// Python's `map(f, iterable, chunksize)`.
         @inlinable
         public func map<S: Sequence, R: Sendable>(_ items: S, chunksize: Int? = nil,
-                                                  _ transform: @escaping @Sendable (S.Element) throws -> R) throws(PoolError) -> [R]
+                                                  _ transform: @escaping @Sendable (S.Element) throws -> R) throws(MP.Error) -> [R]
             where S.Element: Sendable {
             try mapAsync(items, chunksize: chunksize, transform).get()
         }
 
         /// `try await pool.map(items) { ... }`.
         public func map<S: Sequence, R: Sendable>(_ items: S, chunksize: Int? = nil,
-                                                  _ transform: @escaping @Sendable (S.Element) throws -> R) async throws(PoolError) -> [R]
+                                                  _ transform: @escaping @Sendable (S.Element) throws -> R) async throws(MP.Error) -> [R]
             where S.Element: Sendable {
             try await mapAsync(items, chunksize: chunksize, transform).value
         }
 
         /// Python's `starmap(f, [(a, b), ...])`.
         public func starmap<A: Sendable, B: Sendable, R: Sendable>(_ items: some Sequence<(A, B)>,
-                                                                  _ transform: @escaping @Sendable (A, B) throws -> R) throws(PoolError) -> [R] {
+                                                                  _ transform: @escaping @Sendable (A, B) throws -> R) throws(MP.Error) -> [R] {
             try map(items.map { Pair(first: $0.0, second: $0.1) }) { try transform($0.first, $0.second) }
         }
 
         /// Python's `imap_unordered(f, iterable)`: results as they complete.
         public func imapUnordered<S: Sequence, R: Sendable>(_ items: S, _ transform: @escaping @Sendable (S.Element) throws -> R)
-            -> AsyncThrowingStream<R, any Error> where S.Element: Sendable {
-            let (stream, continuation) = AsyncThrowingStream<R, any Error>.makeStream()
+            -> AsyncThrowingStream<R, any Swift.Error> where S.Element: Sendable {
+            let (stream, continuation) = AsyncThrowingStream<R, any Swift.Error>.makeStream()
             let all = Swift.Array(items)
             let left = Countdown(all.count)
             if all.isEmpty { continuation.finish() }
             for item in all {
                 submit({
                     do { continuation.yield(try transform(item)) } catch {
-                        continuation.finish(throwing: PoolError.taskFailed(type: "\(type(of: error))", description: "\(error)"))
+                        continuation.finish(throwing: MP.Error.taskFailed(type: "\(type(of: error))", description: "\(error)"))
                     }
                     if left.tick() { continuation.finish() }
                 }, abandon: { continuation.finish(throwing: $0) })
@@ -156,8 +156,8 @@ extension MP {
 
         /// Python's `imap(f, iterable)`: results in order.
         public func imap<S: Sequence, R: Sendable>(_ items: S, _ transform: @escaping @Sendable (S.Element) throws -> R)
-            -> AsyncThrowingStream<R, any Error> where S.Element: Sendable {
-            let (stream, continuation) = AsyncThrowingStream<R, any Error>.makeStream()
+            -> AsyncThrowingStream<R, any Swift.Error> where S.Element: Sendable {
+            let (stream, continuation) = AsyncThrowingStream<R, any Swift.Error>.makeStream()
             let futures = items.map { item in applyAsync { try transform(item) } }
             Task.detached {
                 for future in futures {
@@ -175,24 +175,24 @@ extension MP {
         public func close() { core.close() }
 
         /// Python's `terminate()`: drops the queued tasks (their results fail
-        /// with ``MP/PoolError/terminated``); running ones finish (a thread cannot be killed).
+        /// with ``MP/Error/Code/closed``); running ones finish (a thread cannot be killed).
         public func terminate() { core.terminate() }
 
         /// Python's `join()`, after `close()` or `terminate()`.
-        public func join() throws(PoolError) {
+        public func join() throws(MP.Error) {
             try core.checkJoinable()
             core.finished.wait()
         }
 
         /// Whether the threads ended within `timeout` seconds, after `close()` or `terminate()`.
-        public func join(timeout: Double?) throws(PoolError) -> Bool {
+        public func join(timeout: Double?) throws(MP.Error) -> Bool {
             try core.checkJoinable()
-            let deadline = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
+            let deadline = try Deadline.after(timeout) { MP.Error.invalidArgument("timeout must not be negative (got \($0))") }
             return core.finished.wait(until: deadline)
         }
 
         /// `try await pool.join()`: blocks no thread.
-        public func join() async throws(PoolError) {
+        public func join() async throws(MP.Error) {
             try core.checkJoinable()
             await core.finished.wait()
         }
@@ -218,18 +218,18 @@ final class Gather<R: Sendable>: @unchecked Sendable {
     private var chunks: [[R]?]
     private var remaining: Int
     private var done = false
-    private let finish: (Result<[R], MP.PoolError>) -> Void
+    private let finish: (Result<[R], MP.Error>) -> Void
 
     @usableFromInline
-    init(chunks: Int, finish: @escaping (Result<[R], MP.PoolError>) -> Void) {
+    init(chunks: Int, finish: @escaping (Result<[R], MP.Error>) -> Void) {
         self.chunks = [[R]?](repeating: nil, count: chunks)
         remaining = chunks
         self.finish = finish
     }
 
     @usableFromInline
-    func arrived(_ index: Int, _ outcome: Result<[R], MP.PoolError>) {
-        let result: Result<[R], MP.PoolError>? = lock.withLock {
+    func arrived(_ index: Int, _ outcome: Result<[R], MP.Error>) {
+        let result: Result<[R], MP.Error>? = lock.withLock {
             guard !done else { return nil }
             switch outcome {
             case .failure(let error):
@@ -253,7 +253,7 @@ final class Gather<R: Sendable>: @unchecked Sendable {
 final class ThreadPoolCore: @unchecked Sendable {
     struct Job {
         let run: @Sendable () -> Void
-        let abandon: @Sendable (MP.PoolError) -> Void
+        let abandon: @Sendable (MP.Error) -> Void
     }
 
     enum State { case running, closed, terminated }
@@ -268,7 +268,7 @@ final class ThreadPoolCore: @unchecked Sendable {
 
     init(initializer: (@Sendable () throws -> Void)?) { self.initializer = initializer }
 
-    func start(_ count: Int) throws(MP.PoolError) {
+    func start(_ count: Int) throws(MP.Error) {
         for _ in 0..<count {
             lock.withLock { threads += 1 }
             if case .failure(let error) = startThread({ [self] in work() }) {
@@ -280,13 +280,13 @@ final class ThreadPoolCore: @unchecked Sendable {
     }
 
     func submit(_ job: Job) {
-        let refusal: MP.PoolError? = lock.withLock {
+        let refusal: MP.Error? = lock.withLock {
             switch state {
             case .running:
                 queue.append(job)
                 lock.broadcast()
                 return nil
-            case .closed: return .closed
+            case .closed: return .poolClosed
             case .terminated: return .terminated
             }
         }
@@ -333,7 +333,7 @@ final class ThreadPoolCore: @unchecked Sendable {
         for job in dropped { job.abandon(.terminated) }
     }
 
-    func checkJoinable() throws(MP.PoolError) {
+    func checkJoinable() throws(MP.Error) {
         if lock.withLock({ state == .running }) {
             throw .invalidArgument("join() needs close() or terminate() first (the pool is still running)")
         }

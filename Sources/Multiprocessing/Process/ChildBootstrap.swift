@@ -64,7 +64,7 @@ extension MP {
     /// and forked again (default 1). In a busy multithreaded program a forked
     /// child can hang there on a Swift runtime lock another thread held at the
     /// fork; this is what notices it. A start that hangs three times in a row
-    /// throws ``MP/ProcessError/startTimedOut(name:seconds:)``.
+    /// throws ``MP/Error/Code/startFailed``.
     ///
     /// The wait costs a fork start one more wake-up of the parent (60-100 µs
     /// of a 550-700 µs start and join here). `nil` turns the watchdog off: a
@@ -91,7 +91,7 @@ extension ForkWatchdog {
     /// user's code; no library can take those locks first. One that has not
     /// reported within ``MP/forkStartTimeout`` is killed, reaped, counted
     /// (``MP/forkRestarts``), logged, and forked again, up to three times in all.
-    static func fork(_ process: MP.Process, _ request: StartRequest) throws(MP.ProcessError) -> pid_t {
+    static func fork(_ process: MP.Process, _ request: StartRequest) throws(MP.Error) -> pid_t {
         let parentPid = Sys.getpid
         let crashLabel = Swift.Array(process.name.utf8CString)
         let watched = timeout

@@ -3,7 +3,7 @@ import _CMultiprocessingRuntime
 enum ChildConcurrency {
     private final class Outcome: @unchecked Sendable {
         let done = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
-        var error: (any Error)?
+        var error: (any Swift.Error)?
         init() { done.initialize(to: 0) }
         deinit { done.deallocate() }
     }

@@ -23,7 +23,7 @@ enum ChildExecutors {
     /// at run time (as NIO takes over the global executor), within the
     /// compiler versions this code was written against: a toolchain outside
     /// them, or a runtime without the hooks, runs no Swift concurrency in a
-    /// forked child, and says so (``MP/ProcessError/concurrencyUnavailable``),
+    /// forked child, and says so (``MP/Error/Code/startFailed``),
     /// instead of failing to link or to run.
     static let isAvailable: Bool = {
         #if compiler(>=6.0) && compiler(<7.0)

@@ -170,7 +170,7 @@ extension MP {
     }
 
     /// Thrown from a process target to end it with `code`: Python's `raise SystemExit(code)`.
-    public struct ExitRequest: Error, Hashable, Sendable {
+    public struct ExitRequest: Swift.Error, Hashable, Sendable {
         public let code: Int32
         public init(_ code: Int32) { self.code = code }
     }

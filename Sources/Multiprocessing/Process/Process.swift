@@ -200,9 +200,9 @@ extension MP {
         /// ``setDaemon(_:)`` or at creation.
         public var daemon: Bool { lock.withLock { isDaemon } }
 
-        /// Python's `p.daemon = flag`; throws ``MP/ProcessError/daemonAfterStart(name:)`` after `start()`.
-        public func setDaemon(_ flag: Bool) throws(ProcessError) {
-            try lock.withLock { () throws(ProcessError) in
+        /// Python's `p.daemon = flag`; throws ``MP/Error/Code/invalidState`` after `start()`.
+        public func setDaemon(_ flag: Bool) throws(MP.Error) {
+            try lock.withLock { () throws(MP.Error) in
                 guard case .initial = state, !isCurrent else { throw .daemonAfterStart(name: unlockedName) }
                 isDaemon = flag
             }
@@ -260,8 +260,8 @@ extension MP {
         /// Python's `sentinel`: a pidfd that becomes readable when the child
         /// ends, for `poll`/`epoll` (and ``MP/wait(for:timeout:)``).
         public var sentinel: Int32 {
-            get throws(ProcessError) {
-                try lock.withLock { () throws(ProcessError) -> Int32 in
+            get throws(MP.Error) {
+                try lock.withLock { () throws(MP.Error) -> Int32 in
                     switch state {
                     case .initial, .starting: throw .notStarted(name: unlockedName)
                     case .closed: throw .closed(name: unlockedName)
@@ -274,7 +274,7 @@ extension MP {
         // MARK: lifecycle
 
         /// Python's `start()`: forks the child, which runs ``run()``.
-        public func start() throws(ProcessError) { try start(forkOnCurrentThread: false) }
+        public func start() throws(MP.Error) { try start(forkOnCurrentThread: false) }
 
         /// `forkOnCurrentThread`: the caller vouches that this thread lives as
         /// long as the child may (the pool's own thread), so a daemon needs no
@@ -283,12 +283,12 @@ extension MP {
         /// The start method's ``Popen`` checks and launches; what follows a
         /// start (the state, the registry of children, the log) is written
         /// once, here.
-        func start(forkOnCurrentThread: Bool) throws(ProcessError) {
+        func start(forkOnCurrentThread: Bool) throws(MP.Error) {
             let runtime = Runtime.shared
             try runtime.checkMayStartChildren()
             let popenType = startMethod.popen
             try popenType.check(self)
-            let daemon = try lock.withLock { () throws(ProcessError) -> Bool in
+            let daemon = try lock.withLock { () throws(MP.Error) -> Bool in
                 switch state {
                 case .initial:
                     if isCurrent { throw .alreadyStarted(name: unlockedName) }
@@ -317,26 +317,25 @@ extension MP {
         var needsChildExecutors: Bool { asyncTarget != nil || namedTask != nil }
 
         /// The named task's own checks (registered, sendable), if it is one.
-        func checkNamedTask() throws(ProcessError) {
+        func checkNamedTask() throws(MP.Error) {
             if let namedTask { do { try namedTask.check() } catch { throw .task(error) } }
         }
 
         /// Spawn and forkserver start only named tasks (a closure cannot cross into a fresh program).
-        func checkLaunchable(_ method: StartMethod) throws(ProcessError) {
+        func checkLaunchable(_ method: StartMethod) throws(MP.Error) {
             guard namedTask != nil else { throw .task(.needsFork(process: name, method: method)) }
             try checkNamedTask()
         }
 
         /// What a spawned or forkserver child is told (with the descriptors
         /// of the objects its task holds); nil for a closure.
-        func launchInfo(daemon: Bool, objects table: DescriptorTable) throws(TaskError) -> LaunchInfo? {
+        func launchInfo(daemon: Bool, objects table: DescriptorTable) throws(MP.Error) -> LaunchInfo? {
             guard let namedTask else { return nil }
             let arguments: [UInt8]
             do {
                 arguments = try namedTask.encode(table)
-            } catch let error as TaskError {
-                throw error
             } catch {
+                if let error = error as? MP.Error, error.code == .cannotCross { throw error }
                 throw .cannotCross("the arguments of named task '\(namedTask.name)' do not encode: \(error)")
             }
             return LaunchInfo(
@@ -348,15 +347,15 @@ extension MP {
         }
 
         /// Python's `join()`: blocks until the child ends, then reaps it.
-        public func join() throws(ProcessError) {
+        public func join() throws(MP.Error) {
             _ = try join(timeout: nil)
         }
 
         /// Python's `join(timeout)`: waits at most `timeout` seconds.
         /// - Returns: whether the child has ended (Python returns None; check `exitCode`).
         @discardableResult
-        public func join(timeout: Double?) throws(ProcessError) -> Bool {
-            let deadline = try Deadline.after(timeout) { ProcessError.negativeTimeout($0) }
+        public func join(timeout: Double?) throws(MP.Error) -> Bool {
+            let deadline = try Deadline.after(timeout) { MP.Error.negativeTimeout($0) }
             guard let popen = try joinable() else { return true }
             if popen.sentinel >= 0 {
                 let ended: Bool
@@ -375,7 +374,7 @@ extension MP {
         }
 
         /// `try await p.join()`: suspends, without blocking a thread, until the child ends.
-        public func join() async throws(ProcessError) {
+        public func join() async throws(MP.Error) {
             guard let popen = try joinable() else { return }
             do {
                 try await popen.wait()
@@ -389,8 +388,8 @@ extension MP {
         }
 
         /// The child to wait for, or nil when already reaped; throws on misuse.
-        private func joinable() throws(ProcessError) -> (any Popen)? {
-            try lock.withLock { () throws(ProcessError) -> (any Popen)? in
+        private func joinable() throws(MP.Error) -> (any Popen)? {
+            try lock.withLock { () throws(MP.Error) -> (any Popen)? in
                 if isCurrent { throw .joinSelf(name: unlockedName) }
                 if creatorPid != Sys.getpid { throw .notParent(name: unlockedName) }
                 switch state {
@@ -403,18 +402,18 @@ extension MP {
         }
 
         /// Python's `terminate()`: sends SIGTERM. A no-op once the child has ended.
-        public func terminate() throws(ProcessError) { try send(.terminate) }
+        public func terminate() throws(MP.Error) { try send(.terminate) }
 
         /// Python 3.14's `interrupt()`: sends SIGINT (a Swift child ends with
         /// `-2` unless it handles the signal). A no-op once the child has ended.
-        public func interrupt() throws(ProcessError) { try send(.interrupt) }
+        public func interrupt() throws(MP.Error) { try send(.interrupt) }
 
         /// Python's `kill()`: sends SIGKILL. A no-op once the child has ended.
-        public func kill() throws(ProcessError) { try send(.kill) }
+        public func kill() throws(MP.Error) { try send(.kill) }
 
         /// Sends `signal` to the running child (through its pidfd: no pid-reuse race).
-        public func send(_ signal: Signal) throws(ProcessError) {
-            try lock.withLock { () throws(ProcessError) in
+        public func send(_ signal: Signal) throws(MP.Error) {
+            try lock.withLock { () throws(MP.Error) in
                 if isCurrent { throw .notParent(name: unlockedName) }
                 if creatorPid != Sys.getpid { throw .notParent(name: unlockedName) }
                 switch state {
@@ -428,10 +427,10 @@ extension MP {
         }
 
         /// Python's `close()`: releases the pidfd. Throws if the child still runs;
-        /// afterwards most operations throw ``MP/ProcessError/closed(name:)``.
-        public func close() throws(ProcessError) {
+        /// afterwards most operations throw ``MP/Error/Code/closed``.
+        public func close() throws(MP.Error) {
             if !isCurrent && creatorPid == Sys.getpid { reap(blocking: false) }
-            try lock.withLock { () throws(ProcessError) in
+            try lock.withLock { () throws(MP.Error) in
                 switch state {
                 case .running: throw .stillRunning(name: unlockedName)
                 case .finished(let popen, _):

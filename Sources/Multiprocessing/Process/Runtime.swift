@@ -172,7 +172,7 @@ final class Runtime: @unchecked Sendable {
     }
 
     /// Raises if the current process may not start children.
-    func checkMayStartChildren() throws(MP.ProcessError) {
+    func checkMayStartChildren() throws(MP.Error) {
         let current = self.current
         if current.daemon { throw .daemonCannotHaveChildren(name: current.name) }
     }
@@ -199,7 +199,7 @@ final class Runtime: @unchecked Sendable {
     }
 
     /// Prints an uncaught error to stderr, Python-style.
-    static func reportUncaught(_ error: any Error, processName: String?) {
+    static func reportUncaught(_ error: any Swift.Error, processName: String?) {
         Sys.flushStdio()
         var text = ""
         if let processName { text += "Process \(processName):\n" }

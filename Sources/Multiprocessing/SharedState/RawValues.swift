@@ -8,7 +8,7 @@ extension MP {
         private let pointer: UnsafeMutablePointer<T>
 
         /// Shared memory holding `value`.
-        public init(_ value: T) throws(SyncError) {
+        public init(_ value: T) throws(MP.Error) {
             block = try SharedBlock(bytes: MemoryLayout<T>.size)
             pointer = block.base.bindMemory(to: T.self, capacity: 1)
             pointer.initialize(to: value)
@@ -16,7 +16,7 @@ extension MP {
 
         init(block: SharedBlock) throws {
             guard block.size >= MemoryLayout<T>.size else {
-                throw MP.TaskError.cannotCross("an MP.RawValue<\(T.self)> arrived in a block of \(block.size) bytes")
+                throw MP.Error.cannotCross("an MP.RawValue<\(T.self)> arrived in a block of \(block.size) bytes")
             }
             self.block = block
             pointer = block.base.bindMemory(to: T.self, capacity: 1)
@@ -42,12 +42,12 @@ extension MP {
         }
 
         /// Python's `RawArray(typecode, size)`: `count` copies of `repeating`.
-        public init(repeating value: Element, count: Int) throws(SyncError) {
+        public init(repeating value: Element, count: Int) throws(MP.Error) {
             storage = try SharedElements(repeating: value, count: count)
         }
 
         /// Python's `RawArray(typecode, sequence)`.
-        public init(_ values: some Collection<Element>) throws(SyncError) {
+        public init(_ values: some Collection<Element>) throws(MP.Error) {
             storage = try SharedElements(values)
         }
 

@@ -13,7 +13,7 @@ extension MP {
     /// integer (64-bit), a float (a `Double`), a boolean or `nil`; a string or
     /// bytes item gets its UTF-8 length rounded up to the next multiple of 8
     /// (at least one more byte), and a later one must fit there
-    /// (``MP/SharedMemoryError/itemTooLarge(index:size:capacity:)``). As in
+    /// (``MP/Error/Code/tooLarge``). As in
     /// CPython, trailing zero bytes of a string or bytes item are not kept.
     ///
     /// The segment is created owner-only, registered with the resource
@@ -108,7 +108,7 @@ extension MP {
         private let offsets: [Int]
 
         /// Python's `ShareableList(sequence, name=name)`: a new segment holding `items`.
-        public init(_ items: [Item], name: String? = nil) throws(SharedMemoryError) {
+        public init(_ items: [Item], name: String? = nil) throws(MP.Error) {
             count = items.count
             var offsets = [0]
             for item in items {
@@ -127,7 +127,7 @@ extension MP {
         }
 
         /// Python's `ShareableList(name=name)`: attaches an existing list (CPython's or this library's).
-        public init(name: String) throws(SharedMemoryError) {
+        public init(name: String) throws(MP.Error) {
             shm = try SharedMemory(name: name)
             let base = shm.buffer
             guard base.count >= 16 else { throw .notAShareableList("the segment has \(base.count) bytes") }
@@ -163,14 +163,14 @@ extension MP {
         }
 
         /// Python's `sl[i]` with a negative index counting from the end; throws for one out of range.
-        public func item(at position: Int) throws(SharedMemoryError) -> Item {
+        public func item(at position: Int) throws(MP.Error) -> Item {
             let index = position < 0 ? position + count : position
             guard index >= 0 && index < count else { throw .indexOutOfRange(position, count: count) }
             return read(at: index)
         }
 
         /// Python's `sl[i] = value`: a string or bytes item must fit the slot.
-        public func set(_ position: Int, to item: Item) throws(SharedMemoryError) {
+        public func set(_ position: Int, to item: Item) throws(MP.Error) {
             let index = position < 0 ? position + count : position
             guard index >= 0 && index < count else { throw .indexOutOfRange(position, count: count) }
             let capacity = offsets[index + 1] - offsets[index]
@@ -190,7 +190,7 @@ extension MP {
         public func index(of item: Item) -> Int? { firstIndex(of: item) }
 
         /// Python's `sl.shm.unlink()`.
-        public func unlink() throws(SharedMemoryError) { try shm.unlink() }
+        public func unlink() throws(MP.Error) { try shm.unlink() }
 
         public var description: String { "ShareableList([" + map(\.description).joined(separator: ", ") + "], name='\(name)')" }
 

@@ -22,7 +22,7 @@ final class SharedBlock: @unchecked Sendable {
     /// - Parameter shareable: backed by a memfd that can cross into a spawned
     ///   child; false for the library's own fork-only blocks (the pool's).
     @usableFromInline
-    init(bytes: Int, shareable: Bool = true) throws(MP.SyncError) {
+    init(bytes: Int, shareable: Bool = true) throws(MP.Error) {
         let page = Sys.pageSize
         guard bytes >= 0, bytes <= Int.max - page else {
             throw .invalidArgument("cannot map \(bytes) bytes of shared memory")
@@ -50,7 +50,7 @@ final class SharedBlock: @unchecked Sendable {
         let actual = try Sys.fileSize(fd)
         guard size > 0, actual >= size else {
             Sys.close(fd)
-            throw MP.TaskError.cannotCross("a shared block of \(size) bytes arrived as a file of \(actual) bytes")
+            throw MP.Error.cannotCross("a shared block of \(size) bytes arrived as a file of \(actual) bytes")
         }
         do { base = try Sys.mapShared(fd, size: size) } catch { Sys.close(fd); throw error }
         self.size = size
@@ -81,7 +81,7 @@ final class SharedBlock: @unchecked Sendable {
 
     func reference(in encoder: any Encoder, for what: String) throws -> Reference {
         let table = try Crossing.table(encoder, for: what)
-        guard descriptor >= 0 else { throw MP.TaskError.cannotCross("\(what) lives in fork-only memory and cannot cross into a spawned process") }
+        guard descriptor >= 0 else { throw MP.Error.cannotCross("\(what) lives in fork-only memory and cannot cross into a spawned process") }
         return Reference(descriptor: try table.add(descriptor, for: what), size: size)
     }
 

@@ -7,36 +7,7 @@ import SystemPackage
 import MultiprocessingPlatform
 
 extension MP {
-    /// Why a shared-memory operation failed.
-    public enum SharedMemoryError: Error, Hashable, Sendable, CustomStringConvertible {
-        case invalidName(String)
-        case invalidSize(Int)
-        case alreadyExists(String)
-        case notFound(String)
-        case closed(String)
-        case system(OSError)
-        /// A ``MP/ShareableList`` position outside `0..<count` (Python's `IndexError`).
-        case indexOutOfRange(Int, count: Int)
-        /// A string or bytes item longer than its slot (Python's `ValueError: bytes/str item exceeds available storage`).
-        case itemTooLarge(index: Int, size: Int, capacity: Int)
-        /// The segment does not hold a ``MP/ShareableList`` in CPython's layout.
-        case notAShareableList(String)
 
-        public var description: String {
-            switch self {
-            case .invalidName(let name): return "invalid shared memory name '\(name)': 1 to 200 characters, no '/' after the first"
-            case .invalidSize(let size): return "'size' must be a positive number (got \(size))"
-            case .alreadyExists(let name): return "shared memory '\(name)' already exists"
-            case .notFound(let name): return "no shared memory named '\(name)'"
-            case .closed(let name): return "shared memory '\(name)' is closed"
-            case .system(let error): return error.description
-            case .indexOutOfRange(let index, let count): return "index \(index) out of range 0..<\(count)"
-            case .itemTooLarge(let index, let size, let capacity):
-                return "item \(index) of \(size) bytes exceeds its storage of \(capacity) bytes (a ShareableList's slots keep the size they were created with)"
-            case .notAShareableList(let why): return "not a ShareableList: \(why)"
-            }
-        }
-    }
 
     /// Python's `multiprocessing.shared_memory.SharedMemory`: a named segment
     /// (in `/dev/shm`) that an unrelated process can attach by name.
@@ -62,7 +33,7 @@ extension MP {
         ///   - create: create a new segment (fails if the name exists) rather than attach.
         ///   - size: the size when creating.
         ///   - permissions: the mode when creating (owner-only by default).
-        public init(name: String? = nil, create: Bool = false, size: Int = 0, permissions: mode_t = 0o600) throws(SharedMemoryError) {
+        public init(name: String? = nil, create: Bool = false, size: Int = 0, permissions: mode_t = 0o600) throws(MP.Error) {
             let chosen = name ?? (create ? Self.uniqueName() : "")
             guard Self.isValid(chosen) else { throw .invalidName(chosen) }
             if create && size <= 0 { throw .invalidSize(size) }
@@ -107,7 +78,7 @@ extension MP {
         }
 
         /// Python's `unlink()`: removes the name; attached processes keep their mapping.
-        public func unlink() throws(SharedMemoryError) {
+        public func unlink() throws(MP.Error) {
             do {
                 try Sys.sharedMemoryUnlink("/" + name)
             } catch {

@@ -25,7 +25,7 @@ extension MP {
         private let owner = Sys.getpid
 
         /// Python's `SharedMemoryManager()` followed by `start()`.
-        public init() throws(SharedMemoryError) {
+        public init() throws(MP.Error) {
             let (readEnd, writeEnd): (Int32, Int32)
             do { (readEnd, writeEnd) = try Sys.pipe() } catch { throw .system(error) }
             do {
@@ -50,22 +50,22 @@ extension MP {
         }
 
         /// Python's `smm.SharedMemory(size)`: a new segment, unlinked at shutdown.
-        public func SharedMemory(size: Int) throws(SharedMemoryError) -> MP.SharedMemory {
+        public func SharedMemory(size: Int) throws(MP.Error) -> MP.SharedMemory {
             let segment = try MP.SharedMemory(create: true, size: size)
             try keep(segment.name)
             return segment
         }
 
         /// Python's `smm.ShareableList(sequence)`: a new list, unlinked at shutdown.
-        public func ShareableList(_ items: [MP.ShareableList.Item]) throws(SharedMemoryError) -> MP.ShareableList {
+        public func ShareableList(_ items: [MP.ShareableList.Item]) throws(MP.Error) -> MP.ShareableList {
             let list = try MP.ShareableList(items)
             try keep(list.name)
             return list
         }
 
         /// Hands the name to the keeper (and takes it off the resource tracker's list: one owner).
-        private func keep(_ name: String) throws(SharedMemoryError) {
-            try lock.withLock { () throws(SharedMemoryError) in
+        private func keep(_ name: String) throws(MP.Error) {
+            try lock.withLock { () throws(MP.Error) in
                 defer { ResourceTracker.unregister("/" + name) }
                 guard channel >= 0 else {
                     // Made before the manager was found shut down: removed

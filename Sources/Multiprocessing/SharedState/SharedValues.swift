@@ -23,7 +23,7 @@ extension MP {
         /// Python's `get_lock()`.
         public let lock: RLock
 
-        public init(_ value: T) throws(SyncError) {
+        public init(_ value: T) throws(MP.Error) {
             block = try SharedBlock(bytes: MemoryLayout<T>.size)
             pointer = block.base.bindMemory(to: T.self, capacity: 1)
             pointer.initialize(to: value)
@@ -32,7 +32,7 @@ extension MP {
 
         init(block: SharedBlock, lock: RLock) throws {
             guard block.size >= MemoryLayout<T>.size else {
-                throw MP.TaskError.cannotCross("an MP.Value<\(T.self)> arrived in a block of \(block.size) bytes")
+                throw MP.Error.cannotCross("an MP.Value<\(T.self)> arrived in a block of \(block.size) bytes")
             }
             self.block = block
             pointer = block.base.bindMemory(to: T.self, capacity: 1)
@@ -55,14 +55,14 @@ extension MP {
         }
 
         /// Reads the value under the lock.
-        public func get() throws(SyncError) -> T {
+        public func get() throws(MP.Error) -> T {
             try lock.acquire()
             defer { try? lock.release() }
             return pointer.pointee
         }
 
         /// Writes the value under the lock.
-        public func set(_ newValue: T) throws(SyncError) {
+        public func set(_ newValue: T) throws(MP.Error) {
             try lock.acquire()
             defer { try? lock.release() }
             pointer.pointee = newValue
@@ -94,13 +94,13 @@ extension MP {
         }
 
         /// An array of `count` copies of `repeating`.
-        public init(repeating value: Element, count: Int) throws(SyncError) {
+        public init(repeating value: Element, count: Int) throws(MP.Error) {
             storage = try SharedElements(repeating: value, count: count)
             lock = try RLock()
         }
 
         /// An array holding `values`.
-        public init(_ values: some Collection<Element>) throws(SyncError) {
+        public init(_ values: some Collection<Element>) throws(MP.Error) {
             storage = try SharedElements(values)
             lock = try RLock()
         }
@@ -165,7 +165,7 @@ struct SharedElements<Element: BitwiseCopyable> {
     let elements: UnsafeMutablePointer<Element>
     let count: Int
 
-    private init(count: Int) throws(MP.SyncError) {
+    private init(count: Int) throws(MP.Error) {
         guard count >= 0 else { throw .invalidArgument("array count must be >= 0 (got \(count))") }
         let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
         guard !overflow else { throw .invalidArgument("an array of \(count) \(Element.self) elements does not fit in memory") }
@@ -174,12 +174,12 @@ struct SharedElements<Element: BitwiseCopyable> {
         self.count = count
     }
 
-    init(repeating value: Element, count: Int) throws(MP.SyncError) {
+    init(repeating value: Element, count: Int) throws(MP.Error) {
         try self.init(count: count)
         elements.initialize(repeating: value, count: count)
     }
 
-    init(_ values: some Collection<Element>) throws(MP.SyncError) {
+    init(_ values: some Collection<Element>) throws(MP.Error) {
         try self.init(count: values.count)
         for (index, value) in values.enumerated() { (elements + index).initialize(to: value) }
     }
@@ -187,7 +187,7 @@ struct SharedElements<Element: BitwiseCopyable> {
     /// Elements that crossed into this process as `block`.
     init(block: SharedBlock, count: Int, what: String) throws {
         guard count >= 0, block.size / Swift.max(1, MemoryLayout<Element>.stride) >= count else {
-            throw MP.TaskError.cannotCross("an \(what) of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
+            throw MP.Error.cannotCross("an \(what) of \(count) \(Element.self) arrived in a block of \(block.size) bytes")
         }
         self.block = block
         elements = block.base.bindMemory(to: Element.self, capacity: count)

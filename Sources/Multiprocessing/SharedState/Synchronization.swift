@@ -7,34 +7,7 @@ import SystemPackage
 import MultiprocessingPlatform
 
 extension MP {
-    /// Why a synchronization operation failed.
-    public enum SyncError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// Releasing (or waiting on a condition of) a lock this thread does not hold.
-        case notOwner(String)
-        /// Acquiring a non-recursive lock this thread already holds (Python would hang).
-        case wouldDeadlock
-        /// A bounded semaphore released more times than acquired.
-        case overReleased(limit: Int)
-        /// A semaphore or barrier argument out of range.
-        case invalidArgument(String)
-        /// The barrier was broken (aborted, reset, a timeout, or a failing action).
-        case brokenBarrier
-        /// A timeout was negative.
-        case negativeTimeout(Double)
-        case system(OSError)
 
-        public var description: String {
-            switch self {
-            case .notOwner(let what): return "cannot release un-acquired lock: \(what)"
-            case .wouldDeadlock: return "this thread already holds the lock: acquiring it again would deadlock"
-            case .overReleased(let limit): return "semaphore released too many times (bound \(limit))"
-            case .invalidArgument(let what): return what
-            case .brokenBarrier: return "the barrier is broken"
-            case .negativeTimeout(let value): return "timeout must not be negative (got \(value))"
-            case .system(let error): return error.description
-            }
-        }
-    }
 
     /// The outcome of acquiring a lock or semaphore.
     public enum Acquisition: Hashable, Sendable {
@@ -69,7 +42,7 @@ final class SharedSyncState: @unchecked Sendable {
     /// The state of a primitive received by a spawned child (already initialised by its creator).
     init(adopting block: SharedBlock) throws {
         guard block.size >= MemoryLayout<cmp_sync_state>.size else {
-            throw MP.TaskError.cannotCross("a synchronization primitive arrived in a block of \(block.size) bytes")
+            throw MP.Error.cannotCross("a synchronization primitive arrived in a block of \(block.size) bytes")
         }
         self.block = block
         state = block.base.bindMemory(to: cmp_sync_state.self, capacity: 1)
@@ -89,7 +62,7 @@ final class SharedSyncState: @unchecked Sendable {
         try self.init(adopting: try SharedBlock(reference, from: decoder, for: what))
     }
 
-    init(recursive: Bool = false) throws(MP.SyncError) {
+    init(recursive: Bool = false) throws(MP.Error) {
         block = try SharedBlock(bytes: MemoryLayout<cmp_sync_state>.size)
         state = block.base.bindMemory(to: cmp_sync_state.self, capacity: 1)
         if let error = Sys.failure("pthread_mutex_init", result: cmp_mutex_init(&state.pointee.mutex, recursive ? 1 : 0)) {
@@ -100,7 +73,7 @@ final class SharedSyncState: @unchecked Sendable {
     /// Locks the internal mutex. Every critical section below ends in single
     /// stores, so a holder that died leaves consistent state: carry on.
     @inline(__always)
-    func lock() throws(MP.SyncError) {
+    func lock() throws(MP.Error) {
         let result = cmp_mutex_lock(&state.pointee.mutex, -1)
         if result != 0 && result != EOWNERDEAD {
             throw .system(MP.OSError("pthread_mutex_lock", errno: Errno(rawValue: result)))
@@ -118,7 +91,7 @@ final class SharedSyncState: @unchecked Sendable {
 
     /// With the lock held: releases it, sleeps until the sequence moves or the
     /// deadline passes, and locks again. Returns false when the deadline passed.
-    func sleep(until deadline: Deadline?) throws(MP.SyncError) -> Bool {
+    func sleep(until deadline: Deadline?) throws(MP.Error) -> Bool {
         let seq = state.pointee.seq
         state.pointee.waiters += 1
         unlock()
@@ -130,8 +103,8 @@ final class SharedSyncState: @unchecked Sendable {
 }
 
 /// A deadline from a Python-style timeout (nil: none).
-func deadline(after timeout: Double?) throws(MP.SyncError) -> Deadline? {
-    try Deadline.after(timeout) { MP.SyncError.negativeTimeout($0) }
+func deadline(after timeout: Double?) throws(MP.Error) -> Deadline? {
+    try Deadline.after(timeout) { MP.Error.negativeTimeout($0) }
 }
 
 /// Sleeps on a futex word while it holds `expected`, until `deadline`.
@@ -141,7 +114,7 @@ func futexSleep(_ word: UnsafeMutablePointer<UInt32>, _ expected: UInt32, until 
 }
 
 /// Locks a robust mutex with a Python-style timeout.
-func acquireMutex(_ mutex: UnsafeMutablePointer<pthread_mutex_t>, blocking: Bool, timeout: Double?) throws(MP.SyncError) -> MP.Acquisition {
+func acquireMutex(_ mutex: UnsafeMutablePointer<pthread_mutex_t>, blocking: Bool, timeout: Double?) throws(MP.Error) -> MP.Acquisition {
     let until = try deadline(after: timeout)
     let nanoseconds: Int64 = !blocking ? 0 : until.cTimeoutNanoseconds
     switch cmp_mutex_lock(mutex, nanoseconds) {
@@ -160,22 +133,22 @@ extension MP {
     /// If its holder dies (SIGKILL, a crash), the next `acquire` succeeds with
     /// ``MP/Acquisition/acquiredAfterOwnerDied`` instead of deadlocking.
     /// Releasing a lock this thread does not hold throws
-    /// ``MP/SyncError/notOwner(_:)``; acquiring it twice throws
-    /// ``MP/SyncError/wouldDeadlock``. Ownership is per thread.
+    /// ``MP/Error/Code/invalidState``; acquiring it twice throws
+    /// ``MP/Error/Code/invalidState``. Ownership is per thread.
     public final class Lock: @unchecked Sendable {
         let shared: SharedSyncState
 
-        public init() throws(SyncError) { shared = try SharedSyncState() }
+        public init() throws(MP.Error) { shared = try SharedSyncState() }
         init(shared: SharedSyncState) { self.shared = shared }
 
         /// Python's `acquire(block, timeout)`.
         @discardableResult
-        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(SyncError) -> Acquisition {
+        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(MP.Error) -> Acquisition {
             try acquireMutex(&shared.state.pointee.mutex, blocking: blocking, timeout: timeout)
         }
 
         /// Python's `release()`.
-        public func release() throws(SyncError) {
+        public func release() throws(MP.Error) {
             if cmp_mutex_unlock(&shared.state.pointee.mutex) != 0 { throw .notOwner("this thread does not hold the lock") }
         }
 
@@ -192,12 +165,12 @@ extension MP {
     public final class RLock: @unchecked Sendable {
         let shared: SharedSyncState
 
-        public init() throws(SyncError) { shared = try SharedSyncState(recursive: true) }
+        public init() throws(MP.Error) { shared = try SharedSyncState(recursive: true) }
         init(shared: SharedSyncState) { self.shared = shared }
 
         /// Python's `acquire(block, timeout)`.
         @discardableResult
-        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(SyncError) -> Acquisition {
+        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(MP.Error) -> Acquisition {
             let outcome = try acquireMutex(&shared.state.pointee.mutex, blocking: blocking, timeout: timeout)
             if outcome == .acquiredAfterOwnerDied { shared.state.pointee.depth = 0 }
             if outcome.succeeded { shared.state.pointee.depth += 1 }
@@ -205,7 +178,7 @@ extension MP {
         }
 
         /// Python's `release()`: one level.
-        public func release() throws(SyncError) {
+        public func release() throws(MP.Error) {
             let depth = shared.state.pointee.depth
             if cmp_mutex_unlock(&shared.state.pointee.mutex) != 0 { throw .notOwner("this thread does not hold the lock") }
             shared.state.pointee.depth = depth - 1 // still the owner's field until the last level
@@ -219,14 +192,14 @@ extension MP {
         }
 
         /// Releases every level; returns the depth to restore.
-        func releaseAll() throws(SyncError) -> Int32 {
+        func releaseAll() throws(MP.Error) -> Int32 {
             let depth = shared.state.pointee.depth
             guard depth > 0 else { throw .notOwner("this thread does not hold the lock") }
             for _ in 0..<depth { try release() }
             return depth
         }
 
-        func reacquire(depth: Int32) throws(SyncError) {
+        func reacquire(depth: Int32) throws(MP.Error) {
             for _ in 0..<depth { try acquire() }
         }
     }
@@ -239,7 +212,7 @@ extension MP {
         let shared: SharedSyncState
 
         /// - Parameter value: the initial count (Python's default is 1).
-        public init(value: Int = 1) throws(SyncError) {
+        public init(value: Int = 1) throws(MP.Error) {
             guard value >= 0 else { throw .invalidArgument("semaphore initial value must be >= 0 (got \(value))") }
             shared = try SharedSyncState()
             shared.state.pointee.value = Int64(value)
@@ -253,7 +226,7 @@ extension MP {
 
         /// Python's `acquire(block, timeout)`.
         @discardableResult
-        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(SyncError) -> Acquisition {
+        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(MP.Error) -> Acquisition {
             let until = try deadline(after: blocking ? timeout : 0)
             try shared.lock()
             defer { shared.unlock() }
@@ -266,7 +239,7 @@ extension MP {
         }
 
         /// Python's `release()`.
-        public func release() throws(SyncError) {
+        public func release() throws(MP.Error) {
             try shared.lock()
             defer { shared.unlock() }
             if shared.state.pointee.value >= shared.state.pointee.limit {
@@ -291,7 +264,7 @@ extension MP {
 
     /// Python's `multiprocessing.BoundedSemaphore`: releasing above the initial value throws.
     public final class BoundedSemaphore: Semaphore, @unchecked Sendable {
-        public override init(value: Int = 1) throws(SyncError) {
+        public override init(value: Int = 1) throws(MP.Error) {
             try super.init(value: value)
             shared.state.pointee.limit = Int64(value)
         }
@@ -305,14 +278,14 @@ extension MP {
     public final class Event: @unchecked Sendable {
         let shared: SharedSyncState
 
-        public init() throws(SyncError) { shared = try SharedSyncState() }
+        public init() throws(MP.Error) { shared = try SharedSyncState() }
         init(shared: SharedSyncState) { self.shared = shared }
 
         /// Python's `is_set()`.
         public var isSet: Bool { cmp_atomic_load_i64(&shared.state.pointee.value) != 0 }
 
         /// Python's `set()`: wakes every waiter.
-        public func set() throws(SyncError) {
+        public func set() throws(MP.Error) {
             try shared.lock()
             defer { shared.unlock() }
             cmp_atomic_store_i64(&shared.state.pointee.value, 1)
@@ -320,7 +293,7 @@ extension MP {
         }
 
         /// Python's `clear()`.
-        public func clear() throws(SyncError) {
+        public func clear() throws(MP.Error) {
             try shared.lock()
             defer { shared.unlock() }
             cmp_atomic_store_i64(&shared.state.pointee.value, 0)
@@ -328,7 +301,7 @@ extension MP {
 
         /// Python's `wait(timeout)`: whether the flag is set.
         @discardableResult
-        public func wait(timeout: Double? = nil) throws(SyncError) -> Bool {
+        public func wait(timeout: Double? = nil) throws(MP.Error) -> Bool {
             let until = try deadline(after: timeout)
             try shared.lock()
             defer { shared.unlock() }
@@ -349,13 +322,13 @@ extension MP {
         let shared: SharedSyncState
 
         /// A condition over a new ``MP/RLock``, or over `lock`.
-        public init(lock: RLock? = nil) throws(SyncError) {
+        public init(lock: RLock? = nil) throws(MP.Error) {
             if let lock { underlying = .rlock(lock) } else { underlying = .rlock(try RLock()) }
             shared = try SharedSyncState()
         }
 
         /// A condition over `lock`.
-        public init(lock: Lock) throws(SyncError) {
+        public init(lock: Lock) throws(MP.Error) {
             underlying = .lock(lock)
             shared = try SharedSyncState()
         }
@@ -366,14 +339,14 @@ extension MP {
         }
 
         @discardableResult
-        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(SyncError) -> Acquisition {
+        public func acquire(blocking: Bool = true, timeout: Double? = nil) throws(MP.Error) -> Acquisition {
             switch underlying {
             case .lock(let lock): return try lock.acquire(blocking: blocking, timeout: timeout)
             case .rlock(let lock): return try lock.acquire(blocking: blocking, timeout: timeout)
             }
         }
 
-        public func release() throws(SyncError) {
+        public func release() throws(MP.Error) {
             switch underlying {
             case .lock(let lock): try lock.release()
             case .rlock(let lock): try lock.release()
@@ -390,7 +363,7 @@ extension MP {
         /// Python's `wait(timeout)`: releases the lock, waits for a notify, re-acquires.
         /// Returns false on timeout. The caller must hold the lock.
         @discardableResult
-        public func wait(timeout: Double? = nil) throws(SyncError) -> Bool {
+        public func wait(timeout: Double? = nil) throws(MP.Error) -> Bool {
             let until = try deadline(after: timeout)
             let seq = cmp_atomic_load_u32(&shared.state.pointee.seq)
             _ = cmp_atomic_add_u32(&shared.state.pointee.waiters, 1)
@@ -423,7 +396,7 @@ extension MP {
         }
 
         /// Python's `notify(n)`. The caller must hold the lock.
-        public func notify(_ count: Int = 1) throws(SyncError) {
+        public func notify(_ count: Int = 1) throws(MP.Error) {
             guard count >= 0 else { throw .invalidArgument("notify count must be >= 0") }
             try checkOwned()
             _ = cmp_atomic_add_u32(&shared.state.pointee.seq, 1)
@@ -433,14 +406,14 @@ extension MP {
         }
 
         /// Python's `notify_all()`. The caller must hold the lock.
-        public func notifyAll() throws(SyncError) { try notify(Int(Int32.max)) }
+        public func notifyAll() throws(MP.Error) { try notify(Int(Int32.max)) }
 
         /// Ownership check: a non-blocking acquire by the owner reports
         /// `wouldDeadlock` (Lock) or nests (RLock).
-        private func checkOwned() throws(SyncError) {
+        private func checkOwned() throws(MP.Error) {
             switch underlying {
             case .lock(let lock):
-                do throws(SyncError) {
+                do throws(MP.Error) {
                     if try lock.acquire(blocking: false).succeeded {
                         try lock.release()
                         throw .notOwner("notify on a condition whose lock is not held")
@@ -469,7 +442,7 @@ extension MP {
         ///   - parties: how many must call `wait()` to pass.
         ///   - action: run once per passing, by the last to arrive.
         ///   - timeout: the default for `wait()`.
-        public init(parties: Int, action: (() throws -> Void)? = nil, timeout: Double? = nil) throws(SyncError) {
+        public init(parties: Int, action: (() throws -> Void)? = nil, timeout: Double? = nil) throws(MP.Error) {
             guard parties >= 1 else { throw .invalidArgument("a barrier needs at least 1 party (got \(parties))") }
             _ = try deadline(after: timeout) // refuses a negative timeout now, not at the first wait
             shared = try SharedSyncState()
@@ -494,7 +467,7 @@ extension MP {
         /// Python's `broken`.
         public var isBroken: Bool { (try? locked { shared.state.pointee.broken != 0 }) ?? true }
 
-        private func locked<R>(_ body: () throws(SyncError) -> R) throws(SyncError) -> R {
+        private func locked<R>(_ body: () throws(MP.Error) -> R) throws(MP.Error) -> R {
             try shared.lock()
             defer { shared.unlock() }
             return try body()
@@ -502,14 +475,14 @@ extension MP {
 
         /// Python's `wait(timeout)`: blocks until every party arrives; returns
         /// this arrival's index (0 ..< parties). Throws
-        /// ``MP/SyncError/brokenBarrier`` if the barrier is or becomes broken.
+        /// ``MP/Error/Code/brokenBarrier`` if the barrier is or becomes broken.
         @discardableResult
         public func wait(timeout: Double? = nil) throws -> Int {
             let until = try deadline(after: timeout ?? defaultTimeout)
             try shared.lock()
             defer { shared.unlock() }
             let s = shared.state
-            if s.pointee.broken != 0 { throw SyncError.brokenBarrier }
+            if s.pointee.broken != 0 { throw MP.Error.brokenBarrier }
             let generation = s.pointee.generation
             let index = Int(s.pointee.value)
             s.pointee.value += 1
@@ -528,13 +501,13 @@ extension MP {
             while true {
                 let woke = try shared.sleep(until: until)
                 if s.pointee.generation != generation {
-                    if s.pointee.reset_generation == generation { throw SyncError.brokenBarrier }
+                    if s.pointee.reset_generation == generation { throw MP.Error.brokenBarrier }
                     return index
                 }
-                if s.pointee.broken != 0 { throw SyncError.brokenBarrier }
+                if s.pointee.broken != 0 { throw MP.Error.brokenBarrier }
                 if !woke {
                     breakBarrier()
-                    throw SyncError.brokenBarrier
+                    throw MP.Error.brokenBarrier
                 }
             }
         }
@@ -546,13 +519,13 @@ extension MP {
         }
 
         /// Python's `abort()`: breaks the barrier; waiters and later callers throw.
-        public func abort() throws(SyncError) {
+        public func abort() throws(MP.Error) {
             try locked { breakBarrier() }
         }
 
-        /// Python's `reset()`: current waiters throw ``MP/SyncError/brokenBarrier``;
+        /// Python's `reset()`: current waiters throw ``MP/Error/Code/brokenBarrier``;
         /// the barrier is empty and whole again.
-        public func reset() throws(SyncError) {
+        public func reset() throws(MP.Error) {
             try locked {
                 let s = shared.state
                 if s.pointee.value > 0 { s.pointee.reset_generation = s.pointee.generation }

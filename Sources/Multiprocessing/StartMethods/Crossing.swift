@@ -20,7 +20,7 @@ final class DescriptorTable {
     func add(_ fd: Int32, for what: String) throws -> Int {
         if let index = descriptors.firstIndex(of: fd) { return index }
         guard descriptors.count < Self.capacity else {
-            throw MP.TaskError.cannotCross("a task's arguments may hold at most \(Self.capacity) descriptors (\(what) would be one more)")
+            throw MP.Error.cannotCross("a task's arguments may hold at most \(Self.capacity) descriptors (\(what) would be one more)")
         }
         descriptors.append(fd)
         return descriptors.count - 1
@@ -36,7 +36,7 @@ final class ReceivedDescriptors {
     /// A duplicate of descriptor `index`, owned by the caller (close-on-exec).
     func adopt(_ index: Int, for what: String) throws -> Int32 {
         guard descriptors.indices.contains(index) else {
-            throw MP.TaskError.cannotCross("\(what) refers to descriptor \(index), but the child received \(descriptors.count)")
+            throw MP.Error.cannotCross("\(what) refers to descriptor \(index), but the child received \(descriptors.count)")
         }
         return try Sys.duplicate(descriptors[index])
     }
@@ -53,14 +53,14 @@ enum Crossing {
     /// The table of the start in progress, or a clear error naming `what`.
     static func table(_ encoder: any Encoder, for what: String) throws -> DescriptorTable {
         guard let table = encoder.userInfo[.descriptorTable] as? DescriptorTable else {
-            throw MP.TaskError.cannotCross("\(what) can only cross into a process as a named task's argument when the process starts (share it by inheritance, as in Python); it cannot be sent through a queue, a pipe or a pool result")
+            throw MP.Error.cannotCross("\(what) can only cross into a process as a named task's argument when the process starts (share it by inheritance, as in Python); it cannot be sent through a queue, a pipe or a pool result")
         }
         return table
     }
 
     static func received(_ decoder: any Decoder, for what: String) throws -> ReceivedDescriptors {
         guard let received = decoder.userInfo[.receivedDescriptors] as? ReceivedDescriptors else {
-            throw MP.TaskError.cannotCross("\(what) can only be received as a named task's argument in a started child")
+            throw MP.Error.cannotCross("\(what) can only be received as a named task's argument in a started child")
         }
         return received
     }
@@ -69,19 +69,17 @@ enum Crossing {
 /// Encodes a `Codable` value with the start's descriptor table (the named
 /// task's arguments), or decodes one with the descriptors a child received.
 extension WireFormat {
-    /// A ``MP/TaskError`` (an object that cannot cross) comes out as itself;
-    /// any other failure as a ``MP/WireError``.
+    /// The library's own error (an object that cannot cross, a wire
+    /// failure) comes out as itself; any other failure as an encoding error.
     static func encode<T: Encodable>(_ value: T, descriptors: DescriptorTable) throws -> [UInt8] {
         let encoder = BinaryEncoder(writer: ByteWriter())
         encoder.userInfo[.descriptorTable] = descriptors
         do {
             try encoder.encodeValue(value)
-        } catch let error as MP.TaskError {
-            throw error
-        } catch let error as MP.WireError {
+        } catch let error as MP.Error {
             throw error
         } catch {
-            throw MP.WireError.encodingFailed(type: "\(T.self)", reason: "\(error)")
+            throw MP.Error.encodingFailed(type: "\(T.self)", reason: "\(error)")
         }
         try encoder.writer.checkLengths(T.self)
         return encoder.writer.bytes
@@ -94,15 +92,13 @@ extension WireFormat {
             let value: T
             do {
                 value = try decoder.decodeValue(T.self)
-            } catch let error as MP.TaskError {
-                throw error
-            } catch let error as MP.WireError {
+            } catch let error as MP.Error {
                 throw error
             } catch {
-                throw MP.WireError.malformed(type: "\(T.self)", reason: "\(error)")
+                throw MP.Error.malformed(type: "\(T.self)", reason: "\(error)")
             }
             if decoder.reader.remaining != 0 {
-                throw MP.WireError.malformed(type: "\(T.self)", reason: "\(decoder.reader.remaining) bytes left over after the value")
+                throw MP.Error.malformed(type: "\(T.self)", reason: "\(decoder.reader.remaining) bytes left over after the value")
             }
             return value
         }

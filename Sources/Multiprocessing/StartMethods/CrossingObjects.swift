@@ -1,7 +1,7 @@
 /// The library's objects as named-task arguments: each encodes the
 /// descriptors behind it into the start's table and is rebuilt around them
 /// in the child (see ``DescriptorTable``). Outside a start they refuse to
-/// encode with ``MP/TaskError/cannotCross(_:)``.
+/// encode with ``MP/Error/Code/cannotCross``.
 
 extension MP.Lock: Codable {
     public func encode(to encoder: any Encoder) throws { try shared.encode(to: encoder, for: "MP.Lock") }
@@ -59,7 +59,7 @@ extension MP.Barrier: Codable {
 
     public func encode(to encoder: any Encoder) throws {
         if action != nil {
-            throw MP.TaskError.cannotCross("an MP.Barrier with an action cannot cross into a spawned process (a closure cannot cross exec); create it without an action, or use fork")
+            throw MP.Error.cannotCross("an MP.Barrier with an action cannot cross into a spawned process (a closure cannot cross exec); create it without an action, or use fork")
         }
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(try shared.reference(in: encoder, for: "MP.Barrier"), forKey: .state)
@@ -131,7 +131,7 @@ extension MP.Connection: Codable {
     /// descriptor of the same socket. Data this end already read ahead stays here.
     public func encode(to encoder: any Encoder) throws {
         let table = try Crossing.table(encoder, for: "MP.Connection")
-        guard fileno >= 0 else { throw MP.TaskError.cannotCross("a closed MP.Connection cannot cross into a process") }
+        guard fileno >= 0 else { throw MP.Error.cannotCross("a closed MP.Connection cannot cross into a process") }
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(try table.add(fileno, for: "MP.Connection"), forKey: .descriptor)
         try container.encode(isReadable, forKey: .readable)

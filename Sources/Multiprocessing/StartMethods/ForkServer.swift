@@ -150,10 +150,10 @@ final class ForkServerClient: @unchecked Sendable {
     nonisolated(unsafe) static var afterSpawnForTesting: (@Sendable (pid_t) -> Void)?
 
     /// Starts a child from `descriptors` (the launch message first); returns its pid.
-    static func launch(_ descriptors: [Int32]) throws(MP.TaskError) -> pid_t {
+    static func launch(_ descriptors: [Int32]) throws(MP.Error) -> pid_t {
         _ = forgetInChild
         _ = shutDownAtExit
-        return try lock.withLock { () throws(MP.TaskError) -> pid_t in
+        return try lock.withLock { () throws(MP.Error) -> pid_t in
             var deaths: [String] = []
             for _ in 0..<2 {
                 let server: ForkServerClient
@@ -214,7 +214,7 @@ final class ForkServerClient: @unchecked Sendable {
     private enum Started { case ready(ForkServerClient), died(String) }
 
     /// A new server, ready; `.died` when it ended before saying so (the caller retries once).
-    private static func start() throws(MP.TaskError) -> Started {
+    private static func start() throws(MP.Error) -> Started {
         let ours: Int32, theirs: Int32
         do { (ours, theirs) = try Sys.socketPair(keepingMessages: true) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
         let bindNow = Sys.environment("LD_BIND_NOW") == nil

@@ -27,13 +27,13 @@ struct LaunchInfo: Codable {
 /// how to run it in a forked child (no encoding needed there).
 struct NamedTaskTarget: @unchecked Sendable {
     let name: String
-    let check: () throws(MP.TaskError) -> Void
+    let check: () throws(MP.Error) -> Void
     let encode: (DescriptorTable) throws -> [UInt8]
     let runHere: () async throws -> Void
 
     init<T: MP.NamedTask>(_ task: T) {
         name = T.name
-        check = { () throws(MP.TaskError) in try TaskRegistry.shared.checkSendable(T.self) }
+        check = { () throws(MP.Error) in try TaskRegistry.shared.checkSendable(T.self) }
         encode = { table in try WireFormat.encode(task, descriptors: table) }
         runHere = { _ = try await task.run() }
     }
@@ -46,7 +46,7 @@ struct LaunchMessage {
     let descriptors: [Int32]
     private let launchFile: Int32
 
-    init(_ process: MP.Process, daemon: Bool, method: MP.StartMethod) throws(MP.TaskError) {
+    init(_ process: MP.Process, daemon: Bool, method: MP.StartMethod) throws(MP.Error) {
         let table = DescriptorTable()
         guard let info = try process.launchInfo(daemon: daemon, objects: table) else {
             throw .needsFork(process: process.name, method: method)
@@ -54,7 +54,7 @@ struct LaunchMessage {
         try self.init(info, objects: table.descriptors, method: method)
     }
 
-    init(_ info: LaunchInfo, objects: [Int32], method: MP.StartMethod) throws(MP.TaskError) {
+    init(_ info: LaunchInfo, objects: [Int32], method: MP.StartMethod) throws(MP.Error) {
         let message: [UInt8]
         do { message = try WireFormat.encode(info) } catch { throw .cannotCross("the launch message does not encode: \(error)") }
         do {
@@ -80,7 +80,7 @@ struct LaunchMessage {
 enum Spawner {
     static let flag = "--swift-multiprocessing-spawn"
 
-    static func spawn(_ descriptors: [Int32], daemon: Bool) throws(MP.TaskError) -> pid_t {
+    static func spawn(_ descriptors: [Int32], daemon: Bool) throws(MP.Error) -> pid_t {
         let arguments = [programName, flag, String(descriptors.count)]
         let start = { () throws(MP.OSError) -> pid_t in
             try Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: descriptors)

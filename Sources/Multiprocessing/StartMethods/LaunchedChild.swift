@@ -89,7 +89,7 @@ enum LaunchedChild {
     /// The task `info` names, with its arguments: what a child checks before running anything.
     static func resolve(_ info: LaunchInfo, _ objects: ReceivedDescriptors) throws -> any MP.NamedTask {
         guard info.build == BuildIdentity.current else {
-            throw MP.TaskError.buildMismatch(expected: BuildIdentity.current, found: info.build)
+            throw MP.Error.buildMismatch(expected: BuildIdentity.current, found: info.build)
         }
         let type = try TaskRegistry.shared.task(named: info.task)
         return try decodeTask(type, info, objects)
@@ -98,10 +98,10 @@ enum LaunchedChild {
     private static func decodeTask<T: MP.NamedTask>(_ type: T.Type, _ info: LaunchInfo, _ objects: ReceivedDescriptors) throws -> any MP.NamedTask {
         do {
             return try WireFormat.decode(T.self, from: info.arguments, descriptors: objects)
-        } catch let error as MP.TaskError {
-            throw error
         } catch {
-            throw MP.TaskError.badArguments(task: info.task, reason: "\(error)")
+            // An object that cannot cross says so itself; anything else is the arguments' fault.
+            if let error = error as? MP.Error, error.code == .cannotCross { throw error }
+            throw MP.Error.badArguments(task: info.task, reason: "\(error)")
         }
     }
 

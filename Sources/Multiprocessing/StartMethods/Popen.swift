@@ -27,9 +27,9 @@ protocol Popen: Sendable {
     /// The start method this type implements.
     static var method: MP.StartMethod { get }
     /// Refuses a process this method cannot start, before anything is done.
-    static func check(_ process: MP.Process) throws(MP.ProcessError)
+    static func check(_ process: MP.Process) throws(MP.Error)
     /// Starts the child that runs `process` (CPython's `_launch`); its pid.
-    static func launch(_ process: MP.Process, _ request: StartRequest) throws(MP.ProcessError) -> pid_t
+    static func launch(_ process: MP.Process, _ request: StartRequest) throws(MP.Error) -> pid_t
 
     /// The child's pid.
     var pid: pid_t { get }
@@ -41,7 +41,7 @@ protocol Popen: Sendable {
 
 extension Popen {
     /// Checks, launches, and opens the sentinel: the one start of every method.
-    static func start(_ process: MP.Process, _ request: StartRequest) throws(MP.ProcessError) -> Self {
+    static func start(_ process: MP.Process, _ request: StartRequest) throws(MP.Error) -> Self {
         try check(process)
         let pid = try launch(process, request)
         return Self(pid: pid, sentinel: (try? Sys.pidfdOpen(pid)) ?? -1)
@@ -104,14 +104,14 @@ struct ForkPopen: Popen {
     let pid: pid_t
     let sentinel: Int32
 
-    static func check(_ process: MP.Process) throws(MP.ProcessError) {
+    static func check(_ process: MP.Process) throws(MP.Error) {
         if process.needsChildExecutors && !ChildExecutors.isAvailable {
             throw .concurrencyUnavailable(name: process.name)
         }
         try process.checkNamedTask()
     }
 
-    static func launch(_ process: MP.Process, _ request: StartRequest) throws(MP.ProcessError) -> pid_t {
+    static func launch(_ process: MP.Process, _ request: StartRequest) throws(MP.Error) -> pid_t {
         try ForkWatchdog.fork(process, request)
     }
 }
@@ -121,13 +121,13 @@ struct ForkPopen: Popen {
 /// the child.
 protocol LaunchingPopen: Popen {
     /// Starts a child that reads `message`; its pid.
-    static func launch(_ message: LaunchMessage, daemon: Bool) throws(MP.TaskError) -> pid_t
+    static func launch(_ message: LaunchMessage, daemon: Bool) throws(MP.Error) -> pid_t
 }
 
 extension LaunchingPopen {
-    static func check(_ process: MP.Process) throws(MP.ProcessError) { try process.checkLaunchable(method) }
+    static func check(_ process: MP.Process) throws(MP.Error) { try process.checkLaunchable(method) }
 
-    static func launch(_ process: MP.Process, _ request: StartRequest) throws(MP.ProcessError) -> pid_t {
+    static func launch(_ process: MP.Process, _ request: StartRequest) throws(MP.Error) -> pid_t {
         do {
             let message = try LaunchMessage(process, daemon: request.daemon, method: method)
             defer { message.close() }
@@ -145,7 +145,7 @@ struct SpawnPopen: LaunchingPopen {
     let pid: pid_t
     let sentinel: Int32
 
-    static func launch(_ message: LaunchMessage, daemon: Bool) throws(MP.TaskError) -> pid_t {
+    static func launch(_ message: LaunchMessage, daemon: Bool) throws(MP.Error) -> pid_t {
         try Spawner.spawn(message.descriptors, daemon: daemon)
     }
 }
@@ -157,7 +157,7 @@ struct ForkServerPopen: LaunchingPopen {
     let pid: pid_t
     let sentinel: Int32
 
-    static func launch(_ message: LaunchMessage, daemon: Bool) throws(MP.TaskError) -> pid_t {
+    static func launch(_ message: LaunchMessage, daemon: Bool) throws(MP.Error) -> pid_t {
         try ForkServerClient.launch(message.descriptors)
     }
 }

@@ -23,17 +23,7 @@ extension MP {
         public var description: String { rawValue }
     }
 
-    /// Misuse of ``MP/setStartMethod(_:force:)``.
-    public enum StartMethodError: Error, Hashable, Sendable, CustomStringConvertible {
-        /// The start method was already set (Python's `RuntimeError('context has already been set')`).
-        case alreadySet(StartMethod)
 
-        public var description: String {
-            switch self {
-            case .alreadySet(let method): return "the start method has already been set (to \(method)); pass force: true to change it"
-            }
-        }
-    }
 
     /// The start method named tasks use when none was set: ``StartMethod/forkserver``.
     public static let defaultStartMethod: StartMethod = .forkserver
@@ -42,9 +32,9 @@ extension MP {
     ///
     /// After ``StartMethod/spawn`` or ``StartMethod/forkserver`` is set, a
     /// process with a closure target refuses to start
-    /// (``MP/TaskError/needsFork(process:method:)``): the program asked never
+    /// (``MP/Error/Code/cannotCross``): the program asked never
     /// to fork itself.
-    public static func setStartMethod(_ method: StartMethod, force: Bool = false) throws(StartMethodError) {
+    public static func setStartMethod(_ method: StartMethod, force: Bool = false) throws(MP.Error) {
         try StartMethodSetting.shared.set(method, force: force)
     }
 
@@ -114,8 +104,8 @@ final class StartMethodSetting: @unchecked Sendable {
 
     var explicit: MP.StartMethod? { lock.withLock { method } }
 
-    func set(_ new: MP.StartMethod, force: Bool) throws(MP.StartMethodError) {
-        try lock.withLock { () throws(MP.StartMethodError) in
+    func set(_ new: MP.StartMethod, force: Bool) throws(MP.Error) {
+        try lock.withLock { () throws(MP.Error) in
             if let method, !force { throw .alreadySet(method) }
             method = new
         }

@@ -44,7 +44,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     /// is submitted as soon as it is written, so the workers start while
     /// the rest is being written.
     init(fixedWidth count: Int, fill: (UnsafeMutableRawPointer, Int) throws -> Void, type: UInt32, chunksize: Int, timeout: Double?,
-         pool: MP.TaskPool, into result: MP.AsyncResult<[T.Result]>, callerWaits: Bool) throws(MP.PoolError) {
+         pool: MP.TaskPool, into result: MP.AsyncResult<[T.Result]>, callerWaits: Bool) throws(MP.Error) {
         precondition(Self.isFixedWidth)
         self.result = result
         self.core = pool.core
@@ -71,7 +71,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                 try fill(arena.block.base + range.lowerBound * MemoryLayout<T>.stride, range.count)
             } catch {
                 // Chunks already submitted run; the map fails with the error.
-                let failure = MP.PoolError.invalidArgument("making the map's tasks failed: \(Swift.type(of: error)): \(error)")
+                let failure = MP.Error.invalidArgument("making the map's tasks failed: \(Swift.type(of: error)): \(error)")
                 let unsubmitted = ranges.count - index
                 let allSettled = lock.withLock { () -> Bool in
                     failed = true
@@ -93,7 +93,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
 
     /// A map of encoded tasks.
     init(encoding tasks: [T], type: UInt32, chunksize: Int, timeout: Double?, pool: MP.TaskPool,
-         into result: MP.AsyncResult<[T.Result]>) throws(MP.PoolError) {
+         into result: MP.AsyncResult<[T.Result]>) throws(MP.Error) {
         self.result = result
         self.core = pool.core
         count = tasks.count
@@ -130,7 +130,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
 
     /// A fixed-width chunk: its results are copied out of shared memory as it arrives.
     private func arrived(_ range: Range<Int>, _ outcome: PoolJob.Outcome) {
-        var failure: MP.PoolError?
+        var failure: MP.Error?
         var values: [T.Result]?
         var releaseArena: PoolArena?
         if case .done = outcome, let arena, let destinationBytes {
@@ -166,7 +166,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     }
 
     private func arrivedEncoded(_ index: Int, _ outcome: PoolJob.Outcome) {
-        var failure: MP.PoolError?
+        var failure: MP.Error?
         var values: [T.Result]?
         lock.withLock {
             settled += 1
@@ -196,10 +196,10 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     }
 
     /// A chunk's results (or those before its failed item): each `[u32 length][result]`.
-    static func decodeChunk(_ payload: [UInt8]) -> Result<[T.Result], MP.PoolError> {
+    static func decodeChunk(_ payload: [UInt8]) -> Result<[T.Result], MP.Error> {
         payload.withUnsafeBytes { raw in
             var reader = ByteReader(raw)
-            do throws(MP.WireError) {
+            do throws(MP.Error) {
                 var values: [T.Result] = []
                 while reader.remaining > 0 {
                     let length = try reader.readLength()

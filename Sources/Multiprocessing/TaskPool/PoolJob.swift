@@ -21,7 +21,7 @@ final class PoolJob: @unchecked Sendable {
     @usableFromInline
     enum Outcome {
         case done([UInt8])
-        case failed(index: Int, MP.PoolError, before: [UInt8])
+        case failed(index: Int, MP.Error, before: [UInt8])
     }
 
     let type: UInt32
@@ -57,7 +57,7 @@ final class PoolArena: @unchecked Sendable {
     let block: SharedBlock
     var inUse = false
 
-    init(id: UInt64, bytes: Int) throws(MP.SyncError) {
+    init(id: UInt64, bytes: Int) throws(MP.Error) {
         self.id = id
         block = try SharedBlock(bytes: bytes)
     }

@@ -34,7 +34,7 @@ final class PoolWorkerHandle {
     var dying = false
     var closedForWriting = false
 
-    init(process: MP.Process, channel: MP.Connection, control: SharedBlock, stderr: WorkerStderr) throws(MP.ProcessError) {
+    init(process: MP.Process, channel: MP.Connection, control: SharedBlock, stderr: WorkerStderr) throws(MP.Error) {
         self.process = process
         self.pidfd = try process.sentinel
         self.channel = channel

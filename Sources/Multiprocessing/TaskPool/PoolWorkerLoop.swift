@@ -72,7 +72,7 @@ struct PoolWorkerRuntime {
     private var output = ByteWriter()
     private var passed: [Int32] = []
     private var control: SharedBlock?
-    private var types: [Int: Result<any MP.NamedTask.Type, MP.TaskError>] = [:]
+    private var types: [Int: Result<any MP.NamedTask.Type, MP.Error>] = [:]
     private var blocks: [UInt64: SharedBlock] = [:]
     private var handled = 0
     private var lastFlush: Int64 = Deadline.now
@@ -100,7 +100,7 @@ struct PoolWorkerRuntime {
     mutating func serve(initializer: (any MP.NamedTask)?) async {
         // The first order is the hello: the control block and the stderr pipe.
         guard case .hello(let size)? = nextOrders(blocking: true)?.first, passed.count >= 2 else {
-            Runtime.reportUncaught(MP.PoolError.invalidArgument("the pool worker got no hello"), processName: nil)
+            Runtime.reportUncaught(MP.Error.invalidArgument("the pool worker got no hello"), processName: nil)
             return
         }
         let controlFd = passed.removeFirst(), stderrFd = passed.removeFirst()
@@ -209,14 +209,14 @@ struct PoolWorkerRuntime {
         case .hello:
             return .hello(controlSize: Int(try reader.read(UInt64.self)))
         case nil:
-            throw MP.WireError.malformed(type: "pool order", reason: "unknown kind \(kind)")
+            throw MP.Error.malformed(type: "pool order", reason: "unknown kind \(kind)")
         }
     }
 
     private mutating func handle(_ order: Order) async {
         switch order {
         case .define(let index, let name):
-            types[index] = Result { () throws(MP.TaskError) in try TaskRegistry.shared.task(named: name) }
+            types[index] = Result { () throws(MP.Error) in try TaskRegistry.shared.task(named: name) }
         case .hello:
             break
         case .block(let id, let size):
@@ -252,13 +252,13 @@ struct PoolWorkerRuntime {
         case failed(index: Int, why: WorkerFrames.Failure, type: String, description: String, before: [UInt8])
     }
 
-    private func resolve(_ type: Int) -> Result<any MP.NamedTask.Type, MP.TaskError> {
+    private func resolve(_ type: Int) -> Result<any MP.NamedTask.Type, MP.Error> {
         types[type] ?? .failure(.unknownTask("#\(type) (never defined)"))
     }
 
     private func runOne(_ type: Int, _ arguments: [UInt8]) async -> Outcome {
         switch resolve(type) {
-        case .failure(let error): return .failed(index: 0, why: .task, type: "TaskError", description: error.description, before: [])
+        case .failure(let error): return .failed(index: 0, why: .task, type: "MP.Error", description: error.description, before: [])
         case .success(let type):
             let items = ChunkItems(single: arguments)
             return await Self.run(type, items)
@@ -267,10 +267,10 @@ struct PoolWorkerRuntime {
 
     private func runChunk(_ type: Int, _ count: Int, _ bytes: [UInt8]) async -> Outcome {
         switch resolve(type) {
-        case .failure(let error): return .failed(index: 0, why: .task, type: "TaskError", description: error.description, before: [])
+        case .failure(let error): return .failed(index: 0, why: .task, type: "MP.Error", description: error.description, before: [])
         case .success(let type):
             guard let items = ChunkItems(count: count, bytes) else {
-                return .failed(index: 0, why: .task, type: "TaskError", description: "a malformed chunk", before: [])
+                return .failed(index: 0, why: .task, type: "MP.Error", description: "a malformed chunk", before: [])
             }
             return await Self.run(type, items)
         }
@@ -311,8 +311,8 @@ struct PoolWorkerRuntime {
             do {
                 task = try item.withUnsafeBytes { raw in try WireFormat.decode(T.self, from: raw) }
             } catch {
-                return .failed(index: index, why: .task, type: "TaskError",
-                               description: MP.TaskError.badArguments(task: T.name, reason: "\(error)").description, before: results.bytes)
+                return .failed(index: index, why: .task, type: "MP.Error",
+                               description: MP.Error.badArguments(task: T.name, reason: "\(error)").description, before: results.bytes)
             }
             let value: T.Result
             do {
@@ -326,7 +326,7 @@ struct PoolWorkerRuntime {
                 results.writeLength(encoded.count)
                 results.writeRaw(encoded)
             } catch {
-                return .failed(index: index, why: .result, type: "WireError", description: error.description, before: results.bytes)
+                return .failed(index: index, why: .result, type: "MP.Error", description: error.description, before: results.bytes)
             }
         }
         return .done(results.bytes)
@@ -336,14 +336,14 @@ struct PoolWorkerRuntime {
     /// task type's specialized loop (no `Codable` on either side).
     private func runRaw(_ type: Int, _ bytes: [UInt8]) async -> Outcome {
         switch resolve(type) {
-        case .failure(let error): return .failed(index: 0, why: .task, type: "TaskError", description: error.description, before: [])
+        case .failure(let error): return .failed(index: 0, why: .task, type: "MP.Error", description: error.description, before: [])
         case .success(let type): return await Self.runRaw(type, bytes)
         }
     }
 
     private static func runRaw<T: MP.NamedTask>(_ type: T.Type, _ bytes: [UInt8]) async -> Outcome {
         guard bytes.count == MemoryLayout<T>.size else {
-            return .failed(index: 0, why: .task, type: "TaskError",
+            return .failed(index: 0, why: .task, type: "MP.Error",
                            description: "\(bytes.count) bytes for a task of \(MemoryLayout<T>.size)", before: [])
         }
         let task = UnsafeMutableRawPointer.allocate(byteCount: max(1, MemoryLayout<T>.stride), alignment: 16)
@@ -364,10 +364,10 @@ struct PoolWorkerRuntime {
 
     private func runFixed(_ type: Int, _ block: UInt64, _ tasks: Int, _ results: Int, _ count: Int) async -> Outcome {
         guard case .success(let type) = resolve(type) else {
-            return .failed(index: 0, why: .task, type: "TaskError", description: "unknown task type #\(type)", before: [])
+            return .failed(index: 0, why: .task, type: "MP.Error", description: "unknown task type #\(type)", before: [])
         }
         guard let shared = blocks[block] else {
-            return .failed(index: 0, why: .task, type: "TaskError", description: "shared block \(block) never arrived", before: [])
+            return .failed(index: 0, why: .task, type: "MP.Error", description: "shared block \(block) never arrived", before: [])
         }
         var completed = 0
         do {
@@ -435,7 +435,7 @@ struct PoolWorkerRuntime {
             output.bytes.removeSubrange(mark...)
             report(.failed) { writer in
                 writer.write(seq); writer.write(elapsed); writer.write(UInt32(0)); writer.write(WorkerFrames.Failure.result.rawValue)
-                writer.write("WireError"); writer.write("the encoded results are over the pool's frame limit of \(WorkerFrames.maxBody) bytes")
+                writer.write("MP.Error"); writer.write("the encoded results are over the pool's frame limit of \(WorkerFrames.maxBody) bytes")
             }
         }
     }

@@ -14,7 +14,7 @@ extension MP {
     ///
     /// Unlike CPython's, a worker that dies (a crash, SIGKILL, `exit`) breaks
     /// nothing: the future of the task it ran fails with
-    /// ``MP/PoolError/workerDied(_:)``, a new worker takes its place, and the
+    /// ``MP/Error/Code/workerDied``, a new worker takes its place, and the
     /// executor goes on (CPython's raises `BrokenProcessPool` for every
     /// pending future and refuses new ones).
     public final class ProcessPoolExecutor: @unchecked Sendable {
@@ -32,7 +32,7 @@ extension MP {
         ///   - initializer: a named task run once in each worker.
         ///   - maxTasksPerChild: a worker is replaced after this many tasks.
         public init(maxWorkers: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
-                    maxTasksPerChild: Int? = nil) throws(PoolError) {
+                    maxTasksPerChild: Int? = nil) throws(MP.Error) {
             pool = try TaskPool(processes: maxWorkers, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
         }
 
@@ -64,7 +64,7 @@ extension MP {
         }
 
         /// Python's `submit(fn, *args)`: the task's future. After ``shutdown(wait:cancelFutures:)``
-        /// the future fails with ``MP/PoolError/closed`` (Python raises `RuntimeError`).
+        /// the future fails with ``MP/Error/Code/closed`` (Python raises `RuntimeError`).
         ///
         /// - Parameter task: the named task; its stored properties are the arguments.
         @discardableResult
@@ -108,20 +108,20 @@ extension MP {
         init(_ result: AsyncResult<Value>) { self.result = result }
 
         /// Python's `result(timeout)`: the value, or the task's error;
-        /// ``MP/PoolError/timeout`` when it is not ready in time.
-        public func result(timeout: Double? = nil) throws(PoolError) -> Value { try result.get(timeout: timeout) }
+        /// ``MP/Error/Code/timeout`` when it is not ready in time.
+        public func result(timeout: Double? = nil) throws(MP.Error) -> Value { try result.get(timeout: timeout) }
 
         /// `try await future.value`: suspends until the result is ready; cancelling the waiting task cancels the future.
-        public var value: Value { get async throws(PoolError) { try await result.value } }
+        public var value: Value { get async throws(MP.Error) { try await result.value } }
 
         /// Python's `exception(timeout)`: the task's error, or nil if it succeeded.
-        public func exception(timeout: Double? = nil) throws(PoolError) -> PoolError? {
+        public func exception(timeout: Double? = nil) throws(MP.Error) -> MP.Error? {
             do {
                 _ = try result.get(timeout: timeout)
                 return nil
-            } catch .timeout {
-                throw .timeout
             } catch {
+                // The wait's own timeout is thrown; the task's failure (even its own timeout) is the answer.
+                if error == .resultTimeout { throw error }
                 return error
             }
         }
@@ -156,13 +156,13 @@ extension MP {
 
     /// Python's `concurrent.futures.as_completed(fs, timeout)`: the futures
     /// in the order they complete. With a timeout, the sequence throws
-    /// ``MP/PoolError/timeout`` if they are not all done in time.
+    /// ``MP/Error/Code/timeout`` if they are not all done in time.
     ///
     /// - Parameters:
     ///   - futures: the futures to watch.
     ///   - timeout: seconds to wait for all of them (nil: no limit).
-    public static func asCompleted<Value>(_ futures: [Future<Value>], timeout: Double? = nil) -> AsyncThrowingStream<Future<Value>, any Error> {
-        let (stream, continuation) = AsyncThrowingStream<Future<Value>, any Error>.makeStream()
+    public static func asCompleted<Value>(_ futures: [Future<Value>], timeout: Double? = nil) -> AsyncThrowingStream<Future<Value>, any Swift.Error> {
+        let (stream, continuation) = AsyncThrowingStream<Future<Value>, any Swift.Error>.makeStream()
         guard !futures.isEmpty else {
             continuation.finish()
             return stream
@@ -173,7 +173,7 @@ extension MP {
             Task.detached {
                 do {
                     try await Task.sleep(nanoseconds: UInt64(max(0, seconds) * 1e9))
-                    continuation.finish(throwing: PoolError.timeout)
+                    continuation.finish(throwing: MP.Error.resultTimeout)
                 } catch {}
             }
         }

@@ -32,11 +32,11 @@ extension MP {
     /// memory, not through `Codable`.
     ///
     /// **Beyond CPython.** A task given a `timeout:` that runs longer fails
-    /// with ``MP/PoolError/taskTimeout(seconds:)``: its worker is killed and
+    /// with ``MP/Error/Code/timeout``: its worker is killed and
     /// replaced, and the other tasks go on. ``MP/AsyncResult/cancel()`` (or
     /// cancelling the Swift task that awaits a result) removes a queued task
     /// or stops a running one the same way. A worker that dies mid-task fails
-    /// that task with ``MP/PoolError/workerDied(_:)`` (the signal or exit
+    /// that task with ``MP/Error/Code/workerDied`` (the signal or exit
     /// code, and the crash message when there is one); its unstarted tasks
     /// go to other workers and the pool stays usable. ``imap(_:chunksize:bufferSize:timeout:)``
     /// reads its input lazily, so it works over an endless sequence.
@@ -71,13 +71,13 @@ extension MP {
         ///     first task (its stored properties are Python's `initargs`; it
         ///     may hold a queue, a lock or a value, which cross into each
         ///     worker). If it throws (or its worker dies in it), every task
-        ///     not yet running fails with ``MP/PoolError/initializerFailed(type:description:)``.
+        ///     not yet running fails with ``MP/Error/Code/taskFailed``.
         ///   - maxTasksPerChild: a worker exits after this many tasks (a map's
         ///     chunk counts as one, as in Python) and a fresh one replaces it.
-        /// - Throws: ``MP/PoolError/invalidArgument(_:)``, ``MP/PoolError/task(_:)``
-        ///   (an initializer that cannot be sent), ``MP/PoolError/cannotStartWorker(_:)``.
+        /// - Throws: ``MP/Error/Code/invalidArgument``, ``MP/Error/Code/cannotCross``
+        ///   (an initializer that cannot be sent), ``MP/Error/Code/startFailed``.
         public init(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
-                    maxTasksPerChild: Int? = nil) throws(PoolError) {
+                    maxTasksPerChild: Int? = nil) throws(MP.Error) {
             let count = processes ?? MP.cpuCount()
             guard count >= 1 else { throw .invalidArgument("processes must be at least 1 (got \(count))") }
             if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -85,8 +85,8 @@ extension MP {
             }
             let method = startMethod ?? MP.getStartMethod()
             if let initializer, method != .fork {
-                func check<T: NamedTask>(_ task: T) throws(TaskError) { try TaskRegistry.shared.checkSendable(T.self) }
-                do { try check(initializer) } catch { throw .task(error) }
+                func check<T: NamedTask>(_ task: T) throws(MP.Error) { try TaskRegistry.shared.checkSendable(T.self) }
+                do { try check(initializer) } catch { throw .unsendableTask(error) }
             }
             self.processes = count
             self.startMethod = method
@@ -141,23 +141,22 @@ extension MP {
         // MARK: submitting
 
         /// The number the workers know `T` by; checks once that another process finds `T` by name.
-        private func typeNumber<T: NamedTask>(_ type: T.Type) throws(PoolError) -> UInt32 {
+        private func typeNumber<T: NamedTask>(_ type: T.Type) throws(MP.Error) -> UInt32 {
             guard Sys.getpid == owner else { throw .notOwner }
             if let known = typeLock.withLock({ types[ObjectIdentifier(T.self)] }) { return known }
-            do { try TaskRegistry.shared.checkSendable(T.self) } catch { throw .task(error) }
+            do { try TaskRegistry.shared.checkSendable(T.self) } catch { throw .unsendableTask(error) }
             let number = core.typeNumber(T.name)
             typeLock.withLock { types[ObjectIdentifier(T.self)] = number }
             return number
         }
 
-        static func encode<T: NamedTask>(_ task: T) throws(PoolError) -> [UInt8] {
+        static func encode<T: NamedTask>(_ task: T) throws(MP.Error) -> [UInt8] {
             do {
                 return try WireFormat.encode(task)
             } catch {
-                if case .encodingFailed(_, let reason) = error, reason.contains("can only cross") {
-                    throw .task(.cannotCross(reason))
-                }
-                throw .task(.badArguments(task: T.name, reason: error.description))
+                // A library object among the arguments says so itself.
+                if error.code == .cannotCross { throw .unsendableTask(error) }
+                throw .unsendableTask(.badArguments(task: T.name, reason: error.description))
             }
         }
 
@@ -167,7 +166,7 @@ extension MP {
         }
 
         /// A fixed-width value from its bytes.
-        static func value<R>(_ type: R.Type, from bytes: [UInt8]) -> Result<R, PoolError> {
+        static func value<R>(_ type: R.Type, from bytes: [UInt8]) -> Result<R, MP.Error> {
             guard bytes.count == MemoryLayout<R>.size else {
                 return .failure(.result(.malformed(type: "\(R.self)", reason: "\(bytes.count) bytes for a value of \(MemoryLayout<R>.size)")))
             }
@@ -177,7 +176,7 @@ extension MP {
             return .success(storage.move())
         }
 
-        private static func validate(_ timeout: Double?) throws(PoolError) {
+        private static func validate(_ timeout: Double?) throws(MP.Error) {
             if let timeout, !(timeout > 0) { throw .invalidArgument("timeout must be positive (got \(timeout))") }
         }
 
@@ -189,7 +188,7 @@ extension MP {
         /// - Parameters:
         ///   - task: the named task; its stored properties are the arguments.
         ///   - timeout: seconds the task may run; a task that runs longer
-        ///     fails with ``MP/PoolError/taskTimeout(seconds:)`` and its worker
+        ///     fails with ``MP/Error/Code/timeout`` and its worker
         ///     is killed and replaced. The clock starts when a worker starts
         ///     the task, not while it waits in the queue.
         ///   - callback: called with the result (Python's `callback`).
@@ -197,9 +196,9 @@ extension MP {
         @discardableResult
         public func applyAsync<T: NamedTask>(_ task: T, timeout: Double? = nil,
                                              callback: (@Sendable (T.Result) -> Void)? = nil,
-                                             errorCallback: (@Sendable (PoolError) -> Void)? = nil) -> AsyncResult<T.Result> {
+                                             errorCallback: (@Sendable (MP.Error) -> Void)? = nil) -> AsyncResult<T.Result> {
             let result = AsyncResult<T.Result>(callback: callback, errorCallback: errorCallback)
-            do throws(PoolError) {
+            do throws(MP.Error) {
                 try Self.validate(timeout)
                 let type = try typeNumber(T.self)
                 // A fixed-width task and result travel as their bytes (both
@@ -211,7 +210,7 @@ extension MP {
                     case .done(let bytes) where raw:
                         result.resolve(Self.value(T.Result.self, from: bytes))
                     case .done(let bytes):
-                        result.resolve(Result { () throws(WireError) -> T.Result in try T._decodeResult(bytes) }.mapError { .result($0) })
+                        result.resolve(Result { () throws(MP.Error) -> T.Result in try T._decodeResult(bytes) }.mapError { .result($0) })
                     case .failed(_, let error, _):
                         result.resolve(.failure(error))
                     }
@@ -226,13 +225,13 @@ extension MP {
         }
 
         /// Python's `apply(f, args)`: runs `task` in a worker and waits for its result.
-        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) throws(PoolError) -> T.Result {
+        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) throws(MP.Error) -> T.Result {
             try applyAsync(task, timeout: timeout).get()
         }
 
         /// `try await pool.apply(task)`: blocks no thread; cancelling the
         /// awaiting task cancels the pool's task (see ``MP/AsyncResult/cancel()``).
-        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) async throws(PoolError) -> T.Result {
+        public func apply<T: NamedTask>(_ task: T, timeout: Double? = nil) async throws(MP.Error) -> T.Result {
             try await applyAsync(task, timeout: timeout).value
         }
 
@@ -250,12 +249,12 @@ extension MP {
         ///   - errorCallback: called with the error (Python's `error_callback`).
         public func mapAsync<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil,
                                           callback: (@Sendable ([S.Element.Result]) -> Void)? = nil,
-                                          errorCallback: (@Sendable (PoolError) -> Void)? = nil)
+                                          errorCallback: (@Sendable (MP.Error) -> Void)? = nil)
             -> AsyncResult<[S.Element.Result]> where S.Element: NamedTask {
             let result = AsyncResult<[S.Element.Result]>(callback: callback, errorCallback: errorCallback)
-            do throws(PoolError) {
+            do throws(MP.Error) {
                 try Self.validate(timeout)
-                if let chunksize, chunksize < 1 { throw PoolError.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+                if let chunksize, chunksize < 1 { throw MP.Error.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
                 let type = try typeNumber(S.Element.self)
                 let all = tasks as? [S.Element] ?? Swift.Array(tasks)
                 let size = chunksize ?? defaultChunksize(all.count)
@@ -282,13 +281,13 @@ extension MP {
 
         /// Python's `map(f, iterable, chunksize)`: every task's result, in
         /// order. Throws the first failed chunk's error.
-        public func map<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil) throws(PoolError) -> [S.Element.Result]
+        public func map<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil) throws(MP.Error) -> [S.Element.Result]
             where S.Element: NamedTask {
             try mapAsync(tasks, chunksize: chunksize, timeout: timeout).get()
         }
 
         /// `try await pool.map(tasks)`.
-        public func map<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil) async throws(PoolError) -> [S.Element.Result]
+        public func map<S: Sequence>(_ tasks: S, chunksize: Int? = nil, timeout: Double? = nil) async throws(MP.Error) -> [S.Element.Result]
             where S.Element: NamedTask {
             try await mapAsync(tasks, chunksize: chunksize, timeout: timeout).value
         }
@@ -300,7 +299,7 @@ extension MP {
         /// memory the workers read, by a loop specialized in the caller.
         @inlinable
         public func map<C: Collection, T: NamedTask>(_ items: C, chunksize: Int? = nil, timeout: Double? = nil,
-                                                     _ task: (C.Element) throws -> T) throws(PoolError) -> [T.Result] {
+                                                     _ task: (C.Element) throws -> T) throws(MP.Error) -> [T.Result] {
             guard _isPOD(T.self) && _isPOD(T.Result.self) else {
                 return try map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
             }
@@ -318,7 +317,7 @@ extension MP {
         @inlinable
         nonisolated(nonsending)
         public func map<C: Collection, T: NamedTask>(_ items: C, chunksize: Int? = nil, timeout: Double? = nil,
-                                                     _ task: (C.Element) throws -> T) async throws(PoolError) -> [T.Result] {
+                                                     _ task: (C.Element) throws -> T) async throws(MP.Error) -> [T.Result] {
             guard _isPOD(T.self) && _isPOD(T.Result.self) else {
                 return try await map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
             }
@@ -335,7 +334,7 @@ extension MP {
         /// `map` for a sequence that is not a collection.
         @inlinable
         public func map<S: Sequence, T: NamedTask>(_ items: S, chunksize: Int? = nil, timeout: Double? = nil,
-                                                   _ task: (S.Element) throws -> T) throws(PoolError) -> [T.Result] {
+                                                   _ task: (S.Element) throws -> T) throws(MP.Error) -> [T.Result] {
             try map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
         }
 
@@ -343,7 +342,7 @@ extension MP {
         @inlinable
         nonisolated(nonsending)
         public func map<S: Sequence, T: NamedTask>(_ items: S, chunksize: Int? = nil, timeout: Double? = nil,
-                                                   _ task: (S.Element) throws -> T) async throws(PoolError) -> [T.Result] {
+                                                   _ task: (S.Element) throws -> T) async throws(MP.Error) -> [T.Result] {
             try await map(Self.tasks(items, task), chunksize: chunksize, timeout: timeout)
         }
 
@@ -352,9 +351,9 @@ extension MP {
         func mapFixedWidth<T: NamedTask>(count: Int, chunksize: Int?, timeout: Double?, callerWaits: Bool, _ taskType: T.Type,
                                          fill: (UnsafeMutableRawPointer, Int) throws -> Void) -> AsyncResult<[T.Result]> {
             let result = AsyncResult<[T.Result]>(callback: nil, errorCallback: nil)
-            do throws(PoolError) {
+            do throws(MP.Error) {
                 try Self.validate(timeout)
-                if let chunksize, chunksize < 1 { throw PoolError.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+                if let chunksize, chunksize < 1 { throw MP.Error.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
                 let type = try typeNumber(T.self)
                 let map = try MapSubmission<T>(fixedWidth: count, fill: fill, type: type, chunksize: chunksize ?? defaultChunksize(count),
                                                timeout: timeout, pool: self, into: result, callerWaits: callerWaits)
@@ -370,7 +369,7 @@ extension MP {
         /// task's arguments. `pool.starmap([(1, 2), (3, 4)], Add.init)`.
         @inlinable
         public func starmap<each A, T: NamedTask>(_ items: some Sequence<(repeat each A)>, chunksize: Int? = nil, timeout: Double? = nil,
-                                                  _ task: (repeat each A) throws -> T) throws(PoolError) -> [T.Result] {
+                                                  _ task: (repeat each A) throws -> T) throws(MP.Error) -> [T.Result] {
             try map(Self.starTasks(items, task), chunksize: chunksize, timeout: timeout)
         }
 
@@ -378,9 +377,9 @@ extension MP {
         @inlinable
         public func starmapAsync<each A, T: NamedTask>(_ items: some Sequence<(repeat each A)>, chunksize: Int? = nil, timeout: Double? = nil,
                                                        callback: (@Sendable ([T.Result]) -> Void)? = nil,
-                                                       errorCallback: (@Sendable (PoolError) -> Void)? = nil,
+                                                       errorCallback: (@Sendable (MP.Error) -> Void)? = nil,
                                                        _ task: (repeat each A) throws -> T) -> AsyncResult<[T.Result]> {
-            do throws(PoolError) {
+            do throws(MP.Error) {
                 return mapAsync(try Self.starTasks(items, task), chunksize: chunksize,
                                 timeout: timeout, callback: callback, errorCallback: errorCallback)
             } catch {
@@ -394,13 +393,13 @@ extension MP {
         @inlinable
         nonisolated(nonsending)
         public func starmap<each A, T: NamedTask>(_ items: some Sequence<(repeat each A)>, chunksize: Int? = nil, timeout: Double? = nil,
-                                                  _ task: (repeat each A) throws -> T) async throws(PoolError) -> [T.Result] {
+                                                  _ task: (repeat each A) throws -> T) async throws(MP.Error) -> [T.Result] {
             try await map(Self.starTasks(items, task), chunksize: chunksize, timeout: timeout)
         }
 
         /// The tasks for `items`; an error thrown while making them fails the map.
         @inlinable
-        static func tasks<S: Sequence, T>(_ items: S, _ task: (S.Element) throws -> T) throws(PoolError) -> [T] {
+        static func tasks<S: Sequence, T>(_ items: S, _ task: (S.Element) throws -> T) throws(MP.Error) -> [T] {
             do {
                 return try items.map(task)
             } catch {
@@ -410,7 +409,7 @@ extension MP {
 
         /// The tasks for tuples of arguments.
         @inlinable
-        static func starTasks<each A, T>(_ items: some Sequence<(repeat each A)>, _ task: (repeat each A) throws -> T) throws(PoolError) -> [T] {
+        static func starTasks<each A, T>(_ items: some Sequence<(repeat each A)>, _ task: (repeat each A) throws -> T) throws(MP.Error) -> [T] {
             var tasks: [T] = []
             tasks.reserveCapacity(items.underestimatedCount)
             do {
@@ -451,13 +450,13 @@ extension MP {
             -> TaskResults<S.Element.Result> where S.Element: NamedTask {
             typealias T = S.Element
             let results = TaskResults<T.Result>(ordered: ordered, bufferSize: bufferSize ?? processes * 32, core: core)
-            do throws(PoolError) {
+            do throws(MP.Error) {
                 try Self.validate(timeout)
-                guard chunksize >= 1 else { throw PoolError.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
-                if let bufferSize, bufferSize < 1 { throw PoolError.invalidArgument("bufferSize must be at least 1 (got \(bufferSize))") }
+                guard chunksize >= 1 else { throw MP.Error.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
+                if let bufferSize, bufferSize < 1 { throw MP.Error.invalidArgument("bufferSize must be at least 1 (got \(bufferSize))") }
                 let type = try typeNumber(T.self)
                 var iterator = tasks.makeIterator()
-                results.start(next: { () throws(PoolError) -> PoolJob.Body? in
+                results.start(next: { () throws(MP.Error) -> PoolJob.Body? in
                     var items = ByteWriter()
                     var count = 0
                     while count < chunksize, let task = iterator.next() {
@@ -479,31 +478,31 @@ extension MP {
         /// Python's `close()`: no more tasks; the workers finish the submitted ones, then exit.
         public func close() { core.close() }
 
-        /// Python's `terminate()`: kills the workers now; unfinished tasks fail with ``MP/PoolError/terminated``.
+        /// Python's `terminate()`: kills the workers now; unfinished tasks fail with ``MP/Error/Code/closed``.
         public func terminate() { core.terminate() }
 
         /// Python's `join()`: waits for the workers to exit, after `close()` or
-        /// `terminate()` (before either, throws ``MP/PoolError/invalidArgument(_:)``, as Python raises).
-        public func join() throws(PoolError) {
+        /// `terminate()` (before either, throws ``MP/Error/Code/invalidArgument``, as Python raises).
+        public func join() throws(MP.Error) {
             try checkJoinable()
             core.finished.wait()
         }
 
         /// `join(timeout:)`, which CPython's pool lacks: whether the workers
         /// exited within `timeout` seconds (nil: no limit).
-        public func join(timeout: Double?) throws(PoolError) -> Bool {
+        public func join(timeout: Double?) throws(MP.Error) -> Bool {
             try checkJoinable()
-            let deadline = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
+            let deadline = try Deadline.after(timeout) { MP.Error.invalidArgument("timeout must not be negative (got \($0))") }
             return core.finished.wait(until: deadline)
         }
 
         /// `try await pool.join()`: blocks no thread.
-        public func join() async throws(PoolError) {
+        public func join() async throws(MP.Error) {
             try checkJoinable()
             await core.finished.wait()
         }
 
-        private func checkJoinable() throws(PoolError) {
+        private func checkJoinable() throws(MP.Error) {
             guard Sys.getpid == owner else { throw .notOwner }
             if core.lock.withLock({ core.state == .running }) {
                 throw .invalidArgument("join() needs close() or terminate() first (the pool is still running)")
@@ -515,7 +514,7 @@ extension MP {
 extension MP.Context {
     /// Python's `ctx.Pool(processes)`: a ``MP/TaskPool`` whose workers start by this context's method.
     public func TaskPool(processes: Int? = nil, initializer: (any MP.NamedTask)? = nil,
-                         maxTasksPerChild: Int? = nil) throws(MP.PoolError) -> MP.TaskPool {
+                         maxTasksPerChild: Int? = nil) throws(MP.Error) -> MP.TaskPool {
         try MP.TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
     }
 }

@@ -25,7 +25,7 @@ final class TaskPoolCore: @unchecked Sendable {
     enum State { case running, closed, terminated }
     private(set) var state = State.running
     /// Set when a worker's initializer failed: every later task fails with it.
-    private(set) var broken: MP.PoolError?
+    private(set) var broken: MP.Error?
     private var queue = JobQueue()
     private(set) var workers: [PoolWorkerHandle] = []
     /// Workers the pool killed (a timeout, a cancellation), until they are reaped;
@@ -62,7 +62,7 @@ final class TaskPoolCore: @unchecked Sendable {
     /// them in batches.
     private let inboxLock = ForkSafeLock()
     private var inbox: [PoolJob] = []
-    private var inboxRefusal: MP.PoolError?
+    private var inboxRefusal: MP.Error?
     private var inboxWakeSignalled = false
 
     init(processes: Int, method: MP.StartMethod, initializer: AnyNamedTask?, maxTasksPerChild: Int?) throws(MP.OSError) {
@@ -79,7 +79,7 @@ final class TaskPoolCore: @unchecked Sendable {
     }
 
     /// Starts the workers and the thread.
-    func start() throws(MP.PoolError) {
+    func start() throws(MP.Error) {
         lock.lock()
         do {
             for _ in 0..<processes { workers.append(try startWorker()) }
@@ -121,7 +121,7 @@ final class TaskPoolCore: @unchecked Sendable {
     }
 
     /// A new worker, greeted (its control block and stderr pipe sent). Called with the lock held.
-    private func startWorker() throws(MP.PoolError) -> PoolWorkerHandle {
+    private func startWorker() throws(MP.Error) -> PoolWorkerHandle {
         do {
             let (parentEnd, childEnd) = try MP.Pipe(duplex: true)
             let control = try SharedBlock(bytes: WorkerControl.bytes)
@@ -136,7 +136,7 @@ final class TaskPoolCore: @unchecked Sendable {
             } catch {
                 parentEnd.close()
                 childEnd.close()
-                throw MP.PoolError.cannotStartWorker(error.description)
+                throw MP.Error.cannotStartWorker(error.description)
             }
             childEnd.close()
             try Sys.setNonBlocking(parentEnd.fileno)
@@ -148,12 +148,11 @@ final class TaskPoolCore: @unchecked Sendable {
             if !worker.sendNow(hello.bytes, descriptors: [control.descriptor, errorsWrite]) {
                 try? process.kill()
                 try? process.join()
-                throw MP.PoolError.cannotStartWorker("the new worker \(process.name) did not take its first message")
+                throw MP.Error.cannotStartWorker("the new worker \(process.name) did not take its first message")
             }
             return worker
-        } catch let error as MP.PoolError {
-            throw error
         } catch {
+            if let error = error as? MP.Error, error.code == .startFailed { throw error }
             throw .cannotStartWorker("\(error)")
         }
     }
@@ -181,7 +180,7 @@ final class TaskPoolCore: @unchecked Sendable {
             return
         }
         var needsWake = false
-        let refusal = inboxLock.withLock { () -> MP.PoolError? in
+        let refusal = inboxLock.withLock { () -> MP.Error? in
             if let inboxRefusal { return inboxRefusal }
             inbox += jobs
             if !inboxWakeSignalled {
@@ -203,9 +202,9 @@ final class TaskPoolCore: @unchecked Sendable {
     /// costs the worker's round trip and one wake-up of the pool's thread.
     private func submitNow(_ jobs: [PoolJob]) {
         lock.lock()
-        let refusal: MP.PoolError? = switch state {
+        let refusal: MP.Error? = switch state {
         case .running: broken
-        case .closed: .closed
+        case .closed: .poolClosed
         case .terminated: .terminated
         }
         if let refusal {
@@ -228,7 +227,7 @@ final class TaskPoolCore: @unchecked Sendable {
         for job in jobs { queue.append(job) }
     }
 
-    private func refuseSubmissions(_ error: MP.PoolError) {
+    private func refuseSubmissions(_ error: MP.Error) {
         inboxLock.withLock { if inboxRefusal == nil || error == .terminated { inboxRefusal = error } }
     }
 
@@ -268,7 +267,7 @@ final class TaskPoolCore: @unchecked Sendable {
     }
 
     func close() {
-        refuseSubmissions(.closed)
+        refuseSubmissions(.poolClosed)
         lock.withLock { if state == .running { state = .closed } }
         wake()
     }
@@ -283,8 +282,8 @@ final class TaskPoolCore: @unchecked Sendable {
 
     /// Shared memory of at least `bytes` for a fixed-width map; the pool
     /// keeps one between maps (the workers keep it mapped).
-    func acquireArena(bytes: Int) throws(MP.PoolError) -> PoolArena {
-        try lock.withLock { () throws(MP.PoolError) -> PoolArena in
+    func acquireArena(bytes: Int) throws(MP.Error) -> PoolArena {
+        try lock.withLock { () throws(MP.Error) -> PoolArena in
             if let arena = cachedArena, !arena.inUse, arena.block.size >= bytes {
                 arena.inUse = true
                 return arena
@@ -534,7 +533,7 @@ final class TaskPoolCore: @unchecked Sendable {
             let seq = try reader.read(UInt64.self)
             let elapsed = try reader.read(UInt64.self)
             guard let job = worker.inFlight.first, job.seq == seq else {
-                throw MP.WireError.malformed(type: "pool report", reason: "report for order \(seq) out of turn")
+                throw MP.Error.malformed(type: "pool report", reason: "report for order \(seq) out of turn")
             }
             worker.inFlight.removeFirst()
             job.worker = nil
@@ -548,7 +547,7 @@ final class TaskPoolCore: @unchecked Sendable {
                 let type = try reader.readString()
                 let description = try reader.readString()
                 let before = [UInt8](try reader.readRaw(reader.remaining))
-                let error: MP.PoolError = switch why {
+                let error: MP.Error = switch why {
                 case .result?: .result(.encodingFailed(type: type, reason: description))
                 default: .taskFailed(type: type, description: description)
                 }
@@ -560,19 +559,19 @@ final class TaskPoolCore: @unchecked Sendable {
         case .skipped:
             let seq = try reader.read(UInt64.self)
             guard let job = worker.inFlight.first, job.seq == seq else {
-                throw MP.WireError.malformed(type: "pool report", reason: "skip of order \(seq) out of turn")
+                throw MP.Error.malformed(type: "pool report", reason: "skip of order \(seq) out of turn")
             }
             worker.inFlight.removeFirst()
             job.worker = nil
             finish(job, .failed(index: 0, .cancelled, before: []))
         case nil:
-            throw MP.WireError.malformed(type: "pool report", reason: "unknown kind \(kind)")
+            throw MP.Error.malformed(type: "pool report", reason: "unknown kind \(kind)")
         }
     }
 
     /// An initializer failed: no more tasks run (CPython starts new workers
     /// forever there); queued and later ones fail with its error.
-    private func breakPool(_ error: MP.PoolError) {
+    private func breakPool(_ error: MP.Error) {
         guard broken == nil else { return }
         broken = error
         refuseSubmissions(error)

@@ -18,21 +18,21 @@ extension MP {
         private let ordered: Bool
         private let bufferSize: Int
         private let core: TaskPoolCore
-        private var pull: (() throws(PoolError) -> PoolJob.Body?)?
+        private var pull: (() throws(MP.Error) -> PoolJob.Body?)?
         private var type: UInt32 = 0
         private var timeout: Double?
-        private var decode: (([UInt8]) -> Result<[Value], PoolError>)?
+        private var decode: (([UInt8]) -> Result<[Value], MP.Error>)?
         private var submitted = 0
         private var exhausted = false
         private var inFlight: [Int: PoolJob] = [:]
         /// Arrived chunks: values, then possibly an error.
-        private var arrived: [Int: ([Value], PoolError?)] = [:]
+        private var arrived: [Int: ([Value], MP.Error?)] = [:]
         private var arrivalOrder: [Int] = []
         private var nextIndex = 0
         private var current: [Value] = []
         private var currentPosition = 0
-        private var currentError: PoolError?
-        private var failure: PoolError?
+        private var currentError: MP.Error?
+        private var failure: MP.Error?
         private var waiters: [CheckedContinuation<Void, Never>] = []
 
         init(ordered: Bool, bufferSize: Int, core: TaskPoolCore) {
@@ -45,8 +45,8 @@ extension MP {
             for job in inFlight.values { core.cancel(job) }
         }
 
-        func start(next: @escaping () throws(PoolError) -> PoolJob.Body?, type: UInt32, timeout: Double?,
-                   decode: @escaping ([UInt8]) -> Result<[Value], PoolError>) {
+        func start(next: @escaping () throws(MP.Error) -> PoolJob.Body?, type: UInt32, timeout: Double?,
+                   decode: @escaping ([UInt8]) -> Result<[Value], MP.Error>) {
             lock.withLock {
                 self.pull = next
                 self.type = type
@@ -57,7 +57,7 @@ extension MP {
         }
 
         /// Ends the results with `error` (an invalid argument found before anything was submitted).
-        func fail(_ error: PoolError) {
+        func fail(_ error: MP.Error) {
             lock.withLock {
                 failure = error
                 exhausted = true
@@ -65,7 +65,7 @@ extension MP {
         }
 
         /// Cancels what is in flight and reads no more input; `next()` then
-        /// throws ``MP/PoolError/cancelled``.
+        /// throws ``MP/Error/Code/cancelled``.
         public func cancel() {
             let jobs = lock.withLock { () -> [PoolJob] in
                 if failure == nil { failure = .cancelled }
@@ -88,7 +88,7 @@ extension MP {
             lock.withLock {
                 while !exhausted, inFlight.count + arrived.count < bufferSize, let pull {
                     let body: PoolJob.Body?
-                    do throws(PoolError) {
+                    do throws(MP.Error) {
                         body = try pull()
                     } catch {
                         // A task that cannot be sent: its place in the results fails.
@@ -123,7 +123,7 @@ extension MP {
             if !jobs.isEmpty { core.submit(jobs) }
         }
 
-        private func settle(_ index: Int, _ values: [Value], _ error: PoolError?) {
+        private func settle(_ index: Int, _ values: [Value], _ error: MP.Error?) {
             lock.withLock {
                 guard inFlight.removeValue(forKey: index) != nil else { return }
                 arrive(index, values, error)
@@ -131,7 +131,7 @@ extension MP {
             wakeWaiters()
         }
 
-        private func arrive(_ index: Int, _ values: [Value], _ error: PoolError?) {
+        private func arrive(_ index: Int, _ values: [Value], _ error: MP.Error?) {
             arrived[index] = (values, error)
             arrivalOrder.append(index)
         }
@@ -147,7 +147,7 @@ extension MP {
 
         private enum Step {
             case value(Value)
-            case failure(PoolError)
+            case failure(MP.Error)
             case end
             case wait
         }
@@ -190,7 +190,7 @@ extension MP {
         }
 
         /// Python's `next(it)`: the next result, waiting for it; nil at the end.
-        public func next() throws(PoolError) -> Value? {
+        public func next() throws(MP.Error) -> Value? {
             while true {
                 topUp()
                 lock.lock()
@@ -206,9 +206,9 @@ extension MP {
             }
         }
 
-        /// Python's `next(it, timeout)`: ``MP/PoolError/timeout`` when no result comes in time.
-        public func next(timeout: Double) throws(PoolError) -> Value? {
-            let deadline = try Deadline.after(timeout) { PoolError.invalidArgument("timeout must not be negative (got \($0))") }
+        /// Python's `next(it, timeout)`: ``MP/Error/Code/timeout`` when no result comes in time.
+        public func next(timeout: Double) throws(MP.Error) -> Value? {
+            let deadline = try Deadline.after(timeout) { MP.Error.invalidArgument("timeout must not be negative (got \($0))") }
             while true {
                 topUp()
                 lock.lock()
@@ -219,19 +219,19 @@ extension MP {
                 case .value(let value): return value
                 case .failure(let error): throw error
                 case .end: return nil
-                case .wait: if let deadline, deadline.hasPassed { throw .timeout }
+                case .wait: if let deadline, deadline.hasPassed { throw .resultTimeout }
                 }
             }
         }
 
         /// All remaining results, in order of delivery (throws the first failure).
-        public func collect() throws(PoolError) -> [Value] {
+        public func collect() throws(MP.Error) -> [Value] {
             var values: [Value] = []
             while let value = try next() { values.append(value) }
             return values
         }
 
-        func nextAsync() async throws(PoolError) -> Value? {
+        func nextAsync() async throws(MP.Error) -> Value? {
             while true {
                 if Task.isCancelled { cancel() }
                 topUp()

@@ -71,7 +71,7 @@ enum WorkerFrames {
         var offset = 0
         while buffer.count - offset >= 4 {
             let length = Int(buffer.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            guard length >= 1, length <= maxBody else { throw MP.WireError.malformed(type: "pool frame", reason: "a frame of \(length) bytes") }
+            guard length >= 1, length <= maxBody else { throw MP.Error.malformed(type: "pool frame", reason: "a frame of \(length) bytes") }
             guard buffer.count - offset - 4 >= length else { break }
             try body(UnsafeRawBufferPointer(rebasing: buffer[(offset + 4)..<(offset + 4 + length)]))
             offset += 4 + length

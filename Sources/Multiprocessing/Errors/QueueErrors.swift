@@ -1,0 +1,16 @@
+// The MP.Error kinds, as MP.Error values (each keeps its message).
+extension MP.Error {
+    /// This handle was closed with `close()`.
+    @usableFromInline
+    static var queueClosed: MP.Error { MP.Error(.closed, "the queue is closed") }
+
+    /// The encoded item can never fit in the queue's buffer.
+    @usableFromInline
+    static func itemTooLarge(size: Int, capacity: Int) -> MP.Error {
+        MP.Error(.tooLarge, "an item of \(size) encoded bytes can never fit in this queue's \(capacity)-byte buffer (raise capacityBytes)")
+    }
+
+    /// `taskDone()` called more times than items were put.
+    @usableFromInline
+    static var taskDoneTooOften: MP.Error { MP.Error(.invalidState, "task_done() called too many times") }
+}

@@ -1,0 +1,8 @@
+// The MP.Error kinds, as MP.Error values (each keeps its message).
+extension MP.Error {
+    /// The start method was already set (Python's `RuntimeError('context has already been set')`).
+    @usableFromInline
+    static func alreadySet(_ method: MP.StartMethod) -> MP.Error {
+        MP.Error(.invalidState, "the start method has already been set (to \(method)); pass force: true to change it")
+    }
+}
