@@ -1,5 +1,9 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.3
 import PackageDescription
+
+// The platform is Linux with glibc (pidfds, epoll, clone3, memfd, robust
+// process-shared mutexes): every source imports Glibc unconditionally.
+// Tools 6.3: the code uses `nonisolated(nonsending)` and `@section`/`@used`.
 
 let package = Package(
     name: "swift-multiprocessing",

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The one place a Python-style timeout (seconds, `nil` for no limit) becomes
 /// a point on the monotonic clock.

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import _CMultiprocessingShims
 
 /// `epoll`: the readiness sets of the descriptor watcher and the listener.

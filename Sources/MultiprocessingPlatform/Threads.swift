@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import SystemPackage
 
 /// Runs `body` on a new detached thread: the library's helper threads (the

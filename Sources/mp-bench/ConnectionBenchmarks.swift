@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import Multiprocessing
 
 /// Issue 11's figures: authenticated connections and a manager's dict, beside CPython's.

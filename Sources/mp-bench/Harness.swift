@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One measured figure. Counterparts carry the same base name with the suffix
 /// `_python` (CPython in the same run) or `_c` (the raw C floor).

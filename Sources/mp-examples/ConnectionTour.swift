@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import Multiprocessing
 
 // MARK: a Swift program and a CPython program talk through a Listener

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Python's `time` module, as the tutorials use it.
 enum Time {

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import Multiprocessing
 
 // Each function is the line-for-line Swift translation of one program from the

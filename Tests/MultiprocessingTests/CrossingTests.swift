@@ -1,8 +1,6 @@
 import Testing
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Uses every library object it was given, from a spawned or forkserver child.
 struct UseEveryObject: MP.NamedTask {

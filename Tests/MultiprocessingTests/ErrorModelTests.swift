@@ -1,8 +1,6 @@
 import Testing
 import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 
 // The one error model, through the public API only (no @testable): a user
 // catches a kind of failure by its code, whichever object threw it.

@@ -1,9 +1,7 @@
 import Testing
 import Synchronization
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 // MP.Listener and MP.Client against real CPython (the machine's python3,

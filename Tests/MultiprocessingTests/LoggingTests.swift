@@ -1,9 +1,7 @@
 import Testing
 import Logging
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 /// A swift-log backend that keeps the messages, holding a lock while it does

@@ -1,9 +1,7 @@
 import Testing
 import NetworkLab
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 @Suite("Manager across network namespaces", .serialized, .enabled(if: NetworkLab.available, "needs root and iproute2"))

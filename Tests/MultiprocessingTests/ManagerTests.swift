@@ -1,8 +1,6 @@
 import Testing
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 // MP.Manager: a server process with shared objects behind proxies, used

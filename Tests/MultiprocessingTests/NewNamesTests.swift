@@ -1,8 +1,6 @@
 import Testing
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 
 @Suite("Names from Python 3.13-3.14: interrupt, processCpuCount, a pool's join(timeout:)")
 struct NewNamesTests {

@@ -1,9 +1,7 @@
 import Testing
 @testable import Multiprocessing
 import MultiprocessingPlatform
-#if canImport(Glibc)
 import Glibc
-#endif
 
 // The pickle codec: against every CPython of this machine (the system's
 // python3 and pyenv's 3.8-3.13), both directions, through real Listener and

@@ -1,8 +1,6 @@
 import Testing
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Attaches a ShareableList by name in CPython, prints it, writes into it.
 let pythonAttach = """

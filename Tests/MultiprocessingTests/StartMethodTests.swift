@@ -1,9 +1,7 @@
 import Testing
 import Synchronization
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 // Named tasks used by these tests: found by name in the test binary's

@@ -2,9 +2,7 @@ import Testing
 @testable import Multiprocessing
 import MultiprocessingPlatform
 import SystemPackage
-#if canImport(Glibc)
 import Glibc
-#endif
 
 // The library's handling of failing system calls, through the platform
 // layer's seam (SyscallFaults): EINTR is retried, EAGAIN is "nothing yet"

@@ -1,8 +1,6 @@
 import Testing
 @testable import Multiprocessing
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 // Named tasks for the task pool's tests: every worker (spawned, forkserver or

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Machines on a network, for tests: network namespaces made and removed by
 /// the test (`ip netns`, `ip link`), each joined to a hub namespace by its

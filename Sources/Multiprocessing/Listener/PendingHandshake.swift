@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 /// The listener's side of CPython's handshake (`deliver_challenge`, then

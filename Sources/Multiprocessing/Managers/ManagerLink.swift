@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 /// One process's connections to one manager, shared by every proxy of

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 /// A manager's server (Python's `multiprocessing.managers.Server`): holds

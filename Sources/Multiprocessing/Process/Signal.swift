@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 extension MP {
     /// A POSIX signal: Python's `signal.SIGTERM` and friends.

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 /// CPython's resource tracker: a helper process that unlinks the named

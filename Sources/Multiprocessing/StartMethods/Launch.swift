@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import MultiprocessingPlatform
 
 /// What a spawned or forkserver child is told: which task, with which
