@@ -54,32 +54,23 @@ extension MP {
             self.capacityBytes = capacity
         }
 
-        private enum CodingKeys: String, CodingKey { case ring, event, capacity }
-
         /// Decodes a queue passed to a spawned or forkserver child (see ``MP/StartMethod``).
         public required init(from decoder: any Decoder) throws {
             let what = "\(type(of: self))"
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            let reference = try container.decode(SharedBlock.Reference.self, forKey: .ring)
-            let received = try Crossing.received(decoder, for: what)
-            let event = try container.decode(Int.self, forKey: .event)
-            let capacity = try container.decode(Int.self, forKey: .capacity)
-            guard capacity > 0, reference.size >= MemoryLayout<cmp_ring>.stride + capacity else {
-                throw MP.Error.cannotCross("\(what) arrived with a ring of \(capacity) bytes in a block of \(reference.size)")
+            let crossed = try CrossingBlock(from: decoder, for: what)
+            guard let capacity = crossed.count, capacity > 0, crossed.block.size >= MemoryLayout<cmp_ring>.stride + capacity,
+                  let event = crossed.event else {
+                throw MP.Error.cannotCross("\(what) arrived with a ring of \(crossed.count ?? 0) bytes in a block of \(crossed.block.size)")
             }
-            block = try SharedBlock(reference, from: decoder, for: what)
+            block = crossed.block
             ring = block.base.bindMemory(to: cmp_ring.self, capacity: 1)
-            eventFD = try received.adopt(event, for: what)
+            eventFD = event
             capacityBytes = capacity
         }
 
         /// Encodes the queue as a named task's argument (see ``MP/StartMethod``).
         public func encode(to encoder: any Encoder) throws {
-            let what = "\(type(of: self))"
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(try block.reference(in: encoder, for: what), forKey: .ring)
-            try container.encode(try Crossing.table(encoder, for: what).add(eventFD, for: what), forKey: .event)
-            try container.encode(capacityBytes, forKey: .capacity)
+            try CrossingBlock(block, count: capacityBytes, event: eventFD).encode(to: encoder, for: "\(type(of: self))")
         }
 
         /// Python's `put(item, block, timeout)`: waits for room unless `blocking` is false.

@@ -63,34 +63,3 @@ extension MP {
         public var snapshot: [Element] { storage.snapshot }
     }
 }
-
-extension MP.RawValue: Codable {
-    /// Crosses into a spawned or forkserver child as the memfd behind it (a named task's argument).
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(try block.reference(in: encoder, for: "MP.RawValue<\(T.self)>"))
-    }
-
-    public convenience init(from decoder: any Decoder) throws {
-        let reference = try decoder.singleValueContainer().decode(SharedBlock.Reference.self)
-        try self.init(block: try SharedBlock(reference, from: decoder, for: "MP.RawValue<\(T.self)>"))
-    }
-}
-
-extension MP.RawArray: Codable {
-    private enum CodingKeys: String, CodingKey { case block, count }
-
-    /// Crosses into a spawned or forkserver child as the memfd behind it (a named task's argument).
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(try block.reference(in: encoder, for: "MP.RawArray<\(Element.self)>"), forKey: .block)
-        try container.encode(count, forKey: .count)
-    }
-
-    public convenience init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
-        let block = try SharedBlock(reference, from: decoder, for: "MP.RawArray<\(Element.self)>")
-        try self.init(block: block, count: try container.decode(Int.self, forKey: .count))
-    }
-}

@@ -88,3 +88,61 @@ final class SharedBlock: @unchecked Sendable {
         try self.init(adopting: try received.adopt(reference.descriptor, for: what), size: reference.size)
     }
 }
+
+/// The one way an object in shared memory crosses into a spawned or
+/// forkserver child as a named task's argument: its block (the memfd behind
+/// it), and what each object adds (an element count, its lock, an eventfd,
+/// a default timeout). Every such object's `Codable` is this, and nothing else.
+struct CrossingBlock {
+    private enum Keys: String, CodingKey { case block, count, lock, event, timeout }
+
+    var block: SharedBlock
+    var count: Int?
+    var lock: MP.RLock?
+    /// A descriptor that crosses with the block (a queue's eventfd); in the child, its own copy.
+    var event: Int32?
+    var timeout: Double?
+
+    init(_ block: SharedBlock, count: Int? = nil, lock: MP.RLock? = nil, event: Int32? = nil, timeout: Double? = nil) {
+        self.block = block
+        self.count = count
+        self.lock = lock
+        self.event = event
+        self.timeout = timeout
+    }
+
+    func encode(to encoder: any Encoder, for what: String) throws {
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(try block.reference(in: encoder, for: what), forKey: .block)
+        try container.encodeIfPresent(count, forKey: .count)
+        try container.encodeIfPresent(lock, forKey: .lock)
+        try container.encodeIfPresent(try event.map { try Crossing.table(encoder, for: what).add($0, for: what) }, forKey: .event)
+        try container.encodeIfPresent(timeout, forKey: .timeout)
+    }
+
+    /// Decodes what ``encode(to:for:)`` wrote, requiring at least `minimumSize` bytes of block.
+    init(from decoder: any Decoder, for what: String, minimumSize: Int = 0) throws {
+        let container = try decoder.container(keyedBy: Keys.self)
+        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
+        guard reference.size >= minimumSize else {
+            throw MP.Error.cannotCross("\(what) arrived in a block of \(reference.size) bytes, under the \(minimumSize) it needs")
+        }
+        block = try SharedBlock(reference, from: decoder, for: what)
+        count = try container.decodeIfPresent(Int.self, forKey: .count)
+        lock = try container.decodeIfPresent(MP.RLock.self, forKey: .lock)
+        event = try container.decodeIfPresent(Int.self, forKey: .event).map { try Crossing.received(decoder, for: what).adopt($0, for: what) }
+        timeout = try container.decodeIfPresent(Double.self, forKey: .timeout)
+    }
+
+    /// The count, which this object must have sent.
+    func requiredCount(for what: String) throws -> Int {
+        guard let count, count >= 0 else { throw MP.Error.cannotCross("\(what) arrived without its element count") }
+        return count
+    }
+
+    /// The lock, which this object must have sent.
+    func requiredLock(for what: String) throws -> MP.RLock {
+        guard let lock else { throw MP.Error.cannotCross("\(what) arrived without its lock") }
+        return lock
+    }
+}

@@ -25,7 +25,7 @@ extension MP {
 /// Shared state of one primitive: a page of anonymous shared memory, inherited
 /// by every child forked after creation.
 final class SharedSyncState: @unchecked Sendable {
-    private let block: SharedBlock
+    let block: SharedBlock
     let state: UnsafeMutablePointer<cmp_sync_state>
 
     /// A lock dropped while this thread holds it is released first: a held
@@ -51,13 +51,11 @@ final class SharedSyncState: @unchecked Sendable {
     }
 
     func encode(to encoder: any Encoder, for what: String) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(try block.reference(in: encoder, for: what))
+        try CrossingBlock(block).encode(to: encoder, for: what)
     }
 
     convenience init(from decoder: any Decoder, for what: String) throws {
-        let reference = try decoder.singleValueContainer().decode(SharedBlock.Reference.self)
-        try self.init(adopting: try SharedBlock(reference, from: decoder, for: what))
+        try self.init(adopting: try CrossingBlock(from: decoder, for: what).block)
     }
 
     init(recursive: Bool = false) throws(MP.Error) {

@@ -55,58 +55,65 @@ extension MP.Condition: Codable {
 }
 
 extension MP.Barrier: Codable {
-    private enum CodingKeys: String, CodingKey { case state, timeout }
-
     public func encode(to encoder: any Encoder) throws {
         if action != nil {
             throw MP.Error.cannotCross("an MP.Barrier with an action cannot cross into a spawned process (a closure cannot cross exec); create it without an action, or use fork")
         }
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(try shared.reference(in: encoder, for: "MP.Barrier"), forKey: .state)
-        try container.encodeIfPresent(defaultTimeout, forKey: .timeout)
+        try CrossingBlock(shared.block, timeout: defaultTimeout).encode(to: encoder, for: "MP.Barrier")
     }
 
     public convenience init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        let reference = try container.decode(SharedBlock.Reference.self, forKey: .state)
-        let state = try SharedSyncState(adopting: try SharedBlock(reference, from: decoder, for: "MP.Barrier"))
-        self.init(shared: state, timeout: try container.decodeIfPresent(Double.self, forKey: .timeout))
+        let crossed = try CrossingBlock(from: decoder, for: "MP.Barrier")
+        self.init(shared: try SharedSyncState(adopting: crossed.block), timeout: crossed.timeout)
     }
 }
 
 extension MP.Value: Codable {
-    private enum CodingKeys: String, CodingKey { case block, lock }
-
     public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(try block.reference(in: encoder, for: "MP.Value<\(T.self)>"), forKey: .block)
-        try container.encode(lock, forKey: .lock)
+        try CrossingBlock(block, lock: lock).encode(to: encoder, for: "MP.Value<\(T.self)>")
     }
 
     public convenience init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
-        let block = try SharedBlock(reference, from: decoder, for: "MP.Value<\(T.self)>")
-        try self.init(block: block, lock: try container.decode(MP.RLock.self, forKey: .lock))
+        let what = "MP.Value<\(T.self)>"
+        let crossed = try CrossingBlock(from: decoder, for: what, minimumSize: MemoryLayout<T>.size)
+        try self.init(block: crossed.block, lock: try crossed.requiredLock(for: what))
     }
 }
 
 extension MP.Array: Codable {
-    private enum CodingKeys: String, CodingKey { case block, count, lock }
-
     public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(try block.reference(in: encoder, for: "MP.Array<\(Element.self)>"), forKey: .block)
-        try container.encode(count, forKey: .count)
-        try container.encode(lock, forKey: .lock)
+        try CrossingBlock(block, count: count, lock: lock).encode(to: encoder, for: "MP.Array<\(Element.self)>")
     }
 
     public convenience init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        let reference = try container.decode(SharedBlock.Reference.self, forKey: .block)
-        let block = try SharedBlock(reference, from: decoder, for: "MP.Array<\(Element.self)>")
-        let count = try container.decode(Int.self, forKey: .count)
-        try self.init(block: block, count: count, lock: try container.decode(MP.RLock.self, forKey: .lock))
+        let what = "MP.Array<\(Element.self)>"
+        let crossed = try CrossingBlock(from: decoder, for: what)
+        try self.init(block: crossed.block, count: try crossed.requiredCount(for: what), lock: try crossed.requiredLock(for: what))
+    }
+}
+
+extension MP.RawValue: Codable {
+    /// Crosses into a spawned or forkserver child as the memfd behind it (a named task's argument).
+    public func encode(to encoder: any Encoder) throws {
+        try CrossingBlock(block).encode(to: encoder, for: "MP.RawValue<\(T.self)>")
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let what = "MP.RawValue<\(T.self)>"
+        try self.init(block: try CrossingBlock(from: decoder, for: what, minimumSize: MemoryLayout<T>.size).block)
+    }
+}
+
+extension MP.RawArray: Codable {
+    /// Crosses into a spawned or forkserver child as the memfd behind it (a named task's argument).
+    public func encode(to encoder: any Encoder) throws {
+        try CrossingBlock(block, count: count).encode(to: encoder, for: "MP.RawArray<\(Element.self)>")
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        let what = "MP.RawArray<\(Element.self)>"
+        let crossed = try CrossingBlock(from: decoder, for: what)
+        try self.init(block: crossed.block, count: try crossed.requiredCount(for: what))
     }
 }
 
