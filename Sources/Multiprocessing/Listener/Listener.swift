@@ -123,9 +123,7 @@ extension MP {
         /// `with Listener(...) as listener:`: closed afterwards, also when `body` throws.
         public static func with<T>(address: Address? = nil, authkey: [UInt8]? = nil, backlog: Int = 1, legacyDigest: Bool = false,
                                    _ body: (Listener) throws -> T) throws -> T {
-            let listener = try Listener(address: address, authkey: authkey, backlog: backlog, legacyDigest: legacyDigest)
-            defer { listener.close() }
-            return try body(listener)
+            try Scoped.run(try Listener(address: address, authkey: authkey, backlog: backlog, legacyDigest: legacyDigest), body) { $0.close() }
         }
 
         /// Python's `last_accepted`: the peer of the last accepted connection

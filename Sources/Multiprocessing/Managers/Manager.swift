@@ -160,9 +160,7 @@ extension MP {
         /// Shut down afterwards, also when `body` throws.
         public static func with<T>(address: Address? = nil, authkey: [UInt8]? = nil, startMethod: StartMethod? = nil,
                                    linkTimeout: Double? = nil, _ body: (Manager) throws -> T) throws -> T {
-            let manager = try Manager(address: address, authkey: authkey, startMethod: startMethod, linkTimeout: linkTimeout)
-            defer { manager.shutdown() }
-            return try body(manager)
+            try Scoped.run(try Manager(address: address, authkey: authkey, startMethod: startMethod, linkTimeout: linkTimeout), body) { $0.shutdown() }
         }
 
         /// The scoped manager for async code.
@@ -170,8 +168,7 @@ extension MP {
         public static func with<T>(address: Address? = nil, authkey: [UInt8]? = nil, startMethod: StartMethod? = nil,
                                    linkTimeout: Double? = nil, _ body: (Manager) async throws -> T) async throws -> T {
             let manager = try Manager(address: address, authkey: authkey, startMethod: startMethod, linkTimeout: linkTimeout)
-            defer { manager.shutdown() }
-            return try await body(manager)
+            return try await Scoped.run(manager, body) { $0.shutdown() }
         }
 
         deinit {

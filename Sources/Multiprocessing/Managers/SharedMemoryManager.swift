@@ -42,9 +42,7 @@ extension MP {
 
         /// `with SharedMemoryManager() as smm:`: shut down afterwards, also when `body` throws.
         public static func with<T>(_ body: (SharedMemoryManager) throws -> T) throws -> T {
-            let manager = try SharedMemoryManager()
-            defer { manager.shutdown() }
-            return try body(manager)
+            try Scoped.run(try SharedMemoryManager(), body) { $0.shutdown() }
         }
 
         /// Python's `smm.SharedMemory(size)`: a new segment, unlinked at shutdown.

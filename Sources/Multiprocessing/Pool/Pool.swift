@@ -84,27 +84,19 @@ extension MP {
         public static func with<T>(processes: Int? = nil, initializer: (() throws -> Void)? = nil, maxTasksPerChild: Int? = nil,
                                    _ body: (Pool) async throws -> T) async throws -> T {
             let pool = try Pool(processes: processes, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
-            do {
-                let value = try await body(pool)
+            return try await Scoped.run(pool, body) { pool in
                 pool.terminate()
                 try await pool.join()
-                return value
-            } catch {
-                pool.terminate()
-                try? await pool.join()
-                throw error
             }
         }
 
         /// A pool for the duration of `body`, terminated afterwards (Python's `with Pool() as pool:`).
         public static func with<T>(processes: Int? = nil, initializer: (() throws -> Void)? = nil, maxTasksPerChild: Int? = nil,
                                    _ body: (Pool) throws -> T) throws -> T {
-            let pool = try Pool(processes: processes, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
-            defer {
+            try Scoped.run(try Pool(processes: processes, initializer: initializer, maxTasksPerChild: maxTasksPerChild), body) { pool in
                 pool.terminate()
                 try? pool.join()
             }
-            return try body(pool)
         }
 
         // MARK: submitting

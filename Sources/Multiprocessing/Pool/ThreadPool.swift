@@ -39,12 +39,10 @@ extension MP {
 
         /// `with ThreadPool() as pool:`: terminated and joined afterwards.
         public static func with<T>(processes: Int? = nil, _ body: (ThreadPool) throws -> T) throws -> T {
-            let pool = try ThreadPool(processes: processes)
-            defer {
+            try Scoped.run(try ThreadPool(processes: processes), body) { pool in
                 pool.terminate()
                 try? pool.join()
             }
-            return try body(pool)
         }
 
         @usableFromInline

@@ -41,9 +41,9 @@ extension MP {
         /// `with ProcessPoolExecutor() as ex:`: shut down (waiting) afterwards, also when `body` throws.
         public static func with<T>(maxWorkers: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
                                    _ body: (ProcessPoolExecutor) throws -> T) throws -> T {
-            let executor = try ProcessPoolExecutor(maxWorkers: maxWorkers, startMethod: startMethod, initializer: initializer)
-            defer { executor.shutdown(wait: true) }
-            return try body(executor)
+            try Scoped.run(try ProcessPoolExecutor(maxWorkers: maxWorkers, startMethod: startMethod, initializer: initializer), body) {
+                $0.shutdown(wait: true)
+            }
         }
 
         /// The scoped executor for async code; the wait for the workers blocks no thread.
@@ -51,6 +51,7 @@ extension MP {
         public static func with<T>(maxWorkers: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
                                    _ body: (ProcessPoolExecutor) async throws -> T) async throws -> T {
             let executor = try ProcessPoolExecutor(maxWorkers: maxWorkers, startMethod: startMethod, initializer: initializer)
+            // Not Scoped.run: a body that threw cancels the futures still waiting, as Python's `with` does not wait for them.
             do {
                 let value = try await body(executor)
                 executor.shutdown(wait: false)

@@ -108,11 +108,10 @@ extension MP {
         public static func with<T>(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
                                    maxTasksPerChild: Int? = nil, _ body: (TaskPool) throws -> T) throws -> T {
             let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
-            defer {
+            return try Scoped.run(pool, body) { pool in
                 pool.terminate()
                 try? pool.join()
             }
-            return try body(pool)
         }
 
         /// The scoped pool for async code: terminated and joined afterwards,
@@ -121,15 +120,9 @@ extension MP {
         public static func with<T>(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
                                    maxTasksPerChild: Int? = nil, _ body: (TaskPool) async throws -> T) async throws -> T {
             let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
-            do {
-                let value = try await body(pool)
+            return try await Scoped.run(pool, body) { pool in
                 pool.terminate()
                 try await pool.join()
-                return value
-            } catch {
-                pool.terminate()
-                try? await pool.join()
-                throw error
             }
         }
 
