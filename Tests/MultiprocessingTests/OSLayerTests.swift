@@ -90,3 +90,31 @@ struct OSLayerTests {
         #expect(MP.cpuCount() >= 1)
     }
 }
+
+@Suite("CPU affinity: processCpuCount, schedSetAffinity, schedGetAffinity")
+struct AffinityTests {
+    @Test("processCpuCount is at most cpuCount and follows the affinity mask")
+    func processCpuCount() throws {
+        #expect(MP.processCpuCount() >= 1)
+        #expect(MP.processCpuCount() <= MP.cpuCount())
+        let (mine, theirs) = try MP.Pipe()
+        let child = MP.Process {
+            try MP.schedSetAffinity(0, [0])
+            try theirs.send(MP.processCpuCount())
+            try theirs.send(MP.schedGetAffinity())
+        }
+        try child.start()
+        #expect(try mine.recv(Int.self) == 1)
+        #expect(try mine.recv(Set<Int>.self) == [0])
+        try joinOrKill(child)
+        #expect(child.exitCode == 0)
+    }
+
+    @Test("schedSetAffinity refuses an empty set, a negative CPU and a CPU that is not there")
+    func affinityMisuse() throws {
+        #expect(throws: MP.OSError("sched_setaffinity", errno: .invalidArgument)) { try MP.schedSetAffinity(0, []) }
+        #expect(throws: MP.OSError("sched_setaffinity", errno: .invalidArgument)) { try MP.schedSetAffinity(0, [-1]) }
+        #expect(throws: MP.OSError("sched_setaffinity", errno: .invalidArgument)) { try MP.schedSetAffinity(0, [100_000]) }
+        #expect(try MP.schedGetAffinity().count == MP.processCpuCount() || MP.processCpuCount() < MP.cpuCount())
+    }
+}

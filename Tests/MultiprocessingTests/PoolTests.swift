@@ -195,3 +195,23 @@ func diedOf(_ how: String) -> (any Error) -> Bool {
         return error.message.hasPrefix("the worker running the task died: PoolWorker-") && error.message.hasSuffix(how)
     }
 }
+
+@Suite("A pool's join(timeout:) (Python 3.14)")
+struct PoolJoinTimeoutTests {
+    @Test("a pool's join(timeout:) returns false while a task runs, true once the workers exited")
+    func poolJoinTimeout() throws {
+        let gate = try MP.Event()
+        let pool = try MP.Pool(processes: 1)
+        let waiting = pool.applyAsync { () -> Bool in (try? gate.wait(timeout: 30)) ?? false }
+        pool.close()
+        #expect(try pool.join(timeout: 0.05) == false)
+        #expect(try pool.join(timeout: -1) == false, "a negative timeout waits not at all")
+        try gate.set()
+        #expect(try waiting.get(timeout: 20) == true)
+        #expect(try pool.join(timeout: 20) == true)
+        let open = try MP.Pool(processes: 1)
+        #expect(throws: MP.Error.invalidArgument("join() needs close() or terminate() first")) { try open.join(timeout: 0) }
+        open.terminate()
+        try open.join()
+    }
+}

@@ -280,3 +280,23 @@ struct ProcessMisuseTests {
             == "fork failed: Resource temporarily unavailable (errno 11)")
     }
 }
+
+@Suite("interrupt(): Python 3.14's SIGINT to a child")
+struct InterruptTests {
+    @Test("interrupt() sends SIGINT: -2 under every start method", arguments: MP.StartMethod.allCases)
+    func interrupt(method: MP.StartMethod) throws {
+        let started = try MP.Event(), gate = try MP.Event()
+        // A forked child keeps its parent's SIGINT handler (the test runner
+        // may install one when run directly): it restores the default, as a
+        // program that wants `interrupt()` to end its children would.
+        let p = method == .fork
+            ? MP.Process { signal(SIGINT, SIG_DFL); try started.set(); _ = try gate.wait(timeout: 60) }
+            : MP.getContext(method).Process(target: WaitForGate(started: started, gate: gate))
+        try p.start()
+        #expect(try started.wait(timeout: 20))
+        try p.interrupt()
+        try joinOrKill(p)
+        #expect(p.exitCode == -SIGINT)
+        try p.interrupt() // a no-op once it ended
+    }
+}

@@ -130,3 +130,55 @@ struct SharedStateTests {
         }
     }
 }
+
+@Suite("RawValue, RawArray, recvBytes(into:)")
+struct RawSharedStateTests {
+    @Test("RawValue and RawArray are shared with a forked child, without a lock")
+    func rawShared() throws {
+        let value = try MP.RawValue(0)
+        let array = try MP.RawArray(repeating: 0.0, count: 4)
+        let child = MP.Process {
+            value.value = 42
+            for index in array.indices { array[index] = Double(index) * 1.5 }
+        }
+        try child.start()
+        try joinOrKill(child)
+        #expect(value.value == 42)
+        #expect(array.snapshot == [0, 1.5, 3, 4.5])
+        #expect(try MP.RawArray([1, 2, 3]).reduce(0, +) == 6)
+        #expect(throws: MP.Error.invalidArgument("array count must be >= 0 (got -1)")) { try MP.RawArray(repeating: 0, count: -1) }
+    }
+
+    @Test("RawValue and RawArray cross into a spawned child as a named task's arguments")
+    func rawCrossing() throws {
+        let value = try MP.RawValue(Int64(0))
+        let array = try MP.RawArray(repeating: Int32(0), count: 3)
+        let child = MP.getContext(.spawn).Process(target: FillRaw(value: value, array: array))
+        try child.start()
+        try joinOrKill(child)
+        #expect(child.exitCode == 0)
+        #expect(value.value == 7)
+        #expect(array.snapshot == [1, 2, 3])
+    }
+
+    @Test("recvBytes(into:) fills a buffer at an offset; a short buffer gets BufferTooShort with the whole message")
+    func receiveInto() throws {
+        let (a, b) = try MP.Pipe()
+        try b.sendBytes(Array("hello".utf8))
+        var buffer = [UInt8](repeating: 0, count: 8)
+        #expect(try a.recvBytes(into: &buffer, offset: 2) == 5)
+        #expect(buffer == [0, 0] + Array("hello".utf8) + [0])
+        try b.sendBytes(Array("too long for it".utf8))
+        #expect(throws: MP.Error.bufferTooShort(Array("too long for it".utf8))) { try a.recvBytes(into: &buffer) }
+        #expect(throws: MP.Error.invalidArgument("offset 9 is outside the buffer of 8 bytes")) { try a.recvBytes(into: &buffer, offset: 9) }
+    }
+}
+
+struct FillRaw: MP.NamedTask {
+    var value: MP.RawValue<Int64>
+    var array: MP.RawArray<Int32>
+    func run() {
+        value.value = 7
+        for index in array.indices { array[index] = Int32(index + 1) }
+    }
+}
