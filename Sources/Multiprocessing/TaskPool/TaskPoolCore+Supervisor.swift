@@ -1,0 +1,199 @@
+import Glibc
+import Synchronization
+import _CMultiprocessingSync
+import MultiprocessingPlatform
+
+/// The worker supervisor: starting a worker (greeted with its control block
+/// and stderr pipe), killing, retiring and replacing it, the backoff after
+/// workers killed from outside, and how a worker's death is said.
+extension TaskPoolCore {
+    var workerPrefix: String {
+        switch method {
+        case .fork: "ForkPoolWorker"
+        case .spawn: "SpawnPoolWorker"
+        case .forkserver: "ForkServerPoolWorker"
+        }
+    }
+
+    /// A new worker, greeted (its control block and stderr pipe sent). Called with the lock held.
+    func startWorker() throws(MP.Error) -> PoolWorkerHandle {
+        do {
+            let (parentEnd, childEnd) = try MP.Pipe(duplex: true)
+            let control = try SharedBlock(bytes: WorkerControl.bytes)
+            let (errorsRead, errorsWrite) = try Sys.pipe()
+            defer { Sys.close(errorsWrite) }
+            let stderr = WorkerStderr(fd: errorsRead)
+            started += 1
+            let loop = PoolWorkerLoop(channel: childEnd, initializer: initializer, maxTasks: maxTasksPerChild)
+            let process = MP.getContext(method).Process(name: "\(workerPrefix)-\(started)", daemon: true, target: loop)
+            do {
+                try process.start()
+            } catch {
+                parentEnd.close()
+                childEnd.close()
+                throw MP.Error.cannotStartWorker(error.description)
+            }
+            childEnd.close()
+            try Sys.setNonBlocking(parentEnd.fileno)
+            let worker = try PoolWorkerHandle(process: process, channel: parentEnd, control: control, stderr: stderr)
+            var hello = ByteWriter()
+            let start = WorkerFrames.begin(&hello, WorkerFrames.OrderKind.hello.rawValue)
+            hello.write(UInt64(control.size))
+            WorkerFrames.finish(&hello, at: start)
+            if !worker.sendNow(hello.bytes, descriptors: [control.descriptor, errorsWrite]) {
+                try? process.kill()
+                try? process.join()
+                throw MP.Error.cannotStartWorker("the new worker \(process.name) did not take its first message")
+            }
+            return worker
+        } catch {
+            if let error = error as? MP.Error, error.code == .startFailed { throw error }
+            throw .cannotStartWorker("\(error)")
+        }
+    }
+
+    /// Kills a worker and starts its replacement at once (while it dies).
+    func kill(_ worker: PoolWorkerHandle) {
+        guard !worker.dying else { return }
+        worker.dying = true
+        try? worker.process.kill()
+        guard let index = workers.firstIndex(where: { $0 === worker }) else { return }
+        workers.remove(at: index)
+        dyingWorkers.append(worker)
+        if state != .terminated, broken == nil {
+            replace("\(worker.process.name) (pid \(worker.pid)) killed (a timeout or a cancellation)")
+        }
+    }
+
+    /// A worker exited: its reports are read; the order it was running fails
+    /// (unless the pool killed it for that order, which then already failed);
+    /// the orders it had not started go back to the front of the queue; a
+    /// replacement starts while there is work for it.
+    func retire(_ worker: PoolWorkerHandle) {
+        readReports(worker)
+        worker.stderr.pump()
+        try? worker.process.join()
+        let how = worker.dying ? "\(worker.process.name) (pid \(worker.pid)) was stopped" : Self.describeDeath(of: worker.process)
+        let wasServing = workers.contains { $0 === worker }
+        workers.removeAll { $0 === worker }
+        dyingWorkers.removeAll { $0 === worker }
+        let running = worker.running
+        let lostFromOutside = !worker.ready && !worker.dying && Self.killedFromOutside(worker.process)
+        if worker.ready || worker.dying {
+            failedStarts = 0
+            outsideLosses = 0
+        } else if lostFromOutside {
+            // Killed by another process before it was ready: not the
+            // program's fault; replaced after a backoff (below).
+            outsideLosses += 1
+        } else if running != WorkerControl.initializing {
+            // Dying before it could take an order (its program fails at
+            // start): a few in a row and the pool stops trying.
+            failedStarts += 1
+            if failedStarts >= 3 {
+                breakPool(.cannotStartWorker("\(failedStarts) workers in a row exited before taking a task; the last: \(Self.describeDeath(of: worker.process))"))
+            }
+        }
+        var unstarted: [PoolJob] = []
+        for job in worker.inFlight {
+            job.worker = nil
+            if job.finished { continue }
+            if running == Int64(bitPattern: job.seq) {
+                var how = Self.describeDeath(of: worker.process)
+                if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
+                finish(job, .failed(index: 0, .workerDied(how), before: []))
+            } else {
+                unstarted.append(job)
+            }
+        }
+        worker.inFlight = []
+        if running == WorkerControl.initializing && broken == nil && !lostFromOutside {
+            var how = Self.describeDeath(of: worker.process)
+            if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
+            breakPool(.initializerFailed(type: "workerDied", description: "the worker died in the initializer: \(how)"))
+        }
+        if broken != nil {
+            for job in unstarted { finish(job, .failed(index: 0, broken!, before: [])) }
+        } else {
+            queue.prepend(unstarted)
+        }
+        worker.channel.close()
+        try? worker.process.close()
+        guard state != .terminated, broken == nil, wasServing else {
+            LibraryLog.log(.info, "pool worker \(how)")
+            return
+        }
+        if state == .running || !queue.isEmpty {
+            if outsideLosses > 1 {
+                LibraryLog.log(.info, "pool worker \(how) before it was ready (\(outsideLosses) in a row); replaced after a backoff")
+                deferStart()
+            } else {
+                replace(how)
+            }
+        }
+    }
+
+    /// Starts one replacement now; a start that fails is retried after a backoff.
+    func replace(_ how: String) {
+        do {
+            let replacement = try startWorker()
+            workers.append(replacement)
+            LibraryLog.log(.info, "pool worker \(how); replaced by \(replacement.process.name) (pid \(replacement.pid))")
+        } catch {
+            // No replacement (a process limit, no memory, a start method's
+            // helper killed): retried with a backoff; with no worker left
+            // after several tries, the queued tasks fail with the reason.
+            outsideLosses += 1
+            if workers.isEmpty && outsideLosses > 5 {
+                for job in queue.removeAll() { finish(job, .failed(index: 0, error, before: [])) }
+            }
+            deferStart()
+        }
+    }
+
+    /// One more replacement, after the backoff of `outsideLosses`: 10 ms,
+    /// doubling, at most ``maxRestartBackoff``.
+    func deferStart() {
+        pendingStarts += 1
+        let backoff = min(Self.maxRestartBackoff, 0.005 * Double(1 << min(outsideLosses, 16)))
+        let at = Deadline.after(validSeconds: backoff)!
+        if restartAt.map({ at < $0 }) ?? true { restartAt = at }
+    }
+
+    /// Starts the replacements whose backoff has passed (lock held).
+    func startDeferred() {
+        guard let at = restartAt, at.hasPassed else { return }
+        restartAt = nil
+        let count = pendingStarts
+        pendingStarts = 0
+        guard state != .terminated, broken == nil, state == .running || !queue.isEmpty else { return }
+        for _ in 0..<count where workers.count < processes { replace("lost before it was ready") }
+    }
+
+    /// Whether a worker was ended by a signal from outside (another
+    /// process's SIGKILL or SIGTERM, the kernel's OOM killer) rather than by
+    /// its own hand (an exit, or a crash: SIGSEGV, SIGABRT, SIGILL, ...).
+    static func killedFromOutside(_ process: MP.Process) -> Bool {
+        guard case .signaled(let signal, _)? = process.exitStatus else { return false }
+        return ![SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS, SIGPIPE, SIGXCPU, SIGXFSZ].contains(signal.rawValue)
+    }
+
+    func terminateWorkers() {
+        workers += dyingWorkers
+        dyingWorkers = []
+        LibraryLog.log(.info, "task pool terminated: \(workers.count) worker(s) killed")
+        for worker in workers { try? worker.process.kill() }
+        for worker in workers {
+            try? worker.process.join()
+            for job in worker.inFlight { finish(job, .failed(index: 0, .terminated, before: [])) }
+            worker.channel.close()
+            try? worker.process.close()
+        }
+        workers = []
+        for job in queue.removeAll() { finish(job, .failed(index: 0, .terminated, before: [])) }
+    }
+
+    static func describeDeath(of process: MP.Process) -> String {
+        PoolDispatcher.describeDeath(of: process)
+    }
+}
