@@ -237,7 +237,7 @@ final class ManagerServer: @unchecked Sendable {
             guard parties >= 1 else { throw .invalidArgument("a Barrier needs at least 1 party (got \(parties))") }
             object = BarrierObject(typeTag: typeTag, parties: parties)
         case .object:
-            let type = try TaskRegistry.shared.managedObject(named: typeTag)
+            let type = try ManagedObjectRegistry.shared.managedObject(named: typeTag)
             object = try makeManagedBox(type, from: try call.arguments.bytesArgument())
         }
         let id = nextId

@@ -11,8 +11,14 @@ struct TaskRegistry: Sendable {
     private(set) var duplicates: [String: [String]] = [:]
     private(set) var generic: Set<String> = []
     private(set) var isAvailable = true
-    private(set) var managedObjects: [String: any MP.ManagedObject.Type] = [:]
-    private(set) var duplicateObjects: [String: [String]] = [:]
+    /// Every type the walk found, for the layers above to index their own
+    /// protocols' types (a manager's ``MP/ManagedObject`` types).
+    private(set) var discovered = DiscoveredTypes()
+
+    /// The found types, as metatypes (immutable once the walk is done).
+    struct DiscoveredTypes: @unchecked Sendable {
+        var types: [Any.Type] = []
+    }
 
     static let shared = TaskRegistry.discover()
 
@@ -27,8 +33,8 @@ struct TaskRegistry: Sendable {
         let status = cmp_discover_named_tasks({ metadata, context in
             let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
             let type = unsafeBitCast(metadata, to: Any.Type.self)
+            collector.registry.discovered.types.append(type)
             if let task = type as? any MP.NamedTask.Type { collector.registry.add(task) }
-            if let object = type as? any MP.ManagedObject.Type { collector.registry.add(object) }
         }, { name, context in
             let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
             if let name { collector.registry.generic.insert(String(cString: name)) }
@@ -47,27 +53,6 @@ struct TaskRegistry: Sendable {
         } else {
             byName[name] = task
         }
-    }
-
-    private mutating func add(_ object: any MP.ManagedObject.Type) {
-        let name = object.name
-        if let existing = managedObjects[name], existing != object {
-            duplicateObjects[name, default: [_typeName(existing, qualified: true)]].append(_typeName(object, qualified: true))
-        } else {
-            managedObjects[name] = object
-        }
-    }
-
-    /// The registered type a manager's server creates for `name`.
-    func managedObject(named name: String) throws(MP.Error) -> any MP.ManagedObject.Type {
-        if let types = duplicateObjects[name] {
-            throw .typeMismatch("two MP.ManagedObject types are named '\(name)' (\(types.joined(separator: ", "))): give one its own name")
-        }
-        guard let object = managedObjects[name] else {
-            if !isAvailable { throw .typeMismatch("the manager cannot find '\(name)': \(Self.unavailable)") }
-            throw .typeMismatch("the manager's program has no MP.ManagedObject named '\(name)' (a manager serves the types of its own build)")
-        }
-        return object
     }
 
     /// The type a child runs for `name`.

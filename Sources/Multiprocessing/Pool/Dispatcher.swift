@@ -265,7 +265,7 @@ final class PoolDispatcher: @unchecked Sendable {
         let held = generation.vacate(slot: worker.slot)
         guard held >= 0 || held == Generation.initializing else { return }
         worker.stderr.pump()
-        var how = Self.describeDeath(of: worker.process)
+        var how = WorkerDeath.describe(of: worker.process)
         if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
         if held == Generation.initializing {
             if generation.initializerFailure == nil {
@@ -275,13 +275,5 @@ final class PoolDispatcher: @unchecked Sendable {
             generation.settle(Int(held), .failure(.workerDied(how)))
         }
         LibraryLog.log(.info, "pool worker \(how) mid-task; a replacement finishes its batch")
-    }
-
-    static func describeDeath(of process: MP.Process) -> String {
-        switch process.exitStatus {
-        case .signaled(let signal, _)?: return "\(process.name) (pid \(process.pid ?? -1)) was killed by \(signal)"
-        case .exited(let code)?: return "\(process.name) (pid \(process.pid ?? -1)) exited with \(code)"
-        default: return "\(process.name): unknown status"
-        }
     }
 }

@@ -73,7 +73,7 @@ extension TaskPoolCore {
         readReports(worker)
         worker.stderr.pump()
         try? worker.process.join()
-        let how = worker.dying ? "\(worker.process.name) (pid \(worker.pid)) was stopped" : Self.describeDeath(of: worker.process)
+        let how = worker.dying ? "\(worker.process.name) (pid \(worker.pid)) was stopped" : WorkerDeath.describe(of: worker.process)
         let wasServing = workers.contains { $0 === worker }
         workers.removeAll { $0 === worker }
         dyingWorkers.removeAll { $0 === worker }
@@ -91,7 +91,7 @@ extension TaskPoolCore {
             // start): a few in a row and the pool stops trying.
             failedStarts += 1
             if failedStarts >= 3 {
-                breakPool(.cannotStartWorker("\(failedStarts) workers in a row exited before taking a task; the last: \(Self.describeDeath(of: worker.process))"))
+                breakPool(.cannotStartWorker("\(failedStarts) workers in a row exited before taking a task; the last: \(WorkerDeath.describe(of: worker.process))"))
             }
         }
         var unstarted: [PoolJob] = []
@@ -99,7 +99,7 @@ extension TaskPoolCore {
             job.worker = nil
             if job.finished { continue }
             if running == Int64(bitPattern: job.seq) {
-                var how = Self.describeDeath(of: worker.process)
+                var how = WorkerDeath.describe(of: worker.process)
                 if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
                 finish(job, .failed(index: 0, .workerDied(how), before: []))
             } else {
@@ -108,7 +108,7 @@ extension TaskPoolCore {
         }
         worker.inFlight = []
         if running == WorkerControl.initializing && broken == nil && !lostFromOutside {
-            var how = Self.describeDeath(of: worker.process)
+            var how = WorkerDeath.describe(of: worker.process)
             if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
             breakPool(.initializerFailed(type: "workerDied", description: "the worker died in the initializer: \(how)"))
         }
@@ -193,7 +193,4 @@ extension TaskPoolCore {
         for job in queue.removeAll() { finish(job, .failed(index: 0, .terminated, before: [])) }
     }
 
-    static func describeDeath(of process: MP.Process) -> String {
-        PoolDispatcher.describeDeath(of: process)
-    }
 }
