@@ -2,6 +2,7 @@
 #include "_CMultiprocessingRuntime.h"
 
 #include <elf.h>
+#include <errno.h>
 #include <link.h>
 #include <stdbool.h>
 #include <string.h>
@@ -97,7 +98,7 @@ static bool visit_image(const cmp_metadata_sections_prefix *sections, void *opaq
 }
 
 int cmp_discover_named_tasks(void (*found)(const void *, void *), void (*skipped)(const char *, void *), void *context) {
-    if (!swift_enumerateAllMetadataSections) return -1;
+    if (!swift_enumerateAllMetadataSections) { errno = ENOTSUP; return -1; }
     cmp_discovery discovery = {found, skipped, context};
     swift_enumerateAllMetadataSections(visit_image, &discovery);
     return 0;

@@ -136,8 +136,8 @@ void cmp_serve_main_queue_until(int done_fd);
 
 /// Calls `found` with the type metadata of every non-generic type, in every
 /// loaded image, that conforms to `Multiprocessing.MP.NamedTask`, and
-/// `skipped` with the name of every generic one. Returns -1 when the Swift
-/// runtime cannot enumerate its metadata sections.
+/// `skipped` with the name of every generic one. Returns 0, or -1 with errno
+/// ENOTSUP when the Swift runtime cannot enumerate its metadata sections.
 int cmp_discover_named_tasks(void (*found)(const void *metadata, void *context),
                              void (*skipped)(const char *type_name, void *context), void *context);
 
