@@ -17,6 +17,9 @@ import MultiprocessingPlatform
 /// - `PROGRAM --swift-multiprocessing-segment-keeper 3 OWNER`: the helper of
 ///   a ``MP/SharedMemoryManager`` (``SegmentKeeper``).
 ///
+/// It sits at the top of the module, above every layer: the one place that
+/// names every kind of process the library starts from a fresh program.
+///
 /// So a user's program needs no line in `main` for either start method, and
 /// a program that never uses them pays one string comparison at startup.
 enum EntryHook {
