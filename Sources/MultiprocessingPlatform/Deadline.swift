@@ -7,16 +7,17 @@ import Glibc
 /// - a negative timeout or NaN is refused with the caller's error;
 /// - a timeout too large for the clock (over about 292 years) is a wait
 ///   without limit in all but name, and is treated as one: never a trap.
+@usableFromInline
 package struct Deadline: Sendable, Comparable {
     /// `CLOCK_MONOTONIC`, in nanoseconds.
-    package let nanoseconds: Int64
+    @usableFromInline package let nanoseconds: Int64
 
-    package init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    @inlinable package init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
 
-    package static func < (a: Deadline, b: Deadline) -> Bool { a.nanoseconds < b.nanoseconds }
+    @inlinable package static func < (a: Deadline, b: Deadline) -> Bool { a.nanoseconds < b.nanoseconds }
 
     /// The current monotonic time, in nanoseconds.
-    package static var now: Int64 {
+    @inlinable package static var now: Int64 {
         var ts = Glibc.timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
@@ -24,7 +25,7 @@ package struct Deadline: Sendable, Comparable {
 
     /// The deadline `timeout` seconds from now; nil for no limit. Throws
     /// `invalid(timeout)` for a negative timeout or NaN.
-    package static func after<E: Error>(_ timeout: Double?, invalid: (Double) -> E) throws(E) -> Deadline? {
+    @inlinable package static func after<E: Error>(_ timeout: Double?, invalid: (Double) -> E) throws(E) -> Deadline? {
         guard let timeout else { return nil }
         guard timeout >= 0 else { throw invalid(timeout) } // also NaN
         if timeout == .infinity { return nil }
@@ -33,7 +34,7 @@ package struct Deadline: Sendable, Comparable {
 
     /// The deadline `seconds` from now, for a timeout already validated; nil
     /// when it lies beyond the clock's range (no limit).
-    package static func after(validSeconds seconds: Double) -> Deadline? {
+    @inlinable package static func after(validSeconds seconds: Double) -> Deadline? {
         let start = now
         let room = Double(Int64.max - start) / 1e9
         guard seconds < room else { return nil }
@@ -41,21 +42,21 @@ package struct Deadline: Sendable, Comparable {
     }
 
     /// Nanoseconds left, never negative.
-    package var remainingNanoseconds: Int64 { max(0, nanoseconds - Deadline.now) }
+    @inlinable package var remainingNanoseconds: Int64 { max(0, nanoseconds - Deadline.now) }
 
     /// Seconds left, never negative.
-    package var remainingSeconds: Double { Double(remainingNanoseconds) / 1e9 }
+    @inlinable package var remainingSeconds: Double { Double(remainingNanoseconds) / 1e9 }
 
-    package var hasPassed: Bool { Deadline.now >= nanoseconds }
+    @inlinable package var hasPassed: Bool { Deadline.now >= nanoseconds }
 
     /// Milliseconds left for `poll`/`epoll_wait`, rounded up, at most `Int32.max`.
-    package var remainingMilliseconds: Int32 {
+    @inlinable package var remainingMilliseconds: Int32 {
         let left = remainingNanoseconds
         return Int32(clamping: left / 1_000_000 + (left % 1_000_000 == 0 ? 0 : 1))
     }
 
     /// An absolute `timespec` on `CLOCK_MONOTONIC` (for condition variables).
-    package var absoluteTimespec: Glibc.timespec {
+    @inlinable package var absoluteTimespec: Glibc.timespec {
         Glibc.timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
     }
 }
@@ -63,7 +64,7 @@ package struct Deadline: Sendable, Comparable {
 extension Optional where Wrapped == Deadline {
     /// The C convention of the synchronisation layer: -1 waits without limit,
     /// otherwise the nanoseconds left (0: only try).
-    package var cTimeoutNanoseconds: Int64 {
+    @inlinable package var cTimeoutNanoseconds: Int64 {
         guard let deadline = self else { return -1 }
         return deadline.remainingNanoseconds
     }

@@ -14,8 +14,9 @@ import _CMultiprocessingRuntime
 ///
 /// What a lock protects may have been mid-update at the fork; state that
 /// cannot be trusted then registers a reset with ``AfterFork/register(_:)``.
+@usableFromInline
 package final class ForkSafeLock: @unchecked Sendable {
-    private let storage: UnsafeMutablePointer<cmp_fork_safe_mutex>
+    @usableFromInline let storage: UnsafeMutablePointer<cmp_fork_safe_mutex>
 
     package init() {
         storage = .allocate(capacity: 1)
@@ -27,7 +28,7 @@ package final class ForkSafeLock: @unchecked Sendable {
         storage.deallocate()
     }
 
-    private var mutex: UnsafeMutablePointer<pthread_mutex_t> {
+    @inlinable var mutex: UnsafeMutablePointer<pthread_mutex_t> {
         UnsafeMutableRawPointer(storage).assumingMemoryBound(to: pthread_mutex_t.self)
     }
 
@@ -35,10 +36,10 @@ package final class ForkSafeLock: @unchecked Sendable {
         withUnsafeMutablePointer(to: &storage.pointee.condition) { $0 }
     }
 
-    package func lock() { pthread_mutex_lock(mutex) }
-    package func unlock() { pthread_mutex_unlock(mutex) }
+    @inlinable package func lock() { pthread_mutex_lock(mutex) }
+    @inlinable package func unlock() { pthread_mutex_unlock(mutex) }
 
-    @inline(__always)
+    @inlinable
     package func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }

@@ -18,11 +18,13 @@ extension Sys {
 
     /// `sendmsg(fd, message, MSG_NOSIGNAL)`: the bytes sent. A closed peer is
     /// `EPIPE` or `ECONNRESET` in the thrown error (no SIGPIPE).
+    @inlinable
     package static func send(_ fd: Int32, _ message: inout msghdr) throws(OSError) -> Int {
         try check("sendmsg") { cmp_sendmsg(fd, &message, Int32(MSG_NOSIGNAL)) }
     }
 
     /// What one `recv` found.
+    @usableFromInline
     package enum Received {
         case bytes(Int)
         /// The peer closed its end (or reset the connection).
@@ -32,6 +34,7 @@ extension Sys {
     }
 
     /// `recv(fd, buffer, count, blocking ? 0 : MSG_DONTWAIT)`.
+    @inlinable
     package static func receive(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, blocking: Bool = true) throws(OSError) -> Received {
         do {
             guard let received = try checkAgain("recv", { Glibc.recv(fd, buffer, count, blocking ? 0 : Int32(MSG_DONTWAIT)) }) else {

@@ -19,7 +19,7 @@ import SystemPackage
 package enum Sys {
     /// Runs `body`; a `-1` result throws `OSError(operation, errno)`.
     /// `EINTR` is retried unless `retryOnInterrupt` is false.
-    @inline(__always)
+    @inlinable
     package static func check<T: FixedWidthInteger>(
         _ operation: String, retryOnInterrupt: Bool = true, _ body: () -> T
     ) throws(OSError) -> T {
@@ -38,7 +38,7 @@ package enum Sys {
     }
 
     /// Like ``check(_:retryOnInterrupt:_:)``, but `EAGAIN`/`EWOULDBLOCK` is nil.
-    @inline(__always)
+    @inlinable
     package static func checkAgain<T: FixedWidthInteger>(_ operation: String, _ body: () -> T) throws(OSError) -> T? {
         while true {
             let code: Int32
@@ -57,6 +57,7 @@ package enum Sys {
 
     /// The error for a failed call: `EBADF`/`EFAULT` stop the program (a bug
     /// in the library, not a condition to handle).
+    @usableFromInline
     package static func failure(_ operation: String, _ code: Int32) -> OSError {
         precondition(code != EBADF && code != EFAULT,
                      "\(operation) failed with \(Errno(rawValue: code)): a bad descriptor or address is a bug in swift-multiprocessing")
@@ -97,10 +98,10 @@ package enum Sys {
         try check("prctl(PR_GET_CHILD_SUBREAPER)") { cmp_get_child_subreaper() } == 1
     }
 
-    package static var getpid: pid_t { Glibc.getpid() }
+    @inlinable package static var getpid: pid_t { Glibc.getpid() }
     package static var getppid: pid_t { Glibc.getppid() }
     /// The calling thread's kernel id (cached per thread by the synchronisation layer, reset in a forked child).
-    package static var gettid: pid_t { cmp_current_tid() }
+    @inlinable package static var gettid: pid_t { cmp_current_tid() }
 
     // MARK: descriptors
 
@@ -157,12 +158,14 @@ package enum Sys {
     }
 
     /// Adds one count to an eventfd (an 8-byte write).
+    @inlinable
     package static func giveEvent(_ fd: Int32) {
         var one: UInt64 = 1
         while Glibc.write(fd, &one, 8) < 0 && errno == EINTR {}
     }
 
     /// Takes one count from an eventfd semaphore; false when it has none (`EAGAIN`).
+    @inlinable
     package static func takeEvent(_ fd: Int32) -> Bool {
         var value: UInt64 = 0
         while true {
@@ -186,6 +189,7 @@ package enum Sys {
     package static func closeAll(except keep: Int32) { cmp_close_all_except(keep) }
 
     /// Writes one byte to a wake-up pipe; a full pipe already wakes its reader.
+    @inlinable
     package static func poke(_ fd: Int32) {
         var byte: UInt8 = 1
         _ = try? checkAgain("write") { Glibc.write(fd, &byte, 1) }

@@ -10,6 +10,7 @@ import SystemPackage
 ///
 /// Operations are named as the errors name them: `"sendmsg"`, `"recv"`,
 /// `"socketpair"`, `"epoll_ctl(EPOLL_CTL_ADD)"`, `"fork"`.
+@usableFromInline
 package enum SyscallFaults {
     #if DEBUG
     private static let armed = Atomic<Int>(0)
@@ -40,7 +41,7 @@ package enum SyscallFaults {
 
     /// The errno to fail `operation` with instead of calling it; nil (one
     /// atomic load) when nothing is injected.
-    @inline(__always)
+    @usableFromInline
     static func take(_ operation: String) -> Int32? {
         guard armed.load(ordering: .acquiring) > 0 else { return nil }
         return lock.withLock { () -> Int32? in
@@ -52,7 +53,7 @@ package enum SyscallFaults {
         }
     }
     #else
-    @inline(__always)
+    @inlinable
     static func take(_ operation: String) -> Int32? { nil }
     #endif
 }

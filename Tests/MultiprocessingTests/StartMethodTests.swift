@@ -206,11 +206,11 @@ struct StartMethodSettingTests {
         #expect(MP.getContext().startMethod == .forkserver)
         #expect(MP.Process {}.startMethod == .fork, "closures fork while no method is set")
         try MP.setStartMethod(.spawn)
-        #expect(throws: MP.Error.alreadySet(.spawn)) { try MP.setStartMethod(.fork) }
+        #expect(throws: MP.Error.alreadySet(MP.StartMethod.spawn)) { try MP.setStartMethod(.fork) }
         #expect(MP.getStartMethod() == .spawn)
         #expect(MP.Process(target: ExitWith(code: 0)).startMethod == .spawn)
         let closure = MP.Process {}
-        #expect(throws: MP.Error.task(.needsFork(process: closure.name, method: .spawn))) { try closure.start() }
+        #expect(throws: MP.Error.task(.needsFork(process: closure.name, method: MP.StartMethod.spawn))) { try closure.start() }
         try MP.setStartMethod(.fork, force: true)
         let p = MP.Process(target: ExitWith(code: 4))
         try p.start()

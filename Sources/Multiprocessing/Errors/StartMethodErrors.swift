@@ -2,7 +2,7 @@
 extension MP.Error {
     /// The start method was already set (Python's `RuntimeError('context has already been set')`).
     @usableFromInline
-    static func alreadySet(_ method: MP.StartMethod) -> MP.Error {
+    static func alreadySet(_ method: some CustomStringConvertible) -> MP.Error {
         MP.Error(.invalidState, "the start method has already been set (to \(method)); pass force: true to change it")
     }
 }

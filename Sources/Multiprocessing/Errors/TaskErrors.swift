@@ -41,13 +41,13 @@ extension MP.Error {
     /// A closure target (or a ``MP/Process`` subclass's `run()`) under a
     /// start method other than fork: only a fork carries a closure.
     @usableFromInline
-    static func needsFork(process: String, method: MP.StartMethod) -> MP.Error {
+    static func needsFork(process: String, method: some CustomStringConvertible) -> MP.Error {
         MP.Error(.cannotCross, "process '\(process)' runs a closure, which only the fork start method can carry, not \(method); declare an MP.NamedTask and pass it as the target")
     }
 
     /// The start method failed to start a child.
     @usableFromInline
-    static func startFailed(method: MP.StartMethod, reason: String) -> MP.Error {
+    static func startFailed(method: some CustomStringConvertible, reason: String) -> MP.Error {
         MP.Error(.startFailed, "the \(method) start method could not start a process: \(reason)")
     }
 }

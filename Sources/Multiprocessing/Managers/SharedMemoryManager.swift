@@ -27,7 +27,7 @@ extension MP {
             let (readEnd, writeEnd): (Int32, Int32)
             do { (readEnd, writeEnd) = try Sys.pipe() } catch { throw .system(error) }
             do {
-                keeper = try Sys.spawn("/proc/self/exe", arguments: [Spawner.programName, SegmentKeeper.flag, "3", String(Sys.getpid)],
+                keeper = try Sys.spawn("/proc/self/exe", arguments: [Runtime.programName, SegmentKeeper.flag, "3", String(Sys.getpid)],
                                        descriptors: [readEnd])
             } catch {
                 Sys.close(readEnd)

@@ -54,7 +54,7 @@ extension MP {
         private let syncTarget: (() throws -> Void)?
         private let asyncTarget: (() async throws -> Void)?
         /// A named task: runs under any start method.
-        private let namedTask: NamedTaskTarget?
+        let namedTask: NamedTaskTarget?
         /// The method asked for by a context; nil: the program's.
         private let requestedMethod: StartMethod?
         private let isMain: Bool
@@ -284,7 +284,7 @@ extension MP {
         func start(forkOnCurrentThread: Bool) throws(MP.Error) {
             let runtime = Runtime.shared
             try runtime.checkMayStartChildren()
-            let popenType = startMethod.popen
+            let popenType = PopenTypes.forMethod(startMethod)
             try popenType.check(self)
             let daemon = try lock.withLock { () throws(MP.Error) -> Bool in
                 switch state {
@@ -323,25 +323,6 @@ extension MP {
         func checkLaunchable(_ method: StartMethod) throws(MP.Error) {
             guard namedTask != nil else { throw .task(.needsFork(process: name, method: method)) }
             try checkNamedTask()
-        }
-
-        /// What a spawned or forkserver child is told (with the descriptors
-        /// of the objects its task holds); nil for a closure.
-        func launchInfo(daemon: Bool, objects table: DescriptorTable) throws(MP.Error) -> LaunchInfo? {
-            guard let namedTask else { return nil }
-            let arguments: [UInt8]
-            do {
-                arguments = try namedTask.encode(table)
-            } catch {
-                if let error = error as? MP.Error, error.code == .cannotCross { throw error }
-                throw .cannotCross("the arguments of named task '\(namedTask.name)' do not encode: \(error)")
-            }
-            return LaunchInfo(
-                build: BuildIdentity.current, task: namedTask.name, arguments: arguments,
-                processName: name, identity: identity, daemon: daemon,
-                parentPid: Sys.getpid, parentName: Runtime.shared.current.name,
-                lineBuffered: OutputMode.lineBuffered, logLevel: LibraryLog.currentLevel?.rawValue,
-                authkey: ProcessAuthKey.current)
         }
 
         /// Python's `join()`: blocks until the child ends, then reaps it.

@@ -13,6 +13,10 @@ import MultiprocessingPlatform
 final class Runtime: @unchecked Sendable {
     static let shared = Runtime()
 
+    /// `argv[0]` of this process, for the command line of the helpers and
+    /// children it starts from a fresh program (`ps` shows it).
+    static let programName: String = CommandLine.arguments.first ?? "swift-multiprocessing"
+
     let lock = ForkSafeLock()
     private var currentProcess: MP.Process
     /// In a child: the parent's process object (a copy) and pid.
@@ -91,6 +95,15 @@ final class Runtime: @unchecked Sendable {
     func atExit(_ handler: @escaping @Sendable () -> Void) {
         lock.withLock { exitHandlers.append(handler) }
         installExitHandling()
+    }
+
+    /// Hooks a child (forked or launched) runs as it ends, after its own
+    /// children: what a layer above started in it, such as a forkserver,
+    /// goes with it. A forked child inherits the hooks of its parent.
+    private var childExitHooks: [@Sendable () -> Void] = []
+
+    func atChildExit(_ hook: @escaping @Sendable () -> Void) {
+        lock.withLock { childExitHooks.append(hook) }
     }
 
     func unregister(_ process: MP.Process) {
@@ -185,12 +198,12 @@ final class Runtime: @unchecked Sendable {
             // a child that ran one task has nothing else to finish.
             finishChildren()
             for handler in lock.withLock({ exitHandlers }) { handler() }
-            ForkServerClient.shutDown()
+            for hook in lock.withLock({ childExitHooks }) { hook() }
             cmp_child_exit(code)
         }
         if isForkedChild {
             if lock.withLock({ !children.isEmpty }) { finishChildren() }
-            ForkServerClient.shutDown()
+            for hook in lock.withLock({ childExitHooks }) { hook() }
             cmp_child_exit(code)
         }
         Sys.exitNormally(code)

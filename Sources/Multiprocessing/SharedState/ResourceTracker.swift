@@ -50,7 +50,7 @@ enum ResourceTracker {
 
     private static func start() {
         guard let (readEnd, write) = try? Sys.pipe() else { return }
-        let arguments = [Spawner.programName, flag, "3"]
+        let arguments = [Runtime.programName, flag, "3"]
         guard let pid = try? Sys.spawn("/proc/self/exe", arguments: arguments, descriptors: [readEnd],
                                        addedEnvironment: LibraryLog.environmentForChildren) else {
             Sys.close(readEnd)

@@ -169,7 +169,7 @@ final class ForkServerClient: @unchecked Sendable {
                 switch server.request(descriptors) {
                 case .started(let pid): return pid
                 case .failed(let error):
-                    throw .startFailed(method: .forkserver, reason: MP.OSError("clone3", errno: .init(rawValue: error)).description)
+                    throw .startFailed(method: MP.StartMethod.forkserver, reason: MP.OSError("clone3", errno: .init(rawValue: error)).description)
                 case .gone(let how, let adopted):
                     current = nil
                     if let adopted {
@@ -179,7 +179,7 @@ final class ForkServerClient: @unchecked Sendable {
                     deaths.append("\(how) during a start")
                 }
             }
-            throw .startFailed(method: .forkserver, reason: "the forkserver died twice in a row: " + deaths.joined(separator: "; "))
+            throw .startFailed(method: MP.StartMethod.forkserver, reason: "the forkserver died twice in a row: " + deaths.joined(separator: "; "))
         }
     }
 
@@ -187,7 +187,10 @@ final class ForkServerClient: @unchecked Sendable {
     /// server sees end-of-file, exits, and is reaped here, so it never
     /// outlives its client as an orphan. (A child's exit calls ``shutDown()``
     /// itself: `Runtime.exitProcess`.)
-    private static let shutDownAtExit: Void = Runtime.shared.atExit { ForkServerClient.shutDown() }
+    private static let shutDownAtExit: Void = {
+        Runtime.shared.atExit { ForkServerClient.shutDown() }
+        Runtime.shared.atChildExit { ForkServerClient.shutDown() }
+    }()
 
     /// Whether this process ever started a server: a constant-initialised
     /// flag, so a forked child that never did touches nothing else at exit.
@@ -214,7 +217,7 @@ final class ForkServerClient: @unchecked Sendable {
     /// A new server, ready; `.died` when it ended before saying so (the caller retries once).
     private static func start() throws(MP.Error) -> Started {
         let ours: Int32, theirs: Int32
-        do { (ours, theirs) = try Sys.socketPair(keepingMessages: true) } catch { throw .startFailed(method: .forkserver, reason: error.description) }
+        do { (ours, theirs) = try Sys.socketPair(keepingMessages: true) } catch { throw .startFailed(method: MP.StartMethod.forkserver, reason: error.description) }
         let bindNow = Sys.environment("LD_BIND_NOW") == nil
         let arguments = [Spawner.programName, ForkServer.flag, String(Sys.getpid), bindNow ? "bound" : "inherited"]
         let pid: pid_t, pidfd: Int32
@@ -229,7 +232,7 @@ final class ForkServerClient: @unchecked Sendable {
         } catch {
             Sys.close(ours)
             Sys.close(theirs)
-            throw .startFailed(method: .forkserver, reason: error.description)
+            throw .startFailed(method: MP.StartMethod.forkserver, reason: error.description)
         }
         // The server holds the only other end now: its death is end-of-file here.
         Sys.close(theirs)
@@ -241,7 +244,7 @@ final class ForkServerClient: @unchecked Sendable {
             try? Sys.kill(pid, SIGKILL)
             var status: Int32 = 0
             _ = try? Sys.waitpid(pid, &status, 0)
-            throw .startFailed(method: .forkserver, reason: error.description)
+            throw .startFailed(method: MP.StartMethod.forkserver, reason: error.description)
         }
         let server = ForkServerClient(socket: ours, pid: pid, pidfd: pidfd)
         afterSpawnForTesting?(pid)
@@ -254,10 +257,10 @@ final class ForkServerClient: @unchecked Sendable {
             let reason = status == -ENOTSUP
                 ? "this C library's thread descriptor could not be repaired after clone3 (glibc is required)"
                 : "errno \(-status) while preparing"
-            throw .startFailed(method: .forkserver, reason: reason)
+            throw .startFailed(method: MP.StartMethod.forkserver, reason: reason)
         case .timedOut:
             _ = server.retire()
-            throw .startFailed(method: .forkserver, reason: "the server (pid \(pid)) did not say it was ready within \(startTimeout) s")
+            throw .startFailed(method: MP.StartMethod.forkserver, reason: "the server (pid \(pid)) did not say it was ready within \(startTimeout) s")
         case .gone:
             return .died(server.retire())
         }

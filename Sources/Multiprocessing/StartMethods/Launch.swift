@@ -21,22 +21,6 @@ struct LaunchInfo: Codable {
     var authkey: [UInt8]?
 }
 
-/// A named task as a process target: its name, its checks, its encoding, and
-/// how to run it in a forked child (no encoding needed there).
-struct NamedTaskTarget: @unchecked Sendable {
-    let name: String
-    let check: () throws(MP.Error) -> Void
-    let encode: (DescriptorTable) throws -> [UInt8]
-    let runHere: () async throws -> Void
-
-    init<T: MP.NamedTask>(_ task: T) {
-        name = T.name
-        check = { () throws(MP.Error) in try TaskRegistry.shared.checkSendable(T.self) }
-        encode = { table in try WireFormat.encode(task, descriptors: table) }
-        runHere = { _ = try await task.run() }
-    }
-}
-
 /// The launch message of a spawned or forkserver child, ready to pass: a
 /// memfd holding the ``LaunchInfo`` (the child's descriptor 3), then the
 /// descriptors of the objects its task holds.
@@ -46,9 +30,20 @@ struct LaunchMessage {
 
     init(_ process: MP.Process, daemon: Bool, method: MP.StartMethod) throws(MP.Error) {
         let table = DescriptorTable()
-        guard let info = try process.launchInfo(daemon: daemon, objects: table) else {
-            throw .needsFork(process: process.name, method: method)
+        guard let namedTask = process.namedTask else { throw .needsFork(process: process.name, method: method) }
+        let arguments: [UInt8]
+        do {
+            arguments = try namedTask.encode(table)
+        } catch {
+            if let error = error as? MP.Error, error.code == .cannotCross { throw error }
+            throw .cannotCross("the arguments of named task '\(namedTask.name)' do not encode: \(error)")
         }
+        let info = LaunchInfo(
+            build: BuildIdentity.current, task: namedTask.name, arguments: arguments,
+            processName: process.name, identity: process.identity, daemon: daemon,
+            parentPid: Sys.getpid, parentName: Runtime.shared.current.name,
+            lineBuffered: OutputMode.lineBuffered, logLevel: LibraryLog.currentLevel?.rawValue,
+            authkey: ProcessAuthKey.current)
         try self.init(info, objects: table.descriptors, method: method)
     }
 
@@ -91,10 +86,9 @@ enum Spawner {
             }
             return try start()
         } catch {
-            throw .startFailed(method: .spawn, reason: error.description)
+            throw .startFailed(method: MP.StartMethod.spawn, reason: error.description)
         }
     }
 
-    /// `argv[0]` of this process, for the child's command line (`ps` shows it).
-    static let programName: String = CommandLine.arguments.first ?? "swift-multiprocessing"
+    static var programName: String { Runtime.programName }
 }
