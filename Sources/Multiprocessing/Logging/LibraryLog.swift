@@ -36,6 +36,10 @@ extension MP {
 enum LibraryLog {
     /// `Logger.Level` raw order, or -1 when silent.
     private static let level = Atomic<Int>(-1)
+    /// The current process's name, for each line (Python's `[INFO/Process-1]`):
+    /// set by the process layer when it starts, a hook rather than a
+    /// reference, since processes log.
+    nonisolated(unsafe) static var processName: @Sendable () -> String = { "MainProcess" }
     private static let lock = ForkSafeLock()
     nonisolated(unsafe) private static var custom: Logger?
     static let environment = "SWIFT_MULTIPROCESSING_LOG"
@@ -114,17 +118,6 @@ struct StderrHandler: LogHandler {
         case .error: name = "ERROR"
         case .critical: name = "CRITICAL"
         }
-        Sys.writeBestEffort(STDERR_FILENO, "[\(name)/\(MP.currentProcess().name)] \(message)\n")
-    }
-}
-
-extension MP.ExitStatus {
-    /// "exited with 0", "was killed by SIGKILL": the log's wording.
-    var logDescription: String {
-        switch self {
-        case .exited(let code): return "exited with \(code)"
-        case .signaled(let signal, _): return "was killed by \(signal)"
-        default: return "ended: \(self)"
-        }
+        Sys.writeBestEffort(STDERR_FILENO, "[\(name)/\(LibraryLog.processName())] \(message)\n")
     }
 }

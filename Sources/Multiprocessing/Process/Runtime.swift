@@ -36,6 +36,7 @@ final class Runtime: @unchecked Sendable {
 
     private init() {
         currentProcess = MP.Process(mainProcess: ())
+        LibraryLog.processName = { Runtime.shared.current.name }
     }
 
     var current: MP.Process { lock.withLock { currentProcess } }

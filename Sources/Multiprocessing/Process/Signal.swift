@@ -100,3 +100,14 @@ extension MP {
         }
     }
 }
+
+extension MP.ExitStatus {
+    /// "exited with 0", "was killed by SIGKILL": the log's wording.
+    var logDescription: String {
+        switch self {
+        case .exited(let code): return "exited with \(code)"
+        case .signaled(let signal, _): return "was killed by \(signal)"
+        default: return "ended: \(self)"
+        }
+    }
+}
