@@ -150,18 +150,18 @@ extension Sys {
         }
     }
 
-    /// `getaddrinfo` + `socket` + `bind` + `listen` on TCP (`SO_REUSEADDR`, as
-    /// CPython's `SocketListener`): the descriptor and the port it got.
-    package static func listenTCP(host: String, port: Int, backlog: Int) throws(AddressFailure) -> (Int32, port: Int) {
-        var lastError = OSError("bind", errno: .addressNotAvailable)
-        for candidate in try resolve(host, port, passive: true) {
+    /// Each address `getaddrinfo` gives for `host` and `port`, in turn: a
+    /// socket made for it and handed to `setUp`; the first that `setUp`
+    /// accepts is the answer, the others are closed. When none is, the last
+    /// failure (or `noAddress` when there was no address) is thrown.
+    private static func firstSocket<T>(_ host: String, _ port: Int, passive: Bool, noAddress: OSError,
+                                       _ setUp: (Int32, Candidate) throws(OSError) -> T) throws(AddressFailure) -> T {
+        var lastError = noAddress
+        for candidate in try resolve(host, port, passive: passive) {
             do throws(OSError) {
                 let fd = try socket(candidate.family, candidate.type, candidate.protocolNumber)
                 do throws(OSError) {
-                    try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
-                    try bind(fd, candidate.address, candidate.length)
-                    _ = try check("listen") { Glibc.listen(fd, Int32(backlog)) }
-                    return (fd, try boundPort(fd))
+                    return try setUp(fd, candidate)
                 } catch {
                     close(fd)
                     throw error
@@ -173,27 +173,26 @@ extension Sys {
         throw .system(lastError)
     }
 
+    /// `getaddrinfo` + `socket` + `bind` + `listen` on TCP (`SO_REUSEADDR`, as
+    /// CPython's `SocketListener`): the descriptor and the port it got.
+    package static func listenTCP(host: String, port: Int, backlog: Int) throws(AddressFailure) -> (Int32, port: Int) {
+        try firstSocket(host, port, passive: true, noAddress: OSError("bind", errno: .addressNotAvailable)) { (fd, candidate) throws(OSError) in
+            try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
+            try bind(fd, candidate.address, candidate.length)
+            _ = try check("listen") { Glibc.listen(fd, Int32(backlog)) }
+            return (fd, try boundPort(fd))
+        }
+    }
+
     /// `getaddrinfo` + `socket` + `connect` over TCP (IPv4 or IPv6), each
     /// address in turn; with a `timeout` (seconds), each `connect` gives up
     /// with `ETIMEDOUT` after it (a dead link takes the kernel minutes).
     package static func connectTCP(host: String, port: Int, timeout: Double? = nil) throws(AddressFailure) -> Int32 {
-        var lastError = OSError("connect", errno: .connectionRefused)
-        for candidate in try resolve(host, port, passive: false) {
-            do throws(OSError) {
-                let fd = try socket(candidate.family, candidate.type, candidate.protocolNumber)
-                do throws(OSError) {
-                    try connect(fd, candidate.address, candidate.length, timeout: timeout)
-                    try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-                    return fd
-                } catch {
-                    close(fd)
-                    throw error
-                }
-            } catch {
-                lastError = error
-            }
+        try firstSocket(host, port, passive: false, noAddress: OSError("connect", errno: .connectionRefused)) { (fd, candidate) throws(OSError) in
+            try connect(fd, candidate.address, candidate.length, timeout: timeout)
+            try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            return fd
         }
-        throw .system(lastError)
     }
 
     /// `connect`, within `timeout` seconds when given: a non-blocking connect,

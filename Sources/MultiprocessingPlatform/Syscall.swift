@@ -23,35 +23,40 @@ package enum Sys {
     package static func check<T: FixedWidthInteger>(
         _ operation: String, retryOnInterrupt: Bool = true, _ body: () -> T
     ) throws(OSError) -> T {
-        while true {
-            let code: Int32
-            if let injected = SyscallFaults.take(operation) {
-                code = injected
-            } else {
-                let result = body()
-                if result != -1 { return result }
-                code = errno
-            }
-            if code == EINTR && retryOnInterrupt { continue }
-            throw failure(operation, code)
+        switch attempt(operation, retryOnInterrupt: retryOnInterrupt, body) {
+        case .success(let result): return result
+        case .failure(let code): throw failure(operation, code)
         }
     }
 
     /// Like ``check(_:retryOnInterrupt:_:)``, but `EAGAIN`/`EWOULDBLOCK` is nil.
     @inlinable
     package static func checkAgain<T: FixedWidthInteger>(_ operation: String, _ body: () -> T) throws(OSError) -> T? {
+        switch attempt(operation, retryOnInterrupt: true, body) {
+        case .success(let result): return result
+        case .failure(let code) where code == EAGAIN || code == EWOULDBLOCK: return nil
+        case .failure(let code): throw failure(operation, code)
+        }
+    }
+
+    /// The one loop of the errno rule: the call's result, or its errno
+    /// (`EINTR` retried when asked; the tests' injected failures come in here).
+    @usableFromInline
+    enum Attempt<T> { case success(T), failure(Int32) }
+
+    @inlinable
+    static func attempt<T: FixedWidthInteger>(_ operation: String, retryOnInterrupt: Bool, _ body: () -> T) -> Attempt<T> {
         while true {
             let code: Int32
             if let injected = SyscallFaults.take(operation) {
                 code = injected
             } else {
                 let result = body()
-                if result != -1 { return result }
+                if result != -1 { return .success(result) }
                 code = errno
             }
-            if code == EINTR { continue }
-            if code == EAGAIN || code == EWOULDBLOCK { return nil }
-            throw failure(operation, code)
+            if code == EINTR && retryOnInterrupt { continue }
+            return .failure(code)
         }
     }
 
