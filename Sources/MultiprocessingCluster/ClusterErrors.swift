@@ -5,7 +5,8 @@ extension MP.Error.Code {
     public static let database = MP.Error.Code("database")
 }
 
-// The cluster's kinds, as MP.Error values (each keeps its message).
+// The cluster's kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// A task threw: its type and description, as recorded by the worker.
     static func taskFailed(type: String, description: String) -> MP.Error {

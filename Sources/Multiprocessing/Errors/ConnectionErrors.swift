@@ -1,4 +1,5 @@
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// A connection's (pipes, Listener and Client) kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// The peer closed its end and every message was read: Python's `EOFError`.
     @usableFromInline

@@ -1,5 +1,6 @@
 import MultiprocessingPlatform
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// A manager's kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// The manager cannot be reached or went away mid-call (Python's
     /// `EOFError`, `ConnectionRefusedError`): every pending and later call

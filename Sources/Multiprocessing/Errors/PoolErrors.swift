@@ -1,5 +1,6 @@
 import MultiprocessingPlatform
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// The pools' kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// The task threw: the original error's type name and description.
     @usableFromInline

@@ -1,4 +1,5 @@
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// A process object's kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// `start()` was called on a process that was already started.
     @usableFromInline

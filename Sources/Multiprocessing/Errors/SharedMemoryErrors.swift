@@ -1,4 +1,5 @@
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// Shared memory's (segments and ShareableList) kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     @usableFromInline
     static func invalidName(_ name: String) -> MP.Error {

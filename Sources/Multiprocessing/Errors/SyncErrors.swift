@@ -1,4 +1,5 @@
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// The synchronisation primitives' kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// Releasing (or waiting on a condition of) a lock this thread does not hold.
     @usableFromInline

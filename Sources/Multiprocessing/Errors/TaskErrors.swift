@@ -1,4 +1,5 @@
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// Named tasks' kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     /// No ``MP/NamedTask`` type of this build has this name.
     @usableFromInline

@@ -1,4 +1,5 @@
-// The MP.Error kinds, as MP.Error values (each keeps its message).
+// The wire format's kinds of failure, as MP.Error values, one factory each (internal:
+// users match the code; tests compare whole values, messages included).
 extension MP.Error {
     @usableFromInline
     static func encodingFailed(type: String, reason: String) -> MP.Error {
