@@ -83,20 +83,25 @@ extension Sys {
     /// reset connection is end-of-file.
     package static func receiveSome(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32],
                                     maxDescriptors: Int = 4, blocking: Bool) throws(OSError) -> Received {
-        var passed = [Int32](repeating: -1, count: max(1, maxDescriptors))
-        var count: Int32 = 0
         let flags = blocking ? 0 : Int32(MSG_DONTWAIT)
-        let received: Int?
-        do throws(OSError) {
-            received = try passed.withUnsafeMutableBufferPointer { (fds) throws(OSError) -> Int? in
+        // The passed descriptors land on the stack: this is every report a
+        // pool worker sends, so no allocation per receive.
+        let outcome = withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(1, maxDescriptors)) { fds in
+            var count: Int32 = 0
+            let result = Result { () throws(OSError) -> Int? in
                 try checkAgain("recvmsg") {
                     cmp_receive_with_descriptors(fd, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(maxDescriptors), &count, flags)
                 }
             }
-        } catch where error.errno == .connectionReset {
-            return .endOfFile
+            descriptors += fds[..<Int(count)]
+            return result
         }
-        descriptors += passed[..<Int(count)]
+        let received: Int?
+        switch outcome {
+        case .success(let value): received = value
+        case .failure(let error) where error.errno == .connectionReset: return .endOfFile
+        case .failure(let error): throw error
+        }
         guard let received else { return .wouldBlock }
         return received == 0 ? .endOfFile : .bytes(received)
     }

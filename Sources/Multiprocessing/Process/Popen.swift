@@ -39,9 +39,9 @@ protocol Popen: Sendable {
 }
 
 extension Popen {
-    /// Checks, launches, and opens the sentinel: the one start of every method.
+    /// Launches and opens the sentinel: the one start of every method (the
+    /// caller ran ``check(_:)`` first, before the process changed state).
     static func start(_ process: MP.Process, _ request: StartRequest) throws(MP.Error) -> Self {
-        try check(process)
         let pid = try launch(process, request)
         return Self(pid: pid, sentinel: (try? Sys.pidfdOpen(pid)) ?? -1)
     }
