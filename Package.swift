@@ -12,7 +12,11 @@ let package = Package(
         // The named-task pool on many machines through PostgreSQL: its own
         // product, so a program that does not use it builds no NIO.
         .library(name: "MultiprocessingCluster", targets: ["MultiprocessingCluster"]),
+        // The tour: every Python tutorial program, translated. Builds no NIO.
         .executable(name: "mp-examples", targets: ["mp-examples"]),
+        // The cluster's tour, and its parts one terminal each (a throwaway
+        // PostgreSQL, workers, a pool): apart, because it builds NIO.
+        .executable(name: "mp-cluster-examples", targets: ["mp-cluster-examples"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
         .executable(name: "mp-forksafety", targets: ["mp-forksafety"]),
     ],
@@ -87,6 +91,14 @@ let package = Package(
         ),
         .executableTarget(
             name: "mp-examples",
+            dependencies: [
+                "Multiprocessing",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "mp-cluster-examples",
             dependencies: [
                 "Multiprocessing",
                 "MultiprocessingCluster",

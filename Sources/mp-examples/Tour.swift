@@ -437,5 +437,4 @@ let examples: [Example] = [
     Example(name: "listener-python", title: "a Swift Listener and a CPython Client exchange messages, authenticated", run: listenerWithPython),
     Example(name: "pickle-python", title: "a CPython peer sends a job as a dict; Swift answers with a struct (the safe pickle codec)", run: pickleWithPython),
     Example(name: "manager-dict", title: "a Manager's dict and Value shared by worker processes, updated atomically", run: managerDict),
-    Example(name: "cluster", title: "the named-task pool on PostgreSQL: two workers, apply, map, imap (needs PostgreSQL)", run: clusterExample),
 ]
