@@ -6,7 +6,7 @@ import Logging
 
 extension MP {
     /// The named-task pool on many machines, with PostgreSQL as the engine:
-    /// ``MP/ClusterPool`` on the submitting side, ``runWorker(database:concurrency:startMethod:lease:)``
+    /// ``MP/ClusterPool`` on the submitting side, `runWorker(database:)`
     /// in every worker (your own program, in worker mode).
     public enum Cluster {}
 

@@ -6,7 +6,7 @@ extension MP {
     /// Python's `Pool` for named tasks on many machines (Ray's
     /// `ray.util.multiprocessing.Pool`), with PostgreSQL as the engine: the
     /// workers are processes of the same build on any machine that reaches the
-    /// database, each running ``MP/Cluster/runWorker(database:concurrency:startMethod:lease:)``.
+    /// database, each running `MP.Cluster.runWorker(database:)`.
     ///
     /// ```swift
     /// let pool = try await MP.ClusterPool(database: "postgres://app@db.internal/app")
@@ -14,7 +14,7 @@ extension MP {
     /// pool.close(); try await pool.join()
     /// ```
     ///
-    /// Semantics (see the README's "The cluster pool"): at-least-once
+    /// Semantics (see <doc:Semantics>): at-least-once
     /// execution, exactly-once results (a lease per claimed row, fenced
     /// completion); a lost worker's tasks run again after the lease, up to
     /// `maxAttempts`; a task that throws fails with its error's type and

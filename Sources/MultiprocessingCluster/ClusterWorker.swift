@@ -46,7 +46,7 @@ extension MP.Cluster {
         try await worker.run()
     }
 
-    /// Asks every ``runWorker(database:concurrency:startMethod:lease:)`` of this process to stop as on SIGTERM.
+    /// Asks every `runWorker(database:)` of this process to stop as on SIGTERM.
     public static func stopWorkers() { ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
 }
 

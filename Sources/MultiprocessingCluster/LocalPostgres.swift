@@ -46,8 +46,9 @@ extension MP.Cluster {
         ///     clients connect without a password, besides the loopback ones
         ///     (a line `host all all <network> trust` each, in `pg_hba.conf`).
         ///   - certificateFile: a PEM certificate (chain) for TLS over TCP,
-        ///     with `privateKeyFile`, its PEM key (both copied into the server's
-        ///     folder). Without them the server speaks no TLS.
+        ///     copied into the server's folder. Without it the server speaks no TLS.
+        ///   - privateKeyFile: the certificate's PEM key, copied likewise;
+        ///     given with `certificateFile` or not at all.
         public init(listenAddress: String? = nil, port: Int? = nil, trustedNetworks: [String] = [],
                     certificateFile: String? = nil, privateKeyFile: String? = nil) throws {
             guard (certificateFile == nil) == (privateKeyFile == nil) else {
