@@ -18,6 +18,8 @@ let package = Package(
         // PostgreSQL, workers, a pool): apart, because it builds NIO.
         .executable(name: "mp-cluster-examples", targets: ["mp-cluster-examples"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
+        // mp-bench's small program: spawn from a binary that maps only the core library.
+        .executable(name: "mp-spawn-small", targets: ["mp-spawn-small"]),
         .executable(name: "mp-forksafety", targets: ["mp-forksafety"]),
     ],
     dependencies: [
@@ -114,6 +116,11 @@ let package = Package(
                 "_CMultiprocessingBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "mp-spawn-small",
+            dependencies: ["Multiprocessing"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         // Counts hung children per start method in a program whose threads

@@ -21,7 +21,7 @@ enum ConnectionBenchmarks {
         }
         for server in servers { try server.start() }
         let manager = try MP.Manager()
-        let python = PythonRounds(pythonScript(connections: connections, tcpConnections: tcpConnections, pairs: pairs))
+        let python = PeerRounds(python: pythonScript(connections: connections, tcpConnections: tcpConnections, pairs: pairs))
         defer {
             python?.finish()
             manager.shutdown()

@@ -13,36 +13,46 @@ struct Metric: Codable {
     var rounds: Int? = nil
 }
 
-/// A CPython process that measures one round of a named figure each time it
+/// A peer process that measures one round of a named figure each time it
 /// is asked (a line on its standard input; it prints `name value`), so that
-/// this library's rounds and CPython's can alternate in one run: ours,
+/// this library's rounds and the peer's can alternate in one run: ours,
 /// CPython's, ours, ... Machines here drift by 2-10x between minutes; only
-/// alternating rounds give a ratio that the next run confirms.
-final class PythonRounds {
+/// alternating rounds give a ratio that the next run confirms. The peer is a
+/// CPython script, or a small Swift helper of the package.
+final class PeerRounds {
     private let pid: pid_t
     private let input: Int32
     private let output: UnsafeMutablePointer<FILE>
+    /// The script's file, removed at ``finish()``: CPython's spawn and
+    /// forkserver children import the main module by its path.
+    private let script: String?
 
-    /// Starts `script`, which prints `ready` when it can measure; nil when python3 is missing or fails.
-    init?(_ script: String) {
+    /// Starts `script` under python3, which prints `ready` when it can measure; nil when python3 is missing or fails.
+    convenience init?(python script: String) {
         guard let path = writeScript(script) else { return nil }
+        self.init(arguments: ["python3", path], script: path)
+    }
+
+    /// Starts `arguments` (found on PATH when the first has no slash), which
+    /// prints `ready` when it can measure; nil when it cannot be started or fails.
+    init?(arguments: [String], script: String? = nil) {
+        self.script = script
         var toChild: [Int32] = [-1, -1], fromChild: [Int32] = [-1, -1]
-        guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { return nil }
-        // Close-on-exec: the script gets only its standard input and output.
+        guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else { if let script { unlink(script) }; return nil }
+        // Close-on-exec: the peer gets only its standard input and output.
         for fd in toChild + fromChild { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let child = spawnPython(path, stdin: toChild[0], stdout: fromChild[1])
+        let child = spawnPeer(arguments, stdin: toChild[0], stdout: fromChild[1])
         close(toChild[0])
         close(fromChild[1])
         guard let child, let stream = fdopen(fromChild[0], "r") else {
             close(toChild[1]); close(fromChild[0])
+            if let script { unlink(script) }
             return nil
         }
         pid = child
         input = toChild[1]
         output = stream
-        // The script removes nothing of ours; its file can go once it runs.
-        guard readLine() == "ready" else { finish(); unlink(path); return nil }
-        unlink(path)
+        guard readLine() == "ready" else { finish(); return nil }
     }
 
     private func readLine() -> String? {
@@ -60,19 +70,20 @@ final class PythonRounds {
         return Double(parts[1])
     }
 
-    /// Ends the script (end-of-file on its input) and reaps it.
+    /// Ends the peer (end-of-file on its input), reaps it, removes its script.
     func finish() {
         close(input)
         fclose(output)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        if let script { unlink(script) }
     }
 }
 
 /// `rounds` alternating rounds of ours and CPython's `name` (after one
 /// warm-up of each): the median of each with its lowest and highest round;
 /// the ratio printed is the ratio of the medians.
-func alternating(_ name: String, rounds: Int, higherIsBetter: Bool = false, python: PythonRounds?,
+func alternating(_ name: String, rounds: Int, higherIsBetter: Bool = false, python: PeerRounds?,
                  _ ours: () throws -> Double) throws -> [Metric] {
     _ = try ours()
     _ = python?.measure(name)
@@ -89,6 +100,34 @@ func alternating(_ name: String, rounds: Int, higherIsBetter: Bool = false, pyth
     var metrics = [metric(name, mine)]
     if theirs.count == rounds { metrics.append(metric(name + "_python", theirs)) }
     return metrics
+}
+
+/// One figure measured in alternating rounds: its name, whether higher is
+/// better, and one round (nil: this side could not measure; dropped).
+struct Contender {
+    let name: String
+    var higherIsBetter = false
+    let round: () throws -> Double?
+}
+
+/// `rounds` rounds in which every contender measures once, in turn (after
+/// one warm-up round): each figure's median with its lowest and highest
+/// round. Ratios printed are ratios of medians of rounds that saw the same
+/// machine, minute by minute.
+func alternatingRounds(_ rounds: Int, _ contenders: [Contender]) throws -> [Metric] {
+    for contender in contenders { _ = try contender.round() }
+    var values = [[Double]](repeating: [], count: contenders.count)
+    for _ in 0..<rounds {
+        for (index, contender) in contenders.enumerated() {
+            if let value = try contender.round() { values[index].append(value) }
+        }
+    }
+    return zip(contenders, values).compactMap { contender, values in
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
+        return Metric(name: contender.name, value: sorted[sorted.count / 2], higherIsBetter: contender.higherIsBetter,
+                      low: sorted.first, high: sorted.last, rounds: sorted.count)
+    }
 }
 
 /// Seconds on the monotonic clock.
@@ -162,16 +201,20 @@ func writeScript(_ script: String) -> String? {
 
 /// `python3 path` with its standard input and output on the given descriptors; its pid.
 func spawnPython(_ path: String, stdin: Int32?, stdout: Int32) -> pid_t? {
+    spawnPeer(["python3", path], stdin: stdin, stdout: stdout)
+}
+
+/// `arguments` (the first found on PATH) with its standard input and output on the given descriptors; its pid.
+func spawnPeer(_ arguments: [String], stdin: Int32?, stdout: Int32) -> pid_t? {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     if let stdin { posix_spawn_file_actions_adddup2(&actions, stdin, STDIN_FILENO) }
     posix_spawn_file_actions_adddup2(&actions, stdout, STDOUT_FILENO)
-    let arguments: [String] = ["python3", path]
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    return posix_spawnp(&pid, "python3", &actions, nil, &argv, environ) == 0 ? pid : nil
+    return posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ) == 0 ? pid : nil
 }
 
 /// Parses `name value` lines printed by a Python benchmark script.

@@ -48,7 +48,7 @@ enum WireBenchmarks {
     static func pickleRoundTrip(quick: Bool) throws -> [Metric] {
         let iterations = quick ? 10_000 : 50_000
         let encoder = MP.PickleEncoder(), decoder = MP.PickleDecoder()
-        let python = PythonRounds("""
+        let python = PeerRounds(python: """
             import pickle, sys, time
             d = {'id': 42, 'name': 'result of task 42', 'payload': [float(i) for i in range(16)],
                  'tags': {'attempt': 1, 'worker': 3}, 'note': None, 'done': True}
