@@ -1,3 +1,4 @@
+import Glibc
 import Multiprocessing
 
 /// The named-task pool's tiny tasks.
@@ -11,21 +12,29 @@ struct BenchIncrement: MP.NamedTask {
     func run() -> Int { x + 1 }
 }
 
-/// Issue 10's figures: the persistent-worker pool for named tasks, beside
-/// CPython's `Pool` (its default start method on Linux, fork, for the warm
-/// pool; each method for the start figures).
+/// The persistent-worker pool for named tasks, beside CPython's `Pool` (its
+/// default start method on Linux, fork, for the warm pool; each method for
+/// the start and memory figures), in alternating rounds: ours, CPython's, ...
 enum TaskPoolBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
         let rounds = quick ? 3 : 7
-        let mapRounds = quick ? 7 : 15
         let tiny = 1_000_000
         let asyncTasks = quick ? 2_000 : 10_000
         let blockingCalls = quick ? 100 : 500
-        let starts = quick ? 3 : 7
-        var metrics: [Metric] = []
+        let threadItems = 100_000
 
+        let python = PeerRounds(python: pythonScript(tiny: tiny, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
+                                                     threadItems: threadItems))
+        defer { python?.finish() }
+        let pool = try MP.TaskPool(processes: 2)
+        defer { pool.terminate(); try? pool.join() }
+        let threads = try MP.ThreadPool(processes: 2)
+        defer { threads.terminate(); try? threads.join() }
+
+        var contenders: [Contender] = []
         for method in MP.StartMethod.allCases {
-            metrics.append(Metric(name: "pool_named_start_\(method)_us", value: try medianOf(starts, warmup: 1) {
+            let name = "pool_named_start_\(method)_us"
+            contenders.append(Contender(name: name) {
                 let start = now()
                 let pool = try MP.TaskPool(processes: 2, startMethod: method)
                 guard try pool.apply(BenchSquare(x: 3)) == 9 else { throw BenchError("apply wrong") }
@@ -33,57 +42,70 @@ enum TaskPoolBenchmarks {
                 pool.terminate()
                 try pool.join()
                 return elapsed * 1e6
-            }, higherIsBetter: false))
+            })
+            contenders.append(Contender(name: name + "_python") { python?.measure(name) })
         }
-
-        let pool = try MP.TaskPool(processes: 2)
-        defer { pool.terminate(); try? pool.join() }
-        metrics.append(Metric(name: "pool_named_apply_blocking_us", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            for i in 0..<blockingCalls { guard try pool.apply(BenchIncrement(x: i)) == i + 1 else { throw BenchError("apply wrong") } }
-            return (now() - start) / Double(blockingCalls) * 1e6
-        }, higherIsBetter: false))
-        metrics.append(Metric(name: "pool_named_apply_async_roundtrip_us", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            let results = (0..<asyncTasks).map { pool.applyAsync(BenchSquare(x: $0)) }
-            var sum = 0
-            for result in results { sum += try result.get() }
-            let elapsed = now() - start
-            guard sum == (0..<asyncTasks).reduce(0, { $0 + $1 * $1 }) else { throw BenchError("apply_async results wrong") }
-            return elapsed / Double(asyncTasks) * 1e6
-        }, higherIsBetter: false))
-        metrics.append(Metric(name: "pool_named_map_tiny_items_per_s", value: try medianOf(mapRounds, warmup: 1) {
-            let start = now()
-            let squares = try pool.map(0..<tiny) { BenchSquare(x: $0) }
-            let elapsed = now() - start
-            guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("map results wrong") }
-            return Double(tiny) / elapsed
-        }, higherIsBetter: true))
-
-        let threadItems = 100_000
-        let threads = try MP.ThreadPool(processes: 2)
-        defer { threads.terminate(); try? threads.join() }
-        metrics.append(Metric(name: "thread_pool_map_items_per_s", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            let squares = try threads.map(0..<threadItems) { $0 * $0 }
-            let elapsed = now() - start
-            guard squares.count == threadItems else { throw BenchError("thread map results wrong") }
-            return Double(threadItems) / elapsed
-        }, higherIsBetter: true))
-
-        let better = ["pool_named_map_tiny_items_per_s": true, "thread_pool_map_items_per_s": true]
-        if let output = runPython(pythonScript(tiny: tiny, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
-                                               rounds: rounds, mapRounds: mapRounds, starts: starts)) {
-            metrics += parseMetrics(output, suffix: "_python", higherIsBetter: better)
+        for method in MP.StartMethod.allCases {
+            let name = "pool_worker_pss_kib_\(method)"
+            contenders.append(Contender(name: name) {
+                let pool = try MP.TaskPool(processes: 2, startMethod: method)
+                defer { pool.terminate(); try? pool.join() }
+                // Both workers have run a task, and sit idle.
+                guard try pool.map([BenchSquare(x: 2), BenchSquare(x: 3)], chunksize: 1) == [4, 9] else { throw BenchError("map wrong") }
+                let sizes = pool.workerPids.compactMap(proportionalSetKiB)
+                guard sizes.count == 2 else { throw BenchError("no smaps_rollup for the workers") }
+                return sizes.reduce(0, +) / 2
+            })
+            contenders.append(Contender(name: name + "_python") { python?.measure(name) })
         }
-        return metrics
+        contenders += [
+            Contender(name: "pool_named_apply_blocking_us") {
+                let start = now()
+                for i in 0..<blockingCalls { guard try pool.apply(BenchIncrement(x: i)) == i + 1 else { throw BenchError("apply wrong") } }
+                return (now() - start) / Double(blockingCalls) * 1e6
+            },
+            Contender(name: "pool_named_apply_blocking_us_python") { python?.measure("pool_named_apply_blocking_us") },
+            Contender(name: "pool_named_apply_async_roundtrip_us") {
+                let start = now()
+                let results = (0..<asyncTasks).map { pool.applyAsync(BenchSquare(x: $0)) }
+                var sum = 0
+                for result in results { sum += try result.get() }
+                let elapsed = now() - start
+                guard sum == (0..<asyncTasks).reduce(0, { $0 + $1 * $1 }) else { throw BenchError("apply_async results wrong") }
+                return elapsed / Double(asyncTasks) * 1e6
+            },
+            Contender(name: "pool_named_apply_async_roundtrip_us_python") { python?.measure("pool_named_apply_async_roundtrip_us") },
+            Contender(name: "pool_named_map_tiny_items_per_s", higherIsBetter: true) {
+                let start = now()
+                let squares = try pool.map(0..<tiny) { BenchSquare(x: $0) }
+                let elapsed = now() - start
+                guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("map results wrong") }
+                return Double(tiny) / elapsed
+            },
+            Contender(name: "pool_named_map_tiny_items_per_s_python", higherIsBetter: true) { python?.measure("pool_named_map_tiny_items_per_s") },
+            Contender(name: "thread_pool_map_items_per_s", higherIsBetter: true) {
+                let start = now()
+                let squares = try threads.map(0..<threadItems) { $0 * $0 }
+                let elapsed = now() - start
+                guard squares.count == threadItems else { throw BenchError("thread map results wrong") }
+                return Double(threadItems) / elapsed
+            },
+            Contender(name: "thread_pool_map_items_per_s_python", higherIsBetter: true) { python?.measure("thread_pool_map_items_per_s") },
+        ]
+        return try alternatingRounds(rounds, contenders)
     }
 
-    static func pythonScript(tiny: Int, asyncTasks: Int, blockingCalls: Int, rounds: Int, mapRounds: Int, starts: Int) -> String {
+    /// CPython's side, one round per request.
+    static func pythonScript(tiny: Int, asyncTasks: Int, blockingCalls: Int, threadItems: Int) -> String {
         """
-        import multiprocessing as mp, statistics, time
+        import multiprocessing as mp, sys, time
+        from multiprocessing.dummy import Pool as ThreadPool
         def sq(x): return x * x
         def inc(x): return x + 1
+        def pss_kib(pid):
+            with open('/proc/%d/smaps_rollup' % pid) as f:
+                for line in f:
+                    if line.startswith('Pss:'): return float(line.split()[1])
         def start(method):
             s = time.perf_counter()
             pool = mp.get_context(method).Pool(2)
@@ -91,11 +113,15 @@ enum TaskPoolBenchmarks {
             t = time.perf_counter() - s
             pool.terminate(); pool.join()
             return t * 1e6
+        def pss(method):
+            pool = mp.get_context(method).Pool(2)
+            pool.map(sq, [2, 3], 1)
+            sizes = [pss_kib(p.pid) for p in pool._pool]
+            pool.terminate(); pool.join()
+            return sum(sizes) / len(sizes)
         if __name__ == '__main__':
-            for method in ['fork', 'spawn', 'forkserver']:
-                start(method)
-                print('pool_named_start_%s_us' % method, statistics.median([start(method) for _ in range(\(starts))]), flush=True)
             pool = mp.get_context('fork').Pool(2)
+            threads = ThreadPool(2)
             def blocking():
                 s = time.perf_counter()
                 for i in range(\(blockingCalls)): pool.apply(inc, (i,))
@@ -105,18 +131,39 @@ enum TaskPoolBenchmarks {
                 [r.get() for r in rs]; return (time.perf_counter() - s) / \(asyncTasks) * 1e6
             def tiny():
                 s = time.perf_counter(); r = pool.map(sq, range(\(tiny))); return \(tiny) / (time.perf_counter() - s)
-            for name, f, rounds in [('pool_named_apply_blocking_us', blocking, \(rounds)), ('pool_named_apply_async_roundtrip_us', async_rt, \(rounds)),
-                                    ('pool_named_map_tiny_items_per_s', tiny, \(mapRounds))]:
-                f()
-                print(name, statistics.median([f() for _ in range(rounds)]), flush=True)
-            pool.terminate()
-            from multiprocessing.dummy import Pool as ThreadPool
-            threads = ThreadPool(2)
             def thread_map():
-                s = time.perf_counter(); r = threads.map(sq, range(100000)); return 100000 / (time.perf_counter() - s)
-            thread_map()
-            print('thread_pool_map_items_per_s', statistics.median([thread_map() for _ in range(\(rounds))]), flush=True)
-            threads.terminate()
+                s = time.perf_counter(); r = threads.map(sq, range(\(threadItems))); return \(threadItems) / (time.perf_counter() - s)
+            rounds = {'pool_named_apply_blocking_us': blocking, 'pool_named_apply_async_roundtrip_us': async_rt,
+                      'pool_named_map_tiny_items_per_s': tiny, 'thread_pool_map_items_per_s': thread_map}
+            for method in ['fork', 'spawn', 'forkserver']:
+                rounds['pool_named_start_%s_us' % method] = (lambda m: lambda: start(m))(method)
+                rounds['pool_worker_pss_kib_%s' % method] = (lambda m: lambda: pss(m))(method)
+            print('ready', flush=True)
+            for line in sys.stdin:
+                name = line.strip()
+                print(name, rounds[name](), flush=True)
+            pool.terminate(); threads.terminate()
         """
     }
+}
+
+/// The proportional set size of process `pid` in KiB (`Pss:` of
+/// `/proc/PID/smaps_rollup`: its private pages plus its share of each
+/// shared one), or nil.
+func proportionalSetKiB(_ pid: Int32) -> Double? {
+    let file = open("/proc/\(pid)/smaps_rollup", O_RDONLY | O_CLOEXEC)
+    guard file >= 0 else { return nil }
+    defer { close(file) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = read(file, &buffer, buffer.count)
+        if count > 0 { bytes += buffer[0..<count]; continue }
+        if count < 0 && errno == EINTR { continue }
+        break
+    }
+    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Pss:") {
+        return line.split(separator: " ").dropFirst().first.flatMap { Double($0) }
+    }
+    return nil
 }
