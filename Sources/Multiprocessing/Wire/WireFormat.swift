@@ -1,4 +1,5 @@
 import MultiprocessingPlatform
+import _CMultiprocessingSync
 
 /// The one binary format for every value that crosses a process boundary.
 ///
@@ -94,6 +95,31 @@ extension WireFormat {
     /// receiver asking for another type gets a clear error, not reinterpreted bytes.
     static func typeTag<T>(_ type: T.Type) -> UInt16 {
         let id = ObjectIdentifier(type)
+        // The common case, a connection or queue sending one type over and
+        // over, takes no lock: a direct-mapped table of atomic words, each a
+        // type's metadata address and its tag. An entry is one word, so a
+        // reader sees a whole one or none; a fork copies it as it is.
+        let address = UInt64(UInt(bitPattern: id))
+        let slot = tagSlots + Int(truncatingIfNeeded: (address >> 4) & UInt64(tagSlotCount - 1))
+        let cacheable = address >> 48 == 0
+        if cacheable {
+            let entry = UInt64(bitPattern: cmp_atomic_load_i64(slot))
+            if entry >> 16 == address { return UInt16(truncatingIfNeeded: entry) }
+        }
+        let tag = slowTypeTag(type, id)
+        if cacheable { cmp_atomic_store_i64(slot, Int64(bitPattern: address << 16 | UInt64(tag))) }
+        return tag
+    }
+
+    private static let tagSlotCount = 256
+    nonisolated(unsafe) private static let tagSlots: UnsafeMutablePointer<Int64> = {
+        let slots = UnsafeMutablePointer<Int64>.allocate(capacity: tagSlotCount)
+        slots.initialize(repeating: 0, count: tagSlotCount)
+        return slots
+    }()
+
+    /// The tag from the dictionary, or computed from the type's name.
+    private static func slowTypeTag<T>(_ type: T.Type, _ id: ObjectIdentifier) -> UInt16 {
         if let tag = tagLock.withLock({ tags[id] }) { return tag }
         var hash: UInt32 = 2_166_136_261
         var name = String(reflecting: type)
