@@ -29,6 +29,12 @@ typedef struct {
 extern void swift_enumerateAllMetadataSections(bool (*body)(const cmp_metadata_sections_prefix *, void *), void *context)
     __attribute__((weak));
 
+// The witness table of a conformance for a type (swift/Runtime/Metadata.h);
+// weak like the walk above, so a runtime without it gives the caller a null
+// table and the caller asks the runtime's dynamic cast instead.
+extern const void *swift_getWitnessTable(const void *conformance, const void *type, const void *const *instantiation_args)
+    __attribute__((weak));
+
 typedef struct { const void *metadata; uintptr_t state; } cmp_metadata_response;
 typedef cmp_metadata_response (*cmp_metadata_accessor)(uintptr_t request) __attribute__((swiftcall));
 
@@ -50,21 +56,39 @@ typedef struct { uint32_t flags; int32_t parent; int32_t name; } cmp_context;
 static const char *context_name(const cmp_context *context) { return context ? relative_direct(&context->name) : NULL; }
 static const cmp_context *context_parent(const cmp_context *context) { return context ? relative_indirectable(&context->parent) : NULL; }
 
-static bool is_named_task_protocol(const cmp_context *protocol) {
-    if (!protocol || (protocol->flags & 0x1F) != 3) return false;
+// Which protocol a descriptor is: MP.NamedTask, MP.ManagedObject (the types a
+// manager serves by name), or neither (-1). The two descriptors are found by
+// name once; after that a record is matched by comparing one pointer, so the
+// walk reads no other protocol's descriptor.
+static const cmp_context *known_protocols[2];
+
+static int found_protocol_by_name(const cmp_context *protocol) {
+    if (!protocol || (protocol->flags & 0x1F) != 3) return -1;
     const char *name = context_name(protocol);
-    // MP.NamedTask, and MP.ManagedObject (the types a manager serves by name).
-    if (!name || (strcmp(name, "NamedTask") != 0 && strcmp(name, "ManagedObject") != 0)) return false;
+    if (!name) return -1;
+    int which = strcmp(name, "NamedTask") == 0 ? 0 : strcmp(name, "ManagedObject") == 0 ? 1 : -1;
+    if (which < 0) return -1;
     const cmp_context *mp = context_parent(protocol);
     const char *mp_name = context_name(mp);
-    if (!mp_name || strcmp(mp_name, "MP") != 0) return false;
+    if (!mp_name || strcmp(mp_name, "MP") != 0) return -1;
     const cmp_context *module = context_parent(mp);
     const char *module_name = context_name(module);
-    return module && (module->flags & 0x1F) == 0 && module_name && strcmp(module_name, "Multiprocessing") == 0;
+    if (!(module && (module->flags & 0x1F) == 0 && module_name && strcmp(module_name, "Multiprocessing") == 0)) return -1;
+    return which;
+}
+
+static int found_protocol(const cmp_context *protocol) {
+    if (!protocol) return -1;
+    if (protocol == known_protocols[0]) return 0;
+    if (protocol == known_protocols[1]) return 1;
+    if (known_protocols[0] && known_protocols[1]) return -1;
+    int which = found_protocol_by_name(protocol);
+    if (which >= 0) known_protocols[which] = protocol;
+    return which;
 }
 
 typedef struct {
-    void (*found)(const void *metadata, void *context);
+    void (*found)(const void *metadata, const void *witness_table, cmp_found_protocol protocol, void *context);
     void (*skipped)(const char *type_name, void *context);
     void *context;
 } cmp_discovery;
@@ -76,7 +100,8 @@ static bool visit_image(const cmp_metadata_sections_prefix *sections, void *opaq
     for (size_t i = 0; i < count; i++) {
         const int32_t *conformance = relative_direct(&records[i]);
         if (!conformance) continue;
-        if (!is_named_task_protocol(relative_indirectable(&conformance[0]))) continue;
+        int which = found_protocol(relative_indirectable(&conformance[0]));
+        if (which < 0) continue;
         uint32_t flags = (uint32_t)conformance[3];
         unsigned kind = (flags >> 3) & 7;
         const cmp_context *type = NULL;
@@ -92,12 +117,15 @@ static bool visit_image(const cmp_metadata_sections_prefix *sections, void *opaq
         const int32_t *access_field = (const int32_t *)((const char *)type + sizeof(cmp_context));
         cmp_metadata_accessor access = (cmp_metadata_accessor)relative_direct(access_field);
         if (!access) continue;
-        discovery->found(access(0).metadata, discovery->context);
+        const void *metadata = access(0).metadata;
+        const void *table = swift_getWitnessTable ? swift_getWitnessTable(conformance, metadata, NULL) : NULL;
+        discovery->found(metadata, table, (cmp_found_protocol)which, discovery->context);
     }
     return true;
 }
 
-int cmp_discover_named_tasks(void (*found)(const void *, void *), void (*skipped)(const char *, void *), void *context) {
+int cmp_discover_named_tasks(void (*found)(const void *, const void *, cmp_found_protocol, void *),
+                             void (*skipped)(const char *, void *), void *context) {
     if (!swift_enumerateAllMetadataSections) { errno = ENOTSUP; return -1; }
     cmp_discovery discovery = {found, skipped, context};
     swift_enumerateAllMetadataSections(visit_image, &discovery);

@@ -30,17 +30,31 @@ struct TaskRegistry: Sendable {
         let collector = Collector()
         let context = Unmanaged.passRetained(collector)
         defer { context.release() }
-        let status = cmp_discover_named_tasks({ metadata, context in
+        let status = cmp_discover_named_tasks({ metadata, witnessTable, protocolFound, context in
             let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
             let type = unsafeBitCast(metadata, to: Any.Type.self)
             collector.registry.discovered.types.append(type)
-            if let task = type as? any MP.NamedTask.Type { collector.registry.add(task) }
+            guard protocolFound == cmp_protocol_named_task else { return }
+            if let task = TaskRegistry.namedTask(metadata: metadata!, witnessTable: witnessTable) { collector.registry.add(task) }
         }, { name, context in
             let collector = Unmanaged<Collector>.fromOpaque(context!).takeUnretainedValue()
             if let name { collector.registry.generic.insert(String(cString: name)) }
         }, context.toOpaque())
         if status != 0 { collector.registry.isAvailable = false }
         return collector.registry
+    }
+
+    /// The type as `any MP.NamedTask.Type`, made from the conformance the walk
+    /// found: an existential metatype is the type's metadata and the
+    /// conformance's witness table, so no dynamic cast is needed. A cast would
+    /// make the runtime search every conformance record of every image, once
+    /// per type: most of a big program's discovery, and so of its spawns.
+    private static func namedTask(metadata: UnsafeRawPointer, witnessTable: UnsafeRawPointer?) -> (any MP.NamedTask.Type)? {
+        let type = unsafeBitCast(metadata, to: Any.Type.self)
+        guard let witnessTable else { return type as? any MP.NamedTask.Type }
+        let task = unsafeBitCast((metadata, witnessTable), to: (any MP.NamedTask.Type).self)
+        assert(task == type as? any MP.NamedTask.Type, "the witness table of \(type)'s NamedTask conformance is not the runtime's")
+        return task
     }
 
     private mutating func add(_ task: any MP.NamedTask.Type) {

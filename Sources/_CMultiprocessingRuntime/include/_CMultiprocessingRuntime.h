@@ -134,11 +134,18 @@ void cmp_serve_main_queue_until(int done_fd);
 // Named tasks and build identity.
 // ---------------------------------------------------------------------------
 
+/// Which of the library's found-by-name protocols a conformance is to.
+typedef enum { cmp_protocol_named_task = 0, cmp_protocol_managed_object = 1 } cmp_found_protocol;
+
 /// Calls `found` with the type metadata of every non-generic type, in every
-/// loaded image, that conforms to `Multiprocessing.MP.NamedTask`, and
-/// `skipped` with the name of every generic one. Returns 0, or -1 with errno
-/// ENOTSUP when the Swift runtime cannot enumerate its metadata sections.
-int cmp_discover_named_tasks(void (*found)(const void *metadata, void *context),
+/// loaded image, that conforms to `Multiprocessing.MP.NamedTask` or
+/// `MP.ManagedObject`, with the conformance's witness table
+/// (`swift_getWitnessTable`; null when the runtime lacks it) and which
+/// protocol it is; and `skipped` with the name of every generic one. Returns
+/// 0, or -1 with errno ENOTSUP when the Swift runtime cannot enumerate its
+/// metadata sections.
+int cmp_discover_named_tasks(void (*found)(const void *metadata, const void *witness_table,
+                                           cmp_found_protocol protocol, void *context),
                              void (*skipped)(const char *type_name, void *context), void *context);
 
 /// The executable's GNU build id (its `NT_GNU_BUILD_ID` note), up to
