@@ -1,8 +1,9 @@
 import _CMultiprocessingBench
 import Multiprocessing
 
-/// Issue 3's figures: queue and pipe throughput, pipe bandwidth, lock latency,
-/// contended shared-value increments.
+/// Queue and pipe throughput, pipe bandwidth, lock latency, contended
+/// shared-value increments: ours, the raw C floor and CPython's (and
+/// faster-fifo's queue when installed) in alternating rounds.
 enum CommBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
         let queueItems = quick ? 100_000 : 500_000
@@ -12,28 +13,27 @@ enum CommBenchmarks {
         let increments = quick ? 50_000 : 200_000
         let rounds = quick ? 3 : 5
 
-        var metrics: [Metric] = []
-        metrics.append(Metric(name: "queue_small_msgs_per_s", value: try medianOf(rounds) { try queueThroughput(queueItems) }, higherIsBetter: true))
-        let pipe = try interleavedMedians(rounds, [{ try pipeThroughput(pipeItems) }, { cmp_bench_socketpair_small_msgs_per_s(pipeItems) }])
-        metrics.append(Metric(name: "pipe_small_msgs_per_s", value: pipe[0], higherIsBetter: true))
-        metrics.append(Metric(name: "pipe_small_msgs_per_s_c", value: pipe[1], higherIsBetter: true))
-        let bandwidth = try interleavedMedians(rounds * 2 - 1, [{ try pipeBandwidth(bandwidthMessages) }, { cmp_bench_socketpair_bandwidth_MBps(bandwidthMessages, 1 << 20) }])
-        metrics.append(Metric(name: "pipe_bytes_bw_MBps", value: bandwidth[0], higherIsBetter: true))
-        metrics.append(Metric(name: "pipe_bytes_bw_MBps_c", value: bandwidth[1], higherIsBetter: true))
-        let lock = try interleavedMedians(rounds, [{ try lockLatency(lockIterations) }, { cmp_bench_robust_mutex_ns(lockIterations) }])
-        metrics.append(Metric(name: "lock_uncontended_ns", value: lock[0], higherIsBetter: false))
-        metrics.append(Metric(name: "lock_uncontended_ns_c", value: lock[1], higherIsBetter: false))
-        metrics.append(Metric(name: "value_increment_contended_per_s", value: try medianOf(rounds) { try contendedIncrements(increments) }, higherIsBetter: true))
-
-        let better = ["queue_small_msgs_per_s": true, "pipe_small_msgs_per_s": true, "pipe_bytes_bw_MBps": true,
-                      "value_increment_contended_per_s": true, "lock_uncontended_ns": false]
-        if let output = runPython(pythonScript(queueItems: queueItems, pipeItems: pipeItems, bandwidthMessages: bandwidthMessages,
-                                               lockIterations: lockIterations / 10, increments: increments, rounds: rounds)) {
-            metrics += parseMetrics(output, suffix: "_python", higherIsBetter: better)
-        }
-        if let output = runPython(fasterFifoScript(items: queueItems, rounds: rounds)) {
-            metrics += parseMetrics(output, suffix: "_fasterfifo", higherIsBetter: better)
-        }
+        let python = PeerRounds(python: pythonScript(queueItems: queueItems, pipeItems: pipeItems, bandwidthMessages: bandwidthMessages,
+                                                     lockIterations: lockIterations / 10, increments: increments))
+        defer { python?.finish() }
+        let fasterFifo = PeerRounds(python: fasterFifoScript(items: queueItems))
+        defer { fasterFifo?.finish() }
+        var metrics = try alternatingRounds(rounds, [
+            Contender(name: "queue_small_msgs_per_s", higherIsBetter: true) { try queueThroughput(queueItems) },
+            Contender(name: "queue_small_msgs_per_s_python", higherIsBetter: true) { python?.measure("queue_small_msgs_per_s") },
+            Contender(name: "queue_small_msgs_per_s_fasterfifo", higherIsBetter: true) { fasterFifo?.measure("queue_small_msgs_per_s") },
+            Contender(name: "pipe_small_msgs_per_s", higherIsBetter: true) { try pipeThroughput(pipeItems) },
+            Contender(name: "pipe_small_msgs_per_s_c", higherIsBetter: true) { cmp_bench_socketpair_small_msgs_per_s(pipeItems) },
+            Contender(name: "pipe_small_msgs_per_s_python", higherIsBetter: true) { python?.measure("pipe_small_msgs_per_s") },
+            Contender(name: "pipe_bytes_bw_MBps", higherIsBetter: true) { try pipeBandwidth(bandwidthMessages) },
+            Contender(name: "pipe_bytes_bw_MBps_c", higherIsBetter: true) { cmp_bench_socketpair_bandwidth_MBps(bandwidthMessages, 1 << 20) },
+            Contender(name: "pipe_bytes_bw_MBps_python", higherIsBetter: true) { python?.measure("pipe_bytes_bw_MBps") },
+            Contender(name: "lock_uncontended_ns") { try lockLatency(lockIterations) },
+            Contender(name: "lock_uncontended_ns_c") { cmp_bench_robust_mutex_ns(lockIterations) },
+            Contender(name: "lock_uncontended_ns_python") { python?.measure("lock_uncontended_ns") },
+            Contender(name: "value_increment_contended_per_s", higherIsBetter: true) { try contendedIncrements(increments) },
+            Contender(name: "value_increment_contended_per_s_python", higherIsBetter: true) { python?.measure("value_increment_contended_per_s") },
+        ])
         metrics += try SharedListBenchmarks.run(quick: quick)
         return metrics
     }
@@ -106,9 +106,10 @@ enum CommBenchmarks {
         return Double(2 * count) / elapsed
     }
 
-    static func pythonScript(queueItems: Int, pipeItems: Int, bandwidthMessages: Int, lockIterations: Int, increments: Int, rounds: Int) -> String {
+    /// CPython's side, one round per request.
+    static func pythonScript(queueItems: Int, pipeItems: Int, bandwidthMessages: Int, lockIterations: Int, increments: Int) -> String {
         """
-        import multiprocessing as mp, statistics, time
+        import multiprocessing as mp, sys, time
         ctx = mp.get_context('fork')
         def producer(q, n):
             for i in range(n): q.put(i)
@@ -152,17 +153,21 @@ enum CommBenchmarks {
             assert v.value == 2 * \(increments)
             return 2 * \(increments) / elapsed
         if __name__ == '__main__':
-            for name, f in [('queue_small_msgs_per_s', queue_rate), ('pipe_small_msgs_per_s', pipe_rate),
-                            ('pipe_bytes_bw_MBps', pipe_bw), ('lock_uncontended_ns', lock_ns),
-                            ('value_increment_contended_per_s', value_rate)]:
-                print(name, statistics.median([f() for _ in range(\(rounds))]), flush=True)
+            rounds = {'queue_small_msgs_per_s': queue_rate, 'pipe_small_msgs_per_s': pipe_rate,
+                      'pipe_bytes_bw_MBps': pipe_bw, 'lock_uncontended_ns': lock_ns,
+                      'value_increment_contended_per_s': value_rate}
+            print('ready', flush=True)
+            for line in sys.stdin:
+                name = line.strip()
+                print(name, rounds[name](), flush=True)
         """
     }
 
-    /// faster-fifo's Queue (a C ring buffer in shared memory), when it is installed.
-    static func fasterFifoScript(items: Int, rounds: Int) -> String {
+    /// faster-fifo's Queue (a C ring buffer in shared memory), when it is
+    /// installed (otherwise the script fails before `ready`: no column).
+    static func fasterFifoScript(items: Int) -> String {
         """
-        import multiprocessing as mp, statistics, time
+        import multiprocessing as mp, sys, time
         from faster_fifo import Queue
         ctx = mp.get_context('fork')
         def producer(q, n):
@@ -175,7 +180,9 @@ enum CommBenchmarks {
             elapsed = time.perf_counter() - start; p.join()
             return \(items) / elapsed
         if __name__ == '__main__':
-            print('queue_small_msgs_per_s', statistics.median([rate() for _ in range(\(rounds))]))
+            print('ready', flush=True)
+            for line in sys.stdin:
+                print(line.strip(), rate(), flush=True)
         """
     }
 }

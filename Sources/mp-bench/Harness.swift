@@ -137,16 +137,6 @@ func now() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
-/// The median of `rounds` measurements of `body` (each returns its own
-/// figure), after `warmup` runs whose figures are dropped.
-func medianOf(_ rounds: Int, warmup: Int = 0, _ body: () throws -> Double) rethrows -> Double {
-    for _ in 0..<warmup { _ = try body() }
-    var values: [Double] = []
-    for _ in 0..<rounds { values.append(try body()) }
-    values.sort()
-    return values[values.count / 2]
-}
-
 /// Medians of several measurements taken in alternating rounds (a, b, a, b, ...),
 /// so a figure and its floor see the same machine: on a shared 2-core machine
 /// speed drifts more between consecutive blocks of rounds than the difference
@@ -157,33 +147,6 @@ func interleavedMedians(_ rounds: Int, _ bodies: [() throws -> Double]) throws -
         for (index, body) in bodies.enumerated() { values[index].append(try body()) }
     }
     return values.map { $0.sorted()[$0.count / 2] }
-}
-
-/// Runs `script` with `python3` and returns its standard output, or nil when
-/// python3 is missing or fails. The script is a file, not `-c`: CPython's
-/// spawn and forkserver children import the main module by its path.
-func runPython(_ script: String) -> String? {
-    guard let path = writeScript(script) else { return nil }
-    defer { unlink(path) }
-    var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { return nil }
-    _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-    let pid = spawnPython(path, stdin: nil, stdout: fds[1])
-    close(fds[1])
-    defer { close(fds[0]) }
-    guard let pid else { return nil }
-    var output: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let count = read(fds[0], &buffer, buffer.count)
-        if count > 0 { output += buffer[0..<count]; continue }
-        if count < 0 && errno == EINTR { continue }
-        break
-    }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    guard status == 0 else { return nil }
-    return String(decoding: output, as: UTF8.self)
 }
 
 /// `script` in a new file under /tmp (CPython's spawn and forkserver
@@ -199,11 +162,6 @@ func writeScript(_ script: String) -> String? {
     return path
 }
 
-/// `python3 path` with its standard input and output on the given descriptors; its pid.
-func spawnPython(_ path: String, stdin: Int32?, stdout: Int32) -> pid_t? {
-    spawnPeer(["python3", path], stdin: stdin, stdout: stdout)
-}
-
 /// `arguments` (the first found on PATH) with its standard input and output on the given descriptors; its pid.
 func spawnPeer(_ arguments: [String], stdin: Int32?, stdout: Int32) -> pid_t? {
     var actions = posix_spawn_file_actions_t()
@@ -215,16 +173,6 @@ func spawnPeer(_ arguments: [String], stdin: Int32?, stdout: Int32) -> pid_t? {
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
     return posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ) == 0 ? pid : nil
-}
-
-/// Parses `name value` lines printed by a Python benchmark script.
-func parseMetrics(_ text: String, suffix: String, higherIsBetter: [String: Bool]) -> [Metric] {
-    text.split(separator: "\n").compactMap { line in
-        let parts = line.split(separator: " ")
-        guard parts.count == 2, let value = Double(parts[1]) else { return nil }
-        let base = String(parts[0])
-        return Metric(name: base + suffix, value: value, higherIsBetter: higherIsBetter[base] ?? false)
-    }
 }
 
 func format(_ value: Double) -> String {

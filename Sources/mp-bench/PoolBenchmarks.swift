@@ -1,9 +1,10 @@
 import Multiprocessing
 
-/// Issue 4's figures: pool map throughput, per-task latency, CPU speedup.
+/// The closure pool: map throughput, per-task latency, CPU speedup, beside
+/// CPython's `Pool` under fork, in alternating rounds.
 enum PoolBenchmarks {
     static func run(quick: Bool) throws -> [Metric] {
-        // Each figure is the median of `rounds` runs after one warm-up run, on
+        // Each figure is the median of its rounds after one warm-up round, on
         // both sides: a pool's first map also pays for its shared result
         // region and for the heap growing to hold the results, once.
         let rounds = quick ? 3 : 7
@@ -15,8 +16,13 @@ enum PoolBenchmarks {
         let blockingCalls = quick ? 50 : 200
         let pool = try MP.Pool(processes: 2)
         defer { pool.terminate(); try? pool.join() }
+        let python = PeerRounds(python: pythonScript(tiny: tiny, chunk1: chunk1, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
+                                                     work: quick ? 300_000 : 1_500_000))
+        defer { python?.finish() }
+        func cpython(_ name: String, higherIsBetter: Bool = false) -> Contender {
+            Contender(name: name + "_python", higherIsBetter: higherIsBetter) { python?.measure(name) }
+        }
 
-        var metrics: [Metric] = []
         /// Squares of 0..<tiny per second, the results checked.
         func squaresPerSecond(_ map: () throws -> [Int]) throws -> Double {
             let start = now()
@@ -25,43 +31,48 @@ enum PoolBenchmarks {
             guard squares.count == tiny, squares[tiny - 1] == (tiny - 1) * (tiny - 1) else { throw BenchError("map results wrong") }
             return Double(tiny) / elapsed
         }
-        metrics.append(Metric(name: "pool_map_tiny_items_per_s", value: try medianOf(mapRounds, warmup: 1) {
-            try squaresPerSecond { try pool.map(0..<tiny) { $0 * $0 } }
-        }, higherIsBetter: true))
-        // The one-call form: a fresh pool (start, map, terminate) per round.
-        metrics.append(Metric(name: "parallel_map_fresh_items_per_s", value: try medianOf(rounds, warmup: 1) {
-            try squaresPerSecond { try (0..<tiny).parallelMap(processes: 2) { $0 * $0 } }
-        }, higherIsBetter: true))
-        metrics.append(Metric(name: "pool_map_chunk1_items_per_s", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            let squares = try pool.map(0..<chunk1, chunksize: 1) { $0 * $0 }
-            let elapsed = now() - start
-            guard squares.count == chunk1 else { throw BenchError("map results wrong") }
-            return Double(chunk1) / elapsed
-        }, higherIsBetter: true))
-        metrics.append(Metric(name: "pool_apply_async_roundtrip_us", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            let results = (0..<asyncTasks).map { i in pool.applyAsync { i * i } }
-            var sum = 0
-            for result in results { sum += try result.get() }
-            let elapsed = now() - start
-            let expected = (0..<asyncTasks).reduce(0) { $0 + $1 * $1 }
-            guard sum == expected else { throw BenchError("apply_async results wrong") }
-            return elapsed / Double(asyncTasks) * 1e6
-        }, higherIsBetter: false))
-        metrics.append(Metric(name: "pool_apply_blocking_us", value: try medianOf(rounds, warmup: 1) {
-            let start = now()
-            for i in 0..<blockingCalls { guard try pool.apply({ i + 1 }) == i + 1 else { throw BenchError("apply wrong") } }
-            return (now() - start) / Double(blockingCalls) * 1e6
-        }, higherIsBetter: false))
-        metrics.append(Metric(name: "cpu_speedup_2proc", value: try medianOf(costlyRounds, warmup: 1) { try cpuSpeedup(quick: quick, pool: pool) }, higherIsBetter: true))
-
-        let better = ["pool_map_tiny_items_per_s": true, "parallel_map_fresh_items_per_s": true, "pool_map_chunk1_items_per_s": true, "pool_apply_async_roundtrip_us": false,
-                      "pool_apply_blocking_us": false, "cpu_speedup_2proc": true]
-        if let output = runPython(pythonScript(tiny: tiny, chunk1: chunk1, asyncTasks: asyncTasks, blockingCalls: blockingCalls,
-                                               work: quick ? 300_000 : 1_500_000, rounds: rounds, mapRounds: mapRounds, costlyRounds: costlyRounds)) {
-            metrics += parseMetrics(output, suffix: "_python", higherIsBetter: better)
-        }
+        var metrics = try alternatingRounds(mapRounds, [
+            Contender(name: "pool_map_tiny_items_per_s", higherIsBetter: true) {
+                try squaresPerSecond { try pool.map(0..<tiny) { $0 * $0 } }
+            },
+            cpython("pool_map_tiny_items_per_s", higherIsBetter: true),
+        ])
+        metrics += try alternatingRounds(rounds, [
+            // The one-call form: a fresh pool (start, map, terminate) per round.
+            Contender(name: "parallel_map_fresh_items_per_s", higherIsBetter: true) {
+                try squaresPerSecond { try (0..<tiny).parallelMap(processes: 2) { $0 * $0 } }
+            },
+            cpython("parallel_map_fresh_items_per_s", higherIsBetter: true),
+            Contender(name: "pool_map_chunk1_items_per_s", higherIsBetter: true) {
+                let start = now()
+                let squares = try pool.map(0..<chunk1, chunksize: 1) { $0 * $0 }
+                let elapsed = now() - start
+                guard squares.count == chunk1 else { throw BenchError("map results wrong") }
+                return Double(chunk1) / elapsed
+            },
+            cpython("pool_map_chunk1_items_per_s", higherIsBetter: true),
+            Contender(name: "pool_apply_async_roundtrip_us") {
+                let start = now()
+                let results = (0..<asyncTasks).map { i in pool.applyAsync { i * i } }
+                var sum = 0
+                for result in results { sum += try result.get() }
+                let elapsed = now() - start
+                let expected = (0..<asyncTasks).reduce(0) { $0 + $1 * $1 }
+                guard sum == expected else { throw BenchError("apply_async results wrong") }
+                return elapsed / Double(asyncTasks) * 1e6
+            },
+            cpython("pool_apply_async_roundtrip_us"),
+            Contender(name: "pool_apply_blocking_us") {
+                let start = now()
+                for i in 0..<blockingCalls { guard try pool.apply({ i + 1 }) == i + 1 else { throw BenchError("apply wrong") } }
+                return (now() - start) / Double(blockingCalls) * 1e6
+            },
+            cpython("pool_apply_blocking_us"),
+        ])
+        metrics += try alternatingRounds(costlyRounds, [
+            Contender(name: "cpu_speedup_2proc", higherIsBetter: true) { try cpuSpeedup(quick: quick, pool: pool) },
+            cpython("cpu_speedup_2proc", higherIsBetter: true),
+        ])
         return metrics
     }
 
@@ -89,9 +100,10 @@ enum PoolBenchmarks {
         return serialTime / parallelTime
     }
 
-    static func pythonScript(tiny: Int, chunk1: Int, asyncTasks: Int, blockingCalls: Int, work: Int, rounds: Int, mapRounds: Int, costlyRounds: Int) -> String {
+    /// CPython's side, one round per request.
+    static func pythonScript(tiny: Int, chunk1: Int, asyncTasks: Int, blockingCalls: Int, work: Int) -> String {
         """
-        import multiprocessing as mp, statistics, time
+        import multiprocessing as mp, sys, time
         def sq(x): return x * x
         def inc(x): return x + 1
         def burn(seed):
@@ -120,12 +132,13 @@ enum PoolBenchmarks {
                 s = time.perf_counter(); serial = [burn(i) for i in range(8)]; t1 = time.perf_counter() - s
                 s = time.perf_counter(); par = pool.map(burn, range(8), chunksize=1); t2 = time.perf_counter() - s
                 return t1 / t2
-            for name, f, rounds in [('pool_map_tiny_items_per_s', tiny, \(mapRounds)), ('parallel_map_fresh_items_per_s', fresh, \(rounds)),
-                                    ('pool_map_chunk1_items_per_s', chunk1, \(rounds)),
-                                    ('pool_apply_async_roundtrip_us', async_rt, \(rounds)), ('pool_apply_blocking_us', blocking, \(rounds)),
-                                    ('cpu_speedup_2proc', speedup, \(costlyRounds))]:
-                f()  # warm-up, as on the Swift side
-                print(name, statistics.median([f() for _ in range(rounds)]), flush=True)
+            rounds = {'pool_map_tiny_items_per_s': tiny, 'parallel_map_fresh_items_per_s': fresh,
+                      'pool_map_chunk1_items_per_s': chunk1, 'pool_apply_async_roundtrip_us': async_rt,
+                      'pool_apply_blocking_us': blocking, 'cpu_speedup_2proc': speedup}
+            print('ready', flush=True)
+            for line in sys.stdin:
+                name = line.strip()
+                print(name, rounds[name](), flush=True)
             pool.terminate()
         """
     }
