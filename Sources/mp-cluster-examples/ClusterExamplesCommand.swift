@@ -51,6 +51,8 @@ struct ClusterExamplesCommand: AsyncParsableCommand {
 
         func run() async throws {
             MP.logToStderr(level: .info)
+            // Ctrl-C stops it as SIGTERM does: it claims nothing more, hands back what it holds, and returns.
+            onSignal(SIGINT) { MP.Cluster.stopWorkers() }
             try await MP.Cluster.runWorker(database: url, concurrency: concurrency, startMethod: .forkserver)
         }
     }
@@ -63,22 +65,26 @@ struct ClusterExamplesCommand: AsyncParsableCommand {
 }
 
 /// Returns when one of `signals` arrives (their default action, ending the
-/// program, is replaced for good): Dispatch watches them on its own thread.
+/// program, is replaced for good).
 func firstSignal(of signals: [Int32]) async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let queue = DispatchQueue(label: "signals")
         let once = DispatchSemaphore(value: 1)
-        signalSources = signals.map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler {
-                if once.wait(timeout: .now()) == .success { continuation.resume() }
-            }
-            source.resume()
-            return source
+        for number in signals {
+            onSignal(number) { if once.wait(timeout: .now()) == .success { continuation.resume() } }
         }
     }
 }
 
-/// The sources of ``firstSignal(of:)``, kept for the rest of the program.
+/// Runs `action` each time `number` arrives, instead of the signal's default
+/// action: Dispatch watches it on a queue of its own.
+func onSignal(_ number: Int32, perform action: @escaping @Sendable () -> Void) {
+    signal(number, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: number, queue: signalQueue)
+    source.setEventHandler(handler: action)
+    source.resume()
+    signalQueue.sync { signalSources.append(source) }
+}
+
+private let signalQueue = DispatchQueue(label: "signals")
+/// The sources of ``onSignal(_:perform:)``, kept for the rest of the program (on `signalQueue`).
 nonisolated(unsafe) private var signalSources: [any DispatchSourceSignal] = []
