@@ -50,7 +50,8 @@ extension MP.Error {
     }
 
     /// An `async` target cannot run in a forked child: this Swift runtime
-    /// lacks the executor hooks the child's executors need (see the *What a child gets* article).
+    /// lacks the executor hooks the child's executors need (see the *What a
+    /// child gets* article).
     @usableFromInline
     static func concurrencyUnavailable(name: String) -> MP.Error {
         MP.Error(.startFailed, "cannot start '\(name)': its target is async, and this Swift runtime has no executor hooks to run Swift concurrency in a forked child")

@@ -20,7 +20,8 @@ extension MP {
     /// ```
     ///
     /// A child finds the type by ``name`` among the program's conformances to
-    /// this protocol (the Swift runtime's metadata: see the *Start methods and named tasks* article); the arguments travel in the library's wire format.
+    /// this protocol (the Swift runtime's metadata: see the *Start methods and
+    /// named tasks* article); the arguments travel in the library's wire format.
     /// ``run()`` may be `async` and may throw; its result (`Void` included)
     /// must be `Codable` for a pool to return it.
     ///

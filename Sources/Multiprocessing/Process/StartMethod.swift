@@ -13,8 +13,8 @@ extension MP {
     /// reset another's (Foundation's, a logging library's, a C library's).
     /// Spawn and forkserver children start from a program that has never had
     /// a second thread, so nothing can be held there. Named tasks default to
-    /// ``forkserver``; closures can only fork. The *Start methods and named tasks* article has the
-    /// measurements behind the default.
+    /// ``forkserver``; closures can only fork. The *Start methods and named
+    /// tasks* article has the measurements behind the default.
     public enum StartMethod: String, CaseIterable, Sendable, Codable, CustomStringConvertible {
         case fork
         case spawn

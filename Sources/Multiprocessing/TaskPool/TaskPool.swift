@@ -44,8 +44,8 @@ extension MP {
     /// and send nothing but results; it is the fastest way to map a closure
     /// over a big collection under fork. This one runs named tasks under any
     /// start method, keeps its workers (and their state) between tasks, and
-    /// answers a lone `apply` in one round trip to a warm worker. The *Pools* article
-    /// compares the two with measured figures.
+    /// answers a lone `apply` in one round trip to a warm worker. The *Pools*
+    /// article compares the two with measured figures.
     ///
     /// A pool belongs to the process that created it. Workers are daemonic:
     /// they die with the pool's process, even a SIGKILLed one. A pool the
