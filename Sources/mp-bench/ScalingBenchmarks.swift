@@ -13,6 +13,8 @@ enum ScalingBenchmarks {
         let tasks = quick ? 5_000 : 20_000
         let python = PeerRounds(python: pythonScript(tasks: tasks))
         defer { python?.finish() }
+        var pools: [MP.TaskPool] = []
+        defer { for pool in pools { pool.terminate(); try? pool.join() } }
         var contenders: [Contender] = []
         for workers in workerCounts {
             let pool = try MP.TaskPool(processes: workers, startMethod: .fork)
@@ -47,11 +49,8 @@ enum ScalingBenchmarks {
                 Contender(name: name + "_python") { python?.measure(name) },
             ]
         }
-        defer { for pool in pools { pool.terminate(); try? pool.join() }; pools = [] }
         return try alternatingRounds(rounds, contenders)
     }
-
-    nonisolated(unsafe) private static var pools: [MP.TaskPool] = []
 
     static func pythonScript(tasks: Int) -> String {
         """
