@@ -80,26 +80,14 @@ final class PeerRounds {
     }
 }
 
-/// `rounds` alternating rounds of ours and CPython's `name` (after one
-/// warm-up of each): the median of each with its lowest and highest round;
-/// the ratio printed is the ratio of the medians.
+/// `rounds` alternating rounds of ours and CPython's `name`: the two
+/// contenders of ``alternatingRounds(_:_:)``.
 func alternating(_ name: String, rounds: Int, higherIsBetter: Bool = false, python: PeerRounds?,
-                 _ ours: () throws -> Double) throws -> [Metric] {
-    _ = try ours()
-    _ = python?.measure(name)
-    var mine: [Double] = [], theirs: [Double] = []
-    for _ in 0..<rounds {
-        mine.append(try ours())
-        if let value = python?.measure(name) { theirs.append(value) }
-    }
-    func metric(_ name: String, _ values: [Double]) -> Metric {
-        let sorted = values.sorted()
-        return Metric(name: name, value: sorted[sorted.count / 2], higherIsBetter: higherIsBetter,
-                      low: sorted.first, high: sorted.last, rounds: sorted.count)
-    }
-    var metrics = [metric(name, mine)]
-    if theirs.count == rounds { metrics.append(metric(name + "_python", theirs)) }
-    return metrics
+                 _ ours: @escaping () throws -> Double) throws -> [Metric] {
+    try alternatingRounds(rounds, [
+        Contender(name: name, higherIsBetter: higherIsBetter, round: ours),
+        Contender(name: name + "_python", higherIsBetter: higherIsBetter) { python?.measure(name) },
+    ])
 }
 
 /// One figure measured in alternating rounds: its name, whether higher is
@@ -135,18 +123,6 @@ func now() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
-/// Medians of several measurements taken in alternating rounds (a, b, a, b, ...),
-/// so a figure and its floor see the same machine: on a shared 2-core machine
-/// speed drifts more between consecutive blocks of rounds than the difference
-/// being measured.
-func interleavedMedians(_ rounds: Int, _ bodies: [() throws -> Double]) throws -> [Double] {
-    var values = [[Double]](repeating: [], count: bodies.count)
-    for _ in 0..<rounds {
-        for (index, body) in bodies.enumerated() { values[index].append(try body()) }
-    }
-    return values.map { $0.sorted()[$0.count / 2] }
 }
 
 /// `script` in a new file under /tmp (CPython's spawn and forkserver

@@ -21,14 +21,14 @@ enum WireBenchmarks {
         let rounds = quick ? 3 : 5
         let encoder = JSONEncoder()
         let decoder = JSONDecoder()
-        let figures = try interleavedMedians(rounds, [{
+        var metrics = try alternatingRounds(rounds, [Contender(name: "wire_roundtrip_ns") {
             let start = now()
             for _ in 0..<iterations {
                 let bytes = try MP.encode(sample)
                 guard try MP.decode(Message.self, from: bytes).id == 42 else { throw BenchError("wire round trip broke") }
             }
             return (now() - start) / Double(iterations) * 1e9
-        }, {
+        }, Contender(name: "wire_roundtrip_ns_json") {
             let start = now()
             for _ in 0..<iterations {
                 let data = try encoder.encode(sample)
@@ -36,8 +36,7 @@ enum WireBenchmarks {
             }
             return (now() - start) / Double(iterations) * 1e9
         }])
-        var metrics = [Metric(name: "wire_roundtrip_ns", value: figures[0], higherIsBetter: false),
-                       Metric(name: "wire_roundtrip_ns_json", value: figures[1], higherIsBetter: false)]
+
         metrics += try pickleRoundTrip(quick: quick)
         return metrics
     }

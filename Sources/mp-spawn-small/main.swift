@@ -23,16 +23,19 @@ func startJoin() throws {
     guard p.exitCode == 0 else { throw MP.Error(.startFailed, "a spawned empty task exited with \(p.exitCode ?? -1)") }
 }
 
+func microseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) / 1e12
+}
+
 MP.setLineBufferedOutput()
 for _ in 0..<3 { try startJoin() }
 print("ready")
 while let name = readLine() {
     switch name {
     case "named_task_discovery_small_us":
-        print(name, Double(discovery.components.attoseconds) / 1e12 + Double(discovery.components.seconds) * 1e6)
+        print(name, microseconds(discovery))
     default:
         let elapsed = try clock.measure { for _ in 0..<count { try startJoin() } }
-        let microseconds = Double(elapsed.components.seconds) * 1e6 + Double(elapsed.components.attoseconds) / 1e12
-        print(name, microseconds / Double(count))
+        print(name, microseconds(elapsed) / Double(count))
     }
 }
