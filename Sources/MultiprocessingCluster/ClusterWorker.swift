@@ -25,24 +25,30 @@ extension MP.Cluster {
     ///   - startMethod: how they start (nil: the program's start method).
     ///   - lease: seconds a claimed task is this worker's without renewal; a
     ///     dead worker's tasks run elsewhere after it. At least 1.
+    ///   - limits: what each local worker process may use (``MP/WorkerLimits``).
+    ///     A task that goes over a limit fails as a task (it would anywhere):
+    ///     its error names the limit, and it is not run again unless the pool
+    ///     retries errors.
     public static func runWorker(database: String, concurrency: Int? = nil, startMethod: MP.StartMethod? = nil,
-                                 lease: Double = 10) async throws(MP.Error) {
-        try await runWorker(address: DatabaseAddress(database), concurrency: concurrency, startMethod: startMethod, lease: lease)
+                                 lease: Double = 10, limits: MP.WorkerLimits? = nil) async throws(MP.Error) {
+        try await runWorker(address: DatabaseAddress(database), concurrency: concurrency, startMethod: startMethod, lease: lease,
+                            limits: limits)
     }
 
     /// The same, given postgres-nio's client configuration instead of a URL.
     public static func runWorker(database: PostgresClient.Configuration, concurrency: Int? = nil,
-                                 startMethod: MP.StartMethod? = nil, lease: Double = 10) async throws(MP.Error) {
+                                 startMethod: MP.StartMethod? = nil, lease: Double = 10,
+                                 limits: MP.WorkerLimits? = nil) async throws(MP.Error) {
         try await runWorker(address: DatabaseAddress(configuration: database), concurrency: concurrency,
-                            startMethod: startMethod, lease: lease)
+                            startMethod: startMethod, lease: lease, limits: limits)
     }
 
     static func runWorker(address: DatabaseAddress, concurrency: Int?, startMethod: MP.StartMethod?,
-                          lease: Double) async throws(MP.Error) {
+                          lease: Double, limits: MP.WorkerLimits? = nil) async throws(MP.Error) {
         guard lease >= 1 else { throw .invalidArgument("lease must be at least 1 s (got \(lease))") }
         let processes = concurrency ?? MP.processCpuCount()
         guard processes >= 1 else { throw .invalidArgument("concurrency must be at least 1 (got \(processes))") }
-        let worker = try ClusterWorker(address: address, processes: processes, startMethod: startMethod, lease: lease)
+        let worker = try ClusterWorker(address: address, processes: processes, startMethod: startMethod, lease: lease, limits: limits)
         try await worker.run()
     }
 
@@ -69,10 +75,12 @@ final class ClusterWorker: @unchecked Sendable {
     /// Results dropped because their lease had passed on (shown in `mp_cluster_workers`).
     private var lateResults = 0
 
-    init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double) throws(MP.Error) {
+    init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double,
+         limits: MP.WorkerLimits? = nil) throws(MP.Error) {
+        if let limits { try limits.check() }
         store = try ClusterStore(address: address)
         do {
-            pool = try MP.TaskPool(processes: processes, startMethod: startMethod)
+            pool = try MP.TaskPool(processes: processes, startMethod: startMethod, limits: limits)
         } catch {
             throw .database("cannot start the local worker processes: \(error)")
         }

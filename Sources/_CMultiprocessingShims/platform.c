@@ -10,6 +10,7 @@
 #include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -34,6 +35,25 @@ int cmp_pidfd_send_signal(int pidfd, int sig) {
 }
 
 int cmp_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0); }
+
+int cmp_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+
+int cmp_unshare_network(void) {
+    if (unshare(CLONE_NEWNET) == 0) return 0;
+    if (errno != EPERM) return -1;
+    return unshare(CLONE_NEWUSER | CLONE_NEWNET);
+}
+
+int cmp_probe_unshare_network(void) {
+    pid_t child = fork();
+    if (child < 0) return errno;
+    if (child == 0) _exit(cmp_unshare_network() == 0 ? 0 : (errno & 0xff));
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0) {
+        if (errno != EINTR) return errno;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : EPERM;
+}
 
 int cmp_get_child_subreaper(void) {
     int value = 0;

@@ -116,6 +116,15 @@ extension MP {
             public static let disconnected = Code("disconnected")
             /// `recvBytes(into:)` got a message longer than the buffer; ``MP/Error/bytes`` holds it whole (Python's `BufferTooShort`).
             public static let bufferTooShort = Code("bufferTooShort")
+            /// A worker went over its memory limit (``MP/WorkerLimits/memory``):
+            /// killed by the kernel in its memory cgroup, or refused memory under its rlimit.
+            public static let memoryLimit = Code("memoryLimit")
+            /// A task used more CPU time than ``MP/WorkerLimits/cpuTime`` (`SIGXCPU`).
+            public static let cpuLimit = Code("cpuLimit")
+            /// What was asked for cannot be done on this kernel or by this user
+            /// (a memory cgroup, a network namespace): said when the pool or
+            /// process is made, never skipped in silence.
+            public static let unsupported = Code("unsupported")
         }
 
         /// What kind of failure this is.

@@ -14,6 +14,14 @@ extension MP {
         private let onFailure: (@Sendable (MP.Error) -> Void)?
         private var canceller: (@Sendable () -> Void)?
         private var observers: [@Sendable (Result<Value, MP.Error>) -> Void] = []
+        private var recordedUsage: MP.ResourceUsage?
+
+        /// What the task used in its worker (CPU time, peak resident memory),
+        /// once it has completed, when its ``MP/TaskPool`` records usage
+        /// (`recordUsage: true`); nil otherwise.
+        public var usage: MP.ResourceUsage? { lock.withLock { recordedUsage } }
+
+        func setUsage(_ usage: MP.ResourceUsage) { lock.withLock { recordedUsage = usage } }
 
         @usableFromInline
         init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (MP.Error) -> Void)?) {

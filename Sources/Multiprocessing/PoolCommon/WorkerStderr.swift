@@ -23,11 +23,19 @@ final class WorkerStderr {
         }
     }
 
+    /// Swift's `Fatal error: …` or `File.swift:12: Fatal error: …`; not a
+    /// backtrace's register dump, whose bytes may spell the same words.
+    static func isFatalErrorLine(_ line: String) -> Bool {
+        guard let range = line.firstRange(of: "Fatal error") else { return false }
+        let prefix = line[..<range.lowerBound]
+        return prefix.isEmpty || (prefix.hasSuffix(": ") && !prefix.dropLast().contains(" "))
+    }
+
     private func scan(_ bytes: ArraySlice<UInt8>) {
         partial += bytes
         while let newline = partial.firstIndex(of: 10) {
             let line = String(decoding: partial[..<newline], as: UTF8.self)
-            if line.contains("Fatal error") { fatalLine = line }
+            if Self.isFatalErrorLine(line) { fatalLine = line }
             partial.removeSubrange(...newline)
         }
         if partial.count > 4096 { partial.removeFirst(partial.count - 4096) }

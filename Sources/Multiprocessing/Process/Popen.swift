@@ -49,11 +49,12 @@ extension Popen {
     /// CPython's `poll()`: reaps the child if it has ended (or, `blocking`,
     /// when it ends) and returns its status; nil while it runs. `ECHILD`
     /// (reaped behind our back) throws.
-    func poll(blocking: Bool = false) throws(MP.OSError) -> MP.ExitStatus? {
+    /// What the child used comes with its status (`wait4`).
+    func poll(blocking: Bool = false) throws(MP.OSError) -> (MP.ExitStatus, Sys.Usage)? {
         var raw: Int32 = 0
-        var reaped = try Sys.waitpid(pid, &raw, WNOHANG)
-        if reaped == 0 && blocking { reaped = try Sys.waitpid(pid, &raw, 0) }
-        return reaped == pid ? MP.ExitStatus(rawValue: raw) : nil
+        var reaped = try Sys.wait4(pid, &raw, WNOHANG)
+        if reaped.pid == 0 && blocking { reaped = try Sys.wait4(pid, &raw, 0) }
+        return reaped.pid == pid ? (MP.ExitStatus(rawValue: raw), reaped.usage) : nil
     }
 
     /// CPython's `wait(timeout)`, without the reaping: whether the child

@@ -62,6 +62,12 @@ extension MP {
         let identity: [Int]
         /// Python's `_parent_pid`: the process that created this object.
         let creatorPid: Int32
+        /// The limits of a named task given them: the cgroup made for it, the verdict on its end.
+        let limitSession: LimitSession?
+        /// What the child used, from `wait4`, once reaped.
+        private var endUsage: Sys.Usage?
+        /// The limit that ended the child, decided when it was reaped.
+        private var verdict: MP.Error?
 
         /// A process that runs `target`.
         /// - Parameters:
@@ -99,6 +105,32 @@ extension MP {
             self.init(explicitName: name, daemon: daemon, sync: nil, async: nil, task: NamedTaskTarget(target), method: startMethod)
         }
 
+        /// A process that runs the named task `target` under `limits`
+        /// (memory, CPU time, time limits, no network; see ``MP/WorkerLimits``),
+        /// under the program's start method or, through a context's
+        /// `Process(name:daemon:target:limits:)`, any other.
+        ///
+        /// The child applies the limits to itself before the task runs.
+        /// Once it has ended, ``limitExceeded`` says which limit ended it,
+        /// and ``resourceUsage`` what it used.
+        ///
+        /// - Throws: ``MP/Error/Code/invalidArgument`` for a limit out of
+        ///   range; ``MP/Error/Code/unsupported`` for one this kernel or user
+        ///   cannot enforce (no writable memory cgroup when
+        ///   ``MP/WorkerLimits/MemoryEnforcement/cgroup`` is asked for, no
+        ///   network namespaces).
+        public convenience init<T: NamedTask>(name: String? = nil, daemon: Bool = false, target: T, limits: WorkerLimits) throws(MP.Error) {
+            try self.init(name: name, daemon: daemon, target: target, startMethod: nil, limits: limits)
+        }
+
+        convenience init<T: NamedTask>(name: String?, daemon: Bool, target: T, startMethod: StartMethod?, limits: WorkerLimits,
+                                       pool: Bool = false) throws(MP.Error) {
+            let session = try LimitSession(limits, pool: pool)
+            self.init(explicitName: name, daemon: daemon, sync: nil, async: nil,
+                      task: NamedTaskTarget(LimitedTask(plan: session.plan, task: AnyNamedTask(target))), method: startMethod,
+                      limits: session)
+        }
+
         /// A process whose work is its ``run()`` method: for subclasses (fork only).
         public init(name: String? = nil, daemon: Bool = false) {
             self.explicitName = name
@@ -110,12 +142,13 @@ extension MP {
             self.isMain = false
             self.identity = Runtime.shared.nextIdentity()
             self.creatorPid = Sys.getpid
+            self.limitSession = nil
         }
 
         /// Every other initializer ends here. `identity` nil: the next one of this process.
         private init(explicitName: String?, daemon: Bool, sync: (() throws -> Void)?, async: (() async throws -> Void)?,
                      task: NamedTaskTarget?, method: StartMethod?, isMain: Bool = false, identity: [Int]? = nil,
-                     creatorPid: Int32 = Sys.getpid) {
+                     creatorPid: Int32 = Sys.getpid, limits: LimitSession? = nil) {
             self.explicitName = explicitName
             self.isDaemon = daemon
             self.syncTarget = sync
@@ -125,6 +158,7 @@ extension MP {
             self.isMain = isMain
             self.identity = identity ?? Runtime.shared.nextIdentity()
             self.creatorPid = creatorPid
+            self.limitSession = limits
         }
 
         /// The main process object.
@@ -241,6 +275,30 @@ extension MP {
                 return nil
             }
         }
+
+        /// For a process made with ``MP/WorkerLimits``: the limit that ended
+        /// it (``MP/Error/Code/memoryLimit`` when its memory cgroup's OOM
+        /// killer took it, ``MP/Error/Code/cpuLimit`` on `SIGXCPU`,
+        /// ``MP/Error/Code/timeout`` past its time limit); nil while it runs,
+        /// when it ended otherwise, or without limits. Under
+        /// ``MP/WorkerLimits/MemoryEnforcement/dataLimit`` a failed
+        /// allocation ends the child with Swift's fatal error on its stderr,
+        /// which a process does not read: the pools do, and say so.
+        public var limitExceeded: MP.Error? {
+            _ = exitCode
+            return lock.withLock { verdict }
+        }
+
+        /// What the child used (CPU time, peak resident memory), from
+        /// `wait4`, once it has ended and been reaped; nil before.
+        public var resourceUsage: ResourceUsage? {
+            _ = exitCode
+            return lock.withLock { endUsage.map(ResourceUsage.init) }
+        }
+
+        /// How its ``MP/WorkerLimits/memory`` is enforced: a memory cgroup, or
+        /// `RLIMIT_DATA`; nil without a memory limit.
+        public var memoryEnforcement: WorkerLimits.MemoryEnforcement? { limitSession?.memoryEnforcement }
 
         /// Python's `is_alive()`: reaps the child if it has finished.
         public var isAlive: Bool { pollAlive() }
@@ -431,8 +489,9 @@ extension MP {
             lock.withLock {
                 guard case .running(let popen) = state else { return }
                 do {
-                    if let status = try popen.poll(blocking: blocking) {
+                    if let (status, usage) = try popen.poll(blocking: blocking) {
                         state = .finished(popen, status: status)
+                        endUsage = usage
                         finished = true
                         logged = (popen.pid, status)
                     }
@@ -442,8 +501,26 @@ extension MP {
                     finished = true
                 }
             }
-            if finished { Runtime.shared.unregister(self) }
+            if finished {
+                judgeLimits()
+                Runtime.shared.unregister(self)
+            }
             if let logged { LibraryLog.log(.info, "\(name) (pid \(logged.pid)) \(logged.status.logDescription)") }
+        }
+
+        /// Once reaped: which limit ended the child, if one did; its cgroup goes.
+        private func judgeLimits() {
+            guard let limitSession else { return }
+            let (status, usage, pid) = lock.withLock { () -> (ExitStatus?, Sys.Usage?, Int32?) in
+                if case .finished(let popen, let status) = state { return (status, endUsage, popen.pid) }
+                return (nil, endUsage, nil)
+            }
+            var signal: Int32?
+            if case .signaled(let number, _)? = status { signal = number.rawValue }
+            let found = limitSession.verdict(signal: signal, fatalLine: nil, usage: usage.map(ResourceUsage.init),
+                                             who: "\(name) (pid \(pid ?? -1))")
+            limitSession.finish()
+            lock.withLock { verdict = found }
         }
 
         /// A raw `MP.wait()`/`MP.waitpid()` reaped this child.
@@ -456,6 +533,7 @@ extension MP {
                 default: return nil
                 }
             }
+            judgeLimits()
             Runtime.shared.unregister(self)
             if let reaped { LibraryLog.log(.info, "\(name) (pid \(reaped)) \(status.logDescription)") }
         }

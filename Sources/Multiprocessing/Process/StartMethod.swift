@@ -82,6 +82,13 @@ extension MP {
             MP.Process(name: name, daemon: daemon, target: target, startMethod: startMethod)
         }
 
+        /// A named task under `limits`, started by this context's method
+        /// (see ``MP/Process/init(name:daemon:target:limits:)``).
+        public func Process<T: NamedTask>(name: String? = nil, daemon: Bool = false, target: T,
+                                          limits: WorkerLimits) throws(MP.Error) -> MP.Process {
+            try MP.Process(name: name, daemon: daemon, target: target, startMethod: startMethod, limits: limits)
+        }
+
         /// Python's `ctx.Process(target=f)` with a closure: starts only under ``StartMethod/fork``.
         public func Process(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) -> MP.Process {
             MP.Process(name: name, daemon: daemon, target: target, startMethod: startMethod)

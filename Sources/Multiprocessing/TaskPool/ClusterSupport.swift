@@ -89,6 +89,10 @@ public enum _NamedTaskChunks {
                 let description = error.message.hasPrefix(prefix) ? String(error.message.dropFirst(prefix.count)) : error.message
                 return .failure(.taskFailed(type: type, description: description))
             case .workerDied: return .failure(.workerLost(error.message))
+            case .memoryLimit, .cpuLimit, .timeout:
+                // The task's own doing, not the machine's: it would go over
+                // its limit anywhere, so it fails as a task, not run again.
+                return .failure(.taskFailed(type: "MP.Error", description: error.message))
             case .cancelled, .closed: return .failure(.cancelled)
             default: return .failure(.unrunnable("\(error)"))
             }

@@ -83,7 +83,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
             let body = PoolJob.Body.fixed(arena: arena, tasks: range.lowerBound * MemoryLayout<T>.stride,
                                           results: resultsOffset + range.lowerBound * MemoryLayout<T.Result>.stride,
                                           count: range.count)
-            let job = PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrived(range, outcome) }
+            let job = PoolJob(type: type, body: body, timeout: timeout ?? pool.core.limits?.timeLimit) { [self] outcome in arrived(range, outcome) }
             lock.withLock { jobs.append(job) }
             pool.core.submit([job])
         }
@@ -111,7 +111,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                 items.writeRaw(encoded)
             }
             let body = PoolJob.Body.chunk(count: range.count, items.bytes)
-            jobs.append(PoolJob(type: type, body: body, timeout: timeout) { [self] outcome in arrivedEncoded(index, outcome) })
+            jobs.append(PoolJob(type: type, body: body, timeout: timeout ?? pool.core.limits?.timeLimit) { [self] outcome in arrivedEncoded(index, outcome) })
         }
     }
 

@@ -33,6 +33,10 @@ final class PoolJob: @unchecked Sendable {
     var worker: PoolWorkerHandle?
     var seq: UInt64 = 0
     var finished = false
+    /// What the order used, when the pool records it (set before it completes).
+    var usage: MP.ResourceUsage?
+    /// Where ``usage`` goes as the job completes (an `apply`'s result).
+    var usageSink: ((MP.ResourceUsage) -> Void)?
 
     /// Jobs alive in this process: the tests check that none leaks.
     static let alive = Atomic<Int>(0)
@@ -48,7 +52,10 @@ final class PoolJob: @unchecked Sendable {
     deinit { Self.alive.subtract(1, ordering: .relaxed) }
 
     /// Runs the completion (outside the pool's lock).
-    func complete(_ outcome: Outcome) { completion(outcome) }
+    func complete(_ outcome: Outcome) {
+        if let usage, let usageSink { usageSink(usage) }
+        completion(outcome)
+    }
 }
 
 /// Shared memory that carries a fixed-width map's tasks and results.

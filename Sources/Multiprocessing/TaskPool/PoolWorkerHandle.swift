@@ -31,6 +31,15 @@ final class PoolWorkerHandle {
     /// Killed by the pool (a timeout, a cancellation, terminate): takes no more orders.
     var dying = false
     var closedForWriting = false
+    /// Over the recycling threshold: takes no more orders and is about to exit.
+    var retiring = false
+    /// Orders it reported.
+    var ordersDone = 0
+    /// How it ended, when the pool knows better than its exit status.
+    var ending: String?
+    /// The highest per-order peak it reported (recording usage resets the
+    /// kernel's mark before each order, so its own peak is since the last one).
+    var peakReported = 0
 
     init(process: MP.Process, channel: MP.Connection, control: SharedBlock, stderr: WorkerStderr) throws(MP.Error) {
         self.process = process

@@ -23,28 +23,6 @@ enum WorkerControl {
     static let bytes = (1 + window) * 8
 }
 
-/// Any named task, with its name: a pool's initializer, which may hold
-/// library objects (a queue, a lock) that cross into the worker as it starts.
-struct AnyNamedTask: Codable, @unchecked Sendable {
-    let task: any MP.NamedTask
-
-    init(_ task: any MP.NamedTask) { self.task = task }
-
-    func encode(to encoder: any Encoder) throws {
-        var container = encoder.unkeyedContainer()
-        try container.encode(type(of: task).name)
-        try container.encode(task)
-    }
-
-    init(from decoder: any Decoder) throws {
-        var container = try decoder.unkeyedContainer()
-        let name = try container.decode(String.self)
-        let type = try TaskRegistry.shared.task(named: name)
-        func open<T: MP.NamedTask>(_ type: T.Type) throws -> any MP.NamedTask { try container.decode(T.self) }
-        task = try open(type)
-    }
-}
-
 /// A ``MP/TaskPool`` worker: a named task of the library that a worker
 /// process runs for its whole life (started by any start method). It takes
 /// orders from its channel, runs them in order, and reports each result.
@@ -55,11 +33,108 @@ struct PoolWorkerLoop: MP.NamedTask {
     var initializer: AnyNamedTask?
     /// Python's `maxtasksperchild`: the worker exits after this many orders.
     var maxTasks: Int?
+    /// The limits a worker keeps per task, and whether it measures each.
+    var rules = WorkerRules()
 
     func run() async throws {
-        var worker = PoolWorkerRuntime(fd: channel.fileno, maxTasks: maxTasks ?? .max)
+        var worker = PoolWorkerRuntime(fd: channel.fileno, maxTasks: maxTasks ?? .max, rules: rules)
         await worker.serve(initializer: initializer?.task)
     }
+}
+
+/// What a pool worker does around each order, from the pool's
+/// ``MP/WorkerLimits`` and `recordUsage` (the process-wide limits, memory,
+/// network and privileges, are applied as the worker starts: ``LimitPlan``).
+struct WorkerRules: Codable, Sendable {
+    /// CPU seconds per order: `RLIMIT_CPU`'s soft limit, moved before each.
+    var cpuTime: Double?
+    /// Seconds after which the order's Swift `Task` is cancelled.
+    var softTimeLimit: Double?
+    /// Resident bytes above which the worker retires after an order.
+    var recycleAbove: Int?
+    /// Reports what each order used.
+    var recordUsage = false
+
+    var isEmpty: Bool { cpuTime == nil && softTimeLimit == nil && recycleAbove == nil && !recordUsage }
+}
+
+/// The worker's side of ``WorkerRules``: the /proc files it keeps open and
+/// the measurements around one order.
+struct WorkerGauges {
+    let rules: WorkerRules
+    private var statm: Int32 = -1
+    private var status: Int32 = -1
+    private var clearRefs: Int32 = -1
+    private var cpuHard = Sys.unlimited
+    private var before = Sys.Usage(userNanoseconds: 0, systemNanoseconds: 0, peakResidentBytes: 0)
+
+    init(rules: WorkerRules) {
+        self.rules = rules
+        if rules.recycleAbove != nil { statm = (try? Sys.openReadOnly("/proc/self/statm")) ?? -1 }
+        if rules.recordUsage {
+            status = (try? Sys.openReadOnly("/proc/self/status")) ?? -1
+            clearRefs = (try? Sys.openReadWrite("/proc/self/clear_refs")) ?? -1
+        }
+        if rules.cpuTime != nil {
+            cpuHard = (try? Sys.limit(.cpuSeconds).hard) ?? Sys.unlimited
+            // SIGXCPU's default action dumps core: a limit, not a crash.
+            if let core = try? Sys.limit(.coreBytes) { try? Sys.setLimit(.coreBytes, soft: 0, hard: core.hard) }
+            Sys.restoreDefault(signal: SIGXCPU)
+        }
+    }
+
+    /// Before an order: the CPU limit moved to what is used plus the
+    /// order's allowance; the peak-memory mark reset (`clear_refs` 5).
+    mutating func begin() {
+        guard !rules.isEmpty else { return }
+        if rules.cpuTime != nil || rules.recordUsage { before = Sys.usage }
+        if let cpu = rules.cpuTime {
+            let used = Double(before.userNanoseconds + before.systemNanoseconds) / 1e9
+            let soft = min(UInt64((used + cpu).rounded(.up)), cpuHard)
+            try? Sys.setLimit(.cpuSeconds, soft: soft, hard: cpuHard)
+        }
+        if clearRefs >= 0 { _ = Sys.writeFromStart(clearRefs, "5") }
+    }
+
+    /// After an order: what it used (when recorded).
+    func used() -> Sys.Usage? {
+        guard rules.recordUsage else { return nil }
+        let after = Sys.usage
+        let peak = status >= 0 ? Self.field("VmHWM:", of: status) : nil
+        return Sys.Usage(userNanoseconds: after.userNanoseconds &- before.userNanoseconds,
+                         systemNanoseconds: after.systemNanoseconds &- before.systemNanoseconds,
+                         peakResidentBytes: peak ?? after.peakResidentBytes)
+    }
+
+    /// The resident bytes now, when over the recycling threshold.
+    func overRecyclingThreshold() -> UInt64? {
+        guard let limit = rules.recycleAbove, statm >= 0 else { return nil }
+        var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let text: String? = withUnsafeMutableBytes(of: &buffer) { raw in
+            guard let count = Sys.readFromStart(statm, into: raw) else { return nil }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: raw[..<count]), as: UTF8.self)
+        }
+        let fields = text?.split(separator: " ") ?? []
+        guard fields.count >= 2, let pages = UInt64(fields[1]) else { return nil }
+        let resident = pages * UInt64(Sys.pageSize)
+        return resident > UInt64(limit) ? resident : nil
+    }
+
+    /// A `kB` field of /proc/self/status, in bytes.
+    private static func field(_ name: String, of fd: Int32) -> UInt64? {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let count = bytes.withUnsafeMutableBytes { Sys.readFromStart(fd, into: $0) } ?? 0
+        let text = String(decoding: bytes[..<count], as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name) }) else { return nil }
+        let number = line.dropFirst(name.count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { UInt64($0) }
+        return number.map { $0 * 1024 }
+    }
+}
+
+/// A value handed to the soft time limit's task: the worker waits for that
+/// task, so only one of them touches it at a time.
+private struct Handed<T>: @unchecked Sendable {
+    var value: T
 }
 
 /// The worker's side of the channel.
@@ -79,9 +154,14 @@ struct PoolWorkerRuntime {
     private static let flushInterval: Int64 = 1_000_000
     private static let flushBytes = 256 << 10
 
-    init(fd: Int32, maxTasks: Int) {
+    private var gauges: WorkerGauges
+    /// Over the recycling threshold: no more orders.
+    private var retiring = false
+
+    init(fd: Int32, maxTasks: Int, rules: WorkerRules) {
         self.fd = fd
         self.maxTasks = maxTasks
+        self.gauges = WorkerGauges(rules: rules)
     }
 
     enum Order {
@@ -124,7 +204,7 @@ struct PoolWorkerRuntime {
         report(.ready) { _ in }
         flush()
         var pending: [Order] = []
-        while handled < maxTasks {
+        while handled < maxTasks && !retiring {
             if pending.isEmpty {
                 // Nothing parsed: take what has arrived; block only after the
                 // reports so far are sent.
@@ -235,13 +315,40 @@ struct PoolWorkerRuntime {
     }
 
     /// Runs order `seq` unless it was cancelled, and reports what it came to.
-    private mutating func runOrder(_ seq: UInt64, _ body: (Self) async -> Outcome) async {
+    private mutating func runOrder(_ seq: UInt64, _ body: @escaping (Self) async -> Outcome) async {
         handled += 1
         guard begin(seq) else { return }
         let start = Deadline.now
-        let outcome = await body(self)
+        gauges.begin()
+        var outcome: Outcome
+        if let soft = gauges.rules.softTimeLimit {
+            // The order runs in a task of its own, cancelled at the soft limit.
+            let handed = Handed(value: (self, body))
+            let (result, fired) = await SoftTimeLimit.run(after: soft) { Handed(value: await handed.value.1(handed.value.0)) }
+            switch result {
+            case .success(let done): outcome = done.value
+            case .failure(let error): outcome = .failed(index: 0, why: .threw, type: "\(type(of: error))", description: "\(error)", before: [])
+            }
+            if fired, case .failed(let index, .threw, let type, let description, let before) = outcome {
+                outcome = .failed(index: index, why: .softTimeLimit, type: type, description: description, before: before)
+            }
+        } else {
+            outcome = await body(self)
+        }
         store(WorkerControl.running, WorkerControl.idle)
+        if let usage = gauges.used() {
+            report(.usage) { writer in
+                writer.write(seq)
+                writer.write(usage.userNanoseconds)
+                writer.write(usage.systemNanoseconds)
+                writer.write(usage.peakResidentBytes)
+            }
+        }
         report(seq, start, outcome)
+        if let resident = gauges.overRecyclingThreshold() {
+            retiring = true
+            report(.recycling) { $0.write(resident) }
+        }
     }
 
     /// What an order came to: the payload of a `done`, or a failure at an item.

@@ -31,9 +31,12 @@ extension MP {
         ///   - startMethod: how workers start (Python's `mp_context`; default ``MP/getStartMethod()``).
         ///   - initializer: a named task run once in each worker.
         ///   - maxTasksPerChild: a worker is replaced after this many tasks.
+        ///   - limits: what each worker may use (see ``MP/WorkerLimits``).
+        ///   - recordUsage: each task's CPU time and peak memory are kept on its result.
         public init(maxWorkers: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
-                    maxTasksPerChild: Int? = nil) throws(MP.Error) {
-            pool = try TaskPool(processes: maxWorkers, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+                    maxTasksPerChild: Int? = nil, limits: WorkerLimits? = nil, recordUsage: Bool = false) throws(MP.Error) {
+            pool = try TaskPool(processes: maxWorkers, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+                                limits: limits, recordUsage: recordUsage)
         }
 
         deinit { pool.close() }

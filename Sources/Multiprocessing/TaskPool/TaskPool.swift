@@ -72,10 +72,20 @@ extension MP {
         ///     not yet running fails with ``MP/Error/Code/taskFailed``.
         ///   - maxTasksPerChild: a worker exits after this many tasks (a map's
         ///     chunk counts as one, as in Python) and a fresh one replaces it.
+        ///   - limits: what each worker may use (memory, CPU time per task,
+        ///     soft and hard time limits, recycling by memory, no network):
+        ///     see ``MP/WorkerLimits``. A task whose worker goes over a limit
+        ///     fails with ``MP/Error/Code/memoryLimit``, ``MP/Error/Code/cpuLimit``
+        ///     or ``MP/Error/Code/timeout``; the worker is replaced and the
+        ///     other tasks go on.
+        ///   - recordUsage: each task's CPU time and peak resident memory
+        ///     are measured in its worker and kept on its result
+        ///     (``MP/AsyncResult/usage``); costs a few microseconds a task.
         /// - Throws: ``MP/Error/Code/invalidArgument``, ``MP/Error/Code/cannotCross``
-        ///   (an initializer that cannot be sent), ``MP/Error/Code/startFailed``.
+        ///   (an initializer that cannot be sent), ``MP/Error/Code/startFailed``,
+        ///   ``MP/Error/Code/unsupported`` (a limit this kernel or user cannot enforce).
         public init(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
-                    maxTasksPerChild: Int? = nil) throws(MP.Error) {
+                    maxTasksPerChild: Int? = nil, limits: WorkerLimits? = nil, recordUsage: Bool = false) throws(MP.Error) {
             let count = processes ?? MP.cpuCount()
             guard count >= 1 else { throw .invalidArgument("processes must be at least 1 (got \(count))") }
             if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -86,11 +96,12 @@ extension MP {
                 func check<T: NamedTask>(_ task: T) throws(MP.Error) { try TaskRegistry.shared.checkSendable(T.self) }
                 do { try check(initializer) } catch { throw .unsendableTask(error) }
             }
+            if let limits { try LimitSession.check(limits) }
             self.processes = count
             self.startMethod = method
             do {
                 core = try TaskPoolCore(processes: count, method: method, initializer: initializer.map(AnyNamedTask.init),
-                                        maxTasksPerChild: maxTasksPerChild)
+                                        maxTasksPerChild: maxTasksPerChild, limits: limits, recordUsage: recordUsage)
             } catch {
                 throw .system(error)
             }
@@ -106,8 +117,10 @@ extension MP {
         /// `with Pool(4) as pool:`. The pool is terminated and joined
         /// afterwards, also when `body` throws.
         public static func with<T>(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
-                                   maxTasksPerChild: Int? = nil, _ body: (TaskPool) throws -> T) throws -> T {
-            let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+                                   maxTasksPerChild: Int? = nil, limits: WorkerLimits? = nil, recordUsage: Bool = false,
+                                   _ body: (TaskPool) throws -> T) throws -> T {
+            let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+                                    limits: limits, recordUsage: recordUsage)
             return try Scoped.run(pool, body) { pool in
                 pool.terminate()
                 try? pool.join()
@@ -118,8 +131,10 @@ extension MP {
         /// also when `body` throws or its task is cancelled. The join blocks no thread.
         nonisolated(nonsending)
         public static func with<T>(processes: Int? = nil, startMethod: StartMethod? = nil, initializer: (any NamedTask)? = nil,
-                                   maxTasksPerChild: Int? = nil, _ body: (TaskPool) async throws -> T) async throws -> T {
-            let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+                                   maxTasksPerChild: Int? = nil, limits: WorkerLimits? = nil, recordUsage: Bool = false,
+                                   _ body: (TaskPool) async throws -> T) async throws -> T {
+            let pool = try TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+                                    limits: limits, recordUsage: recordUsage)
             return try await Scoped.run(pool, body) { pool in
                 pool.terminate()
                 try await pool.join()
@@ -128,6 +143,23 @@ extension MP {
 
         /// The process ids of the current workers (Python's `[p.pid for p in pool._pool]`).
         public var workerPids: [Int32] { core.workerPids }
+
+        /// The workers' limits, as given.
+        public var limits: WorkerLimits? { core.limits }
+
+        /// How the workers' memory limit is enforced here: a memory cgroup
+        /// per worker, or `RLIMIT_DATA`; nil without a memory limit.
+        public var memoryEnforcement: WorkerLimits.MemoryEnforcement? { core.memoryEnforcement }
+
+        /// Workers replaced because their resident memory passed
+        /// ``MP/WorkerLimits/recycleAboveResidentMemory`` after a task.
+        public var recycledWorkers: Int { core.lock.withLock { core.recycledWorkers } }
+
+        /// Every worker, live and exited (the latest 256 of those), with the
+        /// tasks it ran and what it used: so far for a live one (from
+        /// `/proc`), in all for one that has exited (from `wait4`), with how
+        /// it ended. mpire's "worker insights": data to size limits from.
+        public var workerUsage: [WorkerUsage] { core.workerUsage }
 
         // MARK: submitting
 
@@ -196,7 +228,7 @@ extension MP {
                 // ends are this build): no `Codable` on either side.
                 let raw = _isPOD(T.self) && _isPOD(T.Result.self)
                 let body: PoolJob.Body = raw ? .rawTask(Self.bytes(of: task)) : .task(try Self.encode(task))
-                let job = PoolJob(type: type, body: body, timeout: timeout) { outcome in
+                let job = PoolJob(type: type, body: body, timeout: timeout ?? core.limits?.timeLimit) { outcome in
                     switch outcome {
                     case .done(let bytes) where raw:
                         result.resolve(Self.value(T.Result.self, from: bytes))
@@ -206,6 +238,7 @@ extension MP {
                         result.resolve(.failure(error))
                     }
                 }
+                if core.rules.recordUsage { job.usageSink = { [result] in result.setUsage($0) } }
                 result.setCanceller { [core] in core.cancel(job) }
                 result.setQueuedCanceller { [core] in core.cancelIfQueued(job) }
                 core.submit([job])

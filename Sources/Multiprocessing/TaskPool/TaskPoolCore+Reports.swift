@@ -50,6 +50,7 @@ extension TaskPoolCore {
             job.worker = nil
             worker.deadline = nil
             worker.noteRunTime(elapsed)
+            worker.ordersDone += 1
             if kind == WorkerFrames.ReportKind.done.rawValue {
                 finish(job, .done([UInt8](try reader.readRaw(reader.remaining))))
             } else {
@@ -60,6 +61,7 @@ extension TaskPoolCore {
                 let before = [UInt8](try reader.readRaw(reader.remaining))
                 let error: MP.Error = switch why {
                 case .result?: .result(.encodingFailed(type: type, reason: description))
+                case .softTimeLimit?: .softTimeLimitReached(seconds: limits?.softTimeLimit ?? 0, type: type, description: description)
                 default: .taskFailed(type: type, description: description)
                 }
                 finish(job, .failed(index: index, error, before: before))
@@ -75,6 +77,17 @@ extension TaskPoolCore {
             worker.inFlight.removeFirst()
             job.worker = nil
             finish(job, .failed(index: 0, .cancelled, before: []))
+        case .usage:
+            let seq = try reader.read(UInt64.self)
+            let usage = Sys.Usage(userNanoseconds: try reader.read(UInt64.self), systemNanoseconds: try reader.read(UInt64.self),
+                                  peakResidentBytes: try reader.read(UInt64.self))
+            if let job = worker.inFlight.first, job.seq == seq { job.usage = MP.ResourceUsage(usage) }
+            worker.peakReported = max(worker.peakReported, Int(usage.peakResidentBytes))
+        case .recycling:
+            let resident = try reader.read(UInt64.self)
+            worker.retiring = true
+            recycledWorkers += 1
+            worker.ending = "replaced: resident memory \(MP.WorkerLimits.describe(bytes: Int(resident))) over the recycling threshold of \(MP.WorkerLimits.describe(bytes: limits?.recycleAboveResidentMemory ?? 0))"
         case nil:
             throw MP.Error.malformed(type: "pool report", reason: "unknown kind \(kind)")
         }

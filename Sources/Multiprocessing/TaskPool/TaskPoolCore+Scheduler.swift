@@ -11,7 +11,7 @@ extension TaskPoolCore {
         while let job = queue.first {
             if job.finished { _ = queue.removeFirst(); continue }
             var chosen: PoolWorkerHandle?
-            for worker in workers where !worker.dying && !worker.closedForWriting
+            for worker in workers where !worker.dying && !worker.closedForWriting && !worker.retiring
                 && worker.sent < (maxTasksPerChild ?? .max)
                 && (job.timeout == nil ? worker.inFlight.count < worker.window : worker.inFlight.isEmpty) {
                 if chosen == nil || worker.inFlight.count < chosen!.inFlight.count { chosen = worker }

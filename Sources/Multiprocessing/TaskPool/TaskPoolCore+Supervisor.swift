@@ -24,8 +24,20 @@ extension TaskPoolCore {
             defer { Sys.close(errorsWrite) }
             let stderr = WorkerStderr(fd: errorsRead)
             started += 1
-            let loop = PoolWorkerLoop(channel: childEnd, initializer: initializer, maxTasks: maxTasksPerChild)
-            let process = MP.getContext(method).Process(name: "\(workerPrefix)-\(started)", daemon: true, target: loop)
+            let loop = PoolWorkerLoop(channel: childEnd, initializer: initializer, maxTasks: maxTasksPerChild, rules: rules)
+            let name = "\(workerPrefix)-\(started)"
+            let process: MP.Process
+            if let limits {
+                do {
+                    process = try MP.Process(name: name, daemon: true, target: loop, startMethod: method, limits: limits, pool: true)
+                } catch {
+                    parentEnd.close()
+                    childEnd.close()
+                    throw error
+                }
+            } else {
+                process = MP.getContext(method).Process(name: name, daemon: true, target: loop)
+            }
             do {
                 try process.start()
             } catch {
@@ -47,7 +59,7 @@ extension TaskPoolCore {
             }
             return worker
         } catch {
-            if let error = error as? MP.Error, error.code == .startFailed { throw error }
+            if let error = error as? MP.Error, error.code == .startFailed || error.code == .unsupported { throw error }
             throw .cannotStartWorker("\(error)")
         }
     }
@@ -74,6 +86,8 @@ extension TaskPoolCore {
         worker.stderr.pump()
         try? worker.process.join()
         let how = worker.dying ? "\(worker.process.name) (pid \(worker.pid)) was stopped" : WorkerDeath.describe(of: worker.process)
+        let verdict = limitVerdict(worker)
+        recordPast(worker, ending: worker.ending ?? verdict?.message ?? how)
         let wasServing = workers.contains { $0 === worker }
         workers.removeAll { $0 === worker }
         dyingWorkers.removeAll { $0 === worker }
@@ -101,7 +115,7 @@ extension TaskPoolCore {
             if running == Int64(bitPattern: job.seq) {
                 var how = WorkerDeath.describe(of: worker.process)
                 if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
-                finish(job, .failed(index: 0, .workerDied(how), before: []))
+                finish(job, .failed(index: 0, verdict ?? .workerDied(how), before: []))
             } else {
                 unstarted.append(job)
             }
@@ -131,6 +145,27 @@ extension TaskPoolCore {
                 replace(how)
             }
         }
+    }
+
+    /// The limit that ended a worker, if one did: the process's own verdict
+    /// (its cgroup's OOM kill, `SIGXCPU`), or, under `RLIMIT_DATA`, the
+    /// allocation failure its stderr told of.
+    func limitVerdict(_ worker: PoolWorkerHandle) -> MP.Error? {
+        guard let session = worker.process.limitSession else { return nil }
+        if let verdict = worker.process.limitExceeded { return verdict }
+        var signal: Int32?
+        if case .signaled(let number, _)? = worker.process.exitStatus { signal = number.rawValue }
+        return session.verdict(signal: signal, fatalLine: worker.stderr.fatalLine, usage: worker.process.resourceUsage,
+                               who: "\(worker.process.name) (pid \(worker.pid))")
+    }
+
+    /// Keeps what an exited worker used (``MP/TaskPool/workerUsage``).
+    func recordPast(_ worker: PoolWorkerHandle, ending: String) {
+        var usage = worker.process.resourceUsage ?? MP.ResourceUsage(userSeconds: 0, systemSeconds: 0, peakResidentBytes: 0)
+        usage.peakResidentBytes = max(usage.peakResidentBytes, worker.peakReported)
+        pastWorkers.append(MP.WorkerUsage(name: worker.process.name, pid: worker.pid, tasks: worker.ordersDone, usage: usage,
+                                          isAlive: false, ending: ending))
+        if pastWorkers.count > Self.pastWorkerLimit { pastWorkers.removeFirst(pastWorkers.count - Self.pastWorkerLimit) }
     }
 
     /// Starts one replacement now; a start that fails is retried after a backoff.
@@ -185,6 +220,7 @@ extension TaskPoolCore {
         for worker in workers { try? worker.process.kill() }
         for worker in workers {
             try? worker.process.join()
+            recordPast(worker, ending: worker.ending ?? "terminated with the pool")
             for job in worker.inFlight { finish(job, .failed(index: 0, .terminated, before: [])) }
             worker.channel.close()
             try? worker.process.close()

@@ -23,6 +23,11 @@ final class TaskPoolCore: @unchecked Sendable {
     let method: MP.StartMethod
     let initializer: AnyNamedTask?
     let maxTasksPerChild: Int?
+    /// The workers' limits (``MP/WorkerLimits``); each worker gets its own cgroup.
+    let limits: MP.WorkerLimits?
+    /// What each worker keeps per order (CPU limit, soft time limit,
+    /// recycling, usage), sent to it as it starts.
+    let rules: WorkerRules
     let lock = ForkSafeLock()
     let finished = OneShotEvent()
 
@@ -69,11 +74,21 @@ final class TaskPoolCore: @unchecked Sendable {
     var inboxRefusal: MP.Error?
     var inboxWakeSignalled = false
 
-    init(processes: Int, method: MP.StartMethod, initializer: AnyNamedTask?, maxTasksPerChild: Int?) throws(MP.OSError) {
+    /// Workers replaced because their resident memory passed the recycling threshold.
+    var recycledWorkers = 0
+    /// Workers that have exited, and what they used (the latest ``pastWorkerLimit``).
+    var pastWorkers: [MP.WorkerUsage] = []
+    static let pastWorkerLimit = 256
+
+    init(processes: Int, method: MP.StartMethod, initializer: AnyNamedTask?, maxTasksPerChild: Int?,
+         limits: MP.WorkerLimits? = nil, recordUsage: Bool = false) throws(MP.OSError) {
         self.processes = processes
         self.method = method
         self.initializer = initializer
         self.maxTasksPerChild = maxTasksPerChild
+        self.limits = limits
+        self.rules = WorkerRules(cpuTime: limits?.cpuTime, softTimeLimit: limits?.softTimeLimit,
+                                 recycleAbove: limits?.recycleAboveResidentMemory, recordUsage: recordUsage)
         (wakeRead, wakeWrite) = try Sys.pipe()
     }
 
@@ -119,6 +134,20 @@ final class TaskPoolCore: @unchecked Sendable {
 
 
     var workerPids: [Int32] { lock.withLock { workers.map(\.pid) } }
+
+    /// The memory enforcement the workers get (the first worker's says it for all).
+    var memoryEnforcement: MP.WorkerLimits.MemoryEnforcement? {
+        lock.withLock { workers.first?.process.memoryEnforcement ?? dyingWorkers.first?.process.memoryEnforcement }
+    }
+
+    var workerUsage: [MP.WorkerUsage] {
+        let (live, past) = lock.withLock { (workers.map { ($0.process.name, $0.pid, $0.ordersDone, $0.ending, $0.peakReported) }, pastWorkers) }
+        return past + live.map { name, pid, tasks, ending, peak in
+            var usage = Sys.usage(of: pid).map(MP.ResourceUsage.init) ?? MP.ResourceUsage(userSeconds: 0, systemSeconds: 0, peakResidentBytes: 0)
+            usage.peakResidentBytes = max(usage.peakResidentBytes, peak)
+            return MP.WorkerUsage(name: name, pid: pid, tasks: tasks, usage: usage, isAlive: true, ending: ending)
+        }
+    }
 
     // MARK: submitting
 

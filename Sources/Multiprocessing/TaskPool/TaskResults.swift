@@ -50,7 +50,7 @@ extension MP {
             lock.withLock {
                 self.pull = next
                 self.type = type
-                self.timeout = timeout
+                self.timeout = timeout ?? core.limits?.timeLimit
                 self.decode = decode
             }
             topUp()

@@ -41,6 +41,12 @@ enum WorkerFrames {
         case failed = 4
         /// `[u64 seq]`: cancelled before it started.
         case skipped = 5
+        /// `[u64 seq][u64 user ns][u64 system ns][u64 peak resident bytes]`:
+        /// what the order used (``TaskPoolCore/recordUsage``), before its `done` or `failed`.
+        case usage = 6
+        /// `[u64 resident bytes]`: over the recycling threshold; the worker
+        /// takes no more orders and exits once this report is sent.
+        case recycling = 7
     }
 
     /// Why an order failed (``ReportKind/failed``).
@@ -50,6 +56,8 @@ enum WorkerFrames {
         case result = 1
         /// The task type is unknown or its arguments do not decode.
         case task = 2
+        /// The task threw after its soft time limit cancelled it.
+        case softTimeLimit = 3
     }
 
     /// Starts a frame; ``finish(_:at:)`` writes its length.

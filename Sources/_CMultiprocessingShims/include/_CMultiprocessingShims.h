@@ -27,6 +27,16 @@ int cmp_set_child_subreaper(int on);
 /// `prctl(PR_GET_CHILD_SUBREAPER)`: 1, 0, or -1 on error.
 int cmp_get_child_subreaper(void);
 
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`: no exec of this process or its children gains privileges.
+int cmp_set_no_new_privs(void);
+/// `unshare(CLONE_NEWNET)`, and where that is refused for want of privilege,
+/// `unshare(CLONE_NEWUSER | CLONE_NEWNET)` (unprivileged user namespaces):
+/// this process gets a network namespace of its own, with no interface up.
+int cmp_unshare_network(void);
+/// Whether `cmp_unshare_network` works here: tried in a forked child, which
+/// only calls it and `_exit`s (async-signal-safe). 0, or the child's errno.
+int cmp_probe_unshare_network(void);
+
 /// `setvbuf(stdout, NULL, mode, 0)`: `_IOLBF` makes lines appear as printed, even into a pipe.
 void cmp_stdout_set_buffering(int mode);
 /// Closes every descriptor from 3 up except `keep` (for a helper process that must not hold others' pipes).
