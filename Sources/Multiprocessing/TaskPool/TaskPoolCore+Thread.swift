@@ -58,6 +58,7 @@ extension TaskPoolCore {
                 if let deadline = worker.deadline, deadline.hasPassed, let job = worker.inFlight.first, let timeout = job.timeout {
                     worker.deadline = nil
                     finish(job, .failed(index: 0, .taskTimeout(seconds: timeout), before: []))
+                    worker.ending = "killed: its task ran past the time limit of \(timeout) s"
                     kill(worker)
                 }
             }

@@ -228,7 +228,10 @@ final class TaskPoolCore: @unchecked Sendable {
         if !job.finished {
             finish(job, .failed(index: 0, .cancelled, before: []))
             if let worker = job.worker, !worker.dying {
-                if worker.inFlight.first === job || worker.cancel(job.seq) { kill(worker) }
+                if worker.inFlight.first === job || worker.cancel(job.seq) {
+                    worker.ending = "killed: its task was cancelled"
+                    kill(worker)
+                }
             }
             requestWake()
         }
