@@ -112,6 +112,21 @@ func startWorker(_ url: String, concurrency: Int = 1, lease: Double = 2) throws 
     return worker
 }
 
+/// Allocates and touches `mebibytes` MiB.
+struct ClusterAllocate: MP.NamedTask {
+    var mebibytes: Int
+    func run() -> Int { [UInt8](repeating: 1, count: mebibytes << 20).count >> 20 }
+}
+
+/// A worker whose local processes run under `limits`.
+func startLimitedWorker(_ url: String, limits: MP.WorkerLimits) throws -> MP.Process {
+    let worker = MP.Process(name: "cluster-worker-limited") {
+        try await MP.Cluster.runWorker(database: url, concurrency: 1, startMethod: .forkserver, lease: 2, limits: limits)
+    }
+    try worker.start()
+    return worker
+}
+
 func stopWorker(_ worker: MP.Process) throws {
     guard worker.isAlive else { return }
     try worker.terminate() // graceful: SIGTERM
@@ -278,6 +293,22 @@ struct ClusterTests {
         await #expect(throws: MP.Error.taskFailed(type: "ClusterBoom", description: "boom on purpose")) {
             try await pool.apply(ClusterFails())
         }
+        pool.close()
+        try await pool.join()
+    }
+
+    @Test("a worker's limits: a task over its memory cap fails once, with the limit in its error; the others complete")
+    func limits() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startLimitedWorker(db.url, limits: MP.WorkerLimits(memory: 128 << 20))
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        let big = pool.applyAsync(ClusterAllocate(mebibytes: 1024))
+        let small = (0..<5).map { _ in pool.applyAsync(ClusterAllocate(mebibytes: 4)) }
+        let error = #expect(throws: MP.Error.self) { try big.get(timeout: 60) }
+        #expect(error?.code == .taskFailed)
+        #expect(error?.message.contains("memory limit of 128 MiB exceeded") == true, "\(String(describing: error))")
+        #expect(try small.map { try $0.get(timeout: 60) } == [4, 4, 4, 4, 4])
         pool.close()
         try await pool.join()
     }

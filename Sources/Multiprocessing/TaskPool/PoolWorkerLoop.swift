@@ -109,25 +109,42 @@ struct WorkerGauges {
     /// The resident bytes now, when over the recycling threshold.
     func overRecyclingThreshold() -> UInt64? {
         guard let limit = rules.recycleAbove, statm >= 0 else { return nil }
-        var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        let text: String? = withUnsafeMutableBytes(of: &buffer) { raw in
-            guard let count = Sys.readFromStart(statm, into: raw) else { return nil }
-            return String(decoding: UnsafeRawBufferPointer(rebasing: raw[..<count]), as: UTF8.self)
-        }
-        let fields = text?.split(separator: " ") ?? []
-        guard fields.count >= 2, let pages = UInt64(fields[1]) else { return nil }
+        // statm: `size resident shared ...`, in pages.
+        guard let pages = Self.number(in: statm, after: " ") else { return nil }
         let resident = pages * UInt64(Sys.pageSize)
         return resident > UInt64(limit) ? resident : nil
     }
 
     /// A `kB` field of /proc/self/status, in bytes.
-    private static func field(_ name: String, of fd: Int32) -> UInt64? {
-        var bytes = [UInt8](repeating: 0, count: 4096)
-        let count = bytes.withUnsafeMutableBytes { Sys.readFromStart(fd, into: $0) } ?? 0
-        let text = String(decoding: bytes[..<count], as: UTF8.self)
-        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name) }) else { return nil }
-        let number = line.dropFirst(name.count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first.flatMap { UInt64($0) }
-        return number.map { $0 * 1024 }
+    private static func field(_ name: StaticString, of fd: Int32) -> UInt64? {
+        number(in: fd, after: name).map { $0 * 1024 }
+    }
+
+    /// The decimal number after the first `marker` in a small /proc file,
+    /// read and scanned as bytes (a `String` split into lines costs tens of
+    /// microseconds a task).
+    private static func number(in fd: Int32, after marker: StaticString) -> UInt64? {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer -> UInt64? in
+            guard let count = Sys.readFromStart(fd, into: UnsafeMutableRawBufferPointer(buffer)), count > 0 else { return nil }
+            let bytes = UnsafeBufferPointer(rebasing: buffer[..<count])
+            let pattern = UnsafeBufferPointer(start: marker.utf8Start, count: marker.utf8CodeUnitCount)
+            var at = 0
+            while at + pattern.count <= bytes.count {
+                if bytes[at] == pattern[0] && zip(bytes[at..<at + pattern.count], pattern).allSatisfy({ $0 == $1 }) { break }
+                at += 1
+            }
+            guard at + pattern.count <= bytes.count else { return nil }
+            at += pattern.count
+            while at < bytes.count && (bytes[at] == 32 || bytes[at] == 9) { at += 1 }
+            var value: UInt64 = 0
+            var digits = 0
+            while at < bytes.count, bytes[at] >= 48, bytes[at] <= 57 {
+                value = value * 10 + UInt64(bytes[at] - 48)
+                at += 1
+                digits += 1
+            }
+            return digits > 0 ? value : nil
+        }
     }
 }
 

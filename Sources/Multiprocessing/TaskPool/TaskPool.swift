@@ -538,7 +538,9 @@ extension MP {
 extension MP.Context {
     /// Python's `ctx.Pool(processes)`: a ``MP/TaskPool`` whose workers start by this context's method.
     public func TaskPool(processes: Int? = nil, initializer: (any MP.NamedTask)? = nil,
-                         maxTasksPerChild: Int? = nil) throws(MP.Error) -> MP.TaskPool {
-        try MP.TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+                         maxTasksPerChild: Int? = nil, limits: MP.WorkerLimits? = nil,
+                         recordUsage: Bool = false) throws(MP.Error) -> MP.TaskPool {
+        try MP.TaskPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild,
+                        limits: limits, recordUsage: recordUsage)
     }
 }
