@@ -314,6 +314,18 @@ struct WorkerLimitsTests {
         #expect(LimitConditions.leftoverCgroups.isEmpty)
     }
 
+    @Test("the executor's workers take the same limits")
+    func executor() throws {
+        let executor = try MP.ProcessPoolExecutor(maxWorkers: 1, limits: MP.WorkerLimits(cpuTime: 1, timeLimit: 5), recordUsage: true)
+        defer { executor.shutdown(wait: true, cancelFutures: true) }
+        let spin = executor.submit(Spin(seconds: 5))
+        let error = #expect(throws: MP.Error.self) { try spin.result(timeout: 60) }
+        #expect(error?.code == .cpuLimit)
+        let fine = executor.submit(Allocate(mebibytes: 2))
+        #expect(try fine.result(timeout: 60) == 2 << 20)
+        #expect(executor.pool.workerUsage.contains { !$0.isAlive && $0.ending?.contains("CPU time limit of 1.0 s exceeded") == true })
+    }
+
     @Test("a limit out of range, or one the kernel refuses, is a clear error at creation")
     func refused() throws {
         func code(_ limits: MP.WorkerLimits) -> MP.Error? {
