@@ -17,6 +17,8 @@ let package = Package(
         // The cluster's tour, and its parts one terminal each (a throwaway
         // PostgreSQL, workers, a pool): apart, because it builds NIO.
         .executable(name: "mp-cluster-examples", targets: ["mp-cluster-examples"]),
+        // The operators' command: `mp-cluster status --database URL [--watch]`.
+        .executable(name: "mp-cluster", targets: ["mp-cluster"]),
         .executable(name: "mp-bench", targets: ["mp-bench"]),
         // mp-bench's small program: spawn from a binary that maps only the core library.
         .executable(name: "mp-spawn-small", targets: ["mp-spawn-small"]),
@@ -95,6 +97,15 @@ let package = Package(
             name: "mp-examples",
             dependencies: [
                 "Multiprocessing",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "mp-cluster",
+            dependencies: [
+                "Multiprocessing",
+                "MultiprocessingCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]

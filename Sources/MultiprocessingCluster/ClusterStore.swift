@@ -183,6 +183,15 @@ final class ClusterStore: Sendable {
         "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_claim ON mp_cluster_tasks (build, id) WHERE state = 'queued'",
         "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_lease ON mp_cluster_tasks (lease_expires) WHERE state = 'running'",
         "CREATE INDEX IF NOT EXISTS mp_cluster_tasks_finished ON mp_cluster_tasks (pool) WHERE state IN ('done', 'failed', 'cancelled')",
+        // The tasks of a done row that threw (its parts keep each error for
+        // the pool): what the status view counts as failures. Added to the
+        // tables of earlier versions too.
+        "ALTER TABLE mp_cluster_tasks ADD COLUMN IF NOT EXISTS errors integer NOT NULL DEFAULT 0",
+        // Each worker's tasks finished and failed over its last minute, sent
+        // with its heartbeat (a pool deletes rows as it takes their results,
+        // so the rows cannot say it).
+        "ALTER TABLE mp_cluster_workers ADD COLUMN IF NOT EXISTS finished_last_minute bigint NOT NULL DEFAULT 0",
+        "ALTER TABLE mp_cluster_workers ADD COLUMN IF NOT EXISTS failed_last_minute bigint NOT NULL DEFAULT 0",
     ]
 
     // MARK: the owner's side
@@ -306,11 +315,14 @@ final class ClusterStore: Sendable {
 
     /// Says (again) that this worker is alive, with the late results it
     /// dropped so far: its row in `mp_cluster_workers`.
-    func beat(_ worker: WorkerInfo, lateResults: Int) async throws {
+    /// A worker's heartbeat, with what it finished and what failed over its last minute.
+    func beat(_ worker: WorkerInfo, lateResults: Int, lastMinute: (finished: Int, failed: Int) = (0, 0)) async throws {
         try await client.query("""
-            INSERT INTO mp_cluster_workers (id, build, host, pid, concurrency, lease, late_results)
-            VALUES (\(worker.id), \(worker.build), \(worker.host), \(worker.pid), \(worker.concurrency), \(worker.lease), \(Int64(lateResults)))
-            ON CONFLICT (id) DO UPDATE SET heartbeat = now(), late_results = excluded.late_results
+            INSERT INTO mp_cluster_workers (id, build, host, pid, concurrency, lease, late_results, finished_last_minute, failed_last_minute)
+            VALUES (\(worker.id), \(worker.build), \(worker.host), \(worker.pid), \(worker.concurrency), \(worker.lease), \(Int64(lateResults)),
+                    \(Int64(lastMinute.finished)), \(Int64(lastMinute.failed)))
+            ON CONFLICT (id) DO UPDATE SET heartbeat = now(), late_results = excluded.late_results,
+                finished_last_minute = excluded.finished_last_minute, failed_last_minute = excluded.failed_last_minute
             """, logger: Self.logger)
     }
 
@@ -327,6 +339,8 @@ final class ClusterStore: Sendable {
         let pool: UUID
         let maxAttempts: Int32
         let retryErrors: Bool
+        /// The tasks the row carries.
+        var items = 1
     }
 
     /// Claims up to `limit` queued rows of `build` for `owner`, leased for `lease` seconds.
@@ -339,13 +353,13 @@ final class ClusterStore: Sendable {
                   WHERE state = 'queued' AND build = \(build) AND not_before <= now()
                   ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED) c
             WHERE t.id = c.id
-            RETURNING t.id, t.attempt, t.task, t.payload, t.pool, t.max_attempts, t.retry_errors
+            RETURNING t.id, t.attempt, t.task, t.payload, t.pool, t.max_attempts, t.retry_errors, t.items
             """, logger: Self.logger)
         var claimed: [Claimed] = []
-        for try await (id, attempt, task, payload, pool, maxAttempts, retryErrors)
-            in rows.decode((Int64, Int32, String, ByteBuffer, UUID, Int32, Bool).self) {
+        for try await (id, attempt, task, payload, pool, maxAttempts, retryErrors, items)
+            in rows.decode((Int64, Int32, String, ByteBuffer, UUID, Int32, Bool, Int32).self) {
             claimed.append(Claimed(id: id, attempt: attempt, task: task, payload: Array(buffer: payload), pool: pool,
-                                   maxAttempts: maxAttempts, retryErrors: retryErrors))
+                                   maxAttempts: maxAttempts, retryErrors: retryErrors, items: Int(items)))
         }
         return claimed.sorted { $0.id < $1.id }
     }
@@ -369,6 +383,8 @@ final class ClusterStore: Sendable {
         /// nil: the results; otherwise how it failed.
         let result: [UInt8]?
         let failure: (kind: FailureKind, type: String, description: String)?
+        /// Of a done row: its tasks that threw.
+        var errors: Int32 = 0
     }
 
     enum FailureKind: Sendable { case threw, lost, unrunnable }
@@ -387,10 +403,11 @@ final class ClusterStore: Sendable {
             // by the pool's id alone (PostgreSQL sends one per distinct payload).
             let rows = try await client.query("""
                 WITH recorded AS (
-                    UPDATE mp_cluster_tasks t SET state = 'done', result = v.result, finished_at = now(),
+                    UPDATE mp_cluster_tasks t SET state = 'done', result = v.result, errors = v.errors, finished_at = now(),
                         lease_owner = NULL, lease_expires = NULL
                     FROM unnest(\(done.map(\.id))::bigint[], \(done.map(\.attempt))::int[],
-                                \(done.map { ByteBuffer(bytes: $0.result ?? []) })::bytea[]) AS v(id, attempt, result)
+                                \(done.map { ByteBuffer(bytes: $0.result ?? []) })::bytea[],
+                                \(done.map(\.errors))::int[]) AS v(id, attempt, result, errors)
                     WHERE t.id = v.id AND t.attempt = v.attempt AND t.lease_owner = \(owner) AND t.state = 'running'
                     RETURNING t.id, t.pool, t.seq, t.result)
                 SELECT id, pg_notify(\(Self.doneChannel), pool::text || CASE WHEN octet_length(result) <= \(Self.resultInNotification)

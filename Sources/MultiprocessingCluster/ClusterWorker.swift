@@ -74,6 +74,8 @@ final class ClusterWorker: @unchecked Sendable {
     private var throughput = RowRate()
     /// Results dropped because their lease had passed on (shown in `mp_cluster_workers`).
     private var lateResults = 0
+    /// Tasks finished and failed, for the last minute's figures in `mp_cluster_workers`.
+    private var tally = TaskTally()
 
     init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double,
          limits: MP.WorkerLimits? = nil) throws(MP.Error) {
@@ -149,7 +151,8 @@ final class ClusterWorker: @unchecked Sendable {
         try await flushOutcomes()
         if ContinuousClock.now - lastRenewal >= .milliseconds(Int(lease * 1000 / 3)) {
             try await renewLeases()
-            try await store.beat(info, lateResults: lock.locked { lateResults })
+            let (late, lastMinute) = lock.locked { (lateResults, tally.lastMinute()) }
+            try await store.beat(info, lateResults: late, lastMinute: lastMinute)
             lastRenewal = .now
         }
         if ContinuousClock.now - lastReap >= .seconds(1) {
@@ -225,7 +228,11 @@ final class ClusterWorker: @unchecked Sendable {
                 return .init(id: claim.id, attempt: claim.attempt, result: nil, failure: (.threw, type, description))
             }
         }
-        return .init(id: claim.id, attempt: claim.attempt, result: ClusterBundle.encode(parts), failure: nil)
+        let errors = parts.reduce(Int32(0)) { count, part in
+            if case .threw = part { return count + 1 }
+            return count
+        }
+        return .init(id: claim.id, attempt: claim.attempt, result: ClusterBundle.encode(parts), failure: nil, errors: errors)
     }
 
     private func finish(_ id: Int64, _ outcome: ClusterStore.Outcome?) {
@@ -248,6 +255,14 @@ final class ClusterWorker: @unchecked Sendable {
             let late = batch.count - recorded.count
             if late > 0 { MP.getLogger().info("cluster worker: \(late) late result(s) dropped: their lease had passed to another attempt") }
             lock.locked {
+                for outcome in batch where recorded.contains(outcome.id) {
+                    let items = running[outcome.id]?.claim.items ?? 1
+                    switch outcome.failure?.kind {
+                    case nil: tally.add(finished: items, failed: Int(outcome.errors))
+                    case .threw?, .unrunnable?: tally.add(finished: items, failed: items)
+                    case .lost?: break // runs again
+                    }
+                }
                 for outcome in batch { running[outcome.id] = nil }
                 throughput.add(batch.count)
                 lateResults += late
@@ -297,6 +312,28 @@ final class ClusterWorker: @unchecked Sendable {
 
 /// Rows recorded per second, smoothed over half-second windows (it decays
 /// while nothing is recorded).
+/// Tasks finished and failed, and how many over the last minute: the
+/// running totals with a sample at each heartbeat, the oldest within a
+/// minute subtracted.
+struct TaskTally {
+    private var finished = 0
+    private var failed = 0
+    private var samples: [(at: ContinuousClock.Instant, finished: Int, failed: Int)] = [(.now, 0, 0)]
+
+    mutating func add(finished: Int, failed: Int) {
+        self.finished += finished
+        self.failed += failed
+    }
+
+    mutating func lastMinute() -> (finished: Int, failed: Int) {
+        let now = ContinuousClock.now
+        samples.append((now, finished, failed))
+        while samples.count > 1 && now - samples[1].at >= .seconds(60) { samples.removeFirst() }
+        let base = samples.first { now - $0.at <= .seconds(60) } ?? samples[0]
+        return (finished - base.finished, failed - base.failed)
+    }
+}
+
 struct RowRate {
     private var perSecond: Double = 0
     private var count = 0

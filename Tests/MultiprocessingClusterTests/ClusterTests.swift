@@ -313,6 +313,46 @@ struct ClusterTests {
         try await pool.join()
     }
 
+    @Test("the status view: workers, tasks by state, the last minute, from a known workload; a database with no cluster is an error")
+    func status() async throws {
+        let db = try TestDatabase.shared()
+        let worker = try startWorker(db.url, concurrency: 2)
+        defer { try? stopWorker(worker) }
+        let pool = try await MP.ClusterPool(database: db.url)
+        let squares = try await pool.map((0..<40).map { ClusterSquare(x: $0) }, chunksize: 10)
+        #expect(squares.count == 40)
+        await #expect(throws: MP.Error.self) { try await pool.apply(ClusterFails()) }
+        // Each worker sends its last minute with its heartbeat, every third of a lease.
+        try await Task.sleep(for: .seconds(1))
+        let status = try await MP.Cluster.status(database: db.url)
+        let me = try #require(status.workers.first { $0.pid == worker.pid })
+        #expect(me.isLive && me.concurrency == 2 && me.lateResults == 0)
+        #expect(me.build == _NamedTaskChunks.build)
+        #expect(status.pools >= 1)
+        // 41 tasks finished in the last minute, 1 of them failed (a task that
+        // throws finishes its row as done, with its error inside).
+        #expect(status.tasksLastMinute == 41, "\(status)")
+        #expect(status.failedTasksLastMinute == 1)
+        #expect(status.failedRows == 0)
+        #expect(status.expiredLeases == 0)
+        let text = status.rendered()
+        #expect(text.contains("workers: "), "\(text)")
+        #expect(text.contains(" \(worker.pid ?? -1) "), "\(text)")
+        #expect(text.contains("tasks: queued "))
+        #expect(text.contains("last minute: "))
+        pool.close()
+        try await pool.join()
+
+        let empty = db.url.replacingOccurrences(of: "/postgres?", with: "/template1?")
+        await #expect(throws: MP.Error.self) { try await MP.Cluster.status(database: empty) }
+        do {
+            _ = try await MP.Cluster.status(database: empty)
+        } catch {
+            #expect(error.code == .database)
+            #expect(error.message.contains("no swift-multiprocessing cluster at"), "\(error)")
+        }
+    }
+
     @Test("a worker SIGKILLed mid-task: the task completes on the other worker after the lease")
     func workerKilled() async throws {
         let db = try TestDatabase.shared()
