@@ -179,3 +179,8 @@ extension Sys {
         return Usage(userNanoseconds: user * 1_000_000_000 / ticks, systemNanoseconds: system * 1_000_000_000 / ticks, peakResidentBytes: peak)
     }
 }
+
+extension Sys {
+    /// `isatty(fd)`.
+    package static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }
+}

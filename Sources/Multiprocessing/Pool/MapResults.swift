@@ -24,6 +24,8 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     @usableFromInline var releaseShared: (@Sendable () -> Void)?
     /// Where a plain `map` gathers shared results.
     @usableFromInline var destination: ForkExcludedArray<R>?
+    /// The map's ``MP/Progress``, counted per chunk.
+    @usableFromInline var progress: MP.Progress?
 
     @inlinable
     init(ordered: Bool, deliver: (([R]) -> Void)? = nil, finish: @escaping (consuming Result<[R], MP.Error>) -> Void) {
@@ -95,6 +97,9 @@ final class ChunkCollector<R: Sendable>: @unchecked Sendable {
     /// specialized, it costs no generic metadata lookups per chunk.
     @inlinable
     func arrived(_ index: Int, _ outcome: Result<[R], MP.Error>, range: Range<Int>) {
+        if let progress {
+            if case .failure = outcome { progress.advance(by: range.count, failed: range.count) } else { progress.advance(by: range.count) }
+        }
         guard !failed else { return }
         switch outcome {
         case .failure(let error):

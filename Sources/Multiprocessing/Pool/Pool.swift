@@ -156,8 +156,9 @@ extension MP {
                                                                        callback: (@Sendable ([R]) -> Void)?,
                                                                        errorCallback: (@Sendable (MP.Error) -> Void)?, callerWaits: Bool,
                                                                        _ transform: @escaping (C.Element) throws -> R) -> AsyncResult<[R]> {
-            let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback)
+            let result = AsyncResult<[R]>(callback: callback, errorCallback: errorCallback, progress: MP.Progress(total: items.count))
             let collector = ChunkCollector<R>(ordered: true) { (outcome: consuming Result<[R], MP.Error>) in result.resolve(outcome) }
+            collector.progress = result.progress
             do {
                 try submitChunks(items, chunksize: chunksize, collector: collector, prefaultResults: callerWaits, transform)
             } catch {

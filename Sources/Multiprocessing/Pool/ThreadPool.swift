@@ -91,7 +91,7 @@ extension MP {
                                                        _ transform: @escaping @Sendable (S.Element) throws -> R) -> AsyncResult<[R]>
             where S.Element: Sendable {
             let all = Swift.Array(items)
-            let result = AsyncResult<[R]>(callback: nil, errorCallback: nil)
+            let result = AsyncResult<[R]>(callback: nil, errorCallback: nil, progress: MP.Progress(total: all.count))
             if let chunksize, chunksize < 1 {
                 result.resolve(.failure(.invalidArgument("chunksize must be at least 1 (got \(chunksize))")))
                 return result
@@ -105,7 +105,12 @@ extension MP {
             let gather = Gather<R>(chunks: ranges.count) { result.resolve($0) }
             for (index, range) in ranges.enumerated() {
                 submit({
-                    do { gather.arrived(index, .success(try all[range].map(transform))) } catch {
+                    do {
+                        let values = try all[range].map(transform)
+                        result.progress?.advance(by: range.count)
+                        gather.arrived(index, .success(values))
+                    } catch {
+                        result.progress?.advance(by: range.count, failed: range.count)
                         gather.arrived(index, .failure(.taskFailed(type: "\(type(of: error))", description: "\(error)")))
                     }
                 }, abandon: { gather.arrived(index, .failure($0)) })

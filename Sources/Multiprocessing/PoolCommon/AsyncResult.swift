@@ -16,6 +16,11 @@ extension MP {
         private var observers: [@Sendable (Result<Value, MP.Error>) -> Void] = []
         private var recordedUsage: MP.ResourceUsage?
 
+        /// How far a map has come (its tasks completed of the total, the
+        /// rate, an estimate of the time left; a bar on a terminal): see
+        /// ``MP/Progress``. Nil for a single task.
+        public let progress: MP.Progress?
+
         /// What the task used in its worker (CPU time, peak resident memory),
         /// once it has completed, when its ``MP/TaskPool`` records usage
         /// (`recordUsage: true`); nil otherwise.
@@ -24,9 +29,10 @@ extension MP {
         func setUsage(_ usage: MP.ResourceUsage) { lock.withLock { recordedUsage = usage } }
 
         @usableFromInline
-        init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (MP.Error) -> Void)?) {
+        init(callback: (@Sendable (Value) -> Void)?, errorCallback: (@Sendable (MP.Error) -> Void)?, progress: MP.Progress? = nil) {
             onSuccess = callback
             onFailure = errorCallback
+            self.progress = progress
         }
 
         /// How a queued task is cancelled without stopping a running one
@@ -164,6 +170,7 @@ extension MP {
             case .success(let value): onSuccess?(value)
             case .failure(let error): onFailure?(error)
             }
+            progress?.finish()
             lock.lock()
             outcome = consume result
             canceller = nil // it holds the pool's job, which holds this result

@@ -25,6 +25,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     private var resultsOffset = 0
     private var count = 0
     private var chunkCount = 0
+    private var chunkSize = 1
     /// A fixed-width map's results, written in place as chunks arrive.
     private var destination: [T.Result] = []
     private var destinationBytes: UnsafeMutableRawBufferPointer?
@@ -47,6 +48,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
         self.result = result
         self.core = pool.core
         self.count = count
+        chunkSize = chunksize
+        result.progress?.setTotal(count)
         guard count > 0 else {
             result.resolve(.success([]))
             return
@@ -95,6 +98,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
         self.result = result
         self.core = pool.core
         count = tasks.count
+        chunkSize = chunksize
+        result.progress?.setTotal(count)
         guard !tasks.isEmpty else {
             result.resolve(.success([]))
             return
@@ -156,6 +161,7 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                 }
             }
         }
+        if case .failed = outcome { result.progress?.advance(by: range.count, failed: range.count) } else { result.progress?.advance(by: range.count) }
         if let failure { result.resolve(.failure(failure)) }
         if let values { result.resolve(.success(values)) }
         // The arena is reused only once every chunk has settled: a failed
@@ -189,6 +195,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                 }
             }
         }
+        let items = max(0, min(chunkSize, count - index * chunkSize))
+        if case .failed = outcome { result.progress?.advance(by: items, failed: items) } else { result.progress?.advance(by: items) }
         if let failure { result.resolve(.failure(failure)) }
         if let values { result.resolve(.success(values)) }
     }

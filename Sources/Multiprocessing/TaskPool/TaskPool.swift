@@ -275,7 +275,7 @@ extension MP {
                                           callback: (@Sendable ([S.Element.Result]) -> Void)? = nil,
                                           errorCallback: (@Sendable (MP.Error) -> Void)? = nil)
             -> AsyncResult<[S.Element.Result]> where S.Element: NamedTask {
-            let result = AsyncResult<[S.Element.Result]>(callback: callback, errorCallback: errorCallback)
+            let result = AsyncResult<[S.Element.Result]>(callback: callback, errorCallback: errorCallback, progress: MP.Progress(total: nil))
             do throws(MP.Error) {
                 try Self.validate(timeout)
                 if let chunksize, chunksize < 1 { throw MP.Error.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }
@@ -374,7 +374,7 @@ extension MP {
         @usableFromInline
         func mapFixedWidth<T: NamedTask>(count: Int, chunksize: Int?, timeout: Double?, callerWaits: Bool, _ taskType: T.Type,
                                          fill: (UnsafeMutableRawPointer, Int) throws -> Void) -> AsyncResult<[T.Result]> {
-            let result = AsyncResult<[T.Result]>(callback: nil, errorCallback: nil)
+            let result = AsyncResult<[T.Result]>(callback: nil, errorCallback: nil, progress: MP.Progress(total: count))
             do throws(MP.Error) {
                 try Self.validate(timeout)
                 if let chunksize, chunksize < 1 { throw MP.Error.invalidArgument("chunksize must be at least 1 (got \(chunksize))") }

@@ -34,6 +34,12 @@ extension MP {
         private var currentError: MP.Error?
         private var failure: MP.Error?
         private var waiters: [CheckedContinuation<Void, Never>] = []
+        /// Tasks read from the input so far: the total once it runs out.
+        private var pulledItems = 0
+
+        /// How far the results have come (see ``MP/Progress``): counted as
+        /// chunks arrive; the total is known once the input has run out.
+        public let progress = MP.Progress(total: nil)
 
         init(ordered: Bool, bufferSize: Int, core: TaskPoolCore) {
             self.ordered = ordered
@@ -79,6 +85,7 @@ extension MP {
                 return Swift.Array(inFlight.values)
             }
             for job in jobs { core.cancel(job) }
+            progress.finish()
             wakeWaiters()
         }
 
@@ -99,7 +106,12 @@ extension MP {
                     guard let body else {
                         exhausted = true
                         self.pull = nil
+                        progress.setTotal(pulledItems)
                         break
+                    }
+                    switch body {
+                    case .task, .rawTask: pulledItems += 1
+                    case .chunk(let count, _), .fixed(_, _, _, let count): pulledItems += count
                     }
                     let index = submitted
                     submitted += 1
@@ -124,10 +136,12 @@ extension MP {
         }
 
         private func settle(_ index: Int, _ values: [Value], _ error: MP.Error?) {
-            lock.withLock {
-                guard inFlight.removeValue(forKey: index) != nil else { return }
+            let counted = lock.withLock { () -> Bool in
+                guard inFlight.removeValue(forKey: index) != nil else { return false }
                 arrive(index, values, error)
+                return true
             }
+            if counted { progress.advance(by: values.count + (error == nil ? 0 : 1), failed: error == nil ? 0 : 1) }
             wakeWaiters()
         }
 
@@ -200,7 +214,7 @@ extension MP {
                 switch step {
                 case .value(let value): return value
                 case .failure(let error): throw error
-                case .end: return nil
+                case .end: progress.finish(); return nil
                 case .wait: continue
                 }
             }
@@ -218,7 +232,7 @@ extension MP {
                 switch step {
                 case .value(let value): return value
                 case .failure(let error): throw error
-                case .end: return nil
+                case .end: progress.finish(); return nil
                 case .wait: if let deadline, deadline.hasPassed { throw .resultTimeout }
                 }
             }
@@ -239,7 +253,7 @@ extension MP {
                 switch step {
                 case .value(let value): return value
                 case .failure(let error): throw error
-                case .end: return nil
+                case .end: progress.finish(); return nil
                 case .wait:
                     await withTaskCancellationHandler {
                         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
