@@ -47,3 +47,25 @@ func containedWork() throws {
     let replaced = pool.workerUsage.filter { !$0.isAlive && $0.ending?.contains("limit") == true }.count
     print("workers replaced for a limit:", replaced)
 }
+
+/// A task that takes a little while.
+struct SlowCube: MP.NamedTask {
+    var x: Int
+    func run() -> Int {
+        usleep(5_000)
+        return x * x * x
+    }
+}
+
+/// tqdm around `imap`, or mpire's `progress_bar=True`: a long map with a bar
+/// on the terminal (stderr, and only when it is one).
+func progressOfAMap() throws {
+    try MP.TaskPool.with(processes: 2, startMethod: .forkserver) { pool in
+        let cubes = pool.mapAsync((1...400).map { SlowCube(x: $0) }, chunksize: 4)
+        let progress = cubes.progress!
+        progress.showBar()                                   // drawn only on a terminal; erased when done
+        let values = try cubes.get()
+        let last = progress.snapshot                         // or: for await reading in progress.updates
+        print("done: \(last.completed) of \(last.total!) tasks, \(last.failed) failed; sum \(values.reduce(0, +))")
+    }
+}

@@ -437,5 +437,6 @@ let examples: [Example] = [
     Example(name: "listener-python", title: "a Swift Listener and a CPython Client exchange messages, authenticated", run: listenerWithPython),
     Example(name: "pickle-python", title: "a CPython peer sends a job as a dict; Swift answers with a struct (the safe pickle codec)", run: pickleWithPython),
     Example(name: "manager-dict", title: "a Manager's dict and Value shared by worker processes, updated atomically", run: managerDict),
+    Example(name: "progress", title: "a long map with a progress bar (tqdm around imap, mpire's progress_bar)", run: progressOfAMap),
     Example(name: "contained", title: "a pool contains a task that leaks memory and one that loops for ever; the rest completes", run: containedWork),
 ]
