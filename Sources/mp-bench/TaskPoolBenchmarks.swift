@@ -83,6 +83,24 @@ enum TaskPoolBenchmarks {
                 return Double(tiny) / elapsed
             },
             Contender(name: "pool_named_map_tiny_items_per_s_python", higherIsBetter: true) { python?.measure("pool_named_map_tiny_items_per_s") },
+            // The same map, its progress watched: what a watcher costs (readings at most ten a second).
+            Contender(name: "pool_named_map_tiny_watched_items_per_s", higherIsBetter: true) {
+                let start = now()
+                let result = pool.mapAsync((0..<tiny).map { BenchSquare(x: $0) }, chunksize: 10_000)
+                let updates = result.progress!.updates
+                Task { for await _ in updates {} } // ends with the map
+                let squares = try result.get()
+                let elapsed = now() - start
+                guard squares.count == tiny else { throw BenchError("watched map results wrong") }
+                return Double(tiny) / elapsed
+            },
+            Contender(name: "pool_named_map_tiny_unwatched_items_per_s", higherIsBetter: true) {
+                let start = now()
+                let squares = try pool.mapAsync((0..<tiny).map { BenchSquare(x: $0) }, chunksize: 10_000).get()
+                let elapsed = now() - start
+                guard squares.count == tiny else { throw BenchError("map results wrong") }
+                return Double(tiny) / elapsed
+            },
             Contender(name: "thread_pool_map_items_per_s", higherIsBetter: true) {
                 let start = now()
                 let squares = try threads.map(0..<threadItems) { $0 * $0 }
