@@ -33,6 +33,10 @@ let package = Package(
         // The Swift ecosystem's logging API, for the library's lifecycle events
         // (Python's multiprocessing.get_logger / log_to_stderr); silent by default.
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The Swift ecosystem's metrics API: the pools' counters and timers
+        // (tasks, failures by reason, durations, workers), silent unless the
+        // program bootstraps a backend. CoreMetrics has no dependencies.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         // Command lines of the two executables (`mp-examples [list|NAME]`, `mp-bench [--quick] [--json FILE]`).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // PostgreSQL's wire protocol (queries, LISTEN/NOTIFY, a connection pool)
@@ -78,6 +82,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
@@ -148,7 +153,8 @@ let package = Package(
         .target(name: "NetworkLab", path: "Tests/NetworkLab", swiftSettings: [.swiftLanguageMode(.v6)]),
         .testTarget(
             name: "MultiprocessingTests",
-            dependencies: ["Multiprocessing", "MultiprocessingPlatform", "NetworkLab"],
+            dependencies: ["Multiprocessing", "MultiprocessingPlatform", "NetworkLab",
+                           .product(name: "MetricsTestKit", package: "swift-metrics")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Synchronization
+import MultiprocessingPlatform
 
 /// One order of a ``MP/TaskPool``: a task, a chunk of a map, or a chunk of
 /// fixed-width tasks in shared memory; queued in the parent, then held by
@@ -40,6 +41,16 @@ final class PoolJob: @unchecked Sendable {
 
     /// Jobs alive in this process: the tests check that none leaks.
     static let alive = Atomic<Int>(0)
+
+    /// The tasks it carries (a chunk's count).
+    var items: Int {
+        switch body {
+        case .task, .rawTask: 1
+        case .chunk(let count, _), .fixed(_, _, _, let count): count
+        }
+    }
+    /// When it was made: its queue wait ends when a worker gets it.
+    let created = Deadline.now
 
     init(type: UInt32, body: Body, timeout: Double?, completion: @escaping (Outcome) -> Void) {
         self.type = type

@@ -50,6 +50,7 @@ extension TaskPoolCore {
             job.worker = nil
             worker.deadline = nil
             worker.noteRunTime(elapsed)
+            metrics.duration.recordNanoseconds(Int64(clamping: elapsed))
             worker.ordersDone += 1
             if kind == WorkerFrames.ReportKind.done.rawValue {
                 finish(job, .done([UInt8](try reader.readRaw(reader.remaining))))

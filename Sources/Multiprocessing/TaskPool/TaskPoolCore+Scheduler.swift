@@ -78,6 +78,7 @@ extension TaskPoolCore {
         job.seq = seq
         worker.inFlight.append(job)
         worker.sent += 1
+        metrics.queueWait.recordNanoseconds(Deadline.now - job.created)
         if let timeout = job.timeout, worker.ready { worker.deadline = Deadline.after(validSeconds: timeout) }
         return true
     }
@@ -86,14 +87,21 @@ extension TaskPoolCore {
     func finish(_ job: PoolJob, _ outcome: PoolJob.Outcome) {
         guard !job.finished else { return }
         job.finished = true
+        switch outcome {
+        case .done: metrics.ended(job.items, failure: nil)
+        case .failed(_, let error, _): metrics.ended(job.items, failure: error)
+        }
         completions.append((job, outcome))
     }
 
     func unlockAndComplete() {
         let ready = completions
         completions = []
-        idleWorkers.store(workers.reduce(0) { $0 + ($1.inFlight.isEmpty && !$1.dying ? 1 : 0) }, ordering: .relaxed)
+        let idle = workers.reduce(0) { $0 + ($1.inFlight.isEmpty && !$1.dying ? 1 : 0) }
+        idleWorkers.store(idle, ordering: .relaxed)
+        let busy = workers.count - idle
         lock.unlock()
+        metrics.busy.record(busy)
         for (job, outcome) in ready { job.complete(outcome) }
     }
 

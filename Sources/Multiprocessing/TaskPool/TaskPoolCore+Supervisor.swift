@@ -46,6 +46,7 @@ extension TaskPoolCore {
                 throw MP.Error.cannotStartWorker(error.description)
             }
             childEnd.close()
+            metrics.workersStarted.increment()
             try Sys.setNonBlocking(parentEnd.fileno)
             let worker = try PoolWorkerHandle(process: process, channel: parentEnd, control: control, stderr: stderr)
             var hello = ByteWriter()
@@ -173,6 +174,7 @@ extension TaskPoolCore {
         do {
             let replacement = try startWorker()
             workers.append(replacement)
+            metrics.workersReplaced.increment()
             LibraryLog.log(.info, "pool worker \(how); replaced by \(replacement.process.name) (pid \(replacement.pid))")
         } catch {
             // No replacement (a process limit, no memory, a start method's

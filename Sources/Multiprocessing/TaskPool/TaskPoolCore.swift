@@ -28,6 +28,8 @@ final class TaskPoolCore: @unchecked Sendable {
     /// What each worker keeps per order (CPU limit, soft time limit,
     /// recycling, usage), sent to it as it starts.
     let rules: WorkerRules
+    /// Its swift-metrics counters, timers and gauge.
+    let metrics = PoolMetrics(pool: "task_pool")
     let lock = ForkSafeLock()
     let finished = OneShotEvent()
 
@@ -165,6 +167,7 @@ final class TaskPoolCore: @unchecked Sendable {
     /// Queues `jobs` and sends what the workers have room for. A closed,
     /// terminated or broken pool fails them.
     func submit(_ jobs: [PoolJob]) {
+        metrics.submitted.increment(by: jobs.count == 1 ? jobs[0].items : jobs.reduce(0) { $0 + $1.items })
         if idleWorkers.load(ordering: .relaxed) > 0 {
             submitNow(jobs)
             return
