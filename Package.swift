@@ -131,6 +131,7 @@ let package = Package(
                 "MultiprocessingCluster",
                 "_CMultiprocessingBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

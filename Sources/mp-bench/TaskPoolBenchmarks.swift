@@ -1,3 +1,4 @@
+import CoreMetrics
 import Glibc
 import Multiprocessing
 
@@ -100,6 +101,29 @@ enum TaskPoolBenchmarks {
                 let elapsed = now() - start
                 guard squares.count == tiny else { throw BenchError("map results wrong") }
                 return Double(tiny) / elapsed
+            },
+            // What the pool's metrics add to a task with no backend bootstrapped
+            // (the no-op handlers): the calls one task makes, a million times.
+            Contender(name: "pool_metrics_calls_per_task_ns") {
+                let dimensions = [("pool", "task_pool")]
+                let submitted = CoreMetrics.Counter(label: "mp_tasks_submitted_total", dimensions: dimensions)
+                let completed = CoreMetrics.Counter(label: "mp_tasks_completed_total", dimensions: dimensions)
+                let duration = CoreMetrics.Timer(label: "mp_task_duration_seconds", dimensions: dimensions)
+                let wait = CoreMetrics.Timer(label: "mp_task_queue_wait_seconds", dimensions: dimensions)
+                let busy = CoreMetrics.Gauge(label: "mp_workers_busy", dimensions: dimensions)
+                let calls = 1_000_000
+                let start = now()
+                for i in 0..<calls {
+                    submitted.increment(by: 1)
+                    var clock = timespec()
+                    clock_gettime(CLOCK_MONOTONIC, &clock)
+                    wait.recordNanoseconds(Int64(clock.tv_nsec))
+                    duration.recordNanoseconds(Int64(i))
+                    completed.increment(by: 1)
+                    busy.record(i & 1)
+                    busy.record(0)
+                }
+                return (now() - start) / Double(calls) * 1e9
             },
             Contender(name: "thread_pool_map_items_per_s", higherIsBetter: true) {
                 let start = now()

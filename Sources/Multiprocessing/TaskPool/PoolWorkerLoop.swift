@@ -332,23 +332,14 @@ struct PoolWorkerRuntime {
     }
 
     /// Runs order `seq` unless it was cancelled, and reports what it came to.
-    private mutating func runOrder(_ seq: UInt64, _ body: @escaping (Self) async -> Outcome) async {
+    private mutating func runOrder(_ seq: UInt64, _ body: (Self) async -> Outcome) async {
         handled += 1
         guard begin(seq) else { return }
         let start = Deadline.now
         gauges.begin()
         var outcome: Outcome
         if let soft = gauges.rules.softTimeLimit {
-            // The order runs in a task of its own, cancelled at the soft limit.
-            let handed = Handed(value: (self, body))
-            let (result, fired) = await SoftTimeLimit.run(after: soft) { Handed(value: await handed.value.1(handed.value.0)) }
-            switch result {
-            case .success(let done): outcome = done.value
-            case .failure(let error): outcome = .failed(index: 0, why: .threw, type: "\(type(of: error))", description: "\(error)", before: [])
-            }
-            if fired, case .failed(let index, .threw, let type, let description, let before) = outcome {
-                outcome = .failed(index: index, why: .softTimeLimit, type: type, description: description, before: before)
-            }
+            outcome = await withoutActuallyEscaping(body) { body in await runUnderSoftLimit(soft, body) }
         } else {
             outcome = await body(self)
         }
@@ -366,6 +357,23 @@ struct PoolWorkerRuntime {
             retiring = true
             report(.recycling) { $0.write(resident) }
         }
+    }
+
+    /// Runs an order in a task of its own, cancelled at the soft limit; a
+    /// failure after the limit fired says so. (The worker waits for that
+    /// task, so the body does not outlive this call.)
+    private func runUnderSoftLimit(_ soft: Double, _ body: @escaping (Self) async -> Outcome) async -> Outcome {
+        let handed = Handed(value: (self, body))
+        let (result, fired) = await SoftTimeLimit.run(after: soft) { Handed(value: await handed.value.1(handed.value.0)) }
+        var outcome: Outcome
+        switch result {
+        case .success(let done): outcome = done.value
+        case .failure(let error): outcome = .failed(index: 0, why: .threw, type: "\(type(of: error))", description: "\(error)", before: [])
+        }
+        if fired, case .failed(let index, .threw, let type, let description, let before) = outcome {
+            outcome = .failed(index: index, why: .softTimeLimit, type: type, description: description, before: before)
+        }
+        return outcome
     }
 
     /// What an order came to: the payload of a `done`, or a failure at an item.
