@@ -12,6 +12,9 @@ let package = Package(
         // The named-task pool on many machines through PostgreSQL: its own
         // product, so a program that does not use it builds no NIO.
         .library(name: "MultiprocessingCluster", targets: ["MultiprocessingCluster"]),
+        // The task pool and a manager's server as swift-service-lifecycle
+        // services: apart, so the core builds no ServiceLifecycle.
+        .library(name: "MultiprocessingServices", targets: ["MultiprocessingServices"]),
         // The tour: every Python tutorial program, translated. Builds no NIO.
         .executable(name: "mp-examples", targets: ["mp-examples"]),
         // The cluster's tour, and its parts one terminal each (a throwaway
@@ -33,6 +36,10 @@ let package = Package(
         // The Swift ecosystem's logging API, for the library's lifecycle events
         // (Python's multiprocessing.get_logger / log_to_stderr); silent by default.
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Services started and stopped with a ServiceGroup (graceful shutdown on
+        // SIGTERM), for MultiprocessingServices and the cluster's worker; postgres-nio
+        // already builds it.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // The Swift ecosystem's metrics API: the pools' counters and timers
         // (tasks, failures by reason, durations, workers), silent unless the
         // program bootstraps a backend. CoreMetrics has no dependencies.
@@ -87,6 +94,14 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .target(
+            name: "MultiprocessingServices",
+            dependencies: [
+                "Multiprocessing",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .target(
             name: "MultiprocessingCluster",
             dependencies: [
                 "Multiprocessing",
@@ -95,6 +110,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
@@ -160,7 +176,9 @@ let package = Package(
         ),
         .testTarget(
             name: "MultiprocessingClusterTests",
-            dependencies: ["MultiprocessingCluster", "Multiprocessing", "MultiprocessingPlatform", "NetworkLab", .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["MultiprocessingCluster", "Multiprocessing", "MultiprocessingPlatform", "MultiprocessingServices", "NetworkLab",
+                           .product(name: "PostgresNIO", package: "postgres-nio"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

@@ -93,12 +93,23 @@ final class ClusterWorker: @unchecked Sendable {
                      concurrency: Int32(processes), lease: lease)
     }
 
-    func run() async throws(MP.Error) {
+    /// Asks this worker alone to stop as on SIGTERM (a service's graceful shutdown).
+    let stopHere = Atomic<Bool>(false)
+
+    private var stopping: Bool {
+        Self.stopRequested.load(ordering: .sequentiallyConsistent) || stopHere.load(ordering: .sequentiallyConsistent)
+    }
+
+    /// `handlesSignals`: SIGTERM stops it (a worker program); a service leaves
+    /// signals to its `ServiceGroup`.
+    func run(handlesSignals: Bool = true) async throws(MP.Error) {
         Self.stopRequested.store(false, ordering: .sequentiallyConsistent)
         let terminate = MP.Signal.terminate.rawValue
-        let previous = Sys.handle(signal: terminate) { _ in ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
+        let previous = handlesSignals
+            ? Sys.handle(signal: terminate) { _ in ClusterWorker.stopRequested.store(true, ordering: .sequentiallyConsistent) }
+            : nil
         defer {
-            Sys.restoreHandler(previous, for: terminate)
+            if handlesSignals { Sys.restoreHandler(previous, for: terminate) }
             pool.terminate()
             try? pool.join()
             store.shutdown()
@@ -115,7 +126,7 @@ final class ClusterWorker: @unchecked Sendable {
             Task { [store, wake] in await store.listen(ClusterStore.cancelChannel) { _ in wake.ring() } },
         ]
         defer { for listener in listeners { listener.cancel() } }
-        while !Self.stopRequested.load(ordering: .sequentiallyConsistent) {
+        while !stopping {
             do {
                 // Bounded: a query that waits for a connection for ever (the
                 // database away) must not keep the worker from its stop signal.

@@ -156,6 +156,53 @@ extension MP {
             ManagerServer(listener: listener).serveForever()
         }
 
+        /// Python's `manager.get_server()`: a manager server to run in this
+        /// process, listening already; ``Server/serveForever()`` serves until
+        /// ``Server/stop()`` or a client's ``shutdown()``.
+        public static func server(address: Address, authkey: [UInt8]) throws(MP.Error) -> Server {
+            if authkey.isEmpty { throw .invalidArgument("authkey must not be empty") }
+            let listener: Listener
+            do { listener = try Listener(address: address, authkey: authkey, backlog: 64) } catch {
+                throw .disconnected("the manager could not listen on \(address): \(error)")
+            }
+            return Server(ManagerServer(listener: listener), address: listener.address)
+        }
+
+        /// A manager server in this process (Python's `Server`): what
+        /// ``serveForever(address:authkey:)`` runs, with a way to stop it.
+        public final class Server: Sendable {
+            private let server: ManagerServer
+            /// Where it listens (a TCP port of 0 resolved).
+            public let address: Address
+
+            init(_ server: ManagerServer, address: Address) {
+                self.server = server
+                self.address = address
+            }
+
+            /// Serves, blocking this thread, until ``stop()`` or a client's
+            /// shutdown; then closes the listener and every connection.
+            public func serveForever() { server.serveForever() }
+
+            /// Serves on a thread of its own and suspends, blocking no
+            /// thread, until ``stop()`` or a client's shutdown.
+            public func serve() async throws(MP.Error) {
+                let server = self.server
+                let result: Result<Void, MP.Error> = await withCheckedContinuation { continuation in
+                    let started = startThread {
+                        server.serveForever()
+                        continuation.resume(returning: .success(()))
+                    }
+                    if case .failure(let error) = started { continuation.resume(returning: .failure(.system(error))) }
+                }
+                try result.get()
+            }
+
+            /// Stops serving: ``serveForever()`` returns; the objects' clients
+            /// get ``MP/Error/Code/disconnected``.
+            public func stop() { server.stop() }
+        }
+
         /// `try MP.Manager.with { manager in ... }`: Python's `with Manager() as manager:`.
         /// Shut down afterwards, also when `body` throws.
         public static func with<T>(address: Address? = nil, authkey: [UInt8]? = nil, startMethod: StartMethod? = nil,
