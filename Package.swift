@@ -111,6 +111,7 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
@@ -178,7 +179,8 @@ let package = Package(
             name: "MultiprocessingClusterTests",
             dependencies: ["MultiprocessingCluster", "Multiprocessing", "MultiprocessingPlatform", "MultiprocessingServices", "NetworkLab",
                            .product(name: "PostgresNIO", package: "postgres-nio"),
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "MetricsTestKit", package: "swift-metrics")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

@@ -1,3 +1,4 @@
+import CoreMetrics
 @_spi(Cluster) import Multiprocessing
 import Foundation
 import MultiprocessingPlatform
@@ -76,6 +77,8 @@ final class ClusterWorker: @unchecked Sendable {
     private var lateResults = 0
     /// Tasks finished and failed, for the last minute's figures in `mp_cluster_workers`.
     private var tally = TaskTally()
+    /// Its swift-metrics counters and timer.
+    let metrics = WorkerMetrics()
 
     init(address: DatabaseAddress, processes: Int, startMethod: MP.StartMethod?, lease: Double,
          limits: MP.WorkerLimits? = nil) throws(MP.Error) {
@@ -177,7 +180,10 @@ final class ClusterWorker: @unchecked Sendable {
         let room = targetRows - lock.locked { running.count }
         var maybeMore = false
         if room > 0 {
+            let asked = ContinuousClock.now
             let claimed = try await store.claim(owner: owner, build: build, limit: room, lease: lease)
+            metrics.databaseRoundTrip.recordNanoseconds(WorkerMetrics.nanoseconds(since: asked))
+            metrics.rowsClaimed.increment(by: claimed.count)
             start(claimed)
             // Fewer than asked: the queue is empty; claiming again at once
             // would only delay recording what is about to finish.
@@ -262,7 +268,9 @@ final class ClusterWorker: @unchecked Sendable {
         }
         guard !batch.isEmpty else { return }
         do {
+            let asked = ContinuousClock.now
             let recorded = try await store.record(batch, owner: owner)
+            metrics.databaseRoundTrip.recordNanoseconds(WorkerMetrics.nanoseconds(since: asked))
             let late = batch.count - recorded.count
             if late > 0 { MP.getLogger().info("cluster worker: \(late) late result(s) dropped: their lease had passed to another attempt") }
             lock.locked {
@@ -277,6 +285,7 @@ final class ClusterWorker: @unchecked Sendable {
                 for outcome in batch { running[outcome.id] = nil }
                 throughput.add(batch.count)
                 lateResults += late
+                metrics.lateResults.increment(by: late)
             }
         } catch {
             lock.locked { outcomes.insert(contentsOf: batch, at: 0) } // try again when the database is back
@@ -288,7 +297,10 @@ final class ClusterWorker: @unchecked Sendable {
     /// (cancelled by their pool, or expired and claimed again elsewhere).
     private func renewLeases() async throws {
         let ids = lock.locked { running.filter { entry in !outcomes.contains { $0.id == entry.key } }.map(\.key) }
+        let asked = ContinuousClock.now
         let held = try await store.renew(owner: owner, ids: ids, lease: lease)
+        metrics.databaseRoundTrip.recordNanoseconds(WorkerMetrics.nanoseconds(since: asked))
+        metrics.leasesRenewed.increment(by: held.count)
         let lost = lock.locked { () -> [_NamedTaskChunks.Submission] in
             var submissions: [_NamedTaskChunks.Submission] = []
             for id in ids where !held.contains(id) {
@@ -365,5 +377,36 @@ struct RowRate {
         perSecond = perSecond == 0 ? Double(count) / seconds : 0.5 * perSecond + 0.5 * Double(count) / seconds
         count = 0
         since = .now
+    }
+}
+
+/// A cluster worker's metrics, through swift-metrics (silent with no backend):
+///
+/// | label | kind |
+/// |---|---|
+/// | `mp_cluster_rows_claimed_total` | counter |
+/// | `mp_cluster_leases_renewed_total` | counter (rows whose lease was extended) |
+/// | `mp_cluster_late_results_total` | counter (results dropped: the lease had passed on) |
+/// | `mp_cluster_database_roundtrip_seconds` | timer (each claim, record and renewal) |
+struct WorkerMetrics: Sendable {
+    /// Tests only: the factory new workers use instead of the bootstrapped one.
+    nonisolated(unsafe) static var factoryForTesting: (any MetricsFactory)?
+
+    let rowsClaimed: CoreMetrics.Counter
+    let leasesRenewed: CoreMetrics.Counter
+    let lateResults: CoreMetrics.Counter
+    let databaseRoundTrip: CoreMetrics.Timer
+
+    init() {
+        let factory = Self.factoryForTesting ?? MetricsSystem.factory
+        rowsClaimed = CoreMetrics.Counter(label: "mp_cluster_rows_claimed_total", factory: factory)
+        leasesRenewed = CoreMetrics.Counter(label: "mp_cluster_leases_renewed_total", factory: factory)
+        lateResults = CoreMetrics.Counter(label: "mp_cluster_late_results_total", factory: factory)
+        databaseRoundTrip = CoreMetrics.Timer(label: "mp_cluster_database_roundtrip_seconds", factory: factory)
+    }
+
+    static func nanoseconds(since start: ContinuousClock.Instant) -> Int64 {
+        let elapsed = ContinuousClock.now - start
+        return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
     }
 }

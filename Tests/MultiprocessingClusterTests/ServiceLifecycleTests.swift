@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import MetricsTestKit
 import Multiprocessing
 @testable import MultiprocessingCluster
 import MultiprocessingPlatform
@@ -95,5 +96,30 @@ struct ServiceLifecycleTests {
         await group.triggerGracefulShutdown()
         try await serving.value
         #expect(throws: MP.Error.self) { try MP.Manager.connect(address: server.address, authkey: Array("key".utf8)) }
+    }
+}
+
+@Suite("Cluster metrics", .serialized, .enabled(if: MP.Cluster.LocalPostgres.isAvailable, "needs PostgreSQL's server programs"))
+struct ClusterMetricsTests {
+    @Test("a worker counts the rows it claims and the leases it renews, and times its database round trips")
+    func worker() async throws {
+        let metrics = TestMetrics()
+        WorkerMetrics.factoryForTesting = metrics
+        defer { WorkerMetrics.factoryForTesting = nil }
+        let db = try TestDatabase.shared()
+        let service = try MP.Cluster.WorkerService(database: db.url, concurrency: 1, startMethod: .forkserver, lease: 1)
+        let running = Task { try await service.run() }
+        let pool = try await MP.ClusterPool(database: db.url)
+        #expect(try await pool.apply(Slow(x: 5, milliseconds: 1_200)) == 5)
+        #expect(try await pool.map((0..<6).map { ClusterSquare(x: $0) }, chunksize: 2) == [0, 1, 4, 9, 16, 25])
+        pool.close()
+        try await pool.join()
+        running.cancel()
+        try? await running.value
+        #expect(try metrics.expectCounter("mp_cluster_rows_claimed_total").totalValue >= 4)
+        #expect(try metrics.expectCounter("mp_cluster_leases_renewed_total").totalValue >= 1, "a 1.2 s task under a 1 s lease")
+        #expect(try metrics.expectCounter("mp_cluster_late_results_total").totalValue == 0)
+        let roundTrips = try metrics.expectTimer("mp_cluster_database_roundtrip_seconds").values
+        #expect(roundTrips.count >= 3 && roundTrips.allSatisfy { $0 > 0 && $0 < 10_000_000_000 })
     }
 }
