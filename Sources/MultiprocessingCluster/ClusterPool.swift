@@ -212,7 +212,7 @@ extension MP {
         /// Python's `map_async(f, iterable, chunksize)`: one row per chunk (a
         /// million tiny items with chunks of 10,000 are 100 rows).
         public func mapAsync<T: NamedTask>(_ tasks: [T], chunksize: Int? = nil) -> ClusterResult<[T.Result]> where T.Result: Sendable {
-            let result = ClusterResult<[T.Result]>()
+            let result = ClusterResult<[T.Result]>(progress: MP.Progress(total: tasks.count))
             let size = chunksize ?? max(1, tasks.count / 64 + (tasks.count % 64 == 0 ? 0 : 1))
             guard size >= 1 else {
                 result.resolve(.failure(.invalidArgument("chunksize must be at least 1 (got \(size))")))
@@ -226,7 +226,9 @@ extension MP {
             let collected = MapCollector<T>(chunks: chunks.count) { result.resolve($0) }
             do {
                 for (index, chunk) in chunks.enumerated() {
-                    try submit(task: T.name, payload: try encode(chunk), items: chunk.count) { outcome in
+                    let items = chunk.count
+                    try submit(task: T.name, payload: try encode(chunk), items: items) { outcome in
+                        if case .failure = outcome { result.progress?.advance(by: items, failed: items) } else { result.progress?.advance(by: items) }
                         collected.deliver(index, outcome)
                     }
                 }

@@ -8,9 +8,13 @@ extension MP {
         private var outcome: Result<Value, MP.Error>?
         private var waiters: [CheckedContinuation<Result<Value, MP.Error>, Never>] = []
 
-        init() {}
+        /// How far a map has come (see ``MP/Progress``); nil for a single task.
+        public let progress: MP.Progress?
+
+        init(progress: MP.Progress? = nil) { self.progress = progress }
 
         func resolve(_ result: Result<Value, MP.Error>) {
+            progress?.finish()
             condition.lock()
             guard outcome == nil else {
                 condition.unlock()

@@ -20,6 +20,10 @@ extension MP {
         }
 
         public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(state: state) }
+
+        /// How far the results have come (see ``MP/Progress``); the total is
+        /// known once the input has run out.
+        public var progress: MP.Progress { state.progress }
     }
 }
 
@@ -37,6 +41,8 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
     private var arrivalOrder: [Int] = []
     private var ready: [Task.Result] = []
     private var waiter: CheckedContinuation<Void, Never>?
+    private var pulled = 0
+    let progress = MP.Progress(total: nil)
 
     init<S: Sequence>(pool: MP.ClusterPool, tasks: S, chunksize: Int, window: Int, ordered: Bool) where S.Element == Task {
         self.pool = pool
@@ -54,8 +60,12 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
                 guard !inputDone, submitted - nextToYield < window else { return nil }
                 var chunk: [Task] = []
                 while chunk.count < chunksize, let task = input.next() { chunk.append(task) }
-                if chunk.isEmpty { inputDone = true; return nil }
-                return chunk
+                pulled += chunk.count
+                if chunk.count < chunksize {
+                    inputDone = true
+                    progress.setTotal(pulled)
+                }
+                return chunk.isEmpty ? nil : chunk
             }
             guard let chunk else { return }
             let index = lock.locked { () -> Int in
@@ -67,6 +77,10 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
     }
 
     private func arrive(_ index: Int, _ outcome: Result<[Task.Result], MP.Error>) {
+        switch outcome {
+        case .success(let values): progress.advance(by: values.count)
+        case .failure: progress.advance(by: 1, failed: 1)
+        }
         let waiter = lock.locked { () -> CheckedContinuation<Void, Never>? in
             arrived[index] = outcome
             arrivalOrder.append(index)
@@ -92,13 +106,18 @@ final class ClusterResultsState<Task: MP.NamedTask>: @unchecked Sendable where T
                     let outcome = arrived.removeValue(forKey: index)!
                     nextToYield += 1
                     switch outcome {
-                    case .failure(let error): return .failure(error)
+                    case .failure(let error):
+                        progress.finish()
+                        return .failure(error)
                     case .success(let values):
                         ready = values
                         return nil // loop: take the first of them
                     }
                 }
-                if inputDone && nextToYield == submitted { return .success(nil) }
+                if inputDone && nextToYield == submitted {
+                    progress.finish()
+                    return .success(nil)
+                }
                 return nil
             }
             if let step { return try step.get() }

@@ -24,6 +24,9 @@ extension MP.Cluster {
             public var silentSeconds: Double
             /// Seconds since it started.
             public var upSeconds: Double
+            /// Tasks it finished in its last minute, and how many of them failed.
+            public var finishedLastMinute: Int
+            public var failedLastMinute: Int
             /// Whether its heartbeat is within three leases.
             public var isLive: Bool { silentSeconds <= 3 * lease }
         }
@@ -139,7 +142,8 @@ extension ClusterStore {
         for try await (id, host, pid, build, concurrency, lease, late, silent, up, done, failures)
             in workerRows.decode((String, String, Int32, String, Int32, Double, Int64, Double, Double, Int64, Int64).self) {
             let worker = MP.Cluster.Status.Worker(id: id, host: host, pid: pid, build: build, concurrency: Int(concurrency), lease: lease,
-                                                  lateResults: Int(late), silentSeconds: max(0, silent), upSeconds: max(0, up))
+                                                  lateResults: Int(late), silentSeconds: max(0, silent), upSeconds: max(0, up),
+                                                  finishedLastMinute: Int(done), failedLastMinute: Int(failures))
             workers.append(worker)
             if worker.isLive {
                 finished += Int(done)

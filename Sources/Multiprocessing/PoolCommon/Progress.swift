@@ -67,8 +67,9 @@ extension MP {
         /// The least time between two updates, in nanoseconds (ten a second).
         static let interval: Int64 = 100_000_000
 
-        @usableFromInline
-        init(total: Int?) { self.total = total }
+        /// A progress of your own work, `total` tasks (nil: not known yet):
+        /// report with ``advance(by:failed:)`` and end with ``finish()``.
+        public init(total: Int?) { self.total = total }
 
         /// The reading now.
         public var snapshot: Snapshot { lock.withLock { unlockedSnapshot } }
@@ -115,16 +116,15 @@ extension MP {
             return true
         }
 
-        // MARK: the pools' side
+        // MARK: reporting (the pools do it for their maps)
 
-        /// The total became known.
-        func setTotal(_ value: Int) {
+        /// The total became known (or changed).
+        public func setTotal(_ value: Int) {
             lock.withLock { total = value }
         }
 
-        /// `count` more tasks completed (`failed` of them failed).
-        @usableFromInline
-        func advance(by count: Int, failed failures: Int = 0) {
+        /// `count` more tasks completed, `failed` of them failed.
+        public func advance(by count: Int, failed failures: Int = 0) {
             lock.lock()
             completed += count
             failed += failures
@@ -141,8 +141,9 @@ extension MP {
             bar?.draw(reading)
         }
 
-        /// The map ended: a last reading to every watcher, the bar erased.
-        func finish() {
+        /// The work ended: a last reading to every watcher, the bar erased.
+        /// Twice is harmless.
+        public func finish() {
             let (reading, watching, bar) = lock.withLock { () -> (Snapshot?, [AsyncStream<Snapshot>.Continuation], TerminalBar?) in
                 guard !finished else { return (nil, [], nil) }
                 finished = true
