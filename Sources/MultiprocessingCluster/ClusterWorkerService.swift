@@ -3,9 +3,9 @@ import ServiceLifecycle
 import Synchronization
 
 extension MP.Cluster {
-    /// A cluster worker (``MP/Cluster/runWorker(database:concurrency:startMethod:lease:limits:)``)
-    /// as a swift-service-lifecycle `Service`, to run in a `ServiceGroup`
-    /// beside an HTTP server or a ``MP/TaskPoolService``-like service.
+    /// A cluster worker (what `MP.Cluster.runWorker(database:)` runs) as a
+    /// swift-service-lifecycle `Service`, to run in a `ServiceGroup` beside
+    /// an HTTP server or the task pool's service (`MP.TaskPoolService`).
     ///
     /// On graceful shutdown (the group's SIGTERM) it stops as a worker does
     /// on SIGTERM: it claims nothing more, lets running tasks finish for up
@@ -20,7 +20,7 @@ extension MP.Cluster {
         private let lease: Double
         private let limits: MP.WorkerLimits?
 
-        /// The same parameters as ``MP/Cluster/runWorker(database:concurrency:startMethod:lease:limits:)``,
+        /// The same parameters as `MP.Cluster.runWorker(database:concurrency:startMethod:lease:limits:)`,
         /// checked here.
         public init(database: String, concurrency: Int? = nil, startMethod: MP.StartMethod? = nil, lease: Double = 10,
                     limits: MP.WorkerLimits? = nil) throws(MP.Error) {

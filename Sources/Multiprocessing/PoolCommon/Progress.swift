@@ -6,7 +6,7 @@ extension MP {
     /// an estimate of the time left. Every map of the pools has one
     /// (``MP/AsyncResult/progress``, ``MP/TaskResults/progress``): watch it
     /// as an `AsyncSequence` (``updates``), read it (``snapshot``), or show
-    /// a bar on standard error (``showBar()``), Python's tqdm around `imap`
+    /// a bar on standard error (`showBar()`), Python's tqdm around `imap`
     /// or mpire's `progress_bar=True`:
     ///
     /// ```swift
