@@ -143,3 +143,29 @@ struct ProgressTests {
         #expect(!text.contains("\n"), "one line, redrawn in place")
     }
 }
+
+@Suite("Progress of any stream")
+struct TrackedProgressTests {
+    @Test("the closure pool's imap, counted as it is consumed (tqdm around imap)")
+    func closurePoolImap() async throws {
+        let pool = try MP.Pool(processes: 2)
+        defer { pool.terminate(); try? pool.join() }
+        let progress = MP.Progress(total: 100)
+        var values: [Int] = []
+        for try await value in pool.imap(Swift.Array(0..<100), chunksize: 10, { $0 * 2 }).tracked(by: progress) { values.append(value) }
+        #expect(values == (0..<100).map { $0 * 2 })
+        let reading = progress.snapshot
+        #expect(reading.completed == 100 && reading.total == 100 && reading.isFinished && reading.failed == 0)
+    }
+
+    @Test("a failing stream counts its failure and ends the progress")
+    func failing() async throws {
+        struct Bad: Error {}
+        let (stream, continuation) = AsyncThrowingStream<Int, any Error>.makeStream()
+        continuation.yield(1)
+        continuation.finish(throwing: Bad())
+        let progress = MP.Progress(total: nil)
+        await #expect(throws: Bad.self) { for try await _ in stream.tracked(by: progress) {} }
+        #expect(progress.snapshot.completed == 2 && progress.snapshot.failed == 1 && progress.snapshot.isFinished)
+    }
+}

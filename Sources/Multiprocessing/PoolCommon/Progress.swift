@@ -188,3 +188,52 @@ private struct TerminalBar {
 
     func erase() { Sys.writeBestEffort(STDERR_FILENO, "\r\u{1B}[K") }
 }
+
+extension MP {
+    /// A sequence counted into a ``MP/Progress`` as it is consumed: Python's
+    /// `tqdm(pool.imap(f, xs), total=len(xs))`, for the streams that carry no
+    /// progress of their own (the closure pool's and the thread pool's
+    /// `imap`, or any `AsyncSequence`). Made by `tracked(by:)`.
+    public struct TrackedSequence<Base: AsyncSequence>: AsyncSequence {
+        public typealias Element = Base.Element
+        let base: Base
+        let progress: Progress
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            var base: Base.AsyncIterator
+            let progress: Progress
+
+            public mutating func next() async throws -> Base.Element? {
+                do {
+                    guard let element = try await base.next() else {
+                        progress.finish()
+                        return nil
+                    }
+                    progress.advance(by: 1)
+                    return element
+                } catch {
+                    progress.advance(by: 1, failed: 1)
+                    progress.finish()
+                    throw error
+                }
+            }
+        }
+
+        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: base.makeAsyncIterator(), progress: progress) }
+    }
+}
+
+extension AsyncSequence {
+    /// This sequence, counted into `progress` as it is consumed (one per
+    /// element; the progress ends with the sequence):
+    ///
+    /// ```swift
+    /// let progress = MP.Progress(total: items.count)
+    /// progress.showBar()
+    /// let squares = pool.imap(items, chunksize: 100) { $0 * $0 }
+    /// for try await value in squares.tracked(by: progress) { use(value) }
+    /// ```
+    public func tracked(by progress: MP.Progress) -> MP.TrackedSequence<Self> {
+        MP.TrackedSequence(base: self, progress: progress)
+    }
+}
