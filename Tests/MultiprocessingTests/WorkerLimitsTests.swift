@@ -147,6 +147,20 @@ struct WorkerLimitsTests {
         }
     }
 
+    @Test("an initializer over the memory cap breaks the pool with the limit's error, instead of restarting for ever",
+          arguments: [MP.StartMethod.fork, .forkserver])
+    func initializerOverTheCap(method: MP.StartMethod) throws {
+        for enforcement in [MP.WorkerLimits.MemoryEnforcement.automatic, .dataLimit] {
+            let pool = try MP.TaskPool(processes: 1, startMethod: method, initializer: Allocate(mebibytes: 1024),
+                                       limits: MP.WorkerLimits(memory: 256 << 20, memoryEnforcement: enforcement))
+            defer { try? finish(pool) }
+            let error = #expect(throws: MP.Error.self) { try pool.apply(Allocate(mebibytes: 1), timeout: 60) }
+            #expect(error?.code == .taskFailed)
+            #expect(error?.message.contains("the worker died in the initializer: memory limit of 256 MiB exceeded") == true,
+                    "\(enforcement): \(String(describing: error))")
+        }
+    }
+
     @Test("a worker over the recycling threshold is replaced after its task; no task fails", arguments: MP.StartMethod.allCases)
     func recycling(method: MP.StartMethod) throws {
         // A forked worker starts with the test process's pages: the

@@ -93,7 +93,9 @@ extension TaskPoolCore {
         workers.removeAll { $0 === worker }
         dyingWorkers.removeAll { $0 === worker }
         let running = worker.running
-        let lostFromOutside = !worker.ready && !worker.dying && Self.killedFromOutside(worker.process)
+        // A worker its own limit ended (its cgroup's OOM killer sends SIGKILL
+        // too) was not lost from outside: replacing it would only repeat it.
+        let lostFromOutside = !worker.ready && !worker.dying && verdict == nil && Self.killedFromOutside(worker.process)
         if worker.ready || worker.dying {
             failedStarts = 0
             outsideLosses = 0
@@ -123,9 +125,9 @@ extension TaskPoolCore {
         }
         worker.inFlight = []
         if running == WorkerControl.initializing && broken == nil && !lostFromOutside {
-            var how = WorkerDeath.describe(of: worker.process)
-            if let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
-            breakPool(.initializerFailed(type: "workerDied", description: "the worker died in the initializer: \(how)"))
+            var how = verdict?.message ?? WorkerDeath.describe(of: worker.process)
+            if verdict == nil, let fatal = worker.stderr.fatalLine { how += " (\(fatal))" }
+            breakPool(.initializerFailed(type: verdict == nil ? "workerDied" : "MP.Error", description: "the worker died in the initializer: \(how)"))
         }
         if broken != nil {
             for job in unstarted { finish(job, .failed(index: 0, broken!, before: [])) }
