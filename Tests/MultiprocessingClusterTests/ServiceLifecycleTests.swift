@@ -38,6 +38,22 @@ struct ServiceGroupProgram: MP.NamedTask {
 
 @Suite("Service lifecycle", .serialized, .enabled(if: MP.Cluster.LocalPostgres.isAvailable, "needs PostgreSQL's server programs"))
 struct ServiceLifecycleTests {
+    /// Waits for `task` at most `seconds`; one still running then fails the
+    /// test and is cancelled (a service's way to stop at once).
+    static func finish(_ task: Task<Void, any Error>, within seconds: Double,
+                       sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { _ = await task.result; return true }
+            group.addTask { try? await Task.sleep(for: .seconds(seconds)); return false }
+            if await group.next() == false {
+                Issue.record("the service did not stop within \(seconds) s", sourceLocation: sourceLocation)
+                task.cancel()
+            }
+            group.cancelAll()
+        }
+        try await task.value
+    }
+
     @Test("a ServiceGroup with a task pool and a cluster worker: SIGTERM finishes what runs, hands back the rest, and every process exits")
     func sigterm() async throws {
         let db = try TestDatabase.shared()
@@ -81,7 +97,7 @@ struct ServiceLifecycleTests {
         let running = Task { try await service.run() }
         try await Task.sleep(for: .milliseconds(200))
         running.cancel()
-        try await running.value
+        try await Self.finish(running, within: 30)
         #expect(ContinuousClock.now - started < .seconds(10))
         #expect(throws: MP.Error.self) { try long.get(timeout: 5) }
         #expect(pool.workerPids.isEmpty)
@@ -94,7 +110,7 @@ struct ServiceLifecycleTests {
         try dict.set("answer", 42)
         #expect(try dict.get("answer") == 42)
         await group.triggerGracefulShutdown()
-        try await serving.value
+        try await Self.finish(serving, within: 30)
         #expect(throws: MP.Error.self) { try MP.Manager.connect(address: server.address, authkey: Array("key".utf8)) }
     }
 }

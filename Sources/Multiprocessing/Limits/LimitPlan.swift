@@ -33,8 +33,6 @@ struct LimitPlan: Codable, Sendable, Hashable {
                 // SIGXCPU at the soft limit; SIGKILL a second later, should the task ignore it.
                 let seconds = UInt64(cpuTime.rounded(.up))
                 try Sys.setLimit(.cpuSeconds, soft: seconds, hard: seconds + 1)
-            }
-            if cpuTime != nil {
                 // SIGXCPU's default action dumps core: a limit, not a crash.
                 try Sys.setLimit(.coreBytes, soft: 0, hard: (try Sys.limit(.coreBytes)).hard)
                 Sys.restoreDefault(signal: SIGXCPU)
