@@ -44,6 +44,10 @@ let package = Package(
         // (tasks, failures by reason, durations, workers), silent unless the
         // program bootstraps a backend. CoreMetrics has no dependencies.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        // The Swift ecosystem's tracing API: a task submitted inside a span runs in a
+        // child span in the worker (the context travels with the task, W3C
+        // traceparent in the cluster's rows); silent unless a tracer is bootstrapped.
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
         // Command lines of the two executables (`mp-examples [list|NAME]`, `mp-bench [--quick] [--json FILE]`).
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         // PostgreSQL's wire protocol (queries, LISTEN/NOTIFY, a connection pool)
@@ -90,6 +94,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
@@ -172,7 +177,8 @@ let package = Package(
         .testTarget(
             name: "MultiprocessingTests",
             dependencies: ["Multiprocessing", "MultiprocessingPlatform", "NetworkLab",
-                           .product(name: "MetricsTestKit", package: "swift-metrics")],
+                           .product(name: "MetricsTestKit", package: "swift-metrics"),
+                           .product(name: "InMemoryTracing", package: "swift-distributed-tracing")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
@@ -180,7 +186,8 @@ let package = Package(
             dependencies: ["MultiprocessingCluster", "Multiprocessing", "MultiprocessingPlatform", "MultiprocessingServices", "NetworkLab",
                            .product(name: "PostgresNIO", package: "postgres-nio"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                           .product(name: "MetricsTestKit", package: "swift-metrics")],
+                           .product(name: "MetricsTestKit", package: "swift-metrics"),
+                           .product(name: "InMemoryTracing", package: "swift-distributed-tracing")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]

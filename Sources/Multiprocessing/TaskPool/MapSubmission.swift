@@ -1,6 +1,7 @@
 import Glibc
 import _CMultiprocessingSync
 import MultiprocessingPlatform
+import Tracing
 
 /// The jobs of one `map`, and how their results come together.
 ///
@@ -30,6 +31,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
     private var destination: [T.Result] = []
     private var destinationBytes: UnsafeMutableRawBufferPointer?
     private var callerWaits = false
+    /// The trace the map was submitted in: each chunk gets a span in it.
+    private let trace = ServiceContext.current
     private weak var core: TaskPoolCore?
 
     static var isFixedWidth: Bool { _isPOD(T.self) && _isPOD(T.Result.self) }
@@ -86,7 +89,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
             let body = PoolJob.Body.fixed(arena: arena, tasks: range.lowerBound * MemoryLayout<T>.stride,
                                           results: resultsOffset + range.lowerBound * MemoryLayout<T.Result>.stride,
                                           count: range.count)
-            let job = PoolJob(type: type, body: body, timeout: timeout ?? pool.core.limits?.timeLimit) { [self] outcome in arrived(range, outcome) }
+            let job = PoolJob(type: type, body: body, timeout: timeout ?? pool.core.limits?.timeLimit,
+                              trace: trace.flatMap { TaskSpan.begin("map \(T.name)", kind: .client, in: $0) }) { [self] outcome in arrived(range, outcome) }
             lock.withLock { jobs.append(job) }
             pool.core.submit([job])
         }
@@ -116,7 +120,8 @@ final class MapSubmission<T: MP.NamedTask>: @unchecked Sendable {
                 items.writeRaw(encoded)
             }
             let body = PoolJob.Body.chunk(count: range.count, items.bytes)
-            jobs.append(PoolJob(type: type, body: body, timeout: timeout ?? pool.core.limits?.timeLimit) { [self] outcome in arrivedEncoded(index, outcome) })
+            jobs.append(PoolJob(type: type, body: body, timeout: timeout ?? pool.core.limits?.timeLimit,
+                                trace: trace.flatMap { TaskSpan.begin("map \(T.name)", kind: .client, in: $0) }) { [self] outcome in arrivedEncoded(index, outcome) })
         }
     }
 

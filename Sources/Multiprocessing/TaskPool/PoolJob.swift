@@ -1,4 +1,5 @@
 import Synchronization
+import Tracing
 import MultiprocessingPlatform
 
 /// One order of a ``MP/TaskPool``: a task, a chunk of a map, or a chunk of
@@ -28,6 +29,9 @@ final class PoolJob: @unchecked Sendable {
     let type: UInt32
     let body: Body
     let timeout: Double?
+    /// Its span, when it was submitted inside a trace: its fields go to the
+    /// worker with the order, and it ends as the job completes.
+    let trace: TaskSpan?
     private let completion: (Outcome) -> Void
 
     // Guarded by the pool's lock.
@@ -38,6 +42,9 @@ final class PoolJob: @unchecked Sendable {
     var usage: MP.ResourceUsage?
     /// Where ``usage`` goes as the job completes (an `apply`'s result).
     var usageSink: ((MP.ResourceUsage) -> Void)?
+    /// The worker that ran it and for how long (its own clock), for the span.
+    var ranOn: Int32 = 0
+    var runNanoseconds: UInt64 = 0
 
     /// Jobs alive in this process: the tests check that none leaks.
     static let alive = Atomic<Int>(0)
@@ -52,10 +59,11 @@ final class PoolJob: @unchecked Sendable {
     /// When it was made: its queue wait ends when a worker gets it.
     let created = Deadline.now
 
-    init(type: UInt32, body: Body, timeout: Double?, completion: @escaping (Outcome) -> Void) {
+    init(type: UInt32, body: Body, timeout: Double?, trace: TaskSpan? = nil, completion: @escaping (Outcome) -> Void) {
         self.type = type
         self.body = body
         self.timeout = timeout
+        self.trace = trace
         self.completion = completion
         Self.alive.add(1, ordering: .relaxed)
     }
@@ -65,7 +73,24 @@ final class PoolJob: @unchecked Sendable {
     /// Runs the completion (outside the pool's lock).
     func complete(_ outcome: Outcome) {
         if let usage, let usageSink { usageSink(usage) }
+        if let trace { end(trace, outcome) }
         completion(outcome)
+    }
+}
+
+extension PoolJob {
+    private func end(_ trace: TaskSpan, _ outcome: Outcome) {
+        let error: MP.Error? = if case .failed(_, let error, _) = outcome { error } else { nil }
+        trace.end(error: error) { [self] attributes in
+            attributes["mp.task.count"] = items
+            if ranOn > 0 {
+                attributes["mp.worker.pid"] = Int(ranOn)
+                attributes["mp.task.run_seconds"] = Double(runNanoseconds) / 1e9
+            }
+            if let usage {
+                attributes["mp.task.cpu_seconds"] = usage.userSeconds + usage.systemSeconds
+            }
+        }
     }
 }
 

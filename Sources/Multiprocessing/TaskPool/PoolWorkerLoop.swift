@@ -1,6 +1,7 @@
 import Glibc
 import _CMultiprocessingSync
 import MultiprocessingPlatform
+import Tracing
 
 /// Shared memory between a pool and one worker (64-bit slots): which order
 /// runs, and which orders were cancelled before they started.
@@ -174,6 +175,8 @@ struct PoolWorkerRuntime {
     private var gauges: WorkerGauges
     /// Over the recycling threshold: no more orders.
     private var retiring = false
+    /// The trace context of the next order (a ``WorkerFrames/OrderKind/context`` order).
+    private var traceHeaders: MP.TraceHeaders?
 
     init(fd: Int32, maxTasks: Int, rules: WorkerRules) {
         self.fd = fd
@@ -190,6 +193,7 @@ struct PoolWorkerRuntime {
         case fixedChunk(seq: UInt64, type: Int, block: UInt64, tasks: Int, results: Int, count: Int)
         case release(UInt64)
         case hello(controlSize: Int)
+        case context(MP.TraceHeaders?)
     }
 
     mutating func serve(initializer: (any MP.NamedTask)?) async {
@@ -303,6 +307,8 @@ struct PoolWorkerRuntime {
             return .release(try reader.read(UInt64.self))
         case .hello:
             return .hello(controlSize: Int(try reader.read(UInt64.self)))
+        case .context:
+            return .context(TaskSpan.decode(try reader.readRaw(reader.remaining)))
         case nil:
             throw MP.Error.malformed(type: "pool order", reason: "unknown kind \(kind)")
         }
@@ -314,6 +320,8 @@ struct PoolWorkerRuntime {
             types[index] = Result { () throws(MP.Error) in try TaskRegistry.shared.task(named: name) }
         case .hello:
             break
+        case .context(let headers):
+            traceHeaders = headers
         case .block(let id, let size):
             guard !passed.isEmpty else { return }
             let fd = passed.removeFirst()
@@ -334,14 +342,19 @@ struct PoolWorkerRuntime {
     /// Runs order `seq` unless it was cancelled, and reports what it came to.
     private mutating func runOrder(_ seq: UInt64, _ body: (Self) async -> Outcome) async {
         handled += 1
+        // A context order goes with the order after it, run or skipped.
+        let headers = traceHeaders
+        traceHeaders = nil
         guard begin(seq) else { return }
         let start = Deadline.now
         gauges.begin()
         var outcome: Outcome
-        if let soft = gauges.rules.softTimeLimit {
-            outcome = await withoutActuallyEscaping(body) { body in await runUnderSoftLimit(soft, body) }
+        if let headers {
+            // Submitted inside a trace: the task runs in its span's context.
+            let worker = self
+            outcome = await ServiceContext.withValue(headers.context) { await worker.runMeasured(body) }
         } else {
-            outcome = await body(self)
+            outcome = await runMeasured(body)
         }
         store(WorkerControl.running, WorkerControl.idle)
         if let usage = gauges.used() {
@@ -357,6 +370,13 @@ struct PoolWorkerRuntime {
             retiring = true
             report(.recycling) { $0.write(resident) }
         }
+    }
+
+    private func runMeasured(_ body: (Self) async -> Outcome) async -> Outcome {
+        if let soft = gauges.rules.softTimeLimit {
+            return await withoutActuallyEscaping(body) { body in await runUnderSoftLimit(soft, body) }
+        }
+        return await body(self)
     }
 
     /// Runs an order in a task of its own, cancelled at the soft limit; a

@@ -1,5 +1,6 @@
 import Glibc
 import MultiprocessingPlatform
+import Tracing
 
 extension MP {
     /// Python's `multiprocessing.Pool` for named tasks: persistent workers,
@@ -228,7 +229,8 @@ extension MP {
                 // ends are this build): no `Codable` on either side.
                 let raw = _isPOD(T.self) && _isPOD(T.Result.self)
                 let body: PoolJob.Body = raw ? .rawTask(Self.bytes(of: task)) : .task(try Self.encode(task))
-                let job = PoolJob(type: type, body: body, timeout: timeout ?? core.limits?.timeLimit) { outcome in
+                let job = PoolJob(type: type, body: body, timeout: timeout ?? core.limits?.timeLimit,
+                                  trace: TaskSpan.begin("task \(T.name)", kind: .client)) { outcome in
                     switch outcome {
                     case .done(let bytes) where raw:
                         result.resolve(Self.value(T.Result.self, from: bytes))
@@ -490,7 +492,7 @@ extension MP {
                         count += 1
                     }
                     return count == 0 ? nil : .chunk(count: count, items.bytes)
-                }, type: type, timeout: timeout, decode: MapSubmission<T>.decodeChunk)
+                }, type: type, timeout: timeout, decode: MapSubmission<T>.decodeChunk, spanName: "imap \(T.name)")
             } catch {
                 results.fail(error)
             }

@@ -48,6 +48,10 @@ extension TaskPoolCore {
             }
             worker.inFlight.removeFirst()
             job.worker = nil
+            if job.trace != nil {
+                job.ranOn = worker.pid
+                job.runNanoseconds = elapsed
+            }
             worker.deadline = nil
             worker.noteRunTime(elapsed)
             metrics.duration.recordNanoseconds(Int64(clamping: elapsed))

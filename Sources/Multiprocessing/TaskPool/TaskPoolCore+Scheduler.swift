@@ -45,6 +45,11 @@ extension TaskPoolCore {
             WorkerFrames.finish(&writer, at: start)
             worker.knownTypes.insert(job.type)
         }
+        if let trace = job.trace {
+            let start = WorkerFrames.begin(&writer, WorkerFrames.OrderKind.context.rawValue)
+            writer.writeRaw(trace.encoded)
+            WorkerFrames.finish(&writer, at: start)
+        }
         let seq = worker.nextSeq
         worker.nextSeq += 1
         // Every order starts `[kind][u64 seq][u32 type]`.

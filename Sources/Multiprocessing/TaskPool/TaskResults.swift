@@ -1,4 +1,5 @@
 import MultiprocessingPlatform
+import Tracing
 extension MP {
     /// The results of ``MP/TaskPool/imap(_:chunksize:bufferSize:timeout:)``
     /// or ``MP/TaskPool/imapUnordered(_:chunksize:bufferSize:timeout:)``:
@@ -36,6 +37,7 @@ extension MP {
         private var waiters: [CheckedContinuation<Void, Never>] = []
         /// Tasks read from the input so far: the total once it runs out.
         private var pulledItems = 0
+        private var trace: (context: ServiceContext, name: String)?
 
         /// How far the results have come (see ``MP/Progress``): counted as
         /// chunks arrive; the total is known once the input has run out.
@@ -52,7 +54,10 @@ extension MP {
         }
 
         func start(next: @escaping () throws(MP.Error) -> PoolJob.Body?, type: UInt32, timeout: Double?,
-                   decode: @escaping ([UInt8]) -> Result<[Value], MP.Error>) {
+                   decode: @escaping ([UInt8]) -> Result<[Value], MP.Error>, spanName: @autoclosure () -> String) {
+            // Chunks are submitted as results are taken, perhaps from
+            // another task: the trace is the one the map was started in.
+            if let context = ServiceContext.current { trace = (context, spanName()) }
             lock.withLock {
                 self.pull = next
                 self.type = type
@@ -116,7 +121,8 @@ extension MP {
                     let index = submitted
                     submitted += 1
                     let decode = self.decode!
-                    let job = PoolJob(type: type, body: body, timeout: timeout) { [weak self] outcome in
+                    let span = trace.flatMap { TaskSpan.begin($0.name, kind: .client, in: $0.context) }
+                    let job = PoolJob(type: type, body: body, timeout: timeout, trace: span) { [weak self] outcome in
                         guard let self else { return }
                         switch outcome {
                         case .done(let payload):

@@ -28,6 +28,8 @@ enum WorkerFrames {
         case hello = 7
         /// `[u64 seq][u32 type][the task's bytes]`: one fixed-width task, its result sent back as its bytes.
         case rawTask = 8
+        /// `[trace header lines]`: the next order runs in this trace context (``MP/TraceHeaders``).
+        case context = 9
     }
 
     enum ReportKind: UInt8 {
