@@ -23,6 +23,16 @@ struct TraceRelay: MP.NamedTask {
     func run() -> [String: String] { TaskSpan.begin("relay", kind: .client)?.headers.fields ?? [:] }
 }
 
+/// A registered type that answers with the trace fields it was called in.
+struct TraceEcho: MP.ManagedObject {
+    enum Call: Codable, Sendable { case fields, fail }
+    struct Refused: Error {}
+    mutating func handle(_ call: Call) throws -> [String: String] {
+        if case .fail = call { throw Refused() }
+        return MP.TraceHeaders.current?.fields ?? [:]
+    }
+}
+
 @Suite("Tracing", .serialized)
 struct TracingTests {
     @Test("a task applied inside a span: a child span in the parent, its context in the worker",
@@ -113,6 +123,53 @@ struct TracingTests {
         let task = try #require(tracer.finishedSpans.first { $0.operationName == "task \(TraceRelay.name)" })
         #expect(seen[InMemoryTracer.spanIDKey] == task.spanID)
         #expect(seen[InMemoryTracer.traceIDKey] == task.traceID)
+    }
+
+    @Test("a manager call inside a span: a client span, served in a child span whose context the object sees")
+    func managerCall() async throws {
+        let tracer = InMemoryTracer()
+        let key = Swift.Array("tracing".utf8)
+        let server = try withTracer(tracer) { () throws(MP.Error) in try MP.Manager.server(address: .tcp(host: "127.0.0.1", port: 0), authkey: key) }
+        let serving = Task { try await server.serve() }
+        defer { server.stop() }
+        let manager = try MP.Manager.connect(address: server.address, authkey: key)
+        let echo = try manager.register(TraceEcho())
+        let untraced = try await echo.call(.fields)
+        let seen = try withTracer(tracer) {
+            try withSpan("request") { _ in
+                #expect(throws: MP.Error.self) { try echo.call(.fail) }
+                return try echo.call(.fields)
+            }
+        }
+        server.stop()
+        _ = await serving.result
+        #expect(untraced.isEmpty)
+        let spans = tracer.finishedSpans
+        let request = try #require(spans.first { $0.operationName == "request" })
+        let clients = spans.filter { $0.operationName == "manager objectCall" && $0.kind == .client }
+        let servers = spans.filter { $0.operationName == "manager objectCall" && $0.kind == .server }
+        #expect(clients.count == 2 && servers.count == 2)
+        #expect(clients.allSatisfy { $0.parentSpanID == request.spanID && $0.traceID == request.traceID })
+        for server in servers {
+            #expect(clients.contains { $0.spanID == server.parentSpanID })
+        }
+        // The failed call's spans both record the error; the object saw its server span.
+        #expect(clients.filter { $0.status?.code == .error }.count == 1)
+        #expect(servers.filter { $0.status?.code == .error }.count == 1)
+        let served = try #require(servers.first { $0.status == nil })
+        #expect(seen[InMemoryTracer.spanIDKey] == served.spanID)
+    }
+
+    @Test("a manager in its own process, with no tracer: the object sees the client span's fields")
+    func managerProcess() throws {
+        let tracer = InMemoryTracer()
+        try MP.Manager.with(startMethod: .forkserver) { manager in
+            let echo = try manager.register(TraceEcho())
+            let seen = try withTracer(tracer) { try withSpan("request") { _ in try echo.call(.fields) } }
+            let client = try #require(tracer.finishedSpans.first { $0.operationName == "manager objectCall" })
+            #expect(seen[InMemoryTracer.spanIDKey] == client.spanID)
+            #expect(seen[InMemoryTracer.traceIDKey] == client.traceID)
+        }
     }
 
     @Test("trace header lines: written sorted, read back; malformed ones refused")

@@ -1,5 +1,6 @@
 import Glibc
 import MultiprocessingPlatform
+import Tracing
 
 /// One process's connections to one manager, shared by every proxy of
 /// that manager in the process.
@@ -95,12 +96,30 @@ final class ManagerLink: @unchecked Sendable {
 
     /// Sends a request and returns the reply's arguments, or throws the
     /// server's fault, a lost connection, or a silent link.
+    /// Inside a trace the call gets a client span, whose fields go with it.
     func call(_ op: ManagerOp, object: UInt64, blocking: Bool = true, timeout: Double? = nil,
               cancellation: CallCancellation? = nil,
               _ build: (inout ManagerMessage) throws(MP.Error) -> Void = { _ in }) throws(MP.Error) -> ManagerReader {
+        guard let trace = TaskSpan.begin("manager \(op)", kind: .client) else {
+            return try exchange(op, object: object, blocking: blocking, timeout: timeout, cancellation: cancellation, trace: nil, build)
+        }
+        do {
+            let reply = try exchange(op, object: object, blocking: blocking, timeout: timeout, cancellation: cancellation,
+                                     trace: trace, build)
+            trace.end()
+            return reply
+        } catch {
+            trace.end(error: error)
+            throw error
+        }
+    }
+
+    private func exchange(_ op: ManagerOp, object: UInt64, blocking: Bool, timeout: Double?, cancellation: CallCancellation?,
+                          trace: TaskSpan?, _ build: (inout ManagerMessage) throws(MP.Error) -> Void) throws(MP.Error) -> ManagerReader {
         if let timeout, !(timeout >= 0) { throw .invalidArgument("timeout must be nil or at least 0 (got \(timeout))") }
         var message = ManagerMessage(op, object: object, session: ClientIdentity.session, thread: ClientIdentity.thread,
                                      blocking: blocking, timeoutSeconds: timeout, keepAliveMillis: keepAliveMillis)
+        if let trace { message.trace(trace.encoded) }
         try build(&message)
         let frame = message.framed()
         guard frame.count - 4 <= maxMessageSize else {

@@ -1,5 +1,6 @@
 import Glibc
 import MultiprocessingPlatform
+import Tracing
 
 /// A manager's server (Python's `multiprocessing.managers.Server`): holds
 /// the shared objects and serves each authenticated connection on its own
@@ -23,6 +24,9 @@ final class ManagerServer: @unchecked Sendable {
     private let listener: MP.Listener
     private let maxMessageSize: Int
     private let handshakeTimeout: Double
+    /// The tracer in effect where the server was made (bootstrapped, or a
+    /// `withTracer` scope): its connection threads run outside that scope.
+    private let tracer = InstrumentationSystem.tracer
 
     init(listener: MP.Listener, maxMessageSize: Int = MP.Connection.defaultMaxMessageSize, handshakeTimeout: Double = 10) {
         self.listener = listener
@@ -101,13 +105,22 @@ final class ManagerServer: @unchecked Sendable {
                 LibraryLog.log(.warning, "manager: a malformed request (\(request.count) bytes); closing that connection")
                 return
             }
-            let reader = ManagerReader(request, from: ManagerWire.headerSize)
+            var reader = ManagerReader(request, from: ManagerWire.headerSize)
+            let flags = request[1]
+            var trace: TaskSpan?
+            if flags & ManagerWire.tracedFlag != 0 {
+                // The caller's span: this call is served in a child of it.
+                guard let fields = try? reader.bytesArgument(), let headers = TaskSpan.decode(fields) else {
+                    LibraryLog.log(.warning, "manager: a traced request without trace fields; closing that connection")
+                    return
+                }
+                trace = TaskSpan.begin("manager \(op)", kind: .server, in: headers.context(using: tracer), tracer: tracer)
+            }
             let callSession = reader.integer(at: 16, as: UInt64.self)
             if session == nil {
                 session = callSession
                 lock.withLock { sessions[callSession, default: 0] += 1 }
             }
-            let flags = request[1]
             var deadline: Deadline?
             if flags & ManagerWire.timeoutFlag != 0 {
                 let nanoseconds = reader.integer(at: 32, as: Int64.self)
@@ -119,7 +132,13 @@ final class ManagerServer: @unchecked Sendable {
                                   blocking: flags & ManagerWire.blockingFlag != 0, deadline: deadline, arguments: reader,
                                   waiter: connection)
             if op == .acknowledge { continue } // a late one: nothing to forget
-            let reply = lock.withLock { dispatch(call) }
+            let reply = trace.map { trace in
+                ServiceContext.withValue(trace.context) { lock.withLock { dispatch(call) } }
+            } ?? lock.withLock { dispatch(call) }
+            if let trace {
+                let bytes = reply.message.bytes
+                trace.end(error: bytes.count > 4 && bytes[4] == ManagerWire.fault ? ManagerLink.fault(Swift.Array(bytes[4...])) : nil)
+            }
             var message = reply.message
             if reply.undo != nil { message.requireAcknowledgement() }
             // What the call took is committed only when the client says it has

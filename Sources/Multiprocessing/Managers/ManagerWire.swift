@@ -9,7 +9,7 @@ import MultiprocessingPlatform
 /// | offset | field |
 /// |---|---|
 /// | 0 | operation (``ManagerOp``) |
-/// | 1 | flags: bit 0 blocking, bit 1 has a timeout |
+/// | 1 | flags: bit 0 blocking, bit 1 has a timeout, bit 2 traced (the first argument is the caller's trace fields) |
 /// | 4 | keep-alive interval the client wants while the call waits (ms; 0: none) |
 /// | 8 | object id |
 /// | 16 | the calling process's session id |
@@ -32,6 +32,9 @@ enum ManagerWire {
 
     static let blockingFlag: UInt8 = 1
     static let timeoutFlag: UInt8 = 2
+    /// The call was made inside a trace: its first argument is the client
+    /// span's fields as header lines (``MP/TraceHeaders``).
+    static let tracedFlag: UInt8 = 4
 
     /// The one fault of a fault reply: the server's ``MP/Error`` whole (its
     /// code's name, its message, its error type or an empty string).
@@ -128,6 +131,12 @@ struct ManagerMessage {
         withUnsafeBytes(of: value.littleEndian) { raw in
             for (index, byte) in raw.enumerated() { bytes[offset + index] = byte }
         }
+    }
+
+    /// Marks a request as traced and puts the fields first among its arguments.
+    mutating func trace(_ fields: [UInt8]) {
+        bytes[5] |= ManagerWire.tracedFlag
+        append(fields)
     }
 
     /// Marks a reply as one the client must acknowledge.

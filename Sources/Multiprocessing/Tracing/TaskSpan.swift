@@ -14,13 +14,13 @@ package struct TaskSpan: @unchecked Sendable {
     /// Starts the span of an order named `name`, a child of the current
     /// context; nil when the submission is outside any trace.
     @inline(__always)
-    package static func begin(_ name: String, kind: SpanKind) -> TaskSpan? {
+    package static func begin(_ name: @autoclosure () -> String, kind: SpanKind) -> TaskSpan? {
         guard let context = ServiceContext.current else { return nil }
-        return begin(name, kind: kind, in: context)
+        return begin(name(), kind: kind, in: context)
     }
 
-    package static func begin(_ name: String, kind: SpanKind, in context: ServiceContext) -> TaskSpan? {
-        let tracer = InstrumentationSystem.tracer
+    package static func begin(_ name: String, kind: SpanKind, in context: ServiceContext,
+                              tracer: any Tracer = InstrumentationSystem.tracer) -> TaskSpan? {
         let inherited = context[TraceHeadersKey.self]
         if tracer is NoOpTracer {
             // No tracer here (a worker started by spawn): carry the trace on as it came.
@@ -31,6 +31,13 @@ package struct TaskSpan: @unchecked Sendable {
         tracer.inject(span.context, into: &fields, using: FieldsInjector())
         if fields.isEmpty, let inherited { fields = inherited.fields }
         return TaskSpan(span: span, headers: MP.TraceHeaders(fields: fields))
+    }
+
+    /// The context work done for this order runs in: the span's, with its fields.
+    package var context: ServiceContext {
+        var context = span?.context ?? headers.context
+        context[TraceHeadersKey.self] = headers
+        return context
     }
 
     /// Ends the span: `error` recorded when the order failed; `attributes` set first.

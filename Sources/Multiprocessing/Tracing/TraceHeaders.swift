@@ -58,10 +58,12 @@ extension MP {
 
         /// The context a process runs a task in: these fields, and what the
         /// process's own tracer extracts from them.
-        package var context: ServiceContext {
+        package var context: ServiceContext { context(using: InstrumentationSystem.instrument) }
+
+        package func context(using instrument: any Instrument) -> ServiceContext {
             var context = ServiceContext.topLevel
             context[TraceHeadersKey.self] = self
-            InstrumentationSystem.instrument.extract(fields, into: &context, using: FieldsExtractor())
+            instrument.extract(fields, into: &context, using: FieldsExtractor())
             return context
         }
     }
