@@ -1,6 +1,7 @@
 @_spi(Cluster) import Multiprocessing
 import Foundation
 import PostgresNIO
+import Tracing
 
 extension MP {
     /// Python's `Pool` for named tasks on many machines (Ray's
@@ -56,6 +57,8 @@ extension MP {
             let task: String
             let part: ClusterBundle.Part
             let deliver: Delivery
+            /// The trace's fields as header lines: only submissions of one trace share a row.
+            let trace: String?
         }
 
         /// Connects to the database, creates the tables if missing, and
@@ -126,10 +129,28 @@ extension MP {
 
         /// Queues one submission (a part of some row); `deliver` gets its
         /// chunk's encoded results (or how it failed).
+        ///
+        /// Inside a trace the submission gets a producer span, ended as its
+        /// results arrive; its fields go in the row for the worker.
         private func submit(task: String, payload: [UInt8], items: Int, _ deliver: @escaping Delivery) throws(MP.Error) {
-            try lock.locked { () throws(MP.Error) in
-                guard state == .open else { throw state == .closed ? .closed : .cancelled }
-                unsent.append(Unsent(task: task, part: .init(items: items, payload: payload), deliver: deliver))
+            var deliver = deliver
+            let span = TaskSpan.begin("cluster \(task)", kind: .producer)
+            if let span {
+                deliver = { [deliver] outcome in
+                    let error: MP.Error? = if case .failure(let error) = outcome { error } else { nil }
+                    span.end(error: error) { $0["mp.task.count"] = items }
+                    deliver(outcome)
+                }
+            }
+            do {
+                try lock.locked { () throws(MP.Error) in
+                    guard state == .open else { throw state == .closed ? .closed : .cancelled }
+                    unsent.append(Unsent(task: task, part: .init(items: items, payload: payload), deliver: deliver,
+                                         trace: span.map(\.headers.description)))
+                }
+            } catch {
+                span?.end(error: error)
+                throw error
             }
             flushBell.ring()
         }
@@ -149,10 +170,12 @@ extension MP {
                 var index = 0
                 while index < waiting.count {
                     let task = waiting[index].task
+                    let trace = waiting[index].trace
                     var parts: [ClusterBundle.Part] = []
                     var deliveries: [Delivery] = []
                     var items = 0
-                    while index < waiting.count, waiting[index].task == task, parts.isEmpty || items + waiting[index].part.items <= target {
+                    while index < waiting.count, waiting[index].task == task, waiting[index].trace == trace,
+                          parts.isEmpty || items + waiting[index].part.items <= target {
                         parts.append(waiting[index].part)
                         deliveries.append(waiting[index].deliver)
                         items += waiting[index].part.items
@@ -163,7 +186,7 @@ extension MP {
                     rowsMade += 1
                     pending[seq] = deliveries
                     rows.append(ClusterStore.NewRow(seq: seq, task: task, payload: ClusterBundle.encode(parts), items: Int32(items),
-                                                    maxAttempts: Int32(maxAttempts), retryErrors: retryErrors))
+                                                    maxAttempts: Int32(maxAttempts), retryErrors: retryErrors, trace: trace))
                 }
                 return rows
             }
@@ -448,7 +471,8 @@ extension MP {
                         pending[seq] = Swift.Array(deliveries[range])
                         made.append(ClusterStore.NewRow(seq: seq, task: stored.task, payload: ClusterBundle.encode(Swift.Array(parts[range])),
                                                         items: Int32(parts[range].reduce(0) { $0 + $1.items }),
-                                                        maxAttempts: Int32(maxAttempts), retryErrors: retryErrors))
+                                                        maxAttempts: Int32(maxAttempts), retryErrors: retryErrors,
+                                                        trace: stored.trace))
                     }
                     undo.append((row.seq, deliveries, made.map(\.seq)))
                     return made

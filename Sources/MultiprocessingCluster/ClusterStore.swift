@@ -192,6 +192,9 @@ final class ClusterStore: Sendable {
         // so the rows cannot say it).
         "ALTER TABLE mp_cluster_workers ADD COLUMN IF NOT EXISTS finished_last_minute bigint NOT NULL DEFAULT 0",
         "ALTER TABLE mp_cluster_workers ADD COLUMN IF NOT EXISTS failed_last_minute bigint NOT NULL DEFAULT 0",
+        // The trace the row's tasks were submitted in, as header lines (W3C
+        // `traceparent`, `tracestate` with an OpenTelemetry tracer); NULL outside a trace.
+        "ALTER TABLE mp_cluster_tasks ADD COLUMN IF NOT EXISTS trace text",
     ]
 
     // MARK: the owner's side
@@ -211,6 +214,8 @@ final class ClusterStore: Sendable {
         let items: Int32
         let maxAttempts: Int32
         let retryErrors: Bool
+        /// ``MP/TraceHeaders`` as header lines; nil outside a trace.
+        var trace: String? = nil
     }
 
     /// Inserts rows in as few statements as the bind limit allows, then wakes idle workers.
@@ -218,11 +223,11 @@ final class ClusterStore: Sendable {
         for batch in stride(from: 0, to: rows.count, by: 5_000).map({ rows[$0..<min($0 + 5_000, rows.count)] }) {
             var query = PostgresQuery.StringInterpolation(literalCapacity: 64 * batch.count, interpolationCount: 6 * batch.count + 2)
             // One round trip: the insert, and the notification that wakes idle workers.
-            query.appendLiteral("WITH inserted AS (INSERT INTO mp_cluster_tasks (pool, build, seq, task, payload, items, max_attempts, retry_errors) SELECT ")
+            query.appendLiteral("WITH inserted AS (INSERT INTO mp_cluster_tasks (pool, build, seq, task, payload, items, max_attempts, retry_errors, trace) SELECT ")
             query.appendInterpolation(pool)
             query.appendLiteral(", ")
             query.appendInterpolation(build)
-            query.appendLiteral(", * FROM unnest(")
+            query.appendLiteral(", s, t, p, i, m, r, NULLIF(tr, '') FROM unnest(")
             query.appendInterpolation(batch.map(\.seq))
             query.appendLiteral("::bigint[], ")
             query.appendInterpolation(batch.map(\.task))
@@ -234,8 +239,10 @@ final class ClusterStore: Sendable {
             query.appendInterpolation(batch.map(\.maxAttempts))
             query.appendLiteral("::int[], ")
             query.appendInterpolation(batch.map(\.retryErrors))
+            query.appendLiteral("::bool[], ")
+            query.appendInterpolation(batch.map { $0.trace ?? "" })
             // Idempotent: a batch whose answer was lost (a restart) is sent again.
-            query.appendLiteral("::bool[]) ON CONFLICT (pool, seq) DO NOTHING) SELECT pg_notify(")
+            query.appendLiteral("::text[]) AS u(s, t, p, i, m, r, tr) ON CONFLICT (pool, seq) DO NOTHING) SELECT pg_notify(")
             query.appendInterpolation(Self.newChannel)
             query.appendLiteral(", '')")
             try await client.query(PostgresQuery(stringInterpolation: query), logger: Self.logger)
@@ -265,10 +272,12 @@ final class ClusterStore: Sendable {
     }
 
     /// The task name and payload of one of `pool`'s rows (a lost row its owner splits).
-    func row(pool: UUID, seq: Int64) async throws -> (task: String, payload: [UInt8])? {
-        let rows = try await client.query("SELECT task, payload FROM mp_cluster_tasks WHERE pool = \(pool) AND seq = \(seq)",
+    func row(pool: UUID, seq: Int64) async throws -> (task: String, payload: [UInt8], trace: String?)? {
+        let rows = try await client.query("SELECT task, payload, trace FROM mp_cluster_tasks WHERE pool = \(pool) AND seq = \(seq)",
                                           logger: Self.logger)
-        for try await (task, payload) in rows.decode((String, ByteBuffer).self) { return (task, Array(buffer: payload)) }
+        for try await (task, payload, trace) in rows.decode((String, ByteBuffer, String?).self) {
+            return (task, Array(buffer: payload), trace)
+        }
         return nil
     }
 
@@ -341,6 +350,8 @@ final class ClusterStore: Sendable {
         let retryErrors: Bool
         /// The tasks the row carries.
         var items = 1
+        /// The trace it was submitted in (header lines), or nil.
+        var trace: String? = nil
     }
 
     /// Claims up to `limit` queued rows of `build` for `owner`, leased for `lease` seconds.
@@ -353,13 +364,13 @@ final class ClusterStore: Sendable {
                   WHERE state = 'queued' AND build = \(build) AND not_before <= now()
                   ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED) c
             WHERE t.id = c.id
-            RETURNING t.id, t.attempt, t.task, t.payload, t.pool, t.max_attempts, t.retry_errors, t.items
+            RETURNING t.id, t.attempt, t.task, t.payload, t.pool, t.max_attempts, t.retry_errors, t.items, t.trace
             """, logger: Self.logger)
         var claimed: [Claimed] = []
-        for try await (id, attempt, task, payload, pool, maxAttempts, retryErrors, items)
-            in rows.decode((Int64, Int32, String, ByteBuffer, UUID, Int32, Bool, Int32).self) {
+        for try await (id, attempt, task, payload, pool, maxAttempts, retryErrors, items, trace)
+            in rows.decode((Int64, Int32, String, ByteBuffer, UUID, Int32, Bool, Int32, String?).self) {
             claimed.append(Claimed(id: id, attempt: attempt, task: task, payload: Array(buffer: payload), pool: pool,
-                                   maxAttempts: maxAttempts, retryErrors: retryErrors, items: Int(items)))
+                                   maxAttempts: maxAttempts, retryErrors: retryErrors, items: Int(items), trace: trace))
         }
         return claimed.sorted { $0.id < $1.id }
     }

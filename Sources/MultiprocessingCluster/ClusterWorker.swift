@@ -4,6 +4,7 @@ import Foundation
 import MultiprocessingPlatform
 import PostgresNIO
 import Synchronization
+import Tracing
 
 extension MP.Cluster {
     /// Serves the cluster's tasks: your own program in worker mode, on any
@@ -67,6 +68,9 @@ final class ClusterWorker: @unchecked Sendable {
     let build = _NamedTaskChunks.build
     let processes: Int
     let lease: Double
+    /// The tracer in effect where the worker was started: a traced row runs
+    /// in a consumer span of it, a child of the pool's span.
+    private let tracer = InstrumentationSystem.tracer
     private let lock = NSLock()
     private var running: [Int64: (claim: ClusterStore.Claimed, submissions: [_NamedTaskChunks.Submission])] = [:]
     private var outcomes: [ClusterStore.Outcome] = []
@@ -201,10 +205,19 @@ final class ClusterWorker: @unchecked Sendable {
     private func start(_ claims: [ClusterStore.Claimed]) {
         guard !claims.isEmpty else { return }
         var started: [(ClusterStore.Claimed, [_NamedTaskChunks.Submission])] = []
+        var spans: [Int64: TaskSpan] = [:]
         for claim in claims {
             do {
                 let parts = try ClusterBundle.decodeParts(claim.payload)
-                started.append((claim, parts.map { _NamedTaskChunks.submit(name: claim.task, payload: $0.payload, on: pool) }))
+                let submit = { [pool] in parts.map { _NamedTaskChunks.submit(name: claim.task, payload: $0.payload, on: pool) } }
+                if let headers = claim.trace.flatMap(MP.TraceHeaders.init(headerLines:)),
+                   let span = TaskSpan.begin("cluster \(claim.task)", kind: .consumer, in: headers.context(using: tracer), tracer: tracer) {
+                    // The local pool's spans and the worker processes' context are children of this one.
+                    spans[claim.id] = span
+                    started.append((claim, ServiceContext.withValue(span.context) { submit() }))
+                } else {
+                    started.append((claim, submit()))
+                }
             } catch {
                 lock.locked {
                     running[claim.id] = (claim, [])
@@ -214,8 +227,16 @@ final class ClusterWorker: @unchecked Sendable {
             }
         }
         lock.locked { for (claim, submissions) in started { running[claim.id] = (claim, submissions) } }
-        Thread.detachNewThread { [self, started] in
-            for (claim, submissions) in started { finish(claim.id, Self.outcome(of: claim, submissions)) }
+        Thread.detachNewThread { [self, started, spans, owner] in
+            for (claim, submissions) in started {
+                let outcome = Self.outcome(of: claim, submissions)
+                spans[claim.id]?.end(error: outcome?.failure.map { MP.Error.taskFailed(type: $0.type, description: $0.description) }) {
+                    $0["mp.task.count"] = claim.items
+                    $0["mp.cluster.attempt"] = Int(claim.attempt)
+                    $0["mp.cluster.worker"] = owner
+                }
+                finish(claim.id, outcome)
+            }
         }
     }
 
