@@ -1,6 +1,8 @@
 import CoreMetrics
 import Glibc
+import InMemoryTracing
 import Multiprocessing
+import Tracing
 
 /// The named-task pool's tiny tasks.
 struct BenchSquare: MP.NamedTask {
@@ -74,6 +76,32 @@ enum TaskPoolBenchmarks {
                 let elapsed = now() - start
                 guard sum == (0..<asyncTasks).reduce(0, { $0 + $1 * $1 }) else { throw BenchError("apply_async results wrong") }
                 return elapsed / Double(asyncTasks) * 1e6
+            },
+            // The same round trip inside a span, every task traced by a recording
+            // tracer (in memory): its span, its fields sent, the worker's context.
+            Contender(name: "pool_named_apply_async_roundtrip_traced_us") {
+                let tracer = InMemoryTracer()
+                let start = now()
+                let results = withTracer(tracer) {
+                    withSpan("bench") { _ in (0..<asyncTasks).map { pool.applyAsync(BenchSquare(x: $0)) } }
+                }
+                var sum = 0
+                for result in results { sum += try result.get() }
+                let elapsed = now() - start
+                guard sum == (0..<asyncTasks).reduce(0, { $0 + $1 * $1 }), tracer.finishedSpans.count == asyncTasks + 1 else {
+                    throw BenchError("traced apply_async results or spans wrong")
+                }
+                return elapsed / Double(asyncTasks) * 1e6
+            },
+            // What a submission outside any trace pays for tracing: the check, a million times.
+            Contender(name: "pool_tracing_untraced_check_ns") {
+                let calls = 1_000_000
+                var found = 0
+                let start = now()
+                for _ in 0..<calls where TaskSpan.begin("task BenchSquare", kind: .client) != nil { found += 1 }
+                let elapsed = now() - start
+                guard found == 0 else { throw BenchError("a trace outside any span") }
+                return elapsed / Double(calls) * 1e9
             },
             Contender(name: "pool_named_apply_async_roundtrip_us_python") { python?.measure("pool_named_apply_async_roundtrip_us") },
             Contender(name: "pool_named_map_tiny_items_per_s", higherIsBetter: true) {
