@@ -1,9 +1,22 @@
+import Distributed
 import MultiprocessingPlatform
 
 final class BinaryDecoder: Decoder {
     var reader: ByteReader
     var codingPath: [any CodingKey] = []
-    var userInfo: [CodingUserInfoKey: Any] = [:]
+    private var info: [CodingUserInfoKey: Any] = [:]
+    /// What the decoding values may ask for; a distributed actor's reference
+    /// finds this process's ``MP/ActorSystem`` here (asked for only by the
+    /// values that need it, so other decoding never makes the system).
+    var userInfo: [CodingUserInfoKey: Any] {
+        get {
+            guard info[.actorSystemKey] == nil else { return info }
+            var all = info
+            all[.actorSystemKey] = MP.ActorSystem.shared
+            return all
+        }
+        set { info = newValue }
+    }
 
     init(reader: ByteReader) { self.reader = reader }
 

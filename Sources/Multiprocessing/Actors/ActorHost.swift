@@ -1,0 +1,158 @@
+import Distributed
+import MultiprocessingPlatform
+
+extension MP {
+    /// A process that hosts distributed actors of ``MP/ActorSystem``: one the
+    /// library started, or one that serves elsewhere.
+    public final class ActorHost: Sendable {
+        /// Where a host is.
+        public enum Placement: Sendable {
+            /// A new process started by `method` (the default start method
+            /// when nil), which dies with this process (it is a daemon):
+            /// Ray's actor in a worker process.
+            case newProcess(MP.StartMethod? = nil)
+            /// A host that serves at `address` (``MP/ActorSystem/serveForever(address:authkey:)``),
+            /// perhaps on another machine; `authkey` nil: this process's key.
+            case address(MP.Address, authkey: [UInt8]? = nil)
+        }
+
+        /// Where its actors are reached.
+        public let address: MP.Address
+        private let process: MP.Process?
+        private let link: ActorLink
+
+        init(address: MP.Address, process: MP.Process?, link: ActorLink) {
+            self.address = address
+            self.process = process
+            self.link = link
+        }
+
+        /// The host's process id, when this process started it.
+        public var pid: Int32? { process?.pid }
+
+        /// Makes an actor of type `Act` in the host (its `init(actorSystem:)`
+        /// runs there) and returns a reference to it; this process holds it.
+        ///
+        /// - Throws: ``MP/Error/Code/typeMismatch`` when the host's build has
+        ///   no such type, ``MP/Error/Code/disconnected`` when the host is gone.
+        public func place<Act: PlaceableActor>(_ type: Act.Type) async throws(MP.Error) -> Act {
+            guard let name = _mangledTypeName(Act.self) else {
+                throw .invalidArgument("\(Act.self) has no mangled name: it cannot be placed by name")
+            }
+            let payload = try await link.request(.place) { $0.write(name) }
+            let number = try ActorWire.number(payload)
+            let id = MP.ActorID(host: address, incarnation: link.incarnation, number: number)
+            do {
+                return try Act.resolve(id: id, using: .shared)
+            } catch let error as MP.Error {
+                throw error
+            } catch {
+                throw .noSuchActor(id, "\(error)")
+            }
+        }
+
+        /// How many of the host's actors some process holds (they go when none does).
+        public func actorCount() async throws(MP.Error) -> Int {
+            let payload = try await link.request(.count) { _ in }
+            return Int(try ActorWire.number(payload))
+        }
+
+        /// Stops a host this process started (SIGTERM, then SIGKILL after
+        /// `timeout` seconds); its actors go with it and calls to them fail.
+        /// A host that serves elsewhere is not stopped from here.
+        public func shutdown(timeout: Double = 5) {
+            guard let process, process.isAlive else { return }
+            try? process.terminate()
+            if (try? process.join(timeout: timeout)) != true {
+                try? process.kill()
+                _ = try? process.join(timeout: timeout)
+            }
+        }
+
+        /// Starts a host process and connects to it.
+        static func start(_ method: MP.StartMethod?, system: ActorSystem) throws(MP.Error) -> ActorHost {
+            let requested = MP.Address.unix("/tmp/mp-actors-\(Sys.getpid)-\(UInt64.random(in: 0 ... .max)).sock")
+            let key = ProcessAuthKey.current
+            let (ready, report): (Connection, Connection)
+            do { (ready, report) = try MP.Pipe(duplex: false) } catch { throw .hostGone(requested, "no pipe for its report: \(error.message)") }
+            let process = MP.getContext(method).Process(name: "ActorHost-\(counter.next())", daemon: true,
+                                                        target: ActorHostTask(address: requested, authkey: key, report: report))
+            do {
+                try process.start()
+            } catch {
+                throw .hostGone(requested, "its process did not start: \(error.message)")
+            }
+            report.close()
+            let outcome: ActorHostReady
+            do {
+                guard try ready.poll(timeout: 60) else {
+                    try? process.kill()
+                    _ = try? process.join(timeout: 5)
+                    throw MP.Error.hostGone(requested, "it did not report within 60 s")
+                }
+                outcome = try ready.recv(ActorHostReady.self)
+            } catch {
+                if let error = error as? MP.Error, error.code == .disconnected { throw error }
+                _ = try? process.join(timeout: 5)
+                throw .hostGone(requested, "it ended before it listened (\(process.exitStatus.map { "\($0)" } ?? "still running"))")
+            }
+            ready.close()
+            let address: MP.Address
+            switch outcome {
+            case .failed(let why):
+                _ = try? process.join(timeout: 5)
+                throw .hostGone(requested, "it could not listen: \(why)")
+            case .listening(let bound):
+                address = bound
+            }
+            if case .unix(let path) = address { ResourceTracker.registerFile(path) }
+            let link: ActorLink
+            do {
+                link = try ActorLink(address: address, authkey: key, system: system)
+            } catch {
+                try? process.kill()
+                _ = try? process.join(timeout: 5)
+                throw error
+            }
+            link.exitDescription = { [weak process] in
+                guard let process else { return nil }
+                _ = try? process.join(timeout: 0.5)
+                return process.exitStatus.map { "its process \(process.pid.map(String.init) ?? "?") ended: \($0)" }
+            }
+            system.adopt(link)
+            return ActorHost(address: address, process: process, link: link)
+        }
+
+        private static let counter = Counter()
+    }
+}
+
+enum ActorHostReady: Codable {
+    case listening(MP.Address)
+    case failed(String)
+}
+
+/// A host process's body: listens, says where, and serves until killed (or
+/// its owner dies: it is a daemon).
+struct ActorHostTask: MP.NamedTask {
+    static var name: String { "swift-multiprocessing.actor-host" }
+    var address: MP.Address
+    var authkey: [UInt8]
+    var report: MP.Connection
+
+    func run() throws {
+        let listener: MP.Listener
+        do {
+            listener = try MP.Listener(address: address, authkey: authkey, backlog: 128)
+        } catch {
+            try report.send(ActorHostReady.failed("\(error)"))
+            return
+        }
+        // A ^C in the terminal reaches the owner, which stops its hosts.
+        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
+        let server = ActorHostServer(listener: listener, system: .shared)
+        try report.send(ActorHostReady.listening(listener.address))
+        report.close()
+        server.serveForever()
+    }
+}

@@ -1,0 +1,158 @@
+import Distributed
+import Glibc
+import MultiprocessingPlatform
+
+/// The serving side of a host: one thread per connection reads requests;
+/// each call runs in a task of its own (the actor's executor orders the
+/// calls to one actor), and its reply is sent when it is done.
+final class ActorHostServer: @unchecked Sendable {
+    private let listener: MP.Listener
+    private let system: MP.ActorSystem
+    private let counter = Atomic64()
+
+    init(listener: MP.Listener, system: MP.ActorSystem) {
+        self.listener = listener
+        self.system = system
+        _ = system.startHosting(at: listener.address)
+    }
+
+    func serveForever() -> Never {
+        while true {
+            let connection: MP.Connection
+            do {
+                connection = try listener.accept()
+            } catch {
+                // A failed handshake costs that peer its connection, not the host.
+                if error.code == .system { Sys.sleep(microseconds: 50_000) }
+                continue
+            }
+            let holder = counter.next()
+            if case .failure = startThread({ [self] in serve(connection, holder: holder) }) { connection.close() }
+        }
+    }
+
+    private func serve(_ connection: MP.Connection, holder: UInt64) {
+        let sendLock = ForkSafeLock()
+        defer {
+            system.dropAll(holder: holder)
+            connection.close()
+        }
+        // The hello: the same build, or nothing.
+        guard let hello = try? connection.recvBytes() else { return }
+        var helloReply = ByteWriter()
+        helloReply.write(UInt64(0))
+        let build: String? = hello.withUnsafeBytes { raw in
+            var reader = ByteReader(raw)
+            guard (try? reader.readByte()) == ActorFrames.Request.hello.rawValue else { return nil }
+            return try? reader.readString()
+        }
+        guard build == BuildIdentity.current else {
+            helloReply.write(ActorFrames.Status.failed.rawValue)
+            helloReply.write(MP.Error.Code.cannotCross.name)
+            helloReply.write(build ?? "no hello")
+            try? connection.sendBytes(helloReply.bytes)
+            LibraryLog.log(.warning, "actor host: refused a client of another build (\(build ?? "no hello"))")
+            return
+        }
+        helloReply.write(ActorFrames.Status.ok.rawValue)
+        helloReply.write(system.incarnation)
+        guard (try? connection.sendBytes(helloReply.bytes)) != nil else { return }
+
+        let send: @Sendable ([UInt8]) -> Void = { bytes in
+            // A client gone mid-call: its reader sees the end; nothing to do here.
+            _ = try? sendLock.withLock { () throws(MP.Error) in try connection.sendBytes(bytes) }
+        }
+        while true {
+            guard let request = try? connection.recvBytes() else { return }
+            let malformed: MP.Error? = request.withUnsafeBytes { raw in
+                var reader = ByteReader(raw)
+                do throws(MP.Error) {
+                    try handle(&reader, holder: holder, send: send)
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            if let malformed {
+                LibraryLog.log(.warning, "actor host: a malformed request (\(malformed.message)); closing that connection")
+                return
+            }
+        }
+    }
+
+    private func handle(_ reader: inout ByteReader, holder: UInt64, send: @escaping @Sendable ([UInt8]) -> Void) throws(MP.Error) {
+        let kind = try reader.readByte()
+        if kind == ActorFrames.Request.hold.rawValue {
+            _ = system.hold(try reader.read(UInt64.self), holder: holder)
+            return
+        }
+        let call = try reader.read(UInt64.self)
+        func reply(_ status: ActorFrames.Status, _ body: (inout ByteWriter) -> Void = { _ in }) {
+            var writer = ByteWriter()
+            writer.write(call)
+            writer.write(status.rawValue)
+            body(&writer)
+            send(writer.bytes)
+        }
+        func refuse(_ error: MP.Error) {
+            reply(.failed) {
+                $0.write(error.code.name)
+                $0.write(error.message)
+            }
+        }
+        switch ActorFrames.Request(rawValue: kind) {
+        case .call?:
+            let number = try reader.read(UInt64.self)
+            let target = try reader.readString()
+            var generics: [String] = []
+            for _ in 0..<(try reader.read(UInt32.self)) { generics.append(try reader.readString()) }
+            var arguments: [[UInt8]] = []
+            for _ in 0..<(try reader.read(UInt32.self)) { arguments.append([UInt8](try reader.readRaw(try reader.readLength()))) }
+            guard let actor = system.hosted(number) else {
+                refuse(.noSuchActor(MP.ActorID(host: system.hostAddress, incarnation: system.incarnation, number: number),
+                                    "released, or never placed here"))
+                return
+            }
+            let system = self.system
+            Task {
+                var decoder = MP.ActorInvocationDecoder(system: system, generics: generics, arguments: arguments)
+                let handler = MP.ActorResultHandler()
+                do {
+                    try await system.executeDistributedTarget(on: actor, target: RemoteCallTarget(target),
+                                                              invocationDecoder: &decoder, handler: handler)
+                } catch let error as MP.Error {
+                    handler.failed(error)
+                } catch {
+                    handler.failed(.malformed(type: "actor call", reason: "\(target): \(error)"))
+                }
+                var writer = ByteWriter()
+                writer.write(call)
+                writer.writeRaw(handler.reply)
+                send(writer.bytes)
+            }
+        case .place?:
+            let name = try reader.readString()
+            guard let type = _typeByName(name) as? any MP.PlaceableActor.Type else {
+                refuse(.typeMismatch("no placeable distributed actor type \(name) in the host's build"))
+                return
+            }
+            let actor = type.init(actorSystem: system)
+            system.hold(actor.id.number, holder: holder)
+            reply(.ok) { $0.write(actor.id.number) }
+        case .release?:
+            system.drop(try reader.read(UInt64.self), holder: holder)
+            reply(.ok)
+        case .count?:
+            reply(.ok) { $0.write(UInt64(system.retainedCount)) }
+        case .hello?, .hold?, nil:
+            throw .malformed(type: "actor request", reason: "kind \(kind) here")
+        }
+    }
+}
+
+/// Connection numbers of a host (0 is the host process itself).
+private final class Atomic64: @unchecked Sendable {
+    private let lock = ForkSafeLock()
+    private var value: UInt64 = 0
+    func next() -> UInt64 { lock.withLock { value += 1; return value } }
+}
