@@ -165,7 +165,7 @@ func pad(_ text: String, _ width: Int) -> String {
 /// expressed so that a ratio above 1 means this library is ahead.
 func printTable(_ metrics: [Metric]) {
     let byName = Dictionary(metrics.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-    let suffixes = ["_python", "_c", "_fasterfifo", "_json"]
+    let suffixes = ["_python", "_c", "_fasterfifo", "_json", "_ray"]
     let bases = metrics.filter { metric in !suffixes.contains { metric.name.hasSuffix($0) } }
     print(pad("metric", 34), pad("swift", 12), pad("python", 12), pad("c", 12), pad("vs python", 12), "vs c")
     for metric in bases {
@@ -191,6 +191,10 @@ func printTable(_ metrics: [Metric]) {
     for metric in bases {
         if let other = byName[metric.name + "_fasterfifo"] {
             print("\(metric.name): faster-fifo \(format(other.value)), this library \(format(metric.value / other.value))x faster-fifo")
+        }
+        if let other = byName[metric.name + "_ray"], other.value > 0, metric.value > 0 {
+            let advantage = metric.higherIsBetter ? metric.value / other.value : other.value / metric.value
+            print("\(metric.name): Ray \(format(other.value)), this library \(format(advantage))x Ray")
         }
         if let other = byName[metric.name + "_json"] {
             print("\(metric.name): JSONEncoder+JSONDecoder \(format(other.value)), this library \(format(other.value / metric.value))x faster")

@@ -14,11 +14,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the figures as one JSON object {\"metric_name\": number} to this file.")
     var json: String?
 
-    @Option(help: "Run only these groups (repeatable): process, comm, connection, wire, pool, taskpool, cluster, scaling, limits.")
+    @Option(help: "Run only these groups (repeatable): process, comm, connection, wire, pool, taskpool, cluster, scaling, limits, actors.")
     var only: [Group] = []
 
     enum Group: String, ExpressibleByArgument, CaseIterable {
-        case process, comm, connection, wire, pool, taskpool, cluster, scaling, limits
+        case process, comm, connection, wire, pool, taskpool, cluster, scaling, limits, actors
     }
 
     func run() throws {
@@ -52,6 +52,7 @@ struct BenchCommand: ParsableCommand {
             case .cluster: metrics = try await ClusterBenchmarks.run(quick: quick)
             case .scaling: metrics = try ScalingBenchmarks.run(quick: quick)
             case .limits: metrics = try LimitsBenchmarks.run(quick: quick)
+            case .actors: metrics = try ActorBenchmarks.run(quick: quick)
             }
             try sender.send(metrics)
         }

@@ -61,12 +61,16 @@ extension MP {
         /// `timeout` seconds); its actors go with it and calls to them fail.
         /// A host that serves elsewhere is not stopped from here.
         public func shutdown(timeout: Double = 5) {
-            guard let process, process.isAlive else { return }
-            try? process.terminate()
-            if (try? process.join(timeout: timeout)) != true {
-                try? process.kill()
-                _ = try? process.join(timeout: timeout)
+            guard let process else { return }
+            if process.isAlive {
+                try? process.terminate()
+                if (try? process.join(timeout: timeout)) != true {
+                    try? process.kill()
+                    _ = try? process.join(timeout: timeout)
+                }
             }
+            link.end("it was shut down")
+            ActorSystem.shared.forget(link)
         }
 
         /// Starts a host process and connects to it.

@@ -9,6 +9,8 @@ final class ActorHostServer: @unchecked Sendable {
     private let listener: MP.Listener
     private let system: MP.ActorSystem
     private let counter = Atomic64()
+    /// How long a connection's thread looks for the next request before it sleeps.
+    static let spinNanoseconds: Int64 = 50_000
 
     init(listener: MP.Listener, system: MP.ActorSystem) {
         self.listener = listener
@@ -62,12 +64,29 @@ final class ActorHostServer: @unchecked Sendable {
             // A client gone mid-call: its reader sees the end; nothing to do here.
             _ = try? sendLock.withLock { () throws(MP.Error) in try connection.sendBytes(bytes) }
         }
+        // This thread runs the connection's calls too (their tasks prefer
+        // its executor): a call that does not suspend is read, run and
+        // answered here, with no hand-over to another thread.
+        guard let executor = try? ConnectionExecutor() else { return }
+        defer { executor.finish() }
         while true {
+            executor.runPending()
+            guard var readable = try? connection.poll(timeout: 0) else { return }
+            // A client's next call usually follows its reply at once: look
+            // for it a while before sleeping (a wake-up costs more here).
+            let spinUntil = Deadline.now + Self.spinNanoseconds
+            while !readable && Deadline.now < spinUntil && !executor.hasJobs {
+                guard let now = try? connection.poll(timeout: 0) else { return }
+                readable = now
+            }
+            if !readable {
+                guard executor.wait(for: connection.fileno) else { continue } // woken for jobs
+            }
             guard let request = try? connection.recvBytes() else { return }
             let malformed: MP.Error? = request.withUnsafeBytes { raw in
                 var reader = ByteReader(raw)
                 do throws(MP.Error) {
-                    try handle(&reader, holder: holder, send: send)
+                    try handle(&reader, holder: holder, executor: executor, send: send)
                     return nil
                 } catch {
                     return error
@@ -80,7 +99,8 @@ final class ActorHostServer: @unchecked Sendable {
         }
     }
 
-    private func handle(_ reader: inout ByteReader, holder: UInt64, send: @escaping @Sendable ([UInt8]) -> Void) throws(MP.Error) {
+    private func handle(_ reader: inout ByteReader, holder: UInt64, executor: ConnectionExecutor,
+                        send: @escaping @Sendable ([UInt8]) -> Void) throws(MP.Error) {
         let kind = try reader.readByte()
         if kind == ActorFrames.Request.hold.rawValue {
             _ = system.hold(try reader.read(UInt64.self), holder: holder)
@@ -114,7 +134,9 @@ final class ActorHostServer: @unchecked Sendable {
                 return
             }
             let system = self.system
-            Task {
+            executor.began()
+            Task(executorPreference: executor) {
+                defer { executor.ended() }
                 var decoder = MP.ActorInvocationDecoder(system: system, generics: generics, arguments: arguments)
                 let handler = MP.ActorResultHandler()
                 do {
@@ -147,6 +169,93 @@ final class ActorHostServer: @unchecked Sendable {
         case .hello?, .hold?, nil:
             throw .malformed(type: "actor request", reason: "kind \(kind) here")
         }
+    }
+}
+
+/// A task executor that is one connection's thread: jobs enqueued from any
+/// thread wait in a queue that thread runs between reads; a wake-up pipe
+/// stops its wait for the socket when a job comes from elsewhere.
+final class ConnectionExecutor: TaskExecutor, @unchecked Sendable {
+    private let lock = ForkSafeLock()
+    private var jobs: [UnownedJob] = []
+    private var sleeping = false
+    /// Calls whose tasks have not ended: the thread runs until none is left.
+    private var alive = 0
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+
+    init() throws(OSError) {
+        (wakeRead, wakeWrite) = try Sys.pipe()
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let wake = lock.withLock { () -> Bool in
+            jobs.append(job)
+            defer { sleeping = false }
+            return sleeping
+        }
+        if wake { Sys.poke(wakeWrite) }
+    }
+
+    var hasJobs: Bool { lock.withLock { !jobs.isEmpty } }
+
+    /// Runs the jobs queued so far (and those they queue).
+    func runPending() {
+        while true {
+            let ready = lock.withLock { () -> [UnownedJob] in
+                defer { jobs = [] }
+                return jobs
+            }
+            if ready.isEmpty { return }
+            for job in ready { job.runSynchronously(on: asUnownedTaskExecutor()) }
+        }
+    }
+
+    /// Waits until `fd` is readable (true) or a job arrives (false).
+    func wait(for fd: Int32) -> Bool {
+        let idle = lock.withLock { () -> Bool in
+            if !jobs.isEmpty { return false }
+            sleeping = true
+            return true
+        }
+        guard idle else { return false }
+        let ready = (try? Sys.pollReadable([fd, wakeRead], until: nil)) ?? [fd]
+        lock.withLock { sleeping = false }
+        if ready.contains(wakeRead) { Sys.drain(wakeRead) }
+        return ready.contains(fd)
+    }
+
+    func began() { lock.withLock { alive += 1 } }
+
+    func ended() {
+        let wake = lock.withLock { () -> Bool in
+            alive -= 1
+            defer { sleeping = false }
+            return sleeping
+        }
+        if wake { Sys.poke(wakeWrite) }
+    }
+
+    /// The connection ended: runs its calls' tasks to their end (their
+    /// replies go nowhere), then closes.
+    func finish() {
+        while true {
+            runPending()
+            let waiting = lock.withLock { () -> Bool in
+                if alive == 0 || !jobs.isEmpty { return false }
+                sleeping = true
+                return true
+            }
+            if lock.withLock({ alive == 0 && jobs.isEmpty }) { break }
+            if waiting {
+                _ = try? Sys.pollReadable(wakeRead, until: nil)
+                lock.withLock { sleeping = false }
+                Sys.drain(wakeRead)
+            }
+        }
+        Sys.close(wakeRead)
+        Sys.close(wakeWrite)
     }
 }
 

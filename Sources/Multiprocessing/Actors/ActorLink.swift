@@ -11,7 +11,9 @@ final class ActorLink: @unchecked Sendable {
     private let connection: MP.Connection
     private let sendLock = ForkSafeLock()
     private let lock = ForkSafeLock()
-    private var pending: [UInt64: CheckedContinuation<[UInt8], any Swift.Error>] = [:]
+    private var pending: [UInt64: Waiter] = [:]
+    /// Someone (a caller, or the link's thread) is reading replies.
+    private var reading = false
     private var nextCall: UInt64 = 1
     private var failure: MP.Error?
     /// How the host's process ended, when this process started it.
@@ -67,42 +69,160 @@ final class ActorLink: @unchecked Sendable {
         }
     }
 
+    /// A call's place until its reply is handed over.
+    private enum Waiter {
+        /// Its caller is reading for it, or about to suspend.
+        case waiting
+        case suspended(CheckedContinuation<[UInt8], any Swift.Error>)
+        case arrived(Result<[UInt8], MP.Error>)
+    }
+
+    /// How long a caller reads for its own reply before it suspends and
+    /// leaves the reading to the link's thread: a quick call costs no
+    /// hand-over between threads, a slow one holds no thread.
+    private static let readWindow: Int64 = 300_000
+
     /// Sends a request and waits for its reply's payload (after the status byte).
     func request(_ kind: ActorFrames.Request, _ body: (inout ByteWriter) -> Void) async throws(MP.Error) -> [UInt8] {
         var writer = ByteWriter()
         writer.write(kind.rawValue)
-        let call = lock.withLock { () -> UInt64 in
+        let call: UInt64 = try lock.withLock { () throws(MP.Error) -> UInt64 in
+            if let failure { throw failure }
             defer { nextCall += 1 }
+            pending[nextCall] = .waiting
             return nextCall
         }
         writer.write(call)
         body(&writer)
-        let frame = writer.bytes
+        do {
+            try sendLock.withLock { () throws(MP.Error) in try connection.sendBytes(writer.bytes) }
+        } catch {
+            lock.withLock { _ = pending.removeValue(forKey: call) }
+            throw .hostGone(address, ending(error))
+        }
+        if let quick = readOwnReply(call) { return try quick.get() }
         do {
             return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Swift.Error>) in
-                let failed = lock.withLock { () -> MP.Error? in
-                    if let failure { return failure }
-                    pending[call] = continuation
+                let arrived = lock.withLock { () -> Result<[UInt8], MP.Error>? in
+                    if case .arrived(let outcome)? = pending[call] {
+                        pending[call] = nil
+                        return outcome
+                    }
+                    if pending[call] == nil { return .failure(failure ?? .hostGone(address, "the link ended")) }
+                    pending[call] = .suspended(continuation)
                     return nil
                 }
-                if let failed {
-                    continuation.resume(throwing: failed)
-                    return
-                }
-                do throws(MP.Error) {
-                    try sendLock.withLock { () throws(MP.Error) in try connection.sendBytes(frame) }
-                } catch {
-                    // The reader sees the same end and fails the rest.
-                    if let waiting = lock.withLock({ pending.removeValue(forKey: call) }) {
-                        waiting.resume(throwing: MP.Error.hostGone(address, ending(error)))
-                    }
-                }
+                if let arrived { continuation.resume(with: arrived.mapError { $0 }) }
             }
         } catch let error as MP.Error {
             throw error
         } catch {
             throw .hostGone(address, "\(error)")
         }
+    }
+
+    /// Reads replies on the caller's thread, for at most ``readWindow``,
+    /// when no one else reads and this is the only call waiting; nil when
+    /// its reply did not come (the link's thread reads from then on).
+    private func readOwnReply(_ call: UInt64) -> Result<[UInt8], MP.Error>? {
+        let mine = lock.withLock { () -> Bool in
+            guard !reading, pending.count == 1 else {
+                // Others wait too: the link's thread reads for all (waking it
+                // if it sleeps with no one reading).
+                if !reading { lock.broadcast() }
+                return false
+            }
+            reading = true
+            return true
+        }
+        guard mine else { return nil }
+        let until = Deadline.now + Self.readWindow
+        let spinUntil = Deadline.now + ActorHostServer.spinNanoseconds
+        while true {
+            var ready: Bool
+            do {
+                // A quick reply is looked for without sleeping, then waited for.
+                ready = try connection.poll(timeout: 0)
+                while !ready && Deadline.now < spinUntil { ready = try connection.poll(timeout: 0) }
+                if !ready { ready = try connection.poll(timeout: max(0, Double(until - Deadline.now) / 1e9)) }
+            } catch {
+                ready = true // the read below meets the same failure
+            }
+            if !ready { break }
+            guard let frame = readFrame() else { return lock.withLock { takeArrived(call) } }
+            if frame.call == call {
+                lock.withLock {
+                    pending[call] = nil
+                    reading = false
+                    if !pending.isEmpty { lock.broadcast() }
+                }
+                return frame.outcome
+            }
+            deliver(frame)
+        }
+        lock.withLock {
+            reading = false
+            lock.broadcast() // the link's thread reads for the call now
+        }
+        return nil
+    }
+
+    /// With the lock held: a reply that arrived meanwhile, taken.
+    private func takeArrived(_ call: UInt64) -> Result<[UInt8], MP.Error>? {
+        reading = false
+        if case .arrived(let outcome)? = pending[call] {
+            pending[call] = nil
+            return outcome
+        }
+        return nil
+    }
+
+    private struct Frame {
+        let call: UInt64
+        let outcome: Result<[UInt8], MP.Error>
+    }
+
+    /// Reads one reply; nil when the link ended (every pending call then failed).
+    private func readFrame() -> Frame? {
+        let reply: [UInt8]
+        do {
+            reply = try connection.recvBytes()
+        } catch {
+            fail(.hostGone(address, ending(error)))
+            return nil
+        }
+        var call: UInt64 = 0
+        let outcome: Result<[UInt8], MP.Error> = reply.withUnsafeBytes { raw in
+            var reader = ByteReader(raw)
+            do throws(MP.Error) {
+                call = try reader.read(UInt64.self)
+                let status = try reader.readByte()
+                if status == ActorFrames.Status.ok.rawValue {
+                    return .success([UInt8](try reader.readRaw(reader.remaining)))
+                }
+                return .failure(try ActorWire.failure(status, &reader))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return Frame(call: call, outcome: outcome)
+    }
+
+    /// Hands a reply to its call: resumes a suspended caller, or leaves it for one about to suspend.
+    private func deliver(_ frame: Frame) {
+        let resume = lock.withLock { () -> CheckedContinuation<[UInt8], any Swift.Error>? in
+            switch pending[frame.call] {
+            case .suspended(let continuation)?:
+                pending[frame.call] = nil
+                return continuation
+            case .waiting?:
+                pending[frame.call] = .arrived(frame.outcome)
+                return nil
+            case .arrived?, nil:
+                return nil // not ours to take: dropped (a reply repeated by a broken host)
+            }
+        }
+        resume?.resume(with: frame.outcome.mapError { $0 })
     }
 
     /// Tells the host this process holds actor `number` (no reply; it
@@ -119,34 +239,20 @@ final class ActorLink: @unchecked Sendable {
         }
     }
 
+    /// The link's thread: reads while calls wait and no caller reads for its own.
     private func readReplies() {
         while true {
-            let reply: [UInt8]
-            do {
-                reply = try connection.recvBytes()
-            } catch {
-                fail(.hostGone(address, ending(error)))
+            lock.lock()
+            while failure == nil && (reading || pending.isEmpty) { lock.wait() }
+            if failure != nil {
+                lock.unlock()
                 return
             }
-            var call: UInt64 = 0
-            let outcome: Result<[UInt8], MP.Error> = reply.withUnsafeBytes { raw in
-                var reader = ByteReader(raw)
-                do throws(MP.Error) {
-                    call = try reader.read(UInt64.self)
-                    let status = try reader.readByte()
-                    if status == ActorFrames.Status.ok.rawValue {
-                        return .success([UInt8](try reader.readRaw(reader.remaining)))
-                    }
-                    return .failure(try ActorWire.failure(status, &reader))
-                } catch {
-                    return .failure(error)
-                }
-            }
-            guard let waiting = lock.withLock({ pending.removeValue(forKey: call) }) else {
-                fail(.malformed(type: "actor reply", reason: "a reply to call \(call), which is not pending"))
-                return
-            }
-            waiting.resume(with: outcome.mapError { $0 })
+            reading = true
+            lock.unlock()
+            guard let frame = readFrame() else { return }
+            lock.withLock { reading = false }
+            deliver(frame)
         }
     }
 
@@ -160,20 +266,38 @@ final class ActorLink: @unchecked Sendable {
     }
 
     private func fail(_ error: MP.Error) {
-        let waiting = lock.withLock { () -> [CheckedContinuation<[UInt8], any Swift.Error>] in
-            if failure == nil { failure = error }
-            defer { pending = [:] }
-            return Swift.Array(pending.values)
+        let (waiting, final) = lock.withLock { () -> ([CheckedContinuation<[UInt8], any Swift.Error>], MP.Error) in
+            if self.failure == nil { self.failure = error }
+            let failure = self.failure!
+            var waiting: [CheckedContinuation<[UInt8], any Swift.Error>] = []
+            for (call, waiter) in pending {
+                switch waiter {
+                case .suspended(let continuation):
+                    waiting.append(continuation)
+                    pending[call] = nil
+                case .waiting, .arrived:
+                    // Its caller is still on its way: it finds the failure.
+                    pending[call] = .arrived(.failure(failure))
+                }
+            }
+            reading = false
+            lock.broadcast()
+            return (waiting, failure)
         }
-        for continuation in waiting { continuation.resume(throwing: failure ?? error) }
-        connection.close()
+        for continuation in waiting { continuation.resume(throwing: final) }
+        Sys.shutdownBoth(connection.fileno)
     }
 
     func close() { Sys.shutdownBoth(connection.fileno) }
 
-    /// In a forked child: the parent's connection is not this process's; its descriptor is closed, nothing sent.
+    /// Ends the link: pending and later calls fail with `why`; its thread exits.
+    func end(_ why: String) { fail(.hostGone(address, why)) }
+
+    /// In a forked child: the parent's connection is not this process's;
+    /// its descriptor is closed, nothing sent. (No thread reads here.)
     func abandonInChild() {
-        lock.withLock { failure = .hostGone(address, "a forked child does not share its parent's link") }
+        failure = .hostGone(address, "a forked child does not share its parent's link")
+        pending = [:]
         connection.close()
     }
 }

@@ -303,6 +303,13 @@ extension MP {
             }
         }
 
+        /// Drops a link that ended on purpose (a host shut down): its
+        /// connection closes with it; a later call connects anew, and fails
+        /// if nothing serves there.
+        func forget(_ link: ActorLink) {
+            lock.withLock { if links[link.address] === link { links[link.address] = nil } }
+        }
+
         func adopt(_ link: ActorLink) {
             lock.withLock { links[link.address] = link }
         }
