@@ -25,6 +25,22 @@ extension Sys {
         _ = try check("setsockopt") { setsockopt(fd, level, option, &value, socklen_t(MemoryLayout<Int32>.size)) }
     }
 
+    /// A TCP socket that notices a silent peer (a cut link, a dead machine)
+    /// within about `seconds`: `SO_KEEPALIVE` with `TCP_KEEPIDLE` a third of
+    /// it and `TCP_KEEPINTVL` a sixth (probes the kernel answers, whatever the
+    /// peer's threads do), and `TCP_USER_TIMEOUT` for data sent and not
+    /// acknowledged. A read or write then fails with `ETIMEDOUT`.
+    /// Not a TCP socket: nothing is set.
+    package static func setLinkTimeout(_ fd: Int32, seconds: Double) {
+        let idle = Int32(max(1, (seconds / 3).rounded(.up)))
+        let interval = Int32(max(1, (seconds / 6).rounded(.up)))
+        guard (try? setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1)) != nil else { return }
+        _ = try? setOption(fd, Int32(IPPROTO_TCP), 4 /* TCP_KEEPIDLE */, idle)
+        _ = try? setOption(fd, Int32(IPPROTO_TCP), 5 /* TCP_KEEPINTVL */, interval)
+        _ = try? setOption(fd, Int32(IPPROTO_TCP), 6 /* TCP_KEEPCNT */, 3)
+        _ = try? setOption(fd, Int32(IPPROTO_TCP), 18 /* TCP_USER_TIMEOUT */, Int32(clamping: Int(seconds * 1000)))
+    }
+
     /// A `sockaddr_un` for a path, or for an abstract name (a leading NUL byte).
     private static func unixAddress(_ name: String, abstract: Bool) throws(OSError) -> (sockaddr_un, socklen_t) {
         var address = sockaddr_un()

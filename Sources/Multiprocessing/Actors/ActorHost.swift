@@ -13,7 +13,11 @@ extension MP {
             case newProcess(MP.StartMethod? = nil)
             /// A host that serves at `address` (``MP/ActorSystem/serveForever(address:authkey:)``),
             /// perhaps on another machine; `authkey` nil: this process's key.
-            case address(MP.Address, authkey: [UInt8]? = nil)
+            /// Over TCP, calls fail with ``MP/Error/Code/timeout`` when the
+            /// link is silent for about `linkTimeout` seconds (a cut cable, a
+            /// dead machine: kernel keep-alives, whatever the host's threads do);
+            /// nil: 30 s.
+            case address(MP.Address, authkey: [UInt8]? = nil, linkTimeout: Double? = nil)
         }
 
         /// Where its actors are reached.
@@ -112,7 +116,7 @@ extension MP {
             if case .unix(let path) = address { ResourceTracker.registerFile(path) }
             let link: ActorLink
             do {
-                link = try ActorLink(address: address, authkey: key, system: system)
+                link = try ActorLink(address: address, authkey: key, linkTimeout: nil, system: system)
             } catch {
                 try? process.kill()
                 _ = try? process.join(timeout: 5)

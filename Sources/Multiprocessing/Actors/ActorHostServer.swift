@@ -28,6 +28,8 @@ final class ActorHostServer: @unchecked Sendable {
                 if error.code == .system { Sys.sleep(microseconds: 50_000) }
                 continue
             }
+            // A client gone silent (a cut link) lets its holds go within about this.
+            if case .tcp = listener.address { Sys.setLinkTimeout(connection.fileno, seconds: MP.ActorSystem.defaultLinkTimeout) }
             let holder = counter.next()
             if case .failure = startThread({ [self] in serve(connection, holder: holder) }) { connection.close() }
         }

@@ -19,9 +19,13 @@ final class ActorLink: @unchecked Sendable {
     /// How the host's process ended, when this process started it.
     var exitDescription: (@Sendable () -> String?)?
 
+    /// How long a TCP link may be silent before its calls fail (nil on a Unix socket).
+    let linkTimeout: Double?
+
     /// Connects, authenticates, and checks that the host is this build.
-    init(address: MP.Address, authkey: [UInt8], system: MP.ActorSystem) throws(MP.Error) {
+    init(address: MP.Address, authkey: [UInt8], linkTimeout: Double?, system: MP.ActorSystem) throws(MP.Error) {
         self.address = address
+        self.linkTimeout = linkTimeout
         let connection: MP.Connection
         do {
             connection = try MP.Client(address: address, authkey: authkey)
@@ -29,6 +33,7 @@ final class ActorLink: @unchecked Sendable {
             if error.code == .authentication { throw error }
             throw .hostGone(address, "cannot connect: \(error.message)")
         }
+        if case .tcp = address, let linkTimeout { Sys.setLinkTimeout(connection.fileno, seconds: linkTimeout) }
         var hello = ByteWriter()
         hello.write(ActorFrames.Request.hello.rawValue)
         hello.write(BuildIdentity.current)
@@ -188,7 +193,11 @@ final class ActorLink: @unchecked Sendable {
         do {
             reply = try connection.recvBytes()
         } catch {
-            fail(.hostGone(address, ending(error)))
+            if error.underlying?.errno == .timedOut, let linkTimeout {
+                fail(MP.Error(.timeout, "the actor host at \(address) did not answer within the link timeout (\(linkTimeout) s): the link is down or the host is gone"))
+            } else {
+                fail(.hostGone(address, ending(error)))
+            }
             return nil
         }
         var call: UInt64 = 0

@@ -53,6 +53,9 @@ extension MP {
         public typealias ResultHandler = MP.ActorResultHandler
         public typealias SerializationRequirement = Codable
 
+        /// A TCP link's timeout when none is given.
+        static let defaultLinkTimeout = 30.0
+
         /// The system of this process: every actor of the library's uses it.
         public static let shared = ActorSystem()
 
@@ -69,6 +72,7 @@ extension MP {
         private var retained: [UInt64: (actor: any DistributedActor, holders: Set<UInt64>)] = [:]
         private var links: [MP.Address: ActorLink] = [:]
         private var keys: [MP.Address: [UInt8]] = [:]
+        private var timeouts: [MP.Address: Double] = [:]
 
         private init() {
             AfterFork.register { ActorSystem.shared.forgetInChild() }
@@ -97,10 +101,14 @@ extension MP {
             switch placement {
             case .newProcess(let method):
                 return try ActorHost.start(method, system: self)
-            case .address(let address, let authkey):
+            case .address(let address, let authkey, let linkTimeout):
                 let key = authkey ?? ProcessAuthKey.current
                 if let authkey, authkey.isEmpty { throw .invalidArgument("authkey must not be empty") }
-                lock.withLock { keys[address] = key }
+                if let linkTimeout, !(linkTimeout > 0) { throw .invalidArgument("linkTimeout must be nil or above 0 (got \(linkTimeout))") }
+                lock.withLock {
+                    keys[address] = key
+                    timeouts[address] = linkTimeout
+                }
                 let link = try link(for: address)
                 return ActorHost(address: address, process: nil, link: link)
             }
@@ -291,8 +299,8 @@ extension MP {
         /// one stays, so later calls fail at once with how it died.
         func link(for address: MP.Address) throws(MP.Error) -> ActorLink {
             if let existing = lock.withLock({ links[address] }) { return existing }
-            let key = lock.withLock { keys[address] } ?? ProcessAuthKey.current
-            let made = try ActorLink(address: address, authkey: key, system: self)
+            let (key, timeout) = lock.withLock { (keys[address] ?? ProcessAuthKey.current, timeouts[address] ?? ActorSystem.defaultLinkTimeout) }
+            let made = try ActorLink(address: address, authkey: key, linkTimeout: timeout, system: self)
             return lock.withLock {
                 if let raced = links[address] {
                     made.close()
