@@ -439,4 +439,5 @@ let examples: [Example] = [
     Example(name: "manager-dict", title: "a Manager's dict and Value shared by worker processes, updated atomically", run: managerDict),
     Example(name: "progress", title: "a long map with a progress bar (tqdm around imap, mpire's progress_bar)", run: progressOfAMap),
     Example(name: "contained", title: "a pool contains a task that leaks memory and one that loops for ever; the rest completes", run: containedWork),
+    Example(name: "actors", title: "a counter and a bank account as distributed actors in host processes, called from pool workers; one host killed (Ray's actors)", run: actorsAcrossProcesses),
 ]

@@ -25,7 +25,7 @@ extension MP {
     /// (``MP/ActorHost/Placement/newProcess(_:)``, under fork, spawn or
     /// forkserver, which dies with the process that started it), or a
     /// program that serves on an address (``serveForever(address:authkey:)``,
-    /// reached with ``MP/ActorHost/Placement/address(_:authkey:)``). A
+    /// reached with ``MP/ActorHost/Placement/address(_:authkey:linkTimeout:)``). A
     /// reference to an actor is its ``MP/ActorID``; it crosses to other
     /// processes as any `Codable` value, and is called there the same way.
     ///
@@ -116,7 +116,7 @@ extension MP {
 
         /// Runs a host in this process until it is killed: actors are placed
         /// in it from other processes or machines, which reach it with
-        /// ``MP/ActorHost/Placement/address(_:authkey:)`` (Python's
+        /// ``MP/ActorHost/Placement/address(_:authkey:linkTimeout:)`` (Python's
         /// `serve_forever` of a manager's server). A host on TCP needs a key.
         public static func serveForever(address: MP.Address, authkey: [UInt8]) throws(MP.Error) -> Never {
             if authkey.isEmpty { throw .invalidArgument("authkey must not be empty") }
