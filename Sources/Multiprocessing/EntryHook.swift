@@ -27,6 +27,7 @@ enum EntryHook {
 
     static func run(_ argc: Int32, _ argv: Arguments, _ envp: Arguments) {
         PopenTypes.resolve = { $0.popen } // the start methods, for every process's start()
+        BinaryDecoder.actorSystem = { MP.ActorSystem.shared } // for actor references among decoded values
         guard argc >= 3, let argv, let flag = argv[1], let value = argv[2] else { return }
         guard Sys.cString(flag, hasPrefix: "--swift-multiprocessing-") else { return }
         // This process never returns to the C library: first the constructors

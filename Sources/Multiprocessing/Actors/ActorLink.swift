@@ -62,7 +62,7 @@ final class ActorLink: @unchecked Sendable {
         }
         if let refused {
             connection.close()
-            if refused.code == .cannotCross { throw .otherBuild(address, theirs: refused.message) }
+            if refused.code == .cannotCross { throw .otherBuild(address, theirs: refused.message, ours: BuildIdentity.current) }
             throw refused
         }
         self.incarnation = incarnation

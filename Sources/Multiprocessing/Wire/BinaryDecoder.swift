@@ -6,17 +6,21 @@ final class BinaryDecoder: Decoder {
     var codingPath: [any CodingKey] = []
     private var info: [CodingUserInfoKey: Any] = [:]
     /// What the decoding values may ask for; a distributed actor's reference
-    /// finds this process's ``MP/ActorSystem`` here (asked for only by the
-    /// values that need it, so other decoding never makes the system).
+    /// finds this process's actor system here (made only when a value asks,
+    /// so other decoding never makes it).
     var userInfo: [CodingUserInfoKey: Any] {
         get {
-            guard info[.actorSystemKey] == nil else { return info }
+            guard info[.actorSystemKey] == nil, let actorSystem = Self.actorSystem else { return info }
             var all = info
-            all[.actorSystemKey] = MP.ActorSystem.shared
+            all[.actorSystemKey] = actorSystem()
             return all
         }
         set { info = newValue }
     }
+
+    /// This process's actor system, set by the library's hook before `main`
+    /// (the layer above this one, where the actors are).
+    nonisolated(unsafe) static var actorSystem: (() -> Any)?
 
     init(reader: ByteReader) { self.reader = reader }
 
