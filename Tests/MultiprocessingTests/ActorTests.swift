@@ -28,11 +28,21 @@ distributed actor TestCounter: MP.PlaceableActor {
     }
     /// A second actor, made in the host by this one: its reference crosses back.
     distributed func sibling() -> TestCounter { TestCounter(actorSystem: actorSystem) }
+    /// Takes a value that cannot be encoded (the call must fail before it leaves).
+    distributed func take(_ value: ActorArgumentUnencodable) -> Int { 0 }
     /// Calls another actor (perhaps in another host) from the host.
     distributed func add(from other: TestCounter) async throws -> Int {
         value += try await other.read()
         return value
     }
+}
+
+/// A value whose encoding fails.
+struct ActorArgumentUnencodable: Codable, Sendable {
+    struct Refused: Error {}
+    init() {}
+    init(from decoder: any Decoder) throws { throw Refused() }
+    func encode(to encoder: any Encoder) throws { throw Refused() }
 }
 
 /// Increments a counter `times` times from a pool worker.
@@ -238,6 +248,69 @@ struct ActorTests {
         }
         #expect(error.code == .cannotCross)
         #expect(throws: MP.Error.self) { _ = try connection.recvBytes() } // and the host closed it
+    }
+
+    @Test("a cancelled call stops waiting at once; the actor serves the next call")
+    func cancelled() async throws {
+        let host = try MP.ActorSystem.shared.host(in: .newProcess(.forkserver))
+        defer { host.shutdown() }
+        let counter = try await host.place(TestCounter.self)
+        let napping = Task { try await counter.nap(milliseconds: 60_000) }
+        #expect(try await eventually { try await counter.read() == 0 })
+        napping.cancel()
+        let clock = ContinuousClock()
+        let started = clock.now
+        let outcome = await napping.result
+        #expect(clock.now - started < .seconds(5))
+        guard case .failure(let error as MP.Error) = outcome else { Issue.record("not cancelled: \(outcome)"); return }
+        #expect(error.code == .cancelled)
+        #expect(try await counter.increment() == 1)
+    }
+
+    @Test("misuse: an argument that cannot be encoded fails the call before it leaves; a bogus type is not placed; a malformed request costs only its connection")
+    func misuse() async throws {
+        let host = try MP.ActorSystem.shared.host(in: .newProcess(.forkserver))
+        defer { host.shutdown() }
+        let counter = try await host.place(TestCounter.self)
+        do {
+            _ = try await counter.take(ActorArgumentUnencodable())
+            Issue.record("an unencodable argument was sent")
+        } catch let error as MP.Error {
+            #expect(error.code == .encoding, "\(error)")
+        }
+        #expect(try await counter.increment() == 1)
+
+        func rawConnection() throws -> MP.Connection {
+            let connection = try MP.Client(address: host.address, authkey: MP.currentProcess().authkey)
+            var hello = ByteWriter()
+            hello.write(ActorFrames.Request.hello.rawValue)
+            hello.write(BuildIdentity.current)
+            try connection.sendBytes(hello.bytes)
+            _ = try connection.recvBytes()
+            return connection
+        }
+        let placing = try rawConnection()
+        defer { placing.close() }
+        var place = ByteWriter()
+        place.write(ActorFrames.Request.place.rawValue)
+        place.write(UInt64(1))
+        place.write("9NoSuchType0aB")
+        try placing.sendBytes(place.bytes)
+        let reply = try placing.recvBytes()
+        let refused: MP.Error = try reply.withUnsafeBytes { raw in
+            var reader = ByteReader(raw)
+            _ = try reader.read(UInt64.self)
+            return try ActorWire.failure(try reader.readByte(), &reader)
+        }
+        #expect(refused.code == .typeMismatch)
+
+        let garbled = try rawConnection()
+        defer { garbled.close() }
+        try garbled.sendBytes([99, 1, 2, 3])
+        #expect(throws: MP.Error.self) { _ = try garbled.recvBytes() } // the host closed it
+        try garbled.close()
+        #expect(try await counter.increment() == 2) // and serves everyone else
+        #expect(try await host.actorCount() == 1)
     }
 
     @Test("a host on TCP: a wrong key refused; with the key, actors placed and called over the network")

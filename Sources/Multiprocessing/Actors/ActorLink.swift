@@ -107,17 +107,35 @@ final class ActorLink: @unchecked Sendable {
         }
         if let quick = readOwnReply(call) { return try quick.get() }
         do {
-            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Swift.Error>) in
-                let arrived = lock.withLock { () -> Result<[UInt8], MP.Error>? in
-                    if case .arrived(let outcome)? = pending[call] {
-                        pending[call] = nil
-                        return outcome
+            // A cancelled caller stops waiting (the host still runs the call;
+            // its reply, when it comes, is dropped).
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Swift.Error>) in
+                    let arrived = lock.withLock { () -> Result<[UInt8], MP.Error>? in
+                        if case .arrived(let outcome)? = pending[call] {
+                            pending[call] = nil
+                            return outcome
+                        }
+                        if pending[call] == nil { return .failure(failure ?? .cancelled) }
+                        pending[call] = .suspended(continuation)
+                        return nil
                     }
-                    if pending[call] == nil { return .failure(failure ?? .hostGone(address, "the link ended")) }
-                    pending[call] = .suspended(continuation)
-                    return nil
+                    if let arrived { continuation.resume(with: arrived.mapError { $0 }) }
                 }
-                if let arrived { continuation.resume(with: arrived.mapError { $0 }) }
+            } onCancel: {
+                let waiting = lock.withLock { () -> CheckedContinuation<[UInt8], any Swift.Error>? in
+                    switch pending[call] {
+                    case .suspended(let continuation)?:
+                        pending[call] = nil
+                        return continuation
+                    case .waiting?:
+                        pending[call] = nil // the caller finds it gone as it suspends
+                        return nil
+                    case .arrived?, nil:
+                        return nil
+                    }
+                }
+                waiting?.resume(throwing: MP.Error.cancelled)
             }
         } catch let error as MP.Error {
             throw error
