@@ -81,39 +81,9 @@ extension MP {
         static func start(_ method: MP.StartMethod?, system: ActorSystem) throws(MP.Error) -> ActorHost {
             let requested = MP.Address.unix("/tmp/mp-actors-\(Sys.getpid)-\(UInt64.random(in: 0 ... .max)).sock")
             let key = ProcessAuthKey.current
-            let (ready, report): (Connection, Connection)
-            do { (ready, report) = try MP.Pipe(duplex: false) } catch { throw .hostGone(requested, "no pipe for its report: \(error.message)") }
-            let process = MP.getContext(method).Process(name: "ActorHost-\(counter.next())", daemon: true,
-                                                        target: ActorHostTask(address: requested, authkey: key, report: report))
-            do {
-                try process.start()
-            } catch {
-                throw .hostGone(requested, "its process did not start: \(error.message)")
-            }
-            report.close()
-            let outcome: ActorHostReady
-            do {
-                guard try ready.poll(timeout: 60) else {
-                    try? process.kill()
-                    _ = try? process.join(timeout: 5)
-                    throw MP.Error.hostGone(requested, "it did not report within 60 s")
-                }
-                outcome = try ready.recv(ActorHostReady.self)
-            } catch {
-                if let error = error as? MP.Error, error.code == .disconnected { throw error }
-                _ = try? process.join(timeout: 5)
-                throw .hostGone(requested, "it ended before it listened (\(process.exitStatus.map { "\($0)" } ?? "still running"))")
-            }
-            ready.close()
-            let address: MP.Address
-            switch outcome {
-            case .failed(let why):
-                _ = try? process.join(timeout: 5)
-                throw .hostGone(requested, "it could not listen: \(why)")
-            case .listening(let bound):
-                address = bound
-            }
-            if case .unix(let path) = address { ResourceTracker.registerFile(path) }
+            let (process, address) = try ServingProcess.start(name: "ActorHost-\(counter.next())", method: method,
+                                                              makeTask: { ActorHostTask(address: requested, authkey: key, report: $0) },
+                                                              failure: { MP.Error.hostGone(requested, $0) })
             let link: ActorLink
             do {
                 link = try ActorLink(address: address, authkey: key, linkTimeout: nil, system: system)
@@ -135,11 +105,6 @@ extension MP {
     }
 }
 
-enum ActorHostReady: Codable {
-    case listening(MP.Address)
-    case failed(String)
-}
-
 /// A host process's body: listens, says where, and serves until killed (or
 /// its owner dies: it is a daemon).
 struct ActorHostTask: MP.NamedTask {
@@ -149,18 +114,9 @@ struct ActorHostTask: MP.NamedTask {
     var report: MP.Connection
 
     func run() throws {
-        let listener: MP.Listener
-        do {
-            listener = try MP.Listener(address: address, authkey: authkey, backlog: 128)
-        } catch {
-            try report.send(ActorHostReady.failed("\(error)"))
-            return
-        }
-        // A ^C in the terminal reaches the owner, which stops its hosts.
-        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
+        guard let listener = try ServingProcess.listen(at: address, authkey: authkey, report: report) else { return }
         let server = ActorHostServer(listener: listener, system: .shared)
-        try report.send(ActorHostReady.listening(listener.address))
-        report.close()
+        try ServingProcess.ready(listener, report: report)
         server.serveForever()
     }
 }

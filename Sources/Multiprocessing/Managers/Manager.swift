@@ -70,37 +70,11 @@ extension MP {
             if let linkTimeout, !(linkTimeout > 0) { throw .invalidArgument("linkTimeout must be nil or above 0 (got \(linkTimeout))") }
             let key = authkey ?? ProcessAuthKey.current
             let requested = address ?? .unix("/tmp/mp-manager-\(Sys.getpid)-\(UInt64.random(in: 0 ... .max)).sock")
-            let (ready, report): (Connection, Connection)
-            do { (ready, report) = try MP.Pipe(duplex: false) } catch { throw .system(Self.osError(error)) }
-            let task = ManagerServerTask(address: requested, authkey: key, report: report)
-            let process = MP.getContext(startMethod).Process(name: "SyncManager-\(Manager.counter.next())", daemon: true, target: task)
-            do {
-                try process.start()
-            } catch {
-                throw .disconnected("the manager process did not start: \(error)")
-            }
-            report.close()
-            let outcome: ManagerReady
-            do {
-                guard try ready.poll(timeout: 60) else {
-                    try? process.kill()
-                    _ = try? process.join(timeout: 5)
-                    throw MP.Error.disconnected("the manager process did not report within 60 s")
-                }
-                outcome = try ready.recv(ManagerReady.self)
-            } catch {
-                if let error = error as? MP.Error, error.code == .disconnected { throw error }
-                _ = try? process.join(timeout: 5)
-                throw .disconnected("the manager process ended before it listened (\(process.exitStatus.map { "\($0)" } ?? "still running"))")
-            }
-            switch outcome {
-            case .failed(let why):
-                _ = try? process.join(timeout: 5)
-                throw .disconnected("the manager could not listen on \(requested): \(why)")
-            case .listening(let bound):
-                self.address = bound
-            }
-            if case .unix(let path) = self.address { ResourceTracker.registerFile(path) }
+            let (process, bound) = try ServingProcess.start(
+                name: "SyncManager-\(Manager.counter.next())", method: startMethod,
+                makeTask: { ManagerServerTask(address: requested, authkey: key, report: $0) },
+                failure: { MP.Error.disconnected("\(requested): \($0)") })
+            self.address = bound
             self.authkey = key
             self.linkTimeout = linkTimeout ?? Self.defaultLinkTimeout(for: self.address)
             self.process = process
@@ -387,12 +361,6 @@ final class Counter: @unchecked Sendable {
     func next() -> Int { lock.withLock { value += 1; return value } }
 }
 
-/// What the server process tells its starter.
-enum ManagerReady: Codable {
-    case listening(MP.Address)
-    case failed(String)
-}
-
 /// The manager's server process: the library's own named task.
 struct ManagerServerTask: MP.NamedTask {
     static var name: String { "swift-multiprocessing.manager-server" }
@@ -401,18 +369,8 @@ struct ManagerServerTask: MP.NamedTask {
     var report: MP.Connection
 
     func run() throws {
-        let listener: MP.Listener
-        do {
-            listener = try MP.Listener(address: address, authkey: authkey, backlog: 128)
-        } catch {
-            try report.send(ManagerReady.failed("\(error)"))
-            return
-        }
-        // Ignore SIGINT as CPython's manager does: a ^C in the terminal reaches
-        // the owner, which shuts the manager down.
-        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
-        try report.send(ManagerReady.listening(listener.address))
-        report.close()
+        guard let listener = try ServingProcess.listen(at: address, authkey: authkey, report: report) else { return }
+        try ServingProcess.ready(listener, report: report)
         ManagerServer(listener: listener).serveForever()
     }
 }

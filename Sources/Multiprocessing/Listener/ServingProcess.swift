@@ -1,0 +1,73 @@
+import MultiprocessingPlatform
+
+/// What a serving child tells its starter over a one-way pipe.
+enum ServingReady: Codable {
+    case listening(MP.Address)
+    case failed(String)
+}
+
+/// A daemon child that listens for a server of the library (a manager's,
+/// an actor host's) and says where, or why it could not: the starter waits
+/// for that (at most 60 s), so a child that dies or hangs before it listens
+/// is a clear error, never a hang.
+enum ServingProcess {
+    /// Starts the task `makeTask(report)` makes as a daemon process named
+    /// `name`; returns it with the address it listens on. `failure` words
+    /// each error for its kind of server ("the manager …").
+    static func start<T: MP.NamedTask>(name: String, method: MP.StartMethod?,
+                                       makeTask: (MP.Connection) -> T,
+                                       failure: (String) -> MP.Error) throws(MP.Error) -> (MP.Process, MP.Address) {
+        let (ready, report): (MP.Connection, MP.Connection)
+        do { (ready, report) = try MP.Pipe(duplex: false) } catch { throw failure("no pipe for its report: \(error.message)") }
+        let process = MP.getContext(method).Process(name: name, daemon: true, target: makeTask(report))
+        do {
+            try process.start()
+        } catch {
+            throw failure("its process did not start: \(error.message)")
+        }
+        report.close()
+        defer { ready.close() }
+        let outcome: ServingReady
+        do {
+            guard try ready.poll(timeout: 60) else {
+                try? process.kill()
+                _ = try? process.join(timeout: 5)
+                throw failure("its process did not report within 60 s")
+            }
+            outcome = try ready.recv(ServingReady.self)
+        } catch {
+            if let error = error as? MP.Error, error.code == .disconnected { throw error }
+            _ = try? process.join(timeout: 5)
+            throw failure("its process ended before it listened (\(process.exitStatus.map { "\($0)" } ?? "still running"))")
+        }
+        switch outcome {
+        case .failed(let why):
+            _ = try? process.join(timeout: 5)
+            throw failure("it could not listen: \(why)")
+        case .listening(let bound):
+            if case .unix(let path) = bound { ResourceTracker.registerFile(path) }
+            return (process, bound)
+        }
+    }
+
+    /// In the child: listens at `address` and reports where, or reports why
+    /// not (nil). SIGINT is ignored, as CPython's manager does: a ^C in the
+    /// terminal reaches the starter, which stops its servers.
+    static func listen(at address: MP.Address, authkey: [UInt8], report: MP.Connection) throws -> MP.Listener? {
+        let listener: MP.Listener
+        do {
+            listener = try MP.Listener(address: address, authkey: authkey, backlog: 128)
+        } catch {
+            try report.send(ServingReady.failed("\(error)"))
+            return nil
+        }
+        Sys.ignore(signal: MP.Signal.interrupt.rawValue)
+        return listener
+    }
+
+    /// In the child, once it serves: says where.
+    static func ready(_ listener: MP.Listener, report: MP.Connection) throws {
+        try report.send(ServingReady.listening(listener.address))
+        report.close()
+    }
+}
