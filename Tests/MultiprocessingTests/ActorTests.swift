@@ -89,6 +89,25 @@ func eventually(within seconds: Double = 20, _ condition: () async throws -> Boo
     return false
 }
 
+/// A connection to `host` that has sent its hello as build `build`, and the hello's reply.
+func rawConnection(to host: MP.ActorHost, build: String = BuildIdentity.current) throws -> (connection: MP.Connection, reply: [UInt8]) {
+    let connection = try MP.Client(address: host.address, authkey: MP.currentProcess().authkey)
+    var hello = ByteWriter()
+    hello.write(ActorFrames.Request.hello.rawValue)
+    hello.write(build)
+    try connection.sendBytes(hello.bytes)
+    return (connection, try connection.recvBytes())
+}
+
+/// The error a host's reply carries.
+func replyError(_ reply: [UInt8]) throws -> MP.Error {
+    try reply.withUnsafeBytes { raw in
+        var reader = ByteReader(raw)
+        _ = try reader.read(UInt64.self)
+        return try ActorWire.failure(try reader.readByte(), &reader)
+    }
+}
+
 @Suite("Actors across processes", .serialized)
 struct ActorTests {
     @Test("placed, called, its state kept across calls, in another process", arguments: MP.StartMethod.allCases)
@@ -234,19 +253,9 @@ struct ActorTests {
     func otherBuild() async throws {
         let host = try MP.ActorSystem.shared.host(in: .newProcess(.forkserver))
         defer { host.shutdown() }
-        let connection = try MP.Client(address: host.address, authkey: MP.currentProcess().authkey)
+        let (connection, reply) = try rawConnection(to: host, build: "0123456789abcdef-another-build")
         defer { connection.close() }
-        var hello = ByteWriter()
-        hello.write(ActorFrames.Request.hello.rawValue)
-        hello.write("0123456789abcdef-another-build")
-        try connection.sendBytes(hello.bytes)
-        let reply = try connection.recvBytes()
-        let error: MP.Error = try reply.withUnsafeBytes { raw in
-            var reader = ByteReader(raw)
-            _ = try reader.read(UInt64.self)
-            return try ActorWire.failure(try reader.readByte(), &reader)
-        }
-        #expect(error.code == .cannotCross)
+        #expect(try replyError(reply).code == .cannotCross)
         #expect(throws: MP.Error.self) { _ = try connection.recvBytes() } // and the host closed it
     }
 
@@ -280,31 +289,16 @@ struct ActorTests {
         }
         #expect(try await counter.increment() == 1)
 
-        func rawConnection() throws -> MP.Connection {
-            let connection = try MP.Client(address: host.address, authkey: MP.currentProcess().authkey)
-            var hello = ByteWriter()
-            hello.write(ActorFrames.Request.hello.rawValue)
-            hello.write(BuildIdentity.current)
-            try connection.sendBytes(hello.bytes)
-            _ = try connection.recvBytes()
-            return connection
-        }
-        let placing = try rawConnection()
+        let placing = try rawConnection(to: host).connection
         defer { placing.close() }
         var place = ByteWriter()
         place.write(ActorFrames.Request.place.rawValue)
         place.write(UInt64(1))
         place.write("9NoSuchType0aB")
         try placing.sendBytes(place.bytes)
-        let reply = try placing.recvBytes()
-        let refused: MP.Error = try reply.withUnsafeBytes { raw in
-            var reader = ByteReader(raw)
-            _ = try reader.read(UInt64.self)
-            return try ActorWire.failure(try reader.readByte(), &reader)
-        }
-        #expect(refused.code == .typeMismatch)
+        #expect(try replyError(try placing.recvBytes()).code == .typeMismatch)
 
-        let garbled = try rawConnection()
+        let garbled = try rawConnection(to: host).connection
         defer { garbled.close() }
         try garbled.sendBytes([99, 1, 2, 3])
         #expect(throws: MP.Error.self) { _ = try garbled.recvBytes() } // the host closed it
