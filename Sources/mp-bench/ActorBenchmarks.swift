@@ -109,11 +109,12 @@ enum ActorBenchmarks {
     /// on a local Ray started with the machine's CPUs; nil rounds when Ray is missing.
     static func rayScript(calls: Int, pipelined: Int, places: Int) -> String {
         """
-        import sys, time
+        import signal, sys, time
         try:
             import ray
         except ImportError:
             sys.exit(0)
+        signal.alarm(120)  # a Ray that cannot start ends this peer, not the benchmark
         ray.init(include_dashboard=False, log_to_driver=False, logging_level='ERROR')
 
         @ray.remote
@@ -145,6 +146,7 @@ enum ActorBenchmarks {
                 ray.kill(fresh)
             return total / max(1, \(places) // 10) * 1e3
         rounds = {'actor_call_roundtrip_us': roundtrip, 'actor_calls_per_s': per_second, 'actor_place_first_call_ms': place}
+        signal.alarm(0)
         print('ready', flush=True)
         for line in sys.stdin:
             name = line.strip()
