@@ -4,6 +4,58 @@ import Testing
 
 @Suite("Pipe and Connection")
 struct ConnectionTests {
+    @Test("numbers and flags go as stack frames, byte for byte what the encoder writes, and come back as sent")
+    func smallFrames() throws {
+        func encoderFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
+            let payload = try WireFormat.encode(value)
+            var frame = [UInt8](repeating: 0, count: MP.Connection.headerSize)
+            let length = UInt32(payload.count)
+            frame[0] = UInt8(truncatingIfNeeded: length)
+            frame[1] = UInt8(truncatingIfNeeded: length >> 8)
+            frame[2] = UInt8(truncatingIfNeeded: length >> 16)
+            frame[3] = UInt8(truncatingIfNeeded: length >> 24)
+            frame[4] = MP.Connection.Kind.codable.rawValue
+            frame[5] = MP.Connection.magic
+            let tag = WireFormat.typeTag(T.self)
+            frame[6] = UInt8(truncatingIfNeeded: tag)
+            frame[7] = UInt8(truncatingIfNeeded: tag >> 8)
+            return frame + payload
+        }
+        func stackFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
+            let frame = try #require(MP.Connection.smallFrame(value))
+            return try frame.withBytes { raw in [UInt8](raw) }
+        }
+        #expect(try stackFrame(-42) == encoderFrame(-42))
+        #expect(try stackFrame(Int32(-7)) == encoderFrame(Int32(-7)))
+        #expect(try stackFrame(UInt64.max) == encoderFrame(UInt64.max))
+        #expect(try stackFrame(3.25) == encoderFrame(3.25))
+        #expect(try stackFrame(Float(1.5)) == encoderFrame(Float(1.5)))
+        #expect(try stackFrame(true) == encoderFrame(true))
+        #expect(try stackFrame(false) == encoderFrame(false))
+        #expect(MP.Connection.smallFrame("text") == nil && MP.Connection.smallFrame(Int?.some(1)) == nil)
+
+        let (a, b) = try MP.Pipe()
+        try a.send(Int.min)
+        try a.send(Int32.max)
+        try a.send(UInt.max)
+        try a.send(-0.5)
+        try a.send(Float.infinity)
+        try a.send(true)
+        try a.send("between")
+        try a.send(Int?.some(5))
+        #expect(try b.recv(Int.self) == Int.min)
+        #expect(try b.recv(Int32.self) == Int32.max)
+        #expect(try b.recv(UInt.self) == UInt.max)
+        #expect(try b.recv(Double.self) == -0.5)
+        #expect(try b.recv(Float.self) == Float.infinity)
+        #expect(try b.recv(Bool.self) == true)
+        #expect(try b.recv(String.self) == "between")
+        #expect(try b.recv(Int?.self) == 5)
+        // A number read as another type is refused, as through the encoder.
+        try a.send(7)
+        #expect(throws: MP.Error.self) { try b.recv(Double.self) }
+    }
+
     @Test("ping-pong of Codable values between processes; end-of-file when the peer is gone")
     func pingPong() throws {
         let (parentEnd, childEnd) = try MP.Pipe()

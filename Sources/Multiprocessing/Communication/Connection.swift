@@ -156,6 +156,13 @@ extension MP {
                 do { bytes = try PickleEncoder().encode(value) } catch { throw .pickle(error) }
                 return try sendBytes(bytes)
             }
+            if framing == .native, let frame = Self.smallFrame(value) {
+                // A number or a flag: its frame is built on the stack and sent with one `send`.
+                return try frame.withBytes { raw throws(MP.Error) in
+                    try checkSendable(raw.count - Self.headerSize)
+                    try sendLock.withLock { () throws(MP.Error) in try writeAll(raw, UnsafeRawBufferPointer(start: nil, count: 0)) }
+                }
+            }
             var writer = ByteWriter()
             writer.bytes.append(contentsOf: repeatElement(0, count: Self.headerSize))
             do { try WireFormat.encode(value, into: &writer) } catch { throw .encoding(error) }
@@ -272,6 +279,46 @@ extension MP {
             return offset
         }
 
+        /// A frame of at most 16 bytes on the stack: the header and a fixed-width number's bytes.
+        struct SmallFrame {
+            var storage: (UInt64, UInt64) = (0, 0)
+            var count: Int
+
+            func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws(MP.Error) -> R) throws(MP.Error) -> R {
+                var storage = storage
+                let count = count
+                return try withUnsafeBytes(of: &storage) { raw in
+                    Result { () throws(MP.Error) in try body(UnsafeRawBufferPointer(rebasing: raw[..<count])) }
+                }.get()
+            }
+        }
+
+        /// The whole frame of a value whose wire form is its own bytes (the
+        /// integers, `Double`, `Float`, `Bool`), nil for any other value.
+        /// The same bytes `send` would write through the encoder.
+        static func smallFrame<T: Encodable>(_ value: T) -> SmallFrame? {
+            let size: Int
+            if T.self == Int.self || T.self == UInt.self || T.self == Int64.self || T.self == UInt64.self || T.self == Double.self {
+                size = 8
+            } else if T.self == Int32.self || T.self == UInt32.self || T.self == Float.self {
+                size = 4
+            } else if T.self == Bool.self {
+                size = 1
+            } else {
+                return nil
+            }
+            var frame = SmallFrame(count: headerSize + size)
+            withUnsafeMutableBytes(of: &frame.storage) { raw in
+                writeHeader(into: raw, payloadSize: size, kind: .codable, type: WireFormat.typeTag(T.self))
+                if T.self == Bool.self {
+                    raw[headerSize] = (value as! Bool) ? 1 : 0
+                } else {
+                    withUnsafeBytes(of: value) { UnsafeMutableRawBufferPointer(rebasing: raw[headerSize..<(headerSize + size)]).copyMemory(from: $0) }
+                }
+            }
+            return frame
+        }
+
         /// Header: UInt32 payload length, kind, magic, UInt16 type fingerprint (little-endian).
         private static func writeHeader(into frame: inout [UInt8], payloadSize: Int, kind: Kind, type: UInt16) {
             frame.withUnsafeMutableBytes { writeHeader(into: $0, payloadSize: payloadSize, kind: kind, type: type) }
@@ -290,10 +337,22 @@ extension MP {
         }
 
         /// With the send lock held: writes every byte of `first`, then of
-        /// `second`, with as few `sendmsg` calls as the socket allows. No
+        /// `second`, with as few `sendmsg` calls as the socket allows (one
+        /// buffer alone goes by `send`, as a C loop's `write` would). No
         /// arrays: a child's first send instantiates no generic metadata.
         private func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(MP.Error) {
             guard fd >= 0 else { throw .connectionClosed }
+            if second.isEmpty {
+                var offset = 0
+                while offset < first.count {
+                    switch Result(catching: { () throws(OSError) in try Sys.send(fd, UnsafeRawBufferPointer(rebasing: first[offset...])) }) {
+                    case .success(let sent): offset += sent
+                    case .failure(let error) where error.errno == .brokenPipe || error.errno == .connectionReset: throw .brokenPipe
+                    case .failure(let error): throw .system(error)
+                    }
+                }
+                return
+            }
             var vectors = (iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
                            iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count))
             var remaining = first.count + second.count
