@@ -13,16 +13,22 @@ import Glibc
 struct SyscallFaultTests {
     init() { SyscallFaults.clear() }
 
-    @Test("EINTR on sendmsg and recv is retried: the message arrives whole")
+    @Test("EINTR on send, sendmsg and recv is retried: the message arrives whole")
     func interruptedSendAndReceive() throws {
         defer { SyscallFaults.clear() }
         let (left, right) = try MP.Pipe()
-        SyscallFaults.inject([.interrupted, .interrupted], into: "sendmsg")
+        // A value's frame is one buffer: it goes by send.
+        SyscallFaults.inject([.interrupted, .interrupted], into: "send")
         SyscallFaults.inject([.interrupted, .interrupted, .interrupted], into: "recv")
         try left.send(["interrupted": [1, 2, 3]])
         #expect(try right.recv([String: [Int]].self) == ["interrupted": [1, 2, 3]])
-        #expect(SyscallFaults.pending("sendmsg") == 0, "the send did not go through the errno path")
+        #expect(SyscallFaults.pending("send") == 0, "the send did not go through the errno path")
         #expect(SyscallFaults.pending("recv") == 0, "the receive did not go through the errno path")
+        // Bytes go as a header and the caller's buffer together: by sendmsg.
+        SyscallFaults.inject([.interrupted, .interrupted], into: "sendmsg")
+        try left.sendBytes([7, 8, 9])
+        #expect(try right.recvBytes() == [7, 8, 9])
+        #expect(SyscallFaults.pending("sendmsg") == 0, "sendmsg did not go through the errno path")
     }
 
     @Test("EAGAIN on accept4 is 'nobody yet': accept waits on and returns the connection")
