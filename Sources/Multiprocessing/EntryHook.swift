@@ -46,7 +46,11 @@ enum EntryHook {
             SegmentKeeper.serve(3, owner: argv[3].flatMap { pid_t(String(cString: $0)) } ?? 0)
         case ForkServer.flag where number > 0:
             let boundNow = argc >= 4 && argv[3].map { String(cString: $0) == "bound" } == true
-            ForkServer.serve(socket: 3, parent: number, boundNow: boundNow)
+            ForkServer.serve(socket: 3, parent: number, boundNow: boundNow) {
+                // The library's own servers, started under forkserver by default.
+                ServingProcess.warmUp { ActorHostTask(address: .unix(""), authkey: [], report: $0) }
+                ServingProcess.warmUp { ManagerServerTask(address: .unix(""), authkey: [], report: $0) }
+            }
         default:
             return
         }

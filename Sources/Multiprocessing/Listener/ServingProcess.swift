@@ -65,6 +65,28 @@ enum ServingProcess {
         return listener
     }
 
+    /// In the forkserver, before its first fork: what a serving child of
+    /// `make`'s kind does first (its task decoded, its report encoded and
+    /// framed), done once on a sample so that every child inherits the
+    /// runtime's answers instead of asking them itself: each is a scan of
+    /// every conformance record of the program (a millisecond of a
+    /// forkserver child's start in a program linking Foundation).
+    static func warmUp<T: MP.NamedTask>(_ make: (MP.Connection) -> T) {
+        guard let (one, other) = try? MP.Pipe(duplex: false) else { return }
+        defer {
+            one.close()
+            other.close()
+        }
+        let table = DescriptorTable()
+        if let bytes = try? WireFormat.encode(make(other), descriptors: table) {
+            _ = try? WireFormat.decode(T.self, from: bytes, descriptors: ReceivedDescriptors(table.descriptors))
+        }
+        for sample in [ServingReady.listening(.unix("")), .listening(.tcp(host: "", port: 0)), .failed("")] {
+            _ = try? WireFormat.decode(ServingReady.self, from: WireFormat.encode(sample))
+        }
+        _ = WireFormat.typeTag(ServingReady.self)
+    }
+
     /// In the child, once it serves: says where.
     static func ready(_ listener: MP.Listener, report: MP.Connection) throws {
         try report.send(ServingReady.listening(listener.address))

@@ -19,7 +19,9 @@ enum ForkServer {
     static let request: [UInt8] = Swift.Array("MPFS".utf8)
 
     /// The server's loop, on the descriptor `socket`. Never returns.
-    static func serve(socket: Int32, parent: pid_t, boundNow: Bool) -> Never {
+    /// `warmUpAbove` is the layers above this one's share of ``warmUp()``
+    /// (the library's own servers' first steps), run once before the first fork.
+    static func serve(socket: Int32, parent: pid_t, boundNow: Bool, warmUpAbove: () -> Void) -> Never {
         if !Sys.dieWithParent(parent) { Sys.exitImmediately(0) }
         // The loader bound every symbol at start (LD_BIND_NOW): a child's
         // first call of a function the server never called would otherwise
@@ -33,6 +35,7 @@ enum ForkServer {
         let prepared: Int32
         do { try Sys.prepareCloneIntoParent(); prepared = 0 } catch { prepared = error.errno.rawValue }
         warmUp()
+        warmUpAbove()
         reply(socket, prepared == 0 ? Sys.getpid : -prepared)
         if prepared != 0 { Sys.exitImmediately(0) }
         while true {

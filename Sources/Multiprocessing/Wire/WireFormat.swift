@@ -122,7 +122,12 @@ extension WireFormat {
     private static func slowTypeTag<T>(_ type: T.Type, _ id: ObjectIdentifier) -> UInt16 {
         if let tag = tagLock.withLock({ tags[id] }) { return tag }
         var hash: UInt32 = 2_166_136_261
-        var name = String(reflecting: type)
+        // The runtime's name of the type, as `String(reflecting:)` prints
+        // it, without going through printing: that asks the runtime whether
+        // the metatype conforms to a handful of protocols, each a scan of
+        // every conformance record in a fresh process (0.9 ms of a
+        // forkserver child's first message, in a program linking Foundation).
+        var name = _typeName(type, qualified: true)
         name.withUTF8 { for byte in $0 { hash = (hash ^ UInt32(byte)) &* 16_777_619 } }
         let tag = UInt16(truncatingIfNeeded: hash ^ (hash >> 16)) | 1 // never 0: 0 means raw bytes
         tagLock.withLock { tags[id] = tag }
