@@ -56,6 +56,35 @@ struct ConnectionTests {
         #expect(throws: MP.Error.self) { try b.recv(Double.self) }
     }
 
+    @Test("a batch leaves in one buffer and arrives as its messages, in either framing; one too large sends nothing")
+    func batches() throws {
+        for framing in [MP.Connection.Framing.native, .python] {
+            var fds: [Int32] = [-1, -1]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+            let a = MP.Connection(fd: fds[0], readable: true, writable: true, maxMessageSize: 1 << 20, framing: framing)
+            let b = MP.Connection(fd: fds[1], readable: true, writable: true, maxMessageSize: 1 << 20, framing: framing)
+            #expect(!b.hasBufferedMessage)
+            let messages: [[UInt8]] = [[1, 2, 3], [], Array(repeating: 7, count: 70_000), [9]]
+            try a.sendBytes(batch: messages)
+            for message in messages { #expect(try b.recvBytes() == message) }
+            try a.sendBytes(batch: [[4], [5, 5]])
+            #expect(try b.recvBytes() == [4])
+            // The second came in the same read: it is known to be there without a syscall.
+            #expect(b.hasBufferedMessage)
+            #expect(try b.recvBytes() == [5, 5])
+            #expect(!b.hasBufferedMessage)
+
+            let small = MP.Connection(fd: dup(fds[0]), readable: true, writable: true, maxMessageSize: 8, framing: framing)
+            #expect(throws: MP.Error.self) { try small.sendBytes(batch: [[1], Array(repeating: 0, count: 9)]) }
+            try small.sendBytes(batch: [[5], [6]])
+            #expect(try b.recvBytes() == [5]) // nothing of the refused batch went
+            #expect(try b.recvBytes() == [6])
+            small.close()
+            a.close()
+            b.close()
+        }
+    }
+
     @Test("ping-pong of Codable values between processes; end-of-file when the peer is gone")
     func pingPong() throws {
         let (parentEnd, childEnd) = try MP.Pipe()

@@ -11,6 +11,8 @@ final class ActorHostServer: @unchecked Sendable {
     private let counter = Atomic64()
     /// How long a connection's thread looks for the next request before it sleeps.
     static let spinNanoseconds: Int64 = 50_000
+    /// At most this many requests are read before their calls run.
+    static let batchLimit = 128
 
     init(listener: MP.Listener, system: MP.ActorSystem) {
         self.listener = listener
@@ -36,7 +38,6 @@ final class ActorHostServer: @unchecked Sendable {
     }
 
     private func serve(_ connection: MP.Connection, holder: UInt64) {
-        let sendLock = ForkSafeLock()
         defer {
             system.dropAll(holder: holder)
             connection.close()
@@ -62,10 +63,8 @@ final class ActorHostServer: @unchecked Sendable {
         helloReply.write(system.incarnation)
         guard (try? connection.sendBytes(helloReply.bytes)) != nil else { return }
 
-        let send: @Sendable ([UInt8]) -> Void = { bytes in
-            // A client gone mid-call: its reader sees the end; nothing to do here.
-            _ = try? sendLock.withLock { () throws(MP.Error) in try connection.sendBytes(bytes) }
-        }
+        let outbox = ReplyOutbox(connection)
+        let send: @Sendable ([UInt8]) -> Void = { outbox.send($0) }
         // This thread runs the connection's calls too (their tasks prefer
         // its executor): a call that does not suspend is read, run and
         // answered here, with no hand-over to another thread.
@@ -73,6 +72,7 @@ final class ActorHostServer: @unchecked Sendable {
         defer { executor.finish() }
         while true {
             executor.runPending()
+            outbox.flush()
             guard var readable = try? connection.poll(timeout: 0) else { return }
             // A client's next call usually follows its reply at once: look
             // for it a while before sleeping (a wake-up costs more here).
@@ -84,20 +84,26 @@ final class ActorHostServer: @unchecked Sendable {
             if !readable {
                 guard executor.wait(for: connection.fileno) else { continue } // woken for jobs
             }
-            guard let request = try? connection.recvBytes() else { return }
-            let malformed: MP.Error? = request.withUnsafeBytes { raw in
-                var reader = ByteReader(raw)
-                do throws(MP.Error) {
-                    try handle(&reader, holder: holder, executor: executor, send: send)
-                    return nil
-                } catch {
-                    return error
+            // The requests that came together are read together; their
+            // calls then run, and their replies leave in one send.
+            var batch = 0
+            repeat {
+                guard let request = try? connection.recvBytes() else { return }
+                let malformed: MP.Error? = request.withUnsafeBytes { raw in
+                    var reader = ByteReader(raw)
+                    do throws(MP.Error) {
+                        try handle(&reader, holder: holder, executor: executor, send: send)
+                        return nil
+                    } catch {
+                        return error
+                    }
                 }
-            }
-            if let malformed {
-                LibraryLog.log(.warning, "actor host: a malformed request (\(malformed.message)); closing that connection")
-                return
-            }
+                if let malformed {
+                    LibraryLog.log(.warning, "actor host: a malformed request (\(malformed.message)); closing that connection")
+                    return
+                }
+                batch += 1
+            } while batch < Self.batchLimit && connection.hasBufferedMessage
         }
     }
 
@@ -171,6 +177,35 @@ final class ActorHostServer: @unchecked Sendable {
         case .hello?, .hold?, nil:
             throw .malformed(type: "actor request", reason: "kind \(kind) here")
         }
+    }
+}
+
+/// One connection's replies: those made on its thread (a call that ran
+/// there, most of them) wait for the end of the batch and leave together;
+/// one made on another thread leaves at once.
+final class ReplyOutbox: @unchecked Sendable {
+    private let connection: MP.Connection
+    private let thread = Sys.gettid
+    /// Touched only on the connection's thread.
+    private var waiting: [[UInt8]] = []
+
+    /// Made on the connection's thread.
+    init(_ connection: MP.Connection) { self.connection = connection }
+
+    func send(_ reply: [UInt8]) {
+        if Sys.gettid == thread {
+            waiting.append(reply)
+        } else {
+            // A client gone mid-call: its reader sees the end; nothing to do here.
+            _ = try? connection.sendBytes(reply)
+        }
+    }
+
+    /// On the connection's thread: sends what waits.
+    func flush() {
+        guard !waiting.isEmpty else { return }
+        _ = try? connection.sendBytes(batch: waiting)
+        waiting.removeAll(keepingCapacity: true)
     }
 }
 

@@ -103,7 +103,15 @@ enum ActorWire {
     static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], system: MP.ActorSystem) throws(MP.Error) -> T {
         do {
             return try bytes.withUnsafeBytes { raw in
-                let decoder = BinaryDecoder(reader: ByteReader(raw))
+                // A number, a string, a flag: read as they are, no decoder made.
+                var reader = ByteReader(raw)
+                if let value = try reader.readFast(T.self) {
+                    guard reader.remaining == 0 else {
+                        throw MP.Error.malformed(type: "\(T.self)", reason: "\(reader.remaining) byte(s) left over")
+                    }
+                    return value
+                }
+                let decoder = BinaryDecoder(reader: reader)
                 decoder.userInfo[.actorSystemKey] = system
                 let value = try decoder.decodeValue(T.self)
                 guard decoder.reader.remaining == 0 else {

@@ -161,13 +161,20 @@ final class ActorLink: @unchecked Sendable {
         guard mine else { return nil }
         let until = Deadline.now + Self.readWindow
         let spinUntil = Deadline.now + ActorHostServer.spinNanoseconds
+        // Alone no more (another call went out): this thread is one of the
+        // few that run tasks, so it stops waiting here and the link's
+        // thread reads for all.
+        func joined() -> Bool { lock.withLock { pending.count > 1 } }
         while true {
             var ready: Bool
             do {
                 // A quick reply is looked for without sleeping, then waited for.
                 ready = try connection.poll(timeout: 0)
-                while !ready && Deadline.now < spinUntil { ready = try connection.poll(timeout: 0) }
-                if !ready { ready = try connection.poll(timeout: max(0, Double(until - Deadline.now) / 1e9)) }
+                while !ready && Deadline.now < spinUntil {
+                    if joined() { break }
+                    ready = try connection.poll(timeout: 0)
+                }
+                if !ready && !joined() { ready = try connection.poll(timeout: max(0, Double(until - Deadline.now) / 1e9)) }
             } catch {
                 ready = true // the read below meets the same failure
             }
@@ -182,6 +189,7 @@ final class ActorLink: @unchecked Sendable {
                 return frame.outcome
             }
             deliver(frame)
+            if joined() { break }
         }
         lock.withLock {
             reading = false

@@ -198,6 +198,37 @@ extension MP {
             try sendFrame(&frame, kind: .bytes, type: 0)
         }
 
+        /// Sends several messages of bytes at once: each arrives as one
+        /// `recvBytes`, in order, but they leave in one buffer, so a peer
+        /// that is asleep is woken once for all of them (a server answering
+        /// the calls it read together).
+        package func sendBytes(batch messages: [[UInt8]]) throws(MP.Error) {
+            if messages.count == 1 { return try sendBytes(messages[0]) }
+            var size = 0
+            for message in messages {
+                try checkSendable(message.count)
+                size += message.count + 12
+            }
+            var frames = [UInt8]()
+            frames.reserveCapacity(size)
+            var header: (UInt64, UInt64) = (0, 0)
+            for message in messages {
+                let length = withUnsafeMutableBytes(of: &header) { raw -> Int in
+                    if framing == .python { return Self.writePythonHeader(into: raw, payloadSize: message.count, kind: .bytes, type: 0) }
+                    Self.writeHeader(into: raw, payloadSize: message.count, kind: .bytes, type: 0)
+                    return Self.headerSize
+                }
+                withUnsafeBytes(of: &header) { frames.append(contentsOf: $0[..<length]) }
+                frames.append(contentsOf: message)
+            }
+            let result = frames.withUnsafeBytes { raw in
+                Result { () throws(MP.Error) in
+                    try sendLock.withLock { () throws(MP.Error) in try writeAll(raw, UnsafeRawBufferPointer(start: nil, count: 0)) }
+                }
+            }
+            try result.get()
+        }
+
         /// Sends the bytes of a `BitwiseCopyable` value as they are in memory: no encoding.
         public func sendBitwise<T: BitwiseCopyable>(_ value: T) throws(MP.Error) {
             var value = value
@@ -473,6 +504,19 @@ extension MP {
             try recvLock.withLock { () throws(MP.Error) -> T in
                 let (size, kind) = try nextFrameBlocking()
                 return try consumeBitwise(size, kind, as: T.self)
+            }
+        }
+
+        /// Whether a whole message is already buffered, asked without a
+        /// syscall: a server reads what arrived together before it answers.
+        package var hasBufferedMessage: Bool {
+            recvLock.withLock {
+                guard readable, fd >= 0 else { return false }
+                guard buffered >= (framing == .native ? Self.headerSize : 4) else { return false }
+                if framing == .python && pythonLength() == -1 && buffered < 12 { return false }
+                // A header that does not parse: the next receive says what is wrong.
+                guard let (size, _) = try? parseHeader() else { return true }
+                return buffered >= header + size
             }
         }
 
