@@ -73,7 +73,12 @@ enum ServingProcess {
     /// forkserver child's start in a program linking Foundation).
     static func warmUp<T: MP.NamedTask>(_ make: (MP.Connection) -> T) {
         guard let (one, other) = try? MP.Pipe(duplex: false) else { return }
+        // The sample's decoder must not make this process's actor system:
+        // each child makes its own (its incarnation is its own).
+        let actorSystem = BinaryDecoder.actorSystem
+        BinaryDecoder.actorSystem = nil
         defer {
+            BinaryDecoder.actorSystem = actorSystem
             one.close()
             other.close()
         }
