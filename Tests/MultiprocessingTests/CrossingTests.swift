@@ -155,6 +155,27 @@ struct CrossingTests {
         #expect(registry.generic.contains("Generic"))
     }
 
+    @Test("a launch message reads back as written, with and without its optional fields; a damaged one is refused")
+    func launchMessageForm() throws {
+        let full = LaunchInfo(build: "b", task: "t", arguments: [1, 2, 3], processName: "p", identity: [1, -2, 3],
+                              daemon: true, parentPid: 42, parentName: "MainProcess", lineBuffered: true,
+                              logLevel: "debug", authkey: [9, 8])
+        let bare = LaunchInfo(build: "", task: "", arguments: [], processName: "", identity: [],
+                              daemon: false, parentPid: 0, parentName: "", lineBuffered: false)
+        for info in [full, bare] {
+            let back = try LaunchInfo(decoding: info.encoded)
+            #expect(back.build == info.build && back.task == info.task && back.arguments == info.arguments)
+            #expect(back.processName == info.processName && back.identity == info.identity && back.daemon == info.daemon)
+            #expect(back.parentPid == info.parentPid && back.parentName == info.parentName && back.lineBuffered == info.lineBuffered)
+            #expect(back.logLevel == info.logLevel && back.authkey == info.authkey)
+        }
+        let bytes = full.encoded
+        #expect(throws: MP.Error.self) { try LaunchInfo(decoding: Array(bytes.dropLast())) }
+        #expect(throws: MP.Error.self) { try LaunchInfo(decoding: bytes + [0]) }
+        #expect(throws: MP.Error.self) { try LaunchInfo(decoding: [0xff, 0xff, 0xff, 0xff] + bytes.dropFirst(4)) }
+        #expect(throws: MP.Error.self) { try LaunchInfo(decoding: []) }
+    }
+
     @Test("a child refuses an unknown name, another build's task, and arguments of the wrong type", arguments: launchedMethods)
     func childRefusals(method: MP.StartMethod) throws {
         let good = LaunchInfo(build: BuildIdentity.current, task: ExitWith.name, arguments: try WireFormat.encode(ExitWith(code: 3)),

@@ -93,7 +93,7 @@ enum ForkServer {
         _ = Runtime.shared
         let sample = LaunchInfo(build: "", task: "", arguments: [0], processName: "", identity: [1],
                                 daemon: false, parentPid: 0, parentName: "", lineBuffered: false, authkey: [1])
-        _ = try? WireFormat.decode(LaunchInfo.self, from: WireFormat.encode(sample))
+        _ = try? LaunchInfo(decoding: sample.encoded)
         for task in registry.byName.values { warm(task) }
     }
 

@@ -4,7 +4,7 @@ import MultiprocessingPlatform
 /// What a spawned or forkserver child is told: which task, with which
 /// arguments, as which process. Written by the parent into a memfd that
 /// becomes the child's first passed descriptor (descriptor 3 after spawn).
-struct LaunchInfo: Codable {
+struct LaunchInfo {
     var build: String
     var task: String
     var arguments: [UInt8]
@@ -19,6 +19,64 @@ struct LaunchInfo: Codable {
     var logLevel: String?
     /// The parent's ``ProcessAuthKey`` (Python's `authkey`, inherited).
     var authkey: [UInt8]?
+}
+
+extension LaunchInfo {
+    /// The launch message's bytes, written field by field with the wire's
+    /// primitives rather than through `Codable`: a fresh process's first
+    /// decoding of a type asks the runtime about each field's type, each
+    /// question a scan of every conformance record of the program, and a
+    /// spawned child reads this before anything else.
+    var encoded: [UInt8] {
+        var writer = ByteWriter()
+        writer.write(build)
+        writer.write(task)
+        writer.writeLength(arguments.count)
+        writer.writeRaw(arguments)
+        writer.write(processName)
+        writer.writeLength(identity.count)
+        for number in identity { writer.write(number) }
+        writer.write(UInt8(daemon ? 1 : 0))
+        writer.write(parentPid)
+        writer.write(parentName)
+        writer.write(UInt8(lineBuffered ? 1 : 0))
+        writer.write(UInt8(logLevel == nil ? 0 : 1))
+        if let logLevel { writer.write(logLevel) }
+        writer.write(UInt8(authkey == nil ? 0 : 1))
+        if let authkey {
+            writer.writeLength(authkey.count)
+            writer.writeRaw(authkey)
+        }
+        return writer.bytes
+    }
+
+    /// Reads ``encoded``; every length is checked against what remains.
+    init(decoding bytes: [UInt8]) throws(MP.Error) {
+        let result = bytes.withUnsafeBytes { raw in
+            Result { () throws(MP.Error) -> LaunchInfo in
+                var reader = ByteReader(raw)
+                let build = try reader.readString()
+                let task = try reader.readString()
+                let arguments = [UInt8](try reader.readRaw(try reader.readLength()))
+                let processName = try reader.readString()
+                var identity: [Int] = []
+                for _ in 0..<(try reader.readLength()) { identity.append(try reader.read(Int.self)) }
+                let daemon = try reader.readBool()
+                let parentPid = try reader.read(Int32.self)
+                let parentName = try reader.readString()
+                let lineBuffered = try reader.readBool()
+                let logLevel = try reader.readBool() ? try reader.readString() : nil
+                let authkey = try reader.readBool() ? [UInt8](try reader.readRaw(try reader.readLength())) : nil
+                guard reader.remaining == 0 else {
+                    throw .malformed(type: "launch message", reason: "\(reader.remaining) bytes left over")
+                }
+                return LaunchInfo(build: build, task: task, arguments: arguments, processName: processName,
+                                  identity: identity, daemon: daemon, parentPid: parentPid, parentName: parentName,
+                                  lineBuffered: lineBuffered, logLevel: logLevel, authkey: authkey)
+            }
+        }
+        self = try result.get()
+    }
 }
 
 /// The launch message of a spawned or forkserver child, ready to pass: a
@@ -48,8 +106,7 @@ struct LaunchMessage {
     }
 
     init(_ info: LaunchInfo, objects: [Int32], method: MP.StartMethod) throws(MP.Error) {
-        let message: [UInt8]
-        do { message = try WireFormat.encode(info) } catch { throw .cannotCross("the launch message does not encode: \(error)") }
+        let message = info.encoded
         do {
             launchFile = try Sys.memoryFile("mp-launch")
         } catch {

@@ -12,7 +12,7 @@ enum LaunchedChild {
         guard let launchFile = descriptors.first else { fail("no launch message was passed") }
         let info: LaunchInfo
         do {
-            info = try WireFormat.decode(LaunchInfo.self, from: try Sys.readWholeFile(launchFile))
+            info = try LaunchInfo(decoding: try Sys.readWholeFile(launchFile))
         } catch {
             fail("the launch message is unreadable: \(error)")
         }
