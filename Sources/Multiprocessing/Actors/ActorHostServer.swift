@@ -145,7 +145,7 @@ final class ActorHostServer: @unchecked Sendable {
             executor.began()
             Task(executorPreference: executor) {
                 defer { executor.ended() }
-                var decoder = MP.ActorInvocationDecoder(system: system, generics: generics, arguments: arguments)
+                var decoder = MP.ActorInvocationDecoder(generics: generics, arguments: arguments)
                 let handler = MP.ActorResultHandler()
                 do {
                     try await system.executeDistributedTarget(on: actor, target: RemoteCallTarget(target),

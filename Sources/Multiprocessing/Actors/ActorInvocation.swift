@@ -35,7 +35,6 @@ extension MP {
     /// Reads a call's generic substitutions and arguments in the host.
     public struct ActorInvocationDecoder: DistributedTargetInvocationDecoder {
         public typealias SerializationRequirement = Codable
-        let system: ActorSystem
         let generics: [String]
         let arguments: [[UInt8]]
         var next = 0
@@ -54,7 +53,7 @@ extension MP {
                 throw MP.Error.malformed(type: "actor call", reason: "\(arguments.count) argument(s) sent, more asked for")
             }
             defer { next += 1 }
-            return try ActorWire.decode(Argument.self, from: arguments[next], system: system)
+            return try ActorWire.decode(Argument.self, from: arguments[next])
         }
 
         public mutating func decodeErrorType() throws -> Any.Type? { nil }
@@ -97,33 +96,13 @@ extension MP {
     }
 }
 
-/// Values of actor calls: the wire format, decoded with the actor system at
-/// hand (an actor reference among them is resolved in it).
+/// Values of actor calls, in the wire format.
 enum ActorWire {
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], system: MP.ActorSystem) throws(MP.Error) -> T {
-        do {
-            return try bytes.withUnsafeBytes { raw in
-                // A number, a string, a flag: read as they are, no decoder made.
-                var reader = ByteReader(raw)
-                if let value = try reader.readFast(T.self) {
-                    guard reader.remaining == 0 else {
-                        throw MP.Error.malformed(type: "\(T.self)", reason: "\(reader.remaining) byte(s) left over")
-                    }
-                    return value
-                }
-                let decoder = BinaryDecoder(reader: reader)
-                decoder.userInfo[.actorSystemKey] = system
-                let value = try decoder.decodeValue(T.self)
-                guard decoder.reader.remaining == 0 else {
-                    throw MP.Error.malformed(type: "\(T.self)", reason: "\(decoder.reader.remaining) byte(s) left over")
-                }
-                return value
-            }
-        } catch let error as MP.Error {
-            throw error
-        } catch {
-            throw MP.Error.malformed(type: "\(T.self)", reason: "\(error)")
-        }
+    /// A value of a call or a reply. An actor reference among it resolves in
+    /// this process's ``MP/ActorSystem/shared`` (the decoder finds it through
+    /// the hook the entry hook sets; it is the only system there is).
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(MP.Error) -> T {
+        try WireFormat.decode(T.self, from: bytes)
     }
 
     /// A reply's payload that is one number (a placed actor's, a count).

@@ -185,7 +185,7 @@ extension MP {
                                               throwing: Err.Type, returning: Res.Type) async throws -> Res
             where Act: DistributedActor, Act.ID == ActorID, Err: Swift.Error, Res: Codable {
             let payload = try await call(actor.id, target, &invocation)
-            return try ActorWire.decode(Res.self, from: payload, system: self)
+            return try ActorWire.decode(Res.self, from: payload)
         }
 
         public func remoteCallVoid<Act, Err>(on actor: Act, target: RemoteCallTarget, invocation: inout InvocationEncoder,

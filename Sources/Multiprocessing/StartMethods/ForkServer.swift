@@ -84,16 +84,14 @@ enum ForkServer {
 
     /// Done once here, inherited by every child instead of redone in each:
     /// the task registry, the build id, the child executors' lookups, the
-    /// runtime's answers for decoding a launch message and each task type.
+    /// runtime's answers for each task type. (A launch message asks the
+    /// runtime nothing: it is read field by field.)
     private static func warmUp() {
         let registry = TaskRegistry.shared
         _ = BuildIdentity.current
         _ = ChildExecutors.isAvailable
         ChildExecutors.prepare
         _ = Runtime.shared
-        let sample = LaunchInfo(build: "", task: "", arguments: [0], processName: "", identity: [1],
-                                daemon: false, parentPid: 0, parentName: "", lineBuffered: false, authkey: [1])
-        _ = try? LaunchInfo(decoding: sample.encoded)
         for task in registry.byName.values { warm(task) }
     }
 
