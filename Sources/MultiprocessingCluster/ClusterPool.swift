@@ -104,7 +104,7 @@ extension MP {
                 Task { [weak self] in await self?.flushLoop() },
                 Task { [weak self] in await self?.collectLoop() },
                 Task { [store, id, collectBell] in
-                    await store.listen(ClusterStore.doneChannel) { [weak self] payload in
+                    await store.listen([ClusterStore.doneChannel]) { [weak self] _, payload in
                         let (pool, row) = ClusterStore.parseDone(payload)
                         guard payload.isEmpty || pool == ClusterStore.payload(for: id) else { return }
                         // A small result comes in its notification: delivered

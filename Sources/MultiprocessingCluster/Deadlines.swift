@@ -11,25 +11,49 @@ import MultiprocessingPlatform
 func withDeadline<T: Sendable>(_ seconds: Double, _ message: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
     let gate = OnceGate()
     let watch = DeadlineWatch.current
+    let work = TaskCell()
     return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Swift.Error>) in
-        let work = Task {
-            do {
-                let value = try await operation()
-                if gate.claim() { continuation.resume(returning: value) }
-            } catch {
-                if gate.claim() { continuation.resume(throwing: error) }
-            }
-        }
+        // The deadline first, so that the work (one task: it also removes
+        // the deadline when it ends) has its id.
         let id = watch.add(after: seconds) {
             if gate.claim() {
                 work.cancel()
                 continuation.resume(throwing: MP.Error.database(message))
             }
         }
-        Task {
-            _ = await work.result
-            watch.remove(id)
+        work.set(Task {
+            do {
+                let value = try await operation()
+                watch.remove(id)
+                if gate.claim() { continuation.resume(returning: value) }
+            } catch {
+                watch.remove(id)
+                if gate.claim() { continuation.resume(throwing: error) }
+            }
+        })
+    }
+}
+
+/// The task a deadline cancels, set once it exists (the deadline may fire first).
+final class TaskCell: @unchecked Sendable {
+    private let lock = NSLock()
+    private var task: Task<Void, Never>?
+    private var cancelled = false
+
+    func set(_ task: Task<Void, Never>) {
+        let cancel = lock.locked { () -> Bool in
+            self.task = task
+            return cancelled
         }
+        if cancel { task.cancel() }
+    }
+
+    func cancel() {
+        let task = lock.locked { () -> Task<Void, Never>? in
+            cancelled = true
+            return self.task
+        }
+        task?.cancel()
     }
 }
 

@@ -38,19 +38,27 @@ public enum _NamedTaskChunks {
         case cancelled
     }
 
-    /// A chunk submitted to a local pool: ``wait()`` blocks until its
-    /// results (encoded) or its failure; ``cancel()`` stops it (a running
-    /// task's process is killed).
+    /// A chunk submitted to a local pool: ``whenReady(_:)`` hands over its
+    /// results (encoded) or its failure, once it has them; ``cancel()``
+    /// stops it (a running task's process is killed).
     public final class Submission: @unchecked Sendable {
-        private let waitBody: () -> Result<[UInt8], Failure>
+        private let observe: (@escaping @Sendable (Result<[UInt8], Failure>) -> Void) -> Void
         private let cancelBody: () -> Void
 
-        init(wait: @escaping () -> Result<[UInt8], Failure>, cancel: @escaping () -> Void) {
-            waitBody = wait
+        init(observe: @escaping (@escaping @Sendable (Result<[UInt8], Failure>) -> Void) -> Void, cancel: @escaping () -> Void) {
+            self.observe = observe
             cancelBody = cancel
         }
 
-        public func wait() -> Result<[UInt8], Failure> { waitBody() }
+        /// One that failed before it was submitted.
+        convenience init(failed: Failure) {
+            self.init(observe: { $0(.failure(failed)) }, cancel: {})
+        }
+
+        /// Calls `body` with the outcome once it is ready (at once if it is),
+        /// on the local pool's thread: keep it short.
+        public func whenReady(_ body: @escaping @Sendable (Result<[UInt8], Failure>) -> Void) { observe(body) }
+
         public func cancel() { cancelBody() }
     }
 
@@ -59,7 +67,7 @@ public enum _NamedTaskChunks {
     public static func submit(name: String, payload: [UInt8], on pool: MP.TaskPool) -> Submission {
         let type: any MP.NamedTask.Type
         do { type = try TaskRegistry.shared.task(named: name) } catch {
-            return Submission(wait: { .failure(.unrunnable("\(error)")) }, cancel: {})
+            return Submission(failed: .unrunnable("\(error)"))
         }
         return submit(type, payload: payload, on: pool)
     }
@@ -67,14 +75,16 @@ public enum _NamedTaskChunks {
     private static func submit<T: MP.NamedTask>(_ type: T.Type, payload: [UInt8], on pool: MP.TaskPool) -> Submission {
         let tasks: [T]
         do { tasks = try WireFormat.decode([T].self, from: payload) } catch {
-            return Submission(wait: { .failure(.unrunnable("the arguments of \(T.name) do not decode: \(error)")) }, cancel: {})
+            return Submission(failed: .unrunnable("the arguments of \(T.name) do not decode: \(error)"))
         }
         if tasks.count == 1 {
             let result = pool.applyAsync(tasks[0])
-            return Submission(wait: { encoded(T.self, Result { () throws(MP.Error) in [try result.get()] }) }, cancel: { result.cancel() })
+            return Submission(observe: { body in result.whenReady { body(encoded(T.self, $0.map { [$0] })) } },
+                              cancel: { result.cancel() })
         }
         let result = pool.mapAsync(tasks, chunksize: max(1, tasks.count))
-        return Submission(wait: { encoded(T.self, Result { () throws(MP.Error) in try result.get() }) }, cancel: { result.cancel() })
+        return Submission(observe: { body in result.whenReady { body(encoded(T.self, $0)) } },
+                          cancel: { result.cancel() })
     }
 
     private static func encoded<T: MP.NamedTask>(_ type: T.Type, _ outcome: Result<[T.Result], MP.Error>) -> Result<[UInt8], Failure> {
