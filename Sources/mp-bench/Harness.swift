@@ -182,7 +182,9 @@ func printTable(_ metrics: [Metric]) {
     print("(ratios: how many times better this library is; below 1 means behind)")
     for metric in bases {
         guard let low = metric.low, let high = metric.high, let rounds = metric.rounds else { continue }
-        var line = "\(metric.name): median of \(rounds) alternating rounds \(format(metric.value)) (\(format(low))-\(format(high)))"
+        // Rounds alternate with a peer's when there is one (CPython, C, ...).
+        let peered = byName.keys.contains { $0.hasPrefix(metric.name + "_") }
+        var line = "\(metric.name): median of \(rounds)\(peered ? " alternating" : "") rounds \(format(metric.value)) (\(format(low))-\(format(high)))"
         if let python = byName[metric.name + "_python"], let pythonLow = python.low, let pythonHigh = python.high {
             line += ", CPython \(format(python.value)) (\(format(pythonLow))-\(format(pythonHigh)))"
         }
