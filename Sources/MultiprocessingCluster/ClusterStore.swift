@@ -212,6 +212,7 @@ final class ClusterStore: Sendable {
     protocol PreparedCommand: PreparedStatement where Row == Void {}
 
     /// Runs `statement` on a connection of the pool, its rows read to the end.
+    @discardableResult
     func run<Statement: PreparedStatement>(_ statement: Statement) async throws -> [Statement.Row] {
         var rows: [Statement.Row] = []
         for try await row in try await client.execute(statement, logger: Self.logger) { rows.append(row) }
