@@ -19,10 +19,24 @@ extension Sys {
     }
 
     /// In the forkserver, before its first child (`cmp_forkserver_prepare`):
-    /// learns where glibc keeps the thread id and robust list, and checks with
-    /// one trial clone that a raw child can be repaired. `ENOTSUP`: it cannot.
+    /// learns where glibc keeps the thread id and robust list, checking each
+    /// candidate with a trial clone, so that a raw child can be repaired.
+    /// `ENOTSUP`: it cannot.
     package static func prepareCloneIntoParent() throws(OSError) {
         _ = try check("clone3 (forkserver preparation)") { cmp_forkserver_prepare() }
+    }
+
+    /// The calling thread's thread-id candidates (`cmp_forkserver_tid_candidates`),
+    /// among its descriptor's first `words` words, and which of `decoys`
+    /// followed by them a trial clone accepts (`cmp_forkserver_pick_tid_slot`):
+    /// the forkserver's preparation, testable from any thread.
+    package static func pickThreadIDSlot(words: Int32, decoys: [UnsafeMutablePointer<pid_t>]) throws(OSError)
+        -> (candidates: Int, picked: Int) {
+        var found = [UnsafeMutablePointer<pid_t>?](repeating: nil, count: 8)
+        let count = Int(cmp_forkserver_tid_candidates(&found, 8, words))
+        var slots = decoys.map { Optional($0) } + found[..<count]
+        let picked = try check("clone3 (trial)") { cmp_forkserver_pick_tid_slot(&slots, Int32(slots.count)) }
+        return (count, Int(picked))
     }
 
     /// `clone3(CLONE_PARENT)` in the forkserver (`cmp_forkserver_clone`):

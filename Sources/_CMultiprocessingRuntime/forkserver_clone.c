@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -56,7 +57,7 @@ static pid_t clone_parent(void) {
     return (pid_t)result;
 }
 
-// In the child of a test clone: does glibc see the new thread id?
+// In the child of a trial clone: does glibc see the new thread id?
 static int glibc_sees_new_tid(void) {
     pthread_mutexattr_t attributes;
     pthread_mutex_t mutex;
@@ -72,35 +73,63 @@ static int glibc_sees_new_tid(void) {
     return owner == (int)syscall(SYS_gettid) && head == robust_head;
 }
 
-int cmp_forkserver_prepare(void) {
+int cmp_forkserver_tid_candidates(pid_t **slots, int capacity, int words) {
     pid_t tid = (pid_t)syscall(SYS_gettid);
     pid_t *self = (pid_t *)pthread_self();
-    pid_t *found = NULL;
-    for (int i = 0; i < 1024; i++) {
-        if (self[i] != tid) continue;
-        if (found) { errno = ENOTSUP; return -1; } // ambiguous: do not guess
-        found = &self[i];
+    int count = 0;
+    for (int i = 0; i < words && count < capacity; i++) {
+        if (self[i] == tid) slots[count++] = &self[i];
     }
-    if (!found) { errno = ENOTSUP; return -1; }
-    glibc_tid_slot = found;
-    if (syscall(SYS_get_robust_list, 0, &robust_head, &robust_length) != 0) return -1;
-    // One trial child (the server's own, without CLONE_PARENT) checks the repair.
+    return count;
+}
+
+// Whether `slot` is where glibc keeps the thread id: a trial child (this
+// process's own, without CLONE_PARENT) has the kernel write its tid there and
+// checks that glibc then sees it. A wrong slot may hold anything else, so the
+// child may crash: it does so quietly (no crash report, no core), and the
+// slot is refused. Returns 1, 0, or -1 with errno set (clone3 failed).
+static int tid_slot_works(pid_t *slot) {
     struct cmp_clone_args args;
     memset(&args, 0, sizeof args);
     args.flags = CLONE_CHILD_SETTID;
-    args.child_tid = (uint64_t)(uintptr_t)glibc_tid_slot;
+    args.child_tid = (uint64_t)(uintptr_t)slot;
     args.exit_signal = SIGCHLD;
     long pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid < 0) return -1;
     if (pid == 0) {
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none);
+        int fatal[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP};
+        for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++) signal(fatal[i], SIG_DFL);
         syscall(SYS_set_robust_list, robust_head, robust_length);
         _exit(glibc_sees_new_tid() ? 0 : 1);
     }
     int status = 0;
     while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {}
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+int cmp_forkserver_pick_tid_slot(pid_t *const *slots, int count) {
+    if (syscall(SYS_get_robust_list, 0, &robust_head, &robust_length) != 0) return -1;
+    for (int i = 0; i < count; i++) {
+        int works = tid_slot_works(slots[i]);
+        if (works < 0) return -1;
+        if (works) return i;
+    }
     errno = ENOTSUP;
     return -1;
+}
+
+int cmp_forkserver_prepare(void) {
+    // The descriptor's words that hold the thread id: usually one, but
+    // whatever lies after glibc's own fields may hold the same number by
+    // chance (a new user's program met one), so each is tried.
+    pid_t *slots[8];
+    int count = cmp_forkserver_tid_candidates(slots, 8, 1024);
+    int picked = cmp_forkserver_pick_tid_slot(slots, count);
+    if (picked < 0) return -1;
+    glibc_tid_slot = slots[picked];
+    return 0;
 }
 
 pid_t cmp_forkserver_clone(void) { return clone_parent(); }

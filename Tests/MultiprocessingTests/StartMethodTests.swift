@@ -218,6 +218,24 @@ struct StartMethodSettingTests {
         #expect(p.exitCode == 4)
     }
 
+    @Test("the forkserver's preparation tries every word that holds the thread id: a decoy is refused, glibc's own found, none at all is ENOTSUP")
+    func threadIDSlot() throws {
+        // A word that holds the thread id by chance (a new user's program met
+        // one after glibc's fields) must not be taken for glibc's: each is
+        // tried by a trial child, which has the kernel write its tid there.
+        var decoy = Sys.gettid
+        let (candidates, picked) = try withUnsafeMutablePointer(to: &decoy) { pointer throws(MP.OSError) in
+            try Sys.pickThreadIDSlot(words: 256, decoys: [pointer, pointer])
+        }
+        #expect(candidates >= 1, "this thread's descriptor holds its thread id")
+        #expect(picked >= 2, "both decoys refused, one of the descriptor's words taken (picked \(picked))")
+        #expect(throws: MP.OSError("clone3 (trial)", errno: .notSupported)) {
+            _ = try withUnsafeMutablePointer(to: &decoy) { pointer throws(MP.OSError) in
+                try Sys.pickThreadIDSlot(words: 0, decoys: [pointer])
+            }
+        }
+    }
+
     @Test("a forkserver that died is restarted on the next start; nothing hangs")
     func serverRestarts() throws {
         let first = MP.getContext(.forkserver).Process(target: ExitWith(code: 1))

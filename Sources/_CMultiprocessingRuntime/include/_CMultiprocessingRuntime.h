@@ -108,10 +108,18 @@ int cmp_dispatch_is_multithreaded(void);
 // ---------------------------------------------------------------------------
 
 /// In the forkserver, before its first child: finds where glibc keeps the
-/// thread id and the robust-mutex list, and checks with one trial child that a
-/// raw `clone3` child can be repaired. Returns 0, or -1 with errno set (ENOTSUP:
-/// this glibc's layout is not the one expected).
+/// thread id and the robust-mutex list, checking each candidate with a trial
+/// child, so that a raw `clone3` child can be repaired. Returns 0, or -1 with
+/// errno set (ENOTSUP: no candidate works with this glibc).
 int cmp_forkserver_prepare(void);
+
+/// The words among the first `words` of the calling thread's descriptor that
+/// hold its thread id (at most `capacity`, into `slots`); their count.
+int cmp_forkserver_tid_candidates(pid_t **slots, int capacity, int words);
+
+/// The index of the first of `slots` that a trial child shows is glibc's
+/// thread id; -1 with errno set (ENOTSUP: none is, or clone3's error).
+int cmp_forkserver_pick_tid_slot(pid_t *const *slots, int count);
 
 /// `clone3(CLONE_PARENT)`: a child of the server's parent (the client), with
 /// glibc's thread id and robust list repaired. Returns like `fork`.
