@@ -622,7 +622,7 @@ final class ClusterStore: Sendable {
     /// `body` runs on the connection's event loop as each notification is
     /// read, with no task between (a task resumed per notification was a
     /// thread hand-off on every cluster task's path, twice): keep it short,
-    /// and never wait there.
+    /// and never wait there. (The "look now" calls come from the listening task.)
     func listen(_ channels: [String], _ body: @escaping @Sendable (_ channel: String, _ payload: String) -> Void) async {
         while !Task.isCancelled {
             do {

@@ -261,8 +261,8 @@ final class ClusterWorker: @unchecked Sendable {
         }
         lock.locked { for (claim, submissions) in started { running[claim.id] = (claim, submissions) } }
         // Each row's outcome is made when its last part is ready, on the
-        // local pool's thread: no thread waits (one made per claim cost more
-        // than a tiny task's whole run).
+        // local pool's thread: no thread waits (a thread made per claim put
+        // its creation and one more hand-off on every row's path).
         for (claim, submissions) in started {
             let parts = PartsGathered(count: submissions.count)
             let finished: @Sendable ([Result<[UInt8], _NamedTaskChunks.Failure>]) -> Void = { [self, span = spans[claim.id], owner] all in

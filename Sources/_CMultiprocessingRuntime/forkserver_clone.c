@@ -105,8 +105,10 @@ static int tid_slot_works(pid_t *slot) {
         _exit(glibc_sees_new_tid() ? 0 : 1);
     }
     int status = 0;
-    while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {}
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    pid_t waited;
+    do { waited = waitpid((pid_t)pid, &status, 0); } while (waited < 0 && errno == EINTR);
+    // Not waited for here (another waiter took it): no answer, so no slot.
+    return waited == (pid_t)pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 int cmp_forkserver_pick_tid_slot(pid_t *const *slots, int count) {
