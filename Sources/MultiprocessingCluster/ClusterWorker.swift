@@ -205,7 +205,12 @@ final class ClusterWorker: @unchecked Sendable {
                 throw error
             }
             metrics.databaseRoundTrip.recordNanoseconds(WorkerMetrics.nanoseconds(since: asked))
-            maybeMore = took(claimed, asked: room)
+            metrics.rowsClaimed.increment(by: claimed.count)
+            start(claimed)
+            // Fewer than asked: the queue is empty; claiming again at once
+            // would only delay recording what is about to finish.
+            maybeMore = claimed.count == room
+            if maybeMore { rowsMayWait.store(true, ordering: .sequentiallyConsistent) }
         }
         if !maybeMore {
             let busy = lock.locked { !running.isEmpty || !outcomes.isEmpty }
@@ -220,17 +225,6 @@ final class ClusterWorker: @unchecked Sendable {
         guard asked || ContinuousClock.now - lastClaim >= .milliseconds(250) else { return false }
         lastClaim = .now
         return true
-    }
-
-    /// Starts what a claim brought; whether more may wait (it got all it
-    /// asked for). Fewer than asked: the queue is empty, and claiming again
-    /// at once would only delay recording what is about to finish.
-    private func took(_ claimed: [ClusterStore.Claimed], asked: Int) -> Bool {
-        metrics.rowsClaimed.increment(by: claimed.count)
-        start(claimed)
-        let full = asked > 0 && claimed.count == asked
-        if full { rowsMayWait.store(true, ordering: .sequentiallyConsistent) }
-        return full
     }
 
     /// Submits each claimed row's parts to the local pool; the last part to
