@@ -34,6 +34,30 @@ struct WireFormatTests {
         shapes: [.circle(radius: 2), .square(3), .none], matrix: [[1, 2], [], [3]],
         byName: ["a": 1, "b": 2], byNumber: [1: ["one"], 2: []], optionals: [1, nil, 3], bytes: [0, 255, 7])
 
+    @Test("structs and enums skip the coder's casts; optionals, arrays, dictionaries and numbers do not")
+    func shapes() {
+        // Decided from the metadata: a fresh child meets these without a conformance scan.
+        #expect(WireShape.isPlain(Everything.self))
+        #expect(WireShape.isPlain(Inner.self))
+        #expect(WireShape.isPlain(Shape.self))
+        #expect(WireShape.isPlain(Set<String>.self))
+        #expect(WireShape.isPlain(MP.Error.Code.self))
+        // The coder's own shapes: its casts still run.
+        for type: Any.Type in [Int?.self, Shape?.self, [Int].self, [Shape].self, [[Double]].self, [String: Int].self,
+                               [Int: [String]].self, Int.self, Int8.self, UInt16.self, Int32.self, UInt64.self, UInt.self,
+                               Float.self, Double.self, Int128.self, UInt128.self, Bool.self, String.self] {
+            #expect(!isPlain(type), "\(type)")
+        }
+        // Neither a struct nor an enum: the casts decide.
+        #expect(!WireShape.isPlain(Base.self))
+        #expect(!WireShape.isPlain((Int, String).self))
+    }
+
+    private func isPlain(_ type: Any.Type) -> Bool {
+        func open<T>(_ type: T.Type) -> Bool { WireShape.isPlain(type) }
+        return _openExistential(type, do: open)
+    }
+
     @Test("every kind of Codable value round-trips")
     func roundTrip() throws {
         let bytes = try WireFormat.encode(Self.sample)

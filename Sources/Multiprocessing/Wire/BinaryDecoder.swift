@@ -40,6 +40,7 @@ final class BinaryDecoder: Decoder {
         if depth > WireFormat.maximumDepth {
             throw MP.Error.malformed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
         }
+        if WireShape.isPlain(T.self) { return try T(from: self) }
         if let optional = T.self as? WireOptional.Type {
             switch try reader.readByte() {
             case 0: return optional.make(nil) as! T

@@ -16,6 +16,7 @@ final class BinaryEncoder: Encoder {
         if depth > WireFormat.maximumDepth {
             throw MP.Error.encodingFailed(type: "\(T.self)", reason: "nested deeper than \(WireFormat.maximumDepth) levels")
         }
+        if WireShape.isPlain(T.self) { return try value.encode(to: self) }
         if let optional = value as? WireOptional {
             guard let wrapped = optional.wrappedValue else {
                 writer.bytes.append(0)

@@ -52,6 +52,7 @@ struct ByteReader {
         if T.self == String.self { return try readString() as? T }
         if T.self == Double.self { return try read(Double.self) as? T }
         if T.self == Bool.self { return try readBool() as? T }
+        if WireShape.isPlain(T.self) { return nil }
         if let array = T.self as? WireFastArray.Type { return try array.readBlock(from: &self) as? T }
         if let primitive = T.self as? any WirePrimitive.Type { return try readPrimitive(primitive) as? T }
         return nil

@@ -47,6 +47,7 @@ struct ByteWriter {
         else if T.self == String.self { write(value as! String) }
         else if T.self == Double.self { write(value as! Double) }
         else if T.self == Bool.self { bytes.append((value as! Bool) ? 1 : 0) }
+        else if WireShape.isPlain(T.self) { return false }
         else if T.self is WireFastArray.Type { (value as! WireFastArray).writeBlock(into: &self) }
         else if T.self is any WirePrimitive.Type { (value as! any WirePrimitive).writeWire(into: &self) }
         else { return false }
