@@ -44,6 +44,9 @@ static struct {
     enqueue_deadline_hook *deadline;
 } runtime;
 
+// Threads a child's global queue may start: the CPUs online, at least 2.
+static int max_workers = 2;
+
 int cmp_child_executor_resolve(void) {
     if (runtime.job_run) return 1;
     void *job_run = dlsym(RTLD_DEFAULT, "swift_job_run");
@@ -53,6 +56,11 @@ int cmp_child_executor_resolve(void) {
     void *delay = dlsym(RTLD_DEFAULT, "swift_task_enqueueGlobalWithDelay_hook");
     void *deadline = dlsym(RTLD_DEFAULT, "swift_task_enqueueGlobalWithDeadline_hook");
     if (!job_run || !main_executor || !global || !main || !delay || !deadline) return 0;
+    // Counted here, in the parent (or the forkserver) that resolves once,
+    // not in each child's set-up: reading sysfs was an open, a read and a
+    // close in every child.
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    max_workers = cpus < 2 ? 2 : (int)cpus;
     runtime.main_executor = (SWIFTCC CMPSerialExecutorRef (*)(void))main_executor;
     runtime.global = global;
     runtime.main = main;
@@ -99,7 +107,6 @@ static struct {
     uint64_t next_order;
     bool started;
 } timers;
-static int max_workers = 2;
 // Set in the child by cmp_child_executor_install; the queues and the Swift
 // executors are set up on the first job (most children never use concurrency,
 // and every page a child writes is a copy-on-write fault).
@@ -300,8 +307,6 @@ static void setup(void) {
     timers.count = timers.capacity = 0;
     timers.next_order = 0;
     timers.started = false;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    max_workers = cpus < 2 ? 2 : (int)cpus;
     if (swift_setup) swift_setup();
 }
 
