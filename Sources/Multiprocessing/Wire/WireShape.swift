@@ -2,16 +2,17 @@
 /// …) can skip, answered from the type's metadata without asking the runtime.
 ///
 /// A conformance question the runtime has not answered before in a process
-/// scans every conformance record of the program: 50-150 µs each in a
-/// program that links Foundation or NIO. The coder asks four about every
-/// type it meets, and a child started by spawn or forkserver meets the
-/// task's types for the first time: a named task's own struct cost a fresh
-/// child four scans, each of its nested types four more. Only the standard
-/// library's optionals, arrays, dictionaries and fixed-width numbers answer
-/// yes to any of them, so a struct or an enum that is none of those is
-/// decided here by its metadata's kind and nominal descriptor, which the
-/// ABI fixes (docs/ABI/TypeMetadata.rst: the kind word, then the
-/// descriptor, for every struct, enum and optional).
+/// scans every conformance record of the program. The coder asks four about
+/// every type it meets, and a child started by spawn or forkserver meets
+/// the task's types for the first time: a named task's own struct cost a
+/// fresh child four scans (a fifth of a forkserver child's processor time
+/// in `mp-bench`, which links Foundation and NIO), and each of its nested
+/// types four more. Only the standard library's optionals, arrays,
+/// dictionaries and fixed-width numbers answer yes to any of them, so a
+/// struct or an enum that is none of those is decided here by its
+/// metadata's kind and nominal descriptor, which the ABI fixes
+/// (docs/ABI/TypeMetadata.rst: the kind word, then the descriptor, for
+/// every struct, enum and optional).
 enum WireShape {
     /// The metadata kinds of a struct and of an enum other than `Optional` (0x202).
     private static let structKind: UInt = 0x200
