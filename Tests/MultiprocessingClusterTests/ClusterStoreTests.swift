@@ -66,6 +66,8 @@ struct ClusterStoreTests {
             await store.listen(channels) { heard.add($0, $1) }
             ended.set(true)
         }
+        // A wait that fails part-way must not leave the listener reconnecting for ever.
+        defer { listener.cancel() }
         // Connected: each channel is told to look now.
         for channel in channels { try await heard.wait(for: channel, "") }
         #expect(try await listeningBackends(sender) == 1, "one connection for both channels")
